@@ -1,0 +1,1 @@
+"""Bounce classification: a pure library, no I/O. ``classify(raw: bytes) -> Report``."""

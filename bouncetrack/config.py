@@ -1,0 +1,112 @@
+"""Typed configuration, validated once at load time.
+
+The YAML file is turned into frozen dataclasses here and nowhere else, so the
+milter, the pipe, the worker and the API never see raw dicts. Every validation
+error names the file, the line and the key (see :class:`ConfigError`), and a
+process refuses to start on an invalid file.
+
+The loader itself lives in :mod:`bouncetrack.config_loader` so that the model
+can be imported without PyYAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file.
+
+    ``problems`` holds one :class:`ConfigProblem` per mistake so that an
+    operator fixes them all in one go instead of one per restart.
+    """
+
+    def __init__(self, problems: list["ConfigProblem"]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None  # 1-based; None when the file could not be read at all
+    key: str  # dotted path, e.g. "domains.example.com.webhook.url"
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    # Standard Webhooks secret ("whsec_" + base64) or any string; used as HMAC key.
+    secret: str
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class DsnDefaults:
+    """DSN parameters applied to untracked mail whose client gave none."""
+
+    notify: tuple[str, ...] | None = None  # e.g. ("FAILURE", "DELAY") or ("NEVER",)
+    ret: str | None = None  # "HDRS" | "FULL"
+
+
+@dataclass(frozen=True)
+class DomainPolicy:
+    """What to do for mail whose envelope sender is in one domain."""
+
+    name: str  # the sender domain, lower-case, or "default"
+    tracking: bool = False
+    forward: str | None = None  # SMTP forward address for processed bounces
+    webhook: WebhookConfig | None = None
+    api_token_hashes: tuple[str, ...] = ()  # "sha256:<hex>" of each API token
+    dsn: DsnDefaults = field(default_factory=DsnDefaults)
+
+
+@dataclass(frozen=True)
+class PipeConfig:
+    # The pipe gives up (exit 75, Postfix retries) after this long, store waits
+    # included; far below pipe(8)'s command_time_limit of 1000 s.
+    deadline_seconds: float = 60.0
+    raw_retention_days: int = 90
+    # Spam-complaint (feedback loop) local parts at the bounce domain, e.g. "fbl".
+    feedback_addresses: tuple[str, ...] = ("fbl", "abuse")
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_attempts: int = 20
+    base_delay_seconds: float = 30.0
+    max_delay_seconds: float = 3600.0
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    bounce_domain: str  # lower-case
+    verp_prefix: str  # the local part before "+", default "b"
+    secret_file: Path
+    key_grace_period_seconds: float  # how long tokens of the previous key still verify
+    store_url: str  # "sqlite:///abs/path" or "postgresql://..."
+    milter_socket: Path
+    pipe: PipeConfig
+    outbox: OutboxConfig
+    domains: Mapping[str, DomainPolicy]  # keyed by lower-case domain
+    default: DomainPolicy
+    api_listen: str = "127.0.0.1:8025"
+    log_level: str = "INFO"
+
+    def policy_for(self, domain: str) -> DomainPolicy:
+        """The policy for a sender domain; the ``default`` entry when not listed."""
+        return self.domains.get(domain.lower().rstrip("."), self.default)
+
+    def domain_for_token_hash(self, token_hash: str) -> tuple[str, ...]:
+        """Sender domains an API token (by its hash) may see."""
+        return tuple(d for d, p in self.domains.items() if token_hash in p.api_token_hashes)

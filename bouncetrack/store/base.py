@@ -1,0 +1,123 @@
+"""The store interface: what the milter, the pipe, the worker and the API need.
+
+One small interface with an SQLite implementation (default) and, later, a
+PostgreSQL one chosen by the store URL. Records are plain frozen dataclasses;
+timestamps are UTC seconds since the epoch (float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be used right now (locked, down, disk full).
+
+    The pipe turns this into exit 75 so that Postfix retries; the milter into a
+    4xx so that the client retries.
+    """
+
+
+@dataclass(frozen=True)
+class RecipientRecord:
+    address: str  # the envelope recipient as the client gave it
+    orcpt: str | None  # ORCPT as given by the client ("rfc822;addr"), or the one we added
+    notify: str | None  # NOTIFY as the client gave it (e.g. "NEVER", "FAILURE,DELAY")
+    id: int | None = None  # set by the store
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message as the milter saw it, before and after rewriting."""
+
+    token_id: int  # the id inside the VERP token (random 63-bit, unique)
+    token: str  # the VERP token (also sent as ENVID)
+    queue_id: str | None  # Postfix queue id
+    message_id: str | None  # Message-ID header
+    sender_domain: str
+    envelope_sender: str  # original MAIL FROM
+    verp_sender: str  # the rewritten MAIL FROM
+    dsn_ret: str | None  # original RET
+    dsn_envid: str | None  # original ENVID
+    recipients: tuple[RecipientRecord, ...]
+    created_at: float
+    id: int | None = None  # set by the store
+
+
+@dataclass(frozen=True)
+class BounceEvent:
+    """One classified report for one recipient; the shape the webhook and the API share."""
+
+    event_id: str  # uuid4 hex, stable: also the webhook idempotency key
+    type: str  # bounce | complaint | delay | delivered | auto_reply | unknown
+    hard: bool
+    reason: str  # taxonomy of shared/corpus/README.md, "undefined" when unknown
+    status: str | None  # RFC 3463 "5.1.1"
+    reply_code: str | None  # "550"
+    diagnostic: str | None
+    recipient: str | None  # the recipient this event is attributed to
+    reported_recipient: str | None  # the recipient the report itself names
+    action: str | None  # RFC 3464 Action
+    remote_mta: str | None
+    domain: str | None  # sender domain of the original message
+    original_sender: str | None  # original envelope sender
+    original_message_id: str | None  # Message-ID of the original message
+    token: str | None
+    token_status: str  # valid | forged | unknown | missing | expired
+    flagged: bool  # report's recipient and token's recipient disagree
+    message_pk: int | None  # messages.id when attributed
+    received_at: float
+    dedupe_key: str  # same bounce delivered twice -> same key -> stored once
+    feedback_type: str | None = None  # ARF Feedback-Type for complaints
+    sent_at: float | None = None  # when the original message was recorded
+
+
+@dataclass(frozen=True)
+class OutboxJob:
+    event_id: str
+    channel: str  # "webhook" | "smtp"
+    target: str  # URL or forward address
+    id: int | None = None
+    state: str = "pending"  # pending | delivered | dead
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    stored: bool  # False: duplicate, already stored earlier (idempotent retry)
+    event_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Store(Protocol):
+    # --- milter side
+    def record_message(self, message: MessageRecord) -> int: ...
+    def message_by_token_id(self, token_id: int) -> MessageRecord | None: ...
+
+    # --- pipe side: events, raw report and outbox jobs in ONE transaction
+    def store_report(
+        self,
+        events: Sequence[BounceEvent],
+        raw: bytes,
+        jobs: Sequence[OutboxJob],
+        dedupe_key: str,
+    ) -> StoreOutcome: ...
+
+    def raw_report(self, event_id: str) -> bytes | None: ...
+    def event(self, event_id: str) -> BounceEvent | None: ...
+    def events_between(
+        self, start: float, end: float, domains: Sequence[str] | None = None
+    ) -> Iterator[BounceEvent]: ...
+
+    # --- outbox
+    def claim_jobs(self, now: float, limit: int, lease_seconds: float) -> list[OutboxJob]: ...
+    def job_delivered(self, job_id: int, now: float) -> None: ...
+    def job_failed(self, job_id: int, now: float, error: str, next_attempt_at: float | None) -> None: ...
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[OutboxJob]: ...
+    def replay_job(self, job_id: int, now: float) -> bool: ...
+
+    def close(self) -> None: ...
