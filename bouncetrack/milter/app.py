@@ -1,0 +1,240 @@
+"""The pymilter callbacks: collect the envelope, ask the policy, apply it.
+
+I/O lives here (store writes, libmilter actions); every rule lives in
+:mod:`bouncetrack.milter.policy`. Any failure of our own becomes a 4xx
+(``TEMPFAIL``): the client retries, no mail is lost or sent untracked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import Milter
+
+from .. import esmtp, replies
+from ..config import Config
+from ..store.base import MessageRecord, RecipientRecord, Store, StoreUnavailable
+from ..tokens import KeyRing, mint, new_token_id
+from . import policy
+
+log = logging.getLogger("bouncetrack.milter")
+
+# Actions negotiated with the MTA (POSTFIX-NOTES: what Postfix honours for us).
+ACTIONS = (
+    Milter.CHGFROM
+    | Milter.ADDHDRS
+    | Milter.CHGHDRS
+    | Milter.DELRCPT
+    | Milter.ADDRCPT
+    | Milter.ADDRCPT_PAR
+)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every connection shares; swapped as a whole on reload (SIGHUP)."""
+
+    config: Config
+    keyring: KeyRing
+
+
+class Shared:
+    """Process-wide state: the current runtime, the store, decision counters.
+
+    The store is one connection behind a lock: SQLite serialises writers anyway,
+    and one connection avoids an open per SMTP connection.
+    """
+
+    def __init__(self, runtime: Runtime, store_factory: Callable[[Config], Store]) -> None:
+        self._runtime = runtime
+        self._store_factory = store_factory
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self.decisions: Counter[str] = Counter()
+        self._counter_lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def swap(self, runtime: Runtime) -> None:
+        old_url = self._runtime.config.store_url
+        self._runtime = runtime
+        if runtime.config.store_url != old_url:
+            with self._store_lock:
+                if self._store is not None:
+                    self._store.close()
+                self._store = None
+
+    def record(self, message: MessageRecord) -> int:
+        with self._store_lock:
+            if self._store is None:
+                self._store = self._store_factory(self._runtime.config)
+            try:
+                return self._store.record_message(message)
+            except StoreUnavailable:
+                # Reopen next time: the file may have been replaced or unlocked.
+                self._store.close()
+                self._store = None
+                raise
+
+    def count(self, why: str) -> None:
+        with self._counter_lock:
+            self.decisions[why] += 1
+
+    def close(self) -> None:
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+class TrackingMilter(Milter.Base):
+    """One instance per SMTP connection (libmilter calls the factory per connection)."""
+
+    shared: Shared  # set by make_factory
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sender: str | None = None
+        self.sender_params: tuple[str, ...] = ()
+        self.recipients: list[policy.Recipient] = []
+        self.return_paths: list[str] = []
+        self.message_id: str | None = None
+
+    # --- callbacks -----------------------------------------------------------
+    # envfrom, envrcpt and header never refuse anything: @noreply saves the MTA a
+    # round trip per call (the milter overhead target of issue 3).
+
+    @Milter.noreply
+    def envfrom(self, sender: str, *params: str) -> int:
+        # A connection may carry several transactions: start each clean.
+        self._reset()
+        self.sender = sender
+        self.sender_params = tuple(params)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to: str, *params: str) -> int:
+        self.recipients.append(policy.Recipient(to, tuple(params)))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def header(self, name: str, value: str) -> int:
+        lname = name.lower()
+        if lname == "return-path":
+            self.return_paths.append(value)
+        elif lname == "message-id" and self.message_id is None:
+            self.message_id = value.strip()
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        try:
+            return self._eom()
+        except StoreUnavailable as exc:
+            log.warning("store unavailable, tempfailing message: %s", exc)
+            self.shared.count("tempfail-store")
+            return self._tempfail(replies.STORE_UNAVAILABLE)
+        except Exception:
+            log.exception("milter failure, tempfailing message")
+            self.shared.count("tempfail-error")
+            return self._tempfail(replies.MILTER_FAILURE)
+
+    def abort(self) -> int:
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        return Milter.CONTINUE
+
+    # --- the work --------------------------------------------------------------
+
+    def _eom(self) -> int:
+        runtime = self.shared.runtime
+        envelope = policy.Envelope(
+            sender=self.sender if self.sender is not None else "<>",
+            sender_params=self.sender_params,
+            recipients=tuple(self.recipients),
+            return_paths=tuple(self.return_paths),
+        )
+        token = None
+        token_id = 0
+        if policy.needs_token(runtime.config, envelope):
+            token_id = new_token_id()
+            token = mint(runtime.keyring, token_id)
+        decision = policy.decide(runtime.config, envelope, token)
+        self.shared.count(decision.why)
+        queue_id = self._symval("i")
+        log.debug(
+            "queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why
+        )
+
+        if decision.kind == policy.TRACK:
+            assert token is not None and decision.new_sender is not None
+            self.shared.record(self._message_record(envelope, decision, token, token_id, queue_id))
+
+        if decision.new_sender is not None:
+            self.chgfrom(f"<{decision.new_sender}>", decision.sender_params)
+        for change in decision.recipient_changes:
+            self.delrcpt(change.path)
+            self.addrcpt(change.path, change.new_params)
+        # Delete from the last occurrence so that indices stay valid (1-based).
+        for index in range(decision.delete_return_path, 0, -1):
+            self.chgheader("Return-Path", index, "")
+        return Milter.CONTINUE
+
+    def _message_record(
+        self, envelope: policy.Envelope, decision: policy.Decision, token: str, token_id: int, queue_id: str | None
+    ) -> MessageRecord:
+        mail = esmtp.parse_params(envelope.sender_params)
+        recipients = []
+        changes = {c.path: c for c in decision.recipient_changes}
+        for rcpt in envelope.recipients:
+            dsn = rcpt.dsn
+            new = esmtp.parse_params([changes[rcpt.path].new_params]) if rcpt.path in changes else {}
+            recipients.append(
+                RecipientRecord(
+                    address=rcpt.address,
+                    orcpt=new.get("ORCPT") or dsn.get("ORCPT"),
+                    notify=dsn.get("NOTIFY"),
+                )
+            )
+        return MessageRecord(
+            token_id=token_id,
+            token=token,
+            queue_id=queue_id,
+            message_id=self.message_id,
+            sender_domain=decision.sender_domain or "",
+            envelope_sender=esmtp.strip_path(envelope.sender),
+            verp_sender=decision.new_sender or "",
+            dsn_ret=mail.get("RET"),
+            dsn_envid=mail.get("ENVID"),
+            recipients=tuple(recipients),
+            created_at=time.time(),
+        )
+
+    def _symval(self, name: str) -> str | None:
+        try:
+            value: Any = self.getsymval(name)
+        except Exception:
+            return None
+        return str(value) if value else None
+
+    def _tempfail(self, reply: replies.Reply) -> int:
+        try:
+            self.setreply(reply.code, reply.status, reply.text)
+        except Exception:
+            log.debug("setreply failed", exc_info=True)
+        return Milter.TEMPFAIL
+
+
+def make_factory(shared: Shared) -> type[TrackingMilter]:
+    """A TrackingMilter subclass bound to ``shared`` (libmilter calls it with no arguments)."""
+    return type("BoundTrackingMilter", (TrackingMilter,), {"shared": shared})

@@ -1,0 +1,23 @@
+"""``bouncetrack milter``: the click command (registered by bouncetrack.cli)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+
+@click.command("milter")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML configuration")
+@click.option("--no-supervisor", is_flag=True, help="Run libmilter in this process (no SIGHUP reload).")
+@click.option("--log-level", default=None, help="Override the configured log level (DEBUG, INFO, …).")
+def milter_command(config_path: Path, no_supervisor: bool, log_level: str | None) -> None:
+    """Run the tracking milter on the configured unix socket."""
+    from .runner import main
+
+    logging.basicConfig(
+        level=(log_level or "INFO").upper(),
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
+    raise SystemExit(main(config_path.resolve(), foreground_child=no_supervisor))

@@ -1,0 +1,200 @@
+"""What the milter does with one message: a pure decision, no I/O.
+
+The callbacks in :mod:`bouncetrack.milter.app` collect the envelope and a few
+headers, ask :func:`decide`, and carry out the returned :class:`Decision`.
+Keeping the rules here lets them be tested without libmilter or an MTA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import esmtp
+from ..config import Config
+
+# Decision kinds.
+TRACK = "track"  # envelope sender -> VERP, DSN overridden, message recorded
+RETURN_PATH = "return-path"  # untracked; a Return-Path header moves into the envelope
+DSN_DEFAULTS = "dsn-defaults"  # untracked; the domain's DSN defaults fill what the client left out
+PASS = "pass"  # untouched
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A recipient as the MTA gave it to ``envrcpt``: the path and its ESMTP parameters."""
+
+    path: str  # e.g. "<a@b>" exactly as received (delrcpt needs it verbatim)
+    params: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return esmtp.strip_path(self.path)
+
+    @property
+    def dsn(self) -> dict[str, str | None]:
+        return esmtp.parse_params(self.params)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str  # MAIL FROM path as received, "<>" for the null sender
+    sender_params: tuple[str, ...] = ()
+    recipients: tuple[Recipient, ...] = ()
+    return_paths: tuple[str, ...] = ()  # values of Return-Path header fields, in order
+
+
+@dataclass(frozen=True)
+class RecipientChange:
+    """Replace a recipient by the same address with new DSN parameters."""
+
+    path: str
+    new_params: str  # "NOTIFY=FAILURE,DELAY ORCPT=rfc822;a@b"
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # TRACK | RETURN_PATH | DSN_DEFAULTS | PASS
+    why: str  # short label for logs and metrics: "tracked", "null-sender", ...
+    new_sender: str | None = None  # address without brackets; "" is the null sender
+    sender_params: str | None = None  # ESMTP parameters for chgfrom
+    recipient_changes: tuple[RecipientChange, ...] = ()
+    delete_return_path: int = 0  # how many Return-Path fields to delete
+    sender_domain: str | None = None
+
+    @property
+    def changes_envelope(self) -> bool:
+        return self.new_sender is not None or bool(self.recipient_changes)
+
+
+def decide(config: Config, envelope: Envelope, token: str | None = None) -> Decision:
+    """Decide the rewrite for one message.
+
+    ``token`` is the VERP token minted for this message; it is only used (and
+    only needed) when the result is TRACK: call :func:`needs_token` first.
+    """
+    sender_text = esmtp.strip_path(envelope.sender)
+    if not sender_text:
+        return Decision(PASS, "null-sender")
+    sender = esmtp.parse_address(envelope.sender)
+    if sender is None:
+        return Decision(PASS, "malformed-sender")
+    if sender.domain == config.bounce_domain:
+        # Our own bounce or forward traffic: never rewrite (no loops).
+        return Decision(PASS, "bounce-domain", sender_domain=sender.domain)
+    policy = config.policy_for(sender.domain)
+    if policy.tracking:
+        return _track(config, envelope, sender.domain, token)
+    return _untracked(config, envelope, sender.domain)
+
+
+def needs_token(config: Config, envelope: Envelope) -> bool:
+    sender = esmtp.parse_address(envelope.sender)
+    return (
+        sender is not None
+        and sender.domain != config.bounce_domain
+        and config.policy_for(sender.domain).tracking
+    )
+
+
+def _track(config: Config, envelope: Envelope, domain: str, token: str | None) -> Decision:
+    if token is None:
+        raise ValueError("a tracked message needs a VERP token")
+    from ..tokens import verp_address
+
+    changes = []
+    for rcpt in envelope.recipients:
+        orcpt = rcpt.dsn.get("ORCPT")
+        # Keep the client's ORCPT; add one so every DSN names the recipient as
+        # we were given it (RFC 3461 §4.2), even after remote aliasing.
+        if not orcpt:
+            orcpt = esmtp.orcpt_for(rcpt.address)
+        changes.append(
+            RecipientChange(rcpt.path, f"NOTIFY={esmtp.TRACKED_NOTIFY} ORCPT={orcpt}")
+        )
+    return Decision(
+        TRACK,
+        "tracked",
+        new_sender=verp_address(config, token),
+        # The spec: tracked mail always asks for headers only, ENVID = token.
+        sender_params=f"RET={esmtp.TRACKED_RET} ENVID={token}",
+        recipient_changes=tuple(changes),
+        delete_return_path=len(envelope.return_paths),
+        sender_domain=domain,
+    )
+
+
+def _untracked(config: Config, envelope: Envelope, domain: str) -> Decision:
+    mail_params = esmtp.parse_params(envelope.sender_params)
+    dsn_defaults = config.policy_for(domain).dsn
+
+    if envelope.return_paths:
+        # The spec: "If you add a Return-Path header, all bounces and spam complaints
+        # are sent to the Return-Path address." The header itself must go: RFC 5321
+        # §4.4 reserves it for the final delivery MTA.
+        bounce_to = _return_path_address(envelope.return_paths[0])
+        if bounce_to is None:
+            return Decision(
+                RETURN_PATH,
+                "return-path-malformed",
+                delete_return_path=len(envelope.return_paths),
+                sender_domain=domain,
+            )
+        kept = {k: v for k, v in mail_params.items() if k in ("RET", "ENVID")}
+        if "RET" not in kept and dsn_defaults.ret:
+            kept["RET"] = dsn_defaults.ret
+        return Decision(
+            RETURN_PATH,
+            "return-path",
+            new_sender=bounce_to,
+            sender_params=esmtp.format_params(kept) or None,
+            recipient_changes=_default_notify(envelope, dsn_defaults.notify),
+            delete_return_path=len(envelope.return_paths),
+            sender_domain=domain,
+        )
+
+    changes = _default_notify(envelope, dsn_defaults.notify)
+    new_sender = None
+    sender_params = None
+    if dsn_defaults.ret and "RET" not in mail_params:
+        new_sender = esmtp.strip_path(envelope.sender)
+        params = {k: v for k, v in mail_params.items() if k == "ENVID"}
+        params["RET"] = dsn_defaults.ret
+        sender_params = esmtp.format_params(params)
+    if new_sender is None and not changes:
+        return Decision(PASS, "untracked", sender_domain=domain)
+    return Decision(
+        DSN_DEFAULTS,
+        "dsn-defaults",
+        new_sender=new_sender,
+        sender_params=sender_params,
+        recipient_changes=changes,
+        sender_domain=domain,
+    )
+
+
+def _default_notify(envelope: Envelope, notify: tuple[str, ...] | None) -> tuple[RecipientChange, ...]:
+    """NOTIFY from the domain's defaults, only for recipients the client gave none."""
+    if not notify:
+        return ()
+    changes = []
+    for rcpt in envelope.recipients:
+        dsn = rcpt.dsn
+        if dsn.get("NOTIFY"):
+            continue
+        params = f"NOTIFY={','.join(notify)}"
+        # addrcpt_par loses ORCPT unless passed again (POSTFIX-NOTES).
+        orcpt = dsn.get("ORCPT") or esmtp.orcpt_for(rcpt.address)
+        changes.append(RecipientChange(rcpt.path, f"{params} ORCPT={orcpt}"))
+    return tuple(changes)
+
+
+def _return_path_address(value: str) -> str | None:
+    """The address of a Return-Path header value; "" for ``<>``; None if malformed."""
+    text = value.strip()
+    # RFC 5322 §3.6.7: return = "Return-Path:" path CRLF; path = angle-addr / "<>".
+    if text.replace(" ", "") == "<>":
+        return ""
+    if "<" in text and ">" in text:
+        text = text[text.index("<") : text.rindex(">") + 1]
+    address = esmtp.parse_address(text)
+    return address.text if address else None

@@ -1,0 +1,178 @@
+"""The ``bouncetrack milter`` process.
+
+libmilter owns SIGHUP, SIGTERM and SIGINT in the process that runs it (its
+signal thread stops the milter on SIGHUP). To reload on SIGHUP without dropping
+connections, the command is two processes: a small supervisor that owns the
+signals, and a forked child that runs libmilter. On SIGHUP the supervisor
+validates the configuration and, when it is good, tells the child over a pipe;
+the child swaps its configuration between messages. When the child dies, the
+supervisor starts a new one; when the supervisor dies, the child sees the pipe
+close and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from ..config import Config, ConfigError
+
+log = logging.getLogger("bouncetrack.milter")
+
+MILTER_NAME = "bouncetrack"
+RELOAD = b"R"
+RESTART_DELAY = 1.0
+
+
+def load_runtime(config_path: Path) -> "tuple[Config, object]":
+    from ..config_loader import load_config
+    from ..tokens import load_keyring
+
+    config = load_config(config_path)
+    return config, load_keyring(config)
+
+
+def run_child(config_path: Path, control_fd: int | None) -> int:
+    """Run libmilter in this process until stopped."""
+    import Milter
+    import milter as _milter
+
+    from ..store import open_store
+    from .app import ACTIONS, Runtime, Shared, make_factory
+
+    config, keyring = load_runtime(config_path)
+    shared = Shared(Runtime(config, keyring), lambda c: open_store(c.store_url, timeout=5.0))  # type: ignore[arg-type]
+
+    def reload() -> None:
+        try:
+            new_config, new_keyring = load_runtime(config_path)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            return
+        if new_config.milter_socket != shared.runtime.config.milter_socket:
+            log.warning("milter_socket changed: takes effect at the next restart")
+        shared.swap(Runtime(new_config, new_keyring))  # type: ignore[arg-type]
+        log.info("configuration reloaded from %s", config_path)
+
+    if control_fd is not None:
+        threading.Thread(target=_control_loop, args=(control_fd, reload, _milter.stop), daemon=True).start()
+
+    socket_path = config.milter_socket
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    # Postfix (user postfix) must be able to connect; access is limited by the
+    # socket's directory (bouncetrack:postfix 0750), as POSTFIX-NOTES advise.
+    os.umask(0o000)
+    Milter.factory = make_factory(shared)
+    Milter.set_flags(ACTIONS)
+    _milter.set_exception_policy(Milter.TEMPFAIL)
+    log.info("milter listening on %s", socket_path)
+    try:
+        Milter.runmilter(MILTER_NAME, f"unix:{socket_path}", timeout=600)
+    finally:
+        shared.close()
+    log.info("milter stopped; decisions: %s", dict(shared.decisions))
+    return 0
+
+
+def _control_loop(fd: int, reload: "callable[[], None]", stop: "callable[[], object]") -> None:  # type: ignore[valid-type]
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            data = b""
+        if not data:  # the supervisor is gone
+            log.warning("supervisor gone, stopping")
+            stop()
+            return
+        if RELOAD in data:
+            reload()
+
+
+class Supervisor:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.child: int | None = None
+        self.control_w: int | None = None
+        self.stopping = False
+
+    def spawn(self) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(w)
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_child(self.config_path, r)
+            except BaseException:
+                log.exception("milter child failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(r)
+        self.child, self.control_w = pid, w
+        log.info("milter child %d started", pid)
+
+    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        try:
+            load_runtime(self.config_path)
+        except (ConfigError, OSError) as exc:
+            log.error("SIGHUP: configuration invalid, not reloading:\n%s", exc)
+            return
+        if self.control_w is not None:
+            try:
+                os.write(self.control_w, RELOAD)
+            except OSError:
+                pass
+
+    def on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        if self.child:
+            try:
+                os.kill(self.child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        signal.signal(signal.SIGHUP, self.on_hup)
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGINT, self.on_term)
+        self.spawn()
+        while True:
+            assert self.child is not None
+            try:
+                pid, status = os.waitpid(self.child, 0)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return 0
+            if self.control_w is not None:
+                os.close(self.control_w)
+                self.control_w = None
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                return 0 if code in (0, -signal.SIGTERM) else code
+            log.error("milter child %d exited with %s; restarting in %.0f s", pid, code, RESTART_DELAY)
+            time.sleep(RESTART_DELAY)
+            if self.stopping:
+                return 0
+            self.spawn()
+
+
+def main(config_path: Path, *, foreground_child: bool = False) -> int:
+    """Entry point of ``bouncetrack milter``; refuses to start on an invalid config."""
+    try:
+        load_runtime(config_path)
+    except ConfigError as exc:
+        print(f"bouncetrack milter: invalid configuration:\n{exc}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    if foreground_child:
+        return run_child(config_path, None)
+    return Supervisor(config_path).run()
