@@ -1,0 +1,193 @@
+"""Versioned schema migrations for the SQLite store.
+
+Every schema change is a new entry at the end of :data:`MIGRATIONS`; an entry
+is never edited once released (databases in the field have applied it). Each
+migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the
+row that records it in ``schema_migrations``, so a crash leaves the database at
+the previous version, never half-way.
+
+Several processes may open a fresh database at the same moment (the milter,
+many pipe processes, the worker): each takes the write lock first and only
+then re-reads the version, so exactly one of them applies a given migration and
+the others find it done.
+
+Opening an up-to-date database costs one ``SELECT`` (:func:`migrate`).
+
+Migrations run with ``foreign_keys=ON`` inside a transaction; a future one
+that rebuilds a table (the SQLite "12-step" ALTER) must therefore keep the
+rows' keys intact or be run by a dedicated path with foreign keys off.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+# (version, description, statements). Statements are run one by one with
+# ``execute`` (``executescript`` would commit the surrounding transaction).
+Migration = tuple[int, str, tuple[str, ...]]
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    applied_at  REAL NOT NULL,
+    description TEXT NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        1,
+        "messages, recipients, raw reports, events, outbox",
+        (
+            # One row per message the milter rewrote; token_id is the id inside
+            # the VERP token (random 63-bit, fits SQLite's signed 64-bit INTEGER).
+            """
+            CREATE TABLE messages (
+                id              INTEGER PRIMARY KEY,
+                token_id        INTEGER NOT NULL UNIQUE,
+                token           TEXT NOT NULL,
+                queue_id        TEXT,
+                message_id      TEXT,
+                sender_domain   TEXT NOT NULL,
+                envelope_sender TEXT NOT NULL,
+                verp_sender     TEXT NOT NULL,
+                dsn_ret         TEXT,
+                dsn_envid       TEXT,
+                created_at      REAL NOT NULL
+            )
+            """,
+            # position keeps the client's RCPT order; the UNIQUE index also
+            # serves the foreign-key lookup on message_pk.
+            """
+            CREATE TABLE recipients (
+                id         INTEGER PRIMARY KEY,
+                message_pk INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+                address    TEXT NOT NULL,
+                orcpt      TEXT,
+                notify     TEXT,
+                position   INTEGER NOT NULL,
+                UNIQUE (message_pk, position)
+            )
+            """,
+            # The raw report, zlib-compressed. Retention sets `compressed` to NULL
+            # but keeps the row: its dedupe_key must keep deduplicating retries.
+            """
+            CREATE TABLE raw_reports (
+                id          INTEGER PRIMARY KEY,
+                dedupe_key  TEXT NOT NULL UNIQUE,
+                sha256      TEXT NOT NULL,
+                size        INTEGER NOT NULL,
+                compressed  BLOB,
+                received_at REAL NOT NULL
+            )
+            """,
+            """
+            CREATE INDEX raw_reports_unpurged
+                ON raw_reports (received_at) WHERE compressed IS NOT NULL
+            """,
+            """
+            CREATE TABLE events (
+                id                  INTEGER PRIMARY KEY,
+                event_id            TEXT NOT NULL UNIQUE,
+                raw_pk              INTEGER REFERENCES raw_reports(id) ON DELETE SET NULL,
+                type                TEXT NOT NULL,
+                hard                INTEGER NOT NULL,
+                reason              TEXT NOT NULL,
+                status              TEXT,
+                reply_code          TEXT,
+                diagnostic          TEXT,
+                recipient           TEXT,
+                reported_recipient  TEXT,
+                action              TEXT,
+                remote_mta          TEXT,
+                domain              TEXT,
+                original_sender     TEXT,
+                original_message_id TEXT,
+                token               TEXT,
+                token_status        TEXT NOT NULL,
+                flagged             INTEGER NOT NULL,
+                message_pk          INTEGER REFERENCES messages(id) ON DELETE SET NULL,
+                received_at         REAL NOT NULL,
+                dedupe_key          TEXT NOT NULL,
+                feedback_type       TEXT,
+                sent_at             REAL
+            )
+            """,
+            "CREATE INDEX events_received_at ON events (received_at)",
+            "CREATE INDEX events_domain_received_at ON events (domain, received_at)",
+            "CREATE INDEX events_message_pk ON events (message_pk)",
+            "CREATE INDEX events_raw_pk ON events (raw_pk)",
+            # Durable outbox (at-least-once forwarding). lease_until: a worker
+            # holds the job until then; an expired lease makes it claimable again.
+            """
+            CREATE TABLE outbox (
+                id              INTEGER PRIMARY KEY,
+                event_id        TEXT NOT NULL REFERENCES events(event_id) ON DELETE CASCADE,
+                channel         TEXT NOT NULL,
+                target          TEXT NOT NULL,
+                state           TEXT NOT NULL DEFAULT 'pending'
+                                CHECK (state IN ('pending', 'delivered', 'dead')),
+                attempts        INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at REAL NOT NULL,
+                last_error      TEXT,
+                lease_until     REAL,
+                created_at      REAL NOT NULL,
+                updated_at      REAL NOT NULL,
+                UNIQUE (event_id, channel, target)
+            )
+            """,
+            "CREATE INDEX outbox_state_next ON outbox (state, next_attempt_at)",
+        ),
+    ),
+)
+
+LATEST_VERSION: int = MIGRATIONS[-1][0]
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """The highest applied migration, 0 for a fresh database (one SELECT)."""
+    try:
+        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except sqlite3.OperationalError as exc:
+        # SQLITE_ERROR has no finer code for a missing table; the text is stable.
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply the pending migrations; return the versions this call applied.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no open
+    transaction. A database newer than this code (a later release opened it)
+    is left alone: migrations only add, so older code keeps working.
+    """
+    if not migrations or current_version(conn) >= migrations[-1][0]:
+        return []
+    applied: list[int] = []
+    for version, description, statements in migrations:
+        # Write lock first, then re-check: another process may have just done it.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_SCHEMA_MIGRATIONS)
+            if current_version(conn) >= version:
+                conn.execute("COMMIT")
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at, description) VALUES (?, ?, ?)",
+                (version, time.time(), description),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        applied.append(version)
+    return applied

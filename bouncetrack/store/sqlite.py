@@ -1,0 +1,571 @@
+"""The SQLite store (default): stdlib ``sqlite3`` in WAL mode.
+
+Safe with the milter, many pipe processes, the worker and the API writing at
+once: WAL lets readers run beside the one writer, every write transaction is
+``BEGIN IMMEDIATE`` so a writer waits for the lock up front (within the busy
+timeout) instead of failing half-way with ``SQLITE_BUSY_SNAPSHOT``, and every
+failure that means "not now" (locked, busy, disk full, read-only, cannot open)
+becomes :class:`StoreUnavailable`, which the pipe turns into exit 75 so that
+Postfix retries.
+
+The pipe imports this module once per bounce: stdlib only, nothing heavy.
+
+One connection per store object, guarded by a lock so that the threaded milter
+may share it; transactions are explicit (``isolation_level=None``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from . import migrations
+from .base import (
+    BounceEvent,
+    MessageRecord,
+    OutboxJob,
+    RecipientRecord,
+    StoreOutcome,
+    StoreUnavailable,
+)
+
+# Primary SQLite result codes that mean "the store cannot be used right now"
+# (https://www.sqlite.org/rescode.html). Everything else (constraint
+# violations, SQL errors) is a bug and propagates unchanged.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        3,  # SQLITE_PERM
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        7,  # SQLITE_NOMEM
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        11,  # SQLITE_CORRUPT: keep the bounce queued while an operator repairs
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+        26,  # SQLITE_NOTADB
+    }
+)
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_UNAVAILABLE_WORDS = ("locked", "busy", "disk", "readonly", "read-only", "unable to open", "full")
+
+RAW_COMPRESSION_LEVEL = 6
+_FETCH_BATCH = 500
+_MAX_ERROR_LEN = 4000
+
+_EVENT_FIELDS = (
+    "event_id",
+    "type",
+    "hard",
+    "reason",
+    "status",
+    "reply_code",
+    "diagnostic",
+    "recipient",
+    "reported_recipient",
+    "action",
+    "remote_mta",
+    "domain",
+    "original_sender",
+    "original_message_id",
+    "token",
+    "token_status",
+    "flagged",
+    "message_pk",
+    "received_at",
+    "dedupe_key",
+    "feedback_type",
+    "sent_at",
+)
+_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
+_EVENT_INSERT = (
+    f"INSERT INTO events (raw_pk, {_EVENT_COLUMNS}) "
+    f"VALUES (?, {', '.join('?' for _ in _EVENT_FIELDS)})"
+)
+
+_JOB_COLUMNS = (
+    "id, event_id, channel, target, state, attempts, next_attempt_at, "
+    "last_error, created_at, updated_at, lease_until"
+)
+_MESSAGE_COLUMNS = (
+    "id, token_id, token, queue_id, message_id, sender_domain, envelope_sender, "
+    "verp_sender, dsn_ret, dsn_envid, created_at"
+)
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _is_unavailable(exc: sqlite3.Error) -> bool:
+    code = _primary_code(exc)
+    if code is not None:
+        return code in _UNAVAILABLE_CODES
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and any(w in text for w in _UNAVAILABLE_WORDS)
+
+
+def _unavailable(path: str, what: str, exc: sqlite3.Error, timeout: float) -> StoreUnavailable:
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    hint = ""
+    if _primary_code(exc) in _BUSY_CODES:
+        hint = f" (gave up after the {timeout:g}s busy timeout)"
+    return StoreUnavailable(f"SQLite store {path}: {what}: {exc} [{name}]{hint}")
+
+
+def parse_url(url: str) -> str:
+    """``sqlite:///abs/path`` or ``sqlite:////abs/path`` → ``/abs/path``.
+
+    Both spellings name an absolute path (the project's URLs use three slashes,
+    SQLAlchemy's use four); ``sqlite:///:memory:`` is an in-memory store.
+    """
+    if not url.startswith("sqlite:"):
+        raise ValueError(f"not an SQLite store URL: {url!r}")
+    rest = url[len("sqlite:") :]
+    if not rest.startswith("//"):
+        raise ValueError(f"SQLite store URL must look like sqlite:///abs/path, got {url!r}")
+    path = rest[2:].split("?", 1)[0]
+    if path in ("/:memory:", ":memory:"):
+        return ":memory:"
+    path = "/" + path.lstrip("/")
+    if path == "/" or path.endswith("/"):
+        raise ValueError(f"SQLite store URL names no file: {url!r}")
+    return path
+
+
+class SQLiteStore:
+    """The :class:`~bouncetrack.store.base.Store` on one SQLite file."""
+
+    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._lock = threading.RLock()
+        if path != ":memory:":
+            parent = os.path.dirname(path) or "."
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"SQLite store {path}: cannot create its directory {parent}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+        try:
+            conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(path, "cannot open", exc, timeout) from exc
+            raise
+        try:
+            try:
+                self._configure(conn)
+                migrations.migrate(conn)
+            except sqlite3.Error as exc:
+                if _is_unavailable(exc):
+                    raise _unavailable(path, "opening", exc, timeout) from exc
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 10.0) -> SQLiteStore:
+        """Open (creating file and directory if missing) and migrate the store."""
+        return cls(parse_url(url), timeout=timeout)
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        # The busy timeout is set by connect(timeout=…). Per-connection pragmas:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL up to a power cut
+        if self.path == ":memory:":
+            return
+        # journal_mode is persistent: usually already WAL, costing one read.
+        # Switching needs an exclusive lock, and a fresh file opened by several
+        # processes at once can get SQLITE_BUSY without the busy handler being
+        # consulted, so retry until the timeout.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                if mode != "wal":
+                    mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+                if mode != "wal":
+                    raise StoreUnavailable(
+                        f"SQLite store {self.path}: cannot switch to WAL mode "
+                        f"(journal_mode stays {mode!r}; is the filesystem local?)"
+                    )
+                return
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in _BUSY_CODES or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+
+    # ----------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(self.path, what, exc, self.timeout) from exc
+            raise
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._guard(what):
+            yield self._conn
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the write lock is taken up front (IMMEDIATE)."""
+        with self._lock, self._guard(what):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error is the one worth reporting
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------- milter side
+
+    def record_message(self, message: MessageRecord) -> int:
+        """Store the message and its recipients in one transaction; return messages.id."""
+        with self._write("recording a message") as conn:
+            cur = conn.execute(
+                "INSERT INTO messages (token_id, token, queue_id, message_id, sender_domain, "
+                "envelope_sender, verp_sender, dsn_ret, dsn_envid, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.token_id,
+                    message.token,
+                    message.queue_id,
+                    message.message_id,
+                    message.sender_domain,
+                    message.envelope_sender,
+                    message.verp_sender,
+                    message.dsn_ret,
+                    message.dsn_envid,
+                    message.created_at,
+                ),
+            )
+            message_pk = cur.lastrowid
+            assert message_pk is not None
+            conn.executemany(
+                "INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (message_pk, r.address, r.orcpt, r.notify, position)
+                    for position, r in enumerate(message.recipients)
+                ],
+            )
+        return message_pk
+
+    def message_by_token_id(self, token_id: int) -> MessageRecord | None:
+        with self._read("reading a message") as conn:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            rcpts = conn.execute(
+                "SELECT id, address, orcpt, notify FROM recipients "
+                "WHERE message_pk = ? ORDER BY position",
+                (row[0],),
+            ).fetchall()
+        return MessageRecord(
+            id=row[0],
+            token_id=row[1],
+            token=row[2],
+            queue_id=row[3],
+            message_id=row[4],
+            sender_domain=row[5],
+            envelope_sender=row[6],
+            verp_sender=row[7],
+            dsn_ret=row[8],
+            dsn_envid=row[9],
+            created_at=row[10],
+            recipients=tuple(
+                RecipientRecord(id=r[0], address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts
+            ),
+        )
+
+    # ------------------------------------------------------------- pipe side
+
+    def store_report(
+        self,
+        events: Sequence[BounceEvent],
+        raw: bytes,
+        jobs: Sequence[OutboxJob],
+        dedupe_key: str,
+    ) -> StoreOutcome:
+        """Raw report, events and outbox jobs in ONE transaction, idempotently.
+
+        A ``dedupe_key`` already stored means a retry of a report stored
+        earlier (Postfix redelivering after a crash or a lost exit status):
+        nothing is written and the first delivery's event ids are returned.
+        """
+        # Hash and compress before taking the write lock: keep it short.
+        digest = hashlib.sha256(raw).hexdigest()
+        compressed = zlib.compress(raw, RAW_COMPRESSION_LEVEL)
+        now = time.time()
+        received_at = events[0].received_at if events else now
+        with self._write("storing a report") as conn:
+            row = conn.execute(
+                "SELECT id FROM raw_reports WHERE dedupe_key = ?", (dedupe_key,)
+            ).fetchone()
+            if row is not None:
+                ids = conn.execute(
+                    "SELECT event_id FROM events WHERE raw_pk = ? ORDER BY id", (row[0],)
+                ).fetchall()
+                return StoreOutcome(stored=False, event_ids=tuple(r[0] for r in ids))
+            raw_pk = conn.execute(
+                "INSERT INTO raw_reports (dedupe_key, sha256, size, compressed, received_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (dedupe_key, digest, len(raw), compressed, received_at),
+            ).lastrowid
+            conn.executemany(
+                _EVENT_INSERT,
+                [(raw_pk, *(getattr(e, f) for f in _EVENT_FIELDS)) for e in events],
+            )
+            conn.executemany(
+                "INSERT INTO outbox (event_id, channel, target, state, attempts, "
+                "next_attempt_at, last_error, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (event_id, channel, target) DO NOTHING",
+                [
+                    (
+                        j.event_id,
+                        j.channel,
+                        j.target,
+                        j.state,
+                        j.attempts,
+                        j.next_attempt_at,
+                        j.last_error,
+                        j.created_at or now,
+                        j.updated_at or now,
+                    )
+                    for j in jobs
+                ],
+            )
+        return StoreOutcome(stored=True, event_ids=tuple(e.event_id for e in events))
+
+    def raw_report(self, event_id: str) -> bytes | None:
+        """The raw report an event came from, decompressed; None if unknown or purged."""
+        with self._read("reading a raw report") as conn:
+            row = conn.execute(
+                "SELECT r.compressed FROM events e JOIN raw_reports r ON r.id = e.raw_pk "
+                "WHERE e.event_id = ?",
+                (event_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return zlib.decompress(row[0])
+
+    def event(self, event_id: str) -> BounceEvent | None:
+        with self._read("reading an event") as conn:
+            row = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return None if row is None else _event_from_row(row)
+
+    def events_between(
+        self, start: float, end: float, domains: Sequence[str] | None = None
+    ) -> Iterator[BounceEvent]:
+        """Events with ``start <= received_at < end``, ordered by (received_at, id).
+
+        Streams in batches (constant memory). The store's lock is held only
+        while fetching a batch, never while the caller holds a yielded event.
+        ``domains=[]`` selects nothing; ``None`` selects every domain.
+        """
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE received_at >= ? AND received_at < ?"
+        params: list[Any] = [start, end]
+        if domains is not None:
+            if not domains:
+                return
+            sql += f" AND domain IN ({', '.join('?' for _ in domains)})"
+            params.extend(domains)
+        sql += " ORDER BY received_at, id"
+        with self._read("reading events") as conn:
+            cur = conn.execute(sql, params)
+        try:
+            while True:
+                with self._read("reading events"):
+                    rows = cur.fetchmany(_FETCH_BATCH)
+                if not rows:
+                    return
+                for row in rows:
+                    yield _event_from_row(row)
+        finally:
+            with self._lock:
+                cur.close()
+
+    def purge_raw_before(self, cutoff: float, batch: int = 1000) -> int:
+        """Retention: drop the compressed bodies of reports received before ``cutoff``.
+
+        Event rows stay, and so do the raw_reports rows (their dedupe keys keep
+        deduplicating late retries); only the bodies go. Each batch is its own
+        short transaction so pipes are not kept waiting. Returns bodies dropped.
+        """
+        total = 0
+        while True:
+            with self._write("purging raw reports") as conn:
+                n = conn.execute(
+                    "UPDATE raw_reports SET compressed = NULL WHERE id IN ("
+                    "SELECT id FROM raw_reports WHERE compressed IS NOT NULL AND received_at < ? "
+                    "LIMIT ?)",
+                    (cutoff, batch),
+                ).rowcount
+            total += n
+            if n < batch:
+                return total
+
+    # ----------------------------------------------------------------- outbox
+
+    def claim_jobs(self, now: float, limit: int, lease_seconds: float) -> list[OutboxJob]:
+        """Lease up to ``limit`` due jobs until ``now + lease_seconds``.
+
+        Select and lease happen in one IMMEDIATE transaction, so two workers
+        never claim the same job; a worker that dies lets its lease expire and
+        the job becomes claimable again (at-least-once).
+        """
+        if limit <= 0:
+            return []
+        until = now + lease_seconds
+        with self._write("claiming outbox jobs") as conn:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM outbox "
+                "WHERE state = 'pending' AND next_attempt_at <= ? "
+                "AND (lease_until IS NULL OR lease_until <= ?) "
+                "ORDER BY next_attempt_at, id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET lease_until = ?, updated_at = ? WHERE id = ?",
+                [(until, now, r[0]) for r in rows],
+            )
+        return [_job_from_row(r, lease_until=until, updated_at=now) for r in rows]
+
+    def job_delivered(self, job_id: int, now: float) -> None:
+        with self._write("marking a job delivered") as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'delivered', lease_until = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (now, job_id),
+            )
+
+    def job_failed(
+        self, job_id: int, now: float, error: str, next_attempt_at: float | None
+    ) -> None:
+        """Count a failed attempt; ``next_attempt_at=None`` dead-letters the job.
+
+        Only a pending job changes: a late failure report never undoes a
+        delivery or a dead-lettering recorded meanwhile.
+        """
+        with self._write("recording a job failure") as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, lease_until = NULL, "
+                "updated_at = ?, state = CASE WHEN ? IS NULL THEN 'dead' ELSE 'pending' END, "
+                "next_attempt_at = COALESCE(?, next_attempt_at) "
+                "WHERE id = ? AND state = 'pending'",
+                (error[:_MAX_ERROR_LEN], now, next_attempt_at, next_attempt_at, job_id),
+            )
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[OutboxJob]:
+        """Jobs, newest first, optionally of one state (for the CLI)."""
+        where, params = ("", [limit]) if state is None else (" WHERE state = ?", [state, limit])
+        with self._read("listing jobs") as conn:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM outbox{where} ORDER BY id DESC LIMIT ?", params
+            ).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def replay_job(self, job_id: int, now: float) -> bool:
+        """Make a job pending again, due now, attempts reset; False if no such job.
+
+        A pending job keeps its lease (a worker may be delivering it right now).
+        """
+        with self._write("replaying a job") as conn:
+            n = conn.execute(
+                "UPDATE outbox SET lease_until = CASE WHEN state = 'pending' "
+                "THEN lease_until ELSE NULL END, "
+                "state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                (now, now, job_id),
+            ).rowcount
+        return n > 0
+
+    def outbox_stats(self, now: float) -> dict[str, float]:
+        """Counts per state, due/leased pending jobs, age of the oldest pending job.
+
+        Keys: ``pending``, ``delivered``, ``dead``, ``due`` (pending and due
+        now), ``leased`` (pending, held by a worker), ``oldest_pending_age``
+        (seconds since the oldest pending job was created; 0 when none).
+        """
+        stats: dict[str, float] = {"pending": 0, "delivered": 0, "dead": 0}
+        with self._read("reading outbox statistics") as conn:
+            for state, count in conn.execute(
+                "SELECT state, count(*) FROM outbox GROUP BY state"
+            ).fetchall():
+                stats[state] = count
+            due, leased, oldest = conn.execute(
+                "SELECT count(*) FILTER (WHERE next_attempt_at <= ?1), "
+                "count(*) FILTER (WHERE lease_until > ?1), min(created_at) "
+                "FROM outbox WHERE state = 'pending'",
+                (now,),
+            ).fetchone()
+        stats["due"] = due
+        stats["leased"] = leased
+        stats["oldest_pending_age"] = max(0.0, now - oldest) if oldest is not None else 0.0
+        return stats
+
+
+def _event_from_row(row: Sequence[Any]) -> BounceEvent:
+    values = dict(zip(_EVENT_FIELDS, row))
+    values["hard"] = bool(values["hard"])
+    values["flagged"] = bool(values["flagged"])
+    return BounceEvent(**values)
+
+
+def _job_from_row(
+    row: Sequence[Any], *, lease_until: float | None = None, updated_at: float | None = None
+) -> OutboxJob:
+    return OutboxJob(
+        id=row[0],
+        event_id=row[1],
+        channel=row[2],
+        target=row[3],
+        state=row[4],
+        attempts=row[5],
+        next_attempt_at=row[6],
+        last_error=row[7],
+        created_at=row[8],
+        updated_at=row[9] if updated_at is None else updated_at,
+        lease_until=row[10] if lease_until is None else lease_until,
+    )
