@@ -1,0 +1,759 @@
+"""Load and validate the YAML configuration into :class:`bouncetrack.config.Config`.
+
+Why a node walker instead of ``yaml.safe_load`` + dict checks: the composer
+keeps the line of every node, so each problem names ``file:line: key``, and we
+see duplicate keys, which PyYAML's constructor silently collapses (last one
+wins). All problems are collected and raised together as one
+:class:`~bouncetrack.config.ConfigError` so the operator fixes them in one go.
+
+Decisions:
+
+- Only ``bounce_domain`` is required; every other key has a default (see
+  ``conf/example.yaml``).
+- Relative paths (``secret_file``, ``milter_socket``, the path in a
+  ``sqlite:///`` URL) are resolved against the directory of the config file,
+  never against the process's working directory (which differs between the
+  milter, Postfix's pipe(8) and an operator's shell). ``~`` is not expanded and
+  is reported as a mistake.
+- ``store``: ``sqlite:///`` followed by a path (SQLAlchemy convention:
+  ``sqlite:////var/lib/x.db`` is absolute, ``sqlite:///x.db`` relative to the
+  config file). The loaded ``Config.store_url`` is always
+  ``sqlite:///`` + absolute path, so ``store_url[len("sqlite:///"):]`` is the
+  absolute file name. ``postgresql://…`` is passed through unchanged.
+- ``milter_socket`` may be a path or ``unix:/path`` (the ``unix:`` is dropped).
+- Durations (``key_grace_period``): a number of seconds, or ``<n><unit>``
+  with unit ``s``, ``m``, ``h``, ``d``, ``w``, possibly combined (``1d12h``).
+- Domain names (keys of ``domains:`` and ``bounce_domain``) are lower-cased and a
+  trailing dot is dropped; they must be ASCII (use the ``xn--`` A-label form).
+- ``dsn.notify`` may be a string ``"FAILURE,DELAY"`` or a list.
+
+PyYAML is imported only here so the model stays importable without it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os.path
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from bouncetrack.config import (
+    Config,
+    ConfigError,
+    ConfigProblem,
+    DomainPolicy,
+    DsnDefaults,
+    OutboxConfig,
+    PipeConfig,
+    WebhookConfig,
+)
+
+try:  # libyaml is much faster; fall back to the pure-Python loader
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+__all__ = ["load_config", "load_config_text", "validate", "parse_duration"]
+
+T = TypeVar("T")
+
+# Tag names of the YAML 1.1 core schema as resolved by PyYAML.
+_TAG_STR = "tag:yaml.org,2002:str"
+_TAG_NULL = "tag:yaml.org,2002:null"
+_TAG_MERGE = "tag:yaml.org,2002:merge"
+
+DEFAULT_SECRET_FILE = "/var/lib/bouncetrack/verp.key"
+DEFAULT_STORE = "sqlite:////var/lib/bouncetrack/bouncetrack.db"
+DEFAULT_MILTER_SOCKET = "/run/bouncetrack/milter.sock"
+DEFAULT_GRACE_SECONDS = 7 * 86400.0
+# The VERP token is 24 characters (HACKING.md); the local part is prefix + "+" + token
+# and must stay within 64 octets (RFC 5321 §4.5.3.1.1).
+_TOKEN_LEN = 24
+_MAX_PREFIX_LEN = 64 - 1 - _TOKEN_LEN
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_NOTIFY_VALUES = ("NEVER", "SUCCESS", "FAILURE", "DELAY")  # RFC 3461 §4.1
+_RET_VALUES = ("HDRS", "FULL")  # RFC 3461 §4.3
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")  # RFC 5322 §3.2.3
+_PREFIX_RE = re.compile(r"^[a-z0-9]+$")
+_TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+TOP_KEYS = (
+    "bounce_domain",
+    "verp_prefix",
+    "secret_file",
+    "key_grace_period",
+    "store",
+    "milter_socket",
+    "api_listen",
+    "log_level",
+    "pipe",
+    "outbox",
+    "domains",
+)
+PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses")
+OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
+DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn")
+WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
+DSN_KEYS = ("notify", "ret")
+
+
+class _Invalid(Exception):
+    """Internal: a value was wrong; the problem has already been recorded."""
+
+
+@dataclass
+class _Ctx:
+    file: str
+    base_dir: Path
+    loader: Any
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+    def add(self, node: yaml.Node | int | None, key: str, message: str) -> None:
+        if isinstance(node, yaml.Node):
+            line: int | None = node.start_mark.line + 1
+        else:
+            line = node
+        self.problems.append(ConfigProblem(self.file, line, key, message))
+
+    def fail(self, node: yaml.Node | int | None, key: str, message: str) -> _Invalid:
+        self.add(node, key, message)
+        return _Invalid()
+
+
+# ---------------------------------------------------------------------------
+# Public API
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and return the configuration; raise ConfigError listing every problem."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read the file: {reason}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigProblem(str(path), line, "", "the file is not valid UTF-8")]) from None
+    return load_config_text(text, p, display_name=str(path))
+
+
+def load_config_text(text: str, path: str | Path, display_name: str | None = None) -> Config:
+    """Validate YAML text as if read from ``path`` (relative paths resolve next to it)."""
+    p = Path(path)
+    name = display_name if display_name is not None else str(path)
+    ctx = _Ctx(file=name, base_dir=p.absolute().parent, loader=None)
+    root = _compose(ctx, text)
+    config = _build(ctx, root, p.absolute()) if root is not None else None
+    if ctx.problems or config is None:
+        raise ConfigError(sorted(ctx.problems, key=lambda q: (q.line or 0)))
+    return config
+
+
+def validate(path: str | Path) -> list[ConfigProblem]:
+    """All problems of a config file (empty list when it is valid); for check-config."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in ``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"1d12h"`` or a number.
+
+    Raises ValueError with a human message.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 7d, 12h, 30m, 45s or a number of seconds")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    s = value.strip().lower().replace(" ", "")
+    try:
+        seconds = float(s)
+    except ValueError:
+        pass
+    else:
+        if seconds < 0:
+            raise ValueError("a duration cannot be negative")
+        return seconds
+    pos = 0
+    total = 0.0
+    for m in _DURATION_PART_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(
+            f"invalid duration {value!r}: expected e.g. 7d, 12h, 30m, 45s, 1d12h or a number of seconds"
+        )
+    return total
+
+
+# ---------------------------------------------------------------------------
+# Composition
+
+
+def _compose(ctx: _Ctx, text: str) -> yaml.MappingNode | None:
+    try:
+        loader = _Loader(text)
+        ctx.loader = loader
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        detail = exc.problem or "invalid YAML"
+        if exc.context:
+            detail = f"{detail} ({exc.context})"
+        ctx.add(line, "", f"YAML syntax error: {detail}")
+        return None
+    except yaml.YAMLError as exc:
+        ctx.add(None, "", f"YAML error: {exc}")
+        return None
+    if node is None:
+        ctx.add(1, "", "the file is empty; expected a mapping with at least 'bounce_domain'")
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        ctx.add(node, "", f"the top level must be a mapping of keys (bounce_domain: ...), not {_kind(node)}")
+        return None
+    return node
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "bool": "a boolean",
+        "null": "empty (null)",
+        "timestamp": "a date",
+    }.get(tag, f"a {tag}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+Entries = dict[str, tuple[yaml.Node, yaml.Node]]
+
+
+def _entries(ctx: _Ctx, node: yaml.Node, path: str, allowed: tuple[str, ...] | None) -> Entries:
+    """The key → (key node, value node) entries of a mapping node, checking keys.
+
+    Detects duplicate keys (PyYAML would silently keep the last) and unknown keys.
+    """
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.fail(node, path, f"expected a mapping, got {_kind(node)}")
+    out: Entries = {}
+    for knode, vnode in node.value:
+        if knode.tag == _TAG_MERGE:
+            ctx.add(knode, path, "YAML merge keys ('<<') are not supported; write the keys out")
+            continue
+        if not isinstance(knode, yaml.ScalarNode) or knode.value == "":
+            ctx.add(knode, path, "keys must be plain names")
+            continue
+        key = str(knode.value)
+        if key in out:
+            first = out[key][0].start_mark.line + 1
+            ctx.add(
+                knode,
+                _join(path, key),
+                f"duplicate key '{key}' (first at line {first}); YAML would silently keep only the last one",
+            )
+            continue
+        if allowed is not None and key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
+            ctx.add(knode, _join(path, key), f"unknown key '{key}' ({hint})")
+            continue
+        out[key] = (knode, vnode)
+    return out
+
+
+def _value(ctx: _Ctx, node: yaml.Node) -> Any:
+    """The Python value of a scalar node (YAML 1.1 core schema, like safe_load)."""
+    return ctx.loader.construct_object(node, deep=True)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _TAG_NULL
+
+
+def _field(
+    ctx: _Ctx,
+    entries: Entries,
+    key: str,
+    path: str,
+    conv: Callable[[_Ctx, yaml.Node, str], T],
+    default: T,
+) -> T:
+    """Convert one optional entry; on a problem, record it and return the default."""
+    if key not in entries:
+        return default
+    vnode = entries[key][1]
+    try:
+        return conv(ctx, vnode, _join(path, key))
+    except _Invalid:
+        return default
+
+
+# ---------------------------------------------------------------------------
+# Scalar converters: (ctx, node, dotted key) -> value, raising _Invalid after ctx.add
+
+
+def _str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _TAG_STR:
+        got = _kind(node)
+        if isinstance(node, yaml.ScalarNode) and node.tag != _TAG_NULL:
+            got += f" ({node.value}); quote it if you mean a string"
+        raise ctx.fail(node, key, f"expected a string, got {got}")
+    value = str(node.value).strip()
+    if not value:
+        raise ctx.fail(node, key, "must not be empty")
+    return value
+
+
+def _bool(ctx: _Ctx, node: yaml.Node, key: str) -> bool:
+    value = _value(ctx, node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, bool):
+        shown = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+        raise ctx.fail(node, key, f"expected true or false, got {_kind(node)}{shown}")
+    return value
+
+
+def _int(ctx: _Ctx, node: yaml.Node, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    value = _value(ctx, node) if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+        raise ctx.fail(node, key, f"expected a whole number, got {_kind(node)}{shown}")
+    _range(ctx, node, key, value, minimum, maximum)
+    return value
+
+
+def _number(
+    ctx: _Ctx, node: yaml.Node, key: str, minimum: float | None = None, maximum: float | None = None,
+    exclusive_min: bool = False,
+) -> float:
+    value = _value(ctx, node) if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+        raise ctx.fail(node, key, f"expected a number, got {_kind(node)}{shown}")
+    if exclusive_min and minimum is not None and value <= minimum:
+        raise ctx.fail(node, key, f"must be greater than {minimum:g}, got {value:g}")
+    _range(ctx, node, key, value, minimum, maximum)
+    return float(value)
+
+
+def _range(
+    ctx: _Ctx, node: yaml.Node, key: str, value: float, minimum: float | None, maximum: float | None
+) -> None:
+    if minimum is not None and value < minimum:
+        raise ctx.fail(node, key, f"must be at least {minimum:g}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise ctx.fail(node, key, f"must be at most {maximum:g}, got {value:g}")
+
+
+def _duration(ctx: _Ctx, node: yaml.Node, key: str) -> float:
+    value = _value(ctx, node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ctx.fail(
+            node, key, f"expected a duration such as 7d, 12h, 30m, 45s or a number of seconds, got {_kind(node)}"
+        )
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ctx.fail(node, key, str(exc)) from None
+
+
+def _str_list(ctx: _Ctx, node: yaml.Node, key: str) -> list[tuple[yaml.Node, str]]:
+    """A list of strings; a single string is accepted as a one-element list."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG_STR:
+        return [(node, _str(ctx, node, key))]
+    if not isinstance(node, yaml.SequenceNode):
+        raise ctx.fail(node, key, f"expected a list of strings, got {_kind(node)}")
+    out: list[tuple[yaml.Node, str]] = []
+    bad = False
+    for i, item in enumerate(node.value):
+        try:
+            out.append((item, _str(ctx, item, f"{key}[{i}]")))
+        except _Invalid:
+            bad = True
+    if bad:
+        raise _Invalid()
+    return out
+
+
+def _domain_name(value: str) -> str | None:
+    """Lower-cased domain without trailing dot, or None when it is not a valid host name."""
+    name = value.strip().lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253 or not name.isascii():
+        return None
+    labels = name.split(".")
+    if not all(_LABEL_RE.match(label) for label in labels):
+        return None
+    if labels[-1].isdigit():  # an IP address or a numeric TLD is no domain name
+        return None
+    return name
+
+
+def _domain_problem(value: str) -> str:
+    hint = ""
+    if "://" in value or "/" in value:
+        hint = " (give only the domain, without scheme or path)"
+    elif "@" in value:
+        hint = " (give only the domain, not an address)"
+    elif not value.isascii():
+        hint = " (use the ASCII xn-- form of an internationalized name)"
+    return f"invalid domain name {value!r}{hint}"
+
+
+def _domain(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    name = _domain_name(value)
+    if name is None:
+        raise ctx.fail(node, key, _domain_problem(value))
+    return name
+
+
+def _email(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    addr = value[1:-1].strip() if value.startswith("<") and value.endswith(">") else value
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or len(local) > 64 or not _DOT_ATOM_RE.match(local) or _domain_name(domain) is None:
+        raise ctx.fail(node, key, f"invalid email address {value!r} (expected local@domain.example)")
+    return f"{local}@{_domain_name(domain)}"
+
+
+def _path(ctx: _Ctx, node: yaml.Node, key: str) -> Path:
+    value = _str(ctx, node, key)
+    return _resolve(ctx, node, key, value)
+
+
+def _resolve(ctx: _Ctx, node: yaml.Node, key: str, value: str) -> Path:
+    if value.startswith("~"):
+        raise ctx.fail(node, key, f"'~' is not expanded in {value!r}; give an absolute path")
+    p = Path(value)
+    if not p.is_absolute():
+        p = ctx.base_dir / p  # documented: relative to the config file's directory
+    return Path(os.path.normpath(p))
+
+
+def _socket(ctx: _Ctx, node: yaml.Node, key: str) -> Path:
+    value = _str(ctx, node, key)
+    if value.startswith("unix:"):
+        value = value[len("unix:"):]
+    elif value.startswith(("inet:", "inet6:")):
+        raise ctx.fail(node, key, "only a unix socket path is supported (e.g. /run/bouncetrack/milter.sock)")
+    return _resolve(ctx, node, key, value)
+
+
+def _store(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    if value.startswith("sqlite:///"):
+        rest = value[len("sqlite:///"):]
+        if not rest or rest.endswith("/"):
+            raise ctx.fail(node, key, f"{value!r} names no database file (e.g. sqlite:////var/lib/bouncetrack/bouncetrack.db)")
+        path = _resolve(ctx, node, key, rest)
+        return "sqlite:///" + str(path)
+    if value.startswith("postgresql://"):
+        if len(value) == len("postgresql://"):
+            raise ctx.fail(node, key, "postgresql:// URL names no server or database")
+        return value
+    hint = ""
+    if value.startswith("sqlite:"):
+        hint = " (sqlite needs three slashes then the path: sqlite:////abs/path.db)"
+    elif value.startswith(("postgres://", "postgresql+")):
+        hint = " (write it as postgresql://user@host/db)"
+    raise ctx.fail(node, key, f"unsupported store URL {value!r}: expected sqlite:///<path> or postgresql://...{hint}")
+
+
+def _listen(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    host, sep, port = value.rpartition(":")
+    ok = bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
+    if ok and host.startswith("[") != host.endswith("]"):
+        ok = False
+    if not ok:
+        raise ctx.fail(node, key, f"expected host:port (e.g. 127.0.0.1:8025 or [::1]:8025), got {value!r}")
+    return value
+
+
+def _log_level(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key).upper()
+    if value not in _LOG_LEVELS:
+        raise ctx.fail(node, key, f"unknown log level {value!r} (one of {', '.join(_LOG_LEVELS)})")
+    return value
+
+
+def _prefix(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    if not _PREFIX_RE.match(value):
+        raise ctx.fail(node, key, f"invalid VERP prefix {value!r}: use lower-case letters and digits only ([a-z0-9]+)")
+    if len(value) > _MAX_PREFIX_LEN:
+        raise ctx.fail(
+            node, key, f"VERP prefix too long ({len(value)}): the local part must stay within 64 octets (max {_MAX_PREFIX_LEN})"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Sections
+
+
+def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
+    top = _entries(ctx, root, "", TOP_KEYS)
+
+    bounce_domain: str | None = None
+    if "bounce_domain" not in top:
+        ctx.add(root, "bounce_domain", "missing required key 'bounce_domain' (the VERP domain whose MX is this Postfix)")
+    else:
+        bounce_domain = _field(ctx, top, "bounce_domain", "", _domain, None)
+
+    verp_prefix = _field(ctx, top, "verp_prefix", "", _prefix, "b")
+    secret_file = _field(ctx, top, "secret_file", "", _path, Path(DEFAULT_SECRET_FILE))
+    grace = _field(ctx, top, "key_grace_period", "", _duration, DEFAULT_GRACE_SECONDS)
+    store = _field(ctx, top, "store", "", _store, DEFAULT_STORE)
+    milter_socket = _field(ctx, top, "milter_socket", "", _socket, Path(DEFAULT_MILTER_SOCKET))
+    api_listen = _field(ctx, top, "api_listen", "", _listen, "127.0.0.1:8025")
+    log_level = _field(ctx, top, "log_level", "", _log_level, "INFO")
+    pipe = _field(ctx, top, "pipe", "", lambda c, n, k: _pipe(c, n, k, verp_prefix), PipeConfig())
+    outbox = _field(ctx, top, "outbox", "", _outbox, OutboxConfig())
+    no_domains: tuple[dict[str, DomainPolicy], DomainPolicy] = ({}, DomainPolicy(name="default"))
+    domains, default = _field(
+        ctx, top, "domains", "", lambda c, n, k: _domains(c, n, k, bounce_domain), no_domains
+    )
+
+    if ctx.problems or bounce_domain is None:
+        return None
+    return Config(
+        path=path,
+        bounce_domain=bounce_domain,
+        verp_prefix=verp_prefix,
+        secret_file=secret_file,
+        key_grace_period_seconds=grace,
+        store_url=store,
+        milter_socket=milter_socket,
+        pipe=pipe,
+        outbox=outbox,
+        domains=domains,
+        default=default,
+        api_listen=api_listen,
+        log_level=log_level,
+    )
+
+
+def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
+    if _is_null(node):
+        return PipeConfig()
+    e = _entries(ctx, node, key, PIPE_KEYS)
+    d = PipeConfig()
+    # pipe(8)'s command_time_limit defaults to 1000 s; Postfix kills the pipe after that.
+    deadline = _field(ctx, e, "deadline_seconds", key, lambda c, n, k: _number(c, n, k, 0, 999, True), d.deadline_seconds)
+    retention = _field(ctx, e, "raw_retention_days", key, lambda c, n, k: _int(c, n, k, 0), d.raw_retention_days)
+    feedback = d.feedback_addresses
+    if "feedback_addresses" in e:
+        fkey = _join(key, "feedback_addresses")
+        try:
+            items = _str_list(ctx, e["feedback_addresses"][1], fkey)
+        except _Invalid:
+            items = []
+        out: list[str] = []
+        for i, (n, v) in enumerate(items):
+            local = v.lower()
+            if not _DOT_ATOM_RE.match(local) or len(local) > 64:
+                ctx.add(n, f"{fkey}[{i}]", f"invalid local part {v!r} (give only the part before '@')")
+            elif local == verp_prefix or local.startswith(verp_prefix + "+"):
+                ctx.add(n, f"{fkey}[{i}]", f"{v!r} collides with the VERP prefix '{verp_prefix}'")
+            else:
+                out.append(local)
+        feedback = tuple(out)
+    return PipeConfig(deadline_seconds=deadline, raw_retention_days=retention, feedback_addresses=feedback)
+
+
+def _outbox(ctx: _Ctx, node: yaml.Node, key: str) -> OutboxConfig:
+    if _is_null(node):
+        return OutboxConfig()
+    e = _entries(ctx, node, key, OUTBOX_KEYS)
+    d = OutboxConfig()
+    attempts = _field(ctx, e, "max_attempts", key, lambda c, n, k: _int(c, n, k, 1), d.max_attempts)
+    base = _field(ctx, e, "base_delay_seconds", key, lambda c, n, k: _number(c, n, k, 0, None, True), d.base_delay_seconds)
+    mx = _field(ctx, e, "max_delay_seconds", key, lambda c, n, k: _number(c, n, k, 0, None, True), d.max_delay_seconds)
+    if "max_delay_seconds" in e and mx < base:
+        ctx.add(e["max_delay_seconds"][1], _join(key, "max_delay_seconds"),
+                f"must not be below base_delay_seconds ({base:g})")
+    host = _field(ctx, e, "smtp_host", key, _str, d.smtp_host)
+    port = _field(ctx, e, "smtp_port", key, lambda c, n, k: _int(c, n, k, 1, 65535), d.smtp_port)
+    return OutboxConfig(max_attempts=attempts, base_delay_seconds=base, max_delay_seconds=mx, smtp_host=host, smtp_port=port)
+
+
+def _domains(
+    ctx: _Ctx, node: yaml.Node, key: str, bounce_domain: str | None
+) -> tuple[dict[str, DomainPolicy], DomainPolicy]:
+    default = DomainPolicy(name="default")
+    if _is_null(node):
+        return {}, default
+    e = _entries(ctx, node, key, None)
+    policies: dict[str, DomainPolicy] = {}
+    seen: dict[str, tuple[str, yaml.Node]] = {}  # lower-case name -> (as written, key node)
+    for raw, (knode, vnode) in e.items():
+        dkey = _join(key, raw)
+        name = "default" if raw.lower() == "default" else _domain_name(raw)
+        if name is None:
+            ctx.add(knode, dkey, _domain_problem(raw))
+            continue
+        if name in seen:
+            first_raw, first_node = seen[name]
+            ctx.add(
+                knode,
+                dkey,
+                f"domain '{raw}' is listed twice with different case (first as '{first_raw}' at line "
+                f"{first_node.start_mark.line + 1}); domain names are case-insensitive",
+            )
+            continue
+        seen[name] = (raw, knode)
+        try:
+            policy = _policy(ctx, vnode, dkey, name, bounce_domain)
+        except _Invalid:
+            continue
+        if name == "default":
+            default = policy
+            continue
+        if bounce_domain is not None and name == bounce_domain and policy.tracking:
+            ctx.add(
+                knode,
+                dkey,
+                f"the bounce domain '{bounce_domain}' cannot be a tracked sender domain "
+                "(its own mail would be rewritten to point at itself); set tracking: false or remove it",
+            )
+        policies[name] = policy
+    return policies, default
+
+
+def _policy(ctx: _Ctx, node: yaml.Node, key: str, name: str, bounce_domain: str | None) -> DomainPolicy:
+    if _is_null(node):
+        return DomainPolicy(name=name)
+    e = _entries(ctx, node, key, DOMAIN_KEYS)
+    tracking = _field(ctx, e, "tracking", key, _bool, False)
+    forward = _field(ctx, e, "forward", key, _email, None)
+    if forward is not None and bounce_domain is not None and forward.rpartition("@")[2] == bounce_domain:
+        ctx.add(e["forward"][1], _join(key, "forward"),
+                f"forwarding to the bounce domain '{bounce_domain}' would loop; give an address elsewhere")
+    webhook = _field(ctx, e, "webhook", key, _webhook, None)
+    hashes: tuple[str, ...] = ()
+    if "api_tokens" in e:
+        tkey = _join(key, "api_tokens")
+        try:
+            items = _str_list(ctx, e["api_tokens"][1], tkey)
+        except _Invalid:
+            items = []
+        out: list[str] = []
+        for i, (n, v) in enumerate(items):
+            h = v.strip()
+            if _TOKEN_HASH_RE.match(h.lower()):
+                out.append(h.lower())
+            else:
+                ctx.add(
+                    n,
+                    f"{tkey}[{i}]",
+                    "API tokens are stored hashed: expected 'sha256:<64 hex digits>' "
+                    "(run 'bouncetrack hash-token' and paste its sha256: line)",
+                )
+        hashes = tuple(out)
+    dsn = _field(ctx, e, "dsn", key, _dsn, DsnDefaults())
+    return DomainPolicy(name=name, tracking=tracking, forward=forward, webhook=webhook, api_token_hashes=hashes, dsn=dsn)
+
+
+def _webhook(ctx: _Ctx, node: yaml.Node, key: str) -> WebhookConfig:
+    e = _entries(ctx, node, key, WEBHOOK_KEYS)
+    url: str | None = None
+    if "url" not in e:
+        ctx.add(node, _join(key, "url"), "missing required key 'url' in webhook")
+    else:
+        url = _field(ctx, e, "url", key, _url, None)
+    secret: str | None = None
+    if "secret" not in e:
+        ctx.add(node, _join(key, "secret"), "webhook without a secret: add 'secret' (each delivery is signed with it)")
+    else:
+        secret = _field(ctx, e, "secret", key, _str, None)
+    timeout = _field(ctx, e, "timeout_seconds", key, lambda c, n, k: _number(c, n, k, 0, 300, True), 10.0)
+    if url is None or secret is None:
+        raise _Invalid()
+    return WebhookConfig(url=url, secret=secret, timeout_seconds=timeout)
+
+
+def _url(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme.lower() not in ("http", "https"):
+        raise ctx.fail(node, key, f"webhook URL must start with http:// or https://, got {value!r}")
+    if not host:
+        raise ctx.fail(node, key, f"webhook URL {value!r} names no host")
+    return value
+
+
+def _dsn(ctx: _Ctx, node: yaml.Node, key: str) -> DsnDefaults:
+    if _is_null(node):
+        return DsnDefaults()
+    e = _entries(ctx, node, key, DSN_KEYS)
+    notify: tuple[str, ...] | None = None
+    if "notify" in e:
+        nkey = _join(key, "notify")
+        vnode = e["notify"][1]
+        try:
+            items = _str_list(ctx, vnode, nkey)
+        except _Invalid:
+            items = []
+        words: list[str] = []
+        for _, v in items:
+            words.extend(w.strip().upper() for w in v.split(","))
+        bad = [w for w in words if w not in _NOTIFY_VALUES]
+        if not items:
+            pass
+        elif bad or not words:
+            ctx.add(vnode, nkey, f"invalid NOTIFY value {', '.join(repr(b) for b in bad) or 'empty'} "
+                                 f"(allowed: {', '.join(_NOTIFY_VALUES)})")
+        elif "NEVER" in words and len(words) > 1:
+            # RFC 3461 §4.1: NEVER must not be combined with any other keyword.
+            ctx.add(vnode, nkey, "NEVER cannot be combined with SUCCESS, FAILURE or DELAY (RFC 3461 §4.1)")
+        elif len(set(words)) != len(words):
+            ctx.add(vnode, nkey, "a NOTIFY keyword is listed twice")
+        else:
+            notify = tuple(words)
+    ret: str | None = None
+    if "ret" in e:
+        rkey = _join(key, "ret")
+        try:
+            r = _str(ctx, e["ret"][1], rkey).upper()
+        except _Invalid:
+            r = None
+        if r is not None and r not in _RET_VALUES:  # RFC 3461 §4.3
+            ctx.add(e["ret"][1], rkey, f"invalid RET {r!r}: expected HDRS or FULL")
+        elif r is not None:
+            ret = r
+    return DsnDefaults(notify=notify, ret=ret)
