@@ -1,0 +1,171 @@
+"""VERP tokens: format, verification, key files and rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from bouncetrack.config import Config
+from bouncetrack.config_loader import load_config
+from bouncetrack.tokens import (
+    KeyFileError,
+    KeyRing,
+    hash_api_token,
+    load_keyring,
+    mint,
+    new_token_id,
+    rotate_key,
+    token_from_address,
+    verify,
+    verp_address,
+)
+
+NOW = 1_700_000_000.0
+DAY = 86400.0
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    p = tmp_path / "bt.yaml"
+    p.write_text("bounce_domain: bounce.example.com\nsecret_file: keys/verp.key\nkey_grace_period: 7d\n")
+    (tmp_path / "keys").mkdir()
+    return load_config(p)
+
+
+def ring() -> KeyRing:
+    return KeyRing(current=bytes(range(32)))
+
+
+def test_round_trip() -> None:
+    kr = ring()
+    for _ in range(50):
+        tid = new_token_id()
+        tok = mint(kr, tid)
+        assert verify(kr, tok, NOW).status == "valid"
+        assert verify(kr, tok, NOW).token_id == tid
+
+
+def test_format_alphabet_and_length(config: Config) -> None:
+    kr = ring()
+    for _ in range(200):
+        tok = mint(kr, new_token_id())
+        assert re.fullmatch(r"[a-z2-7]{24}", tok)
+        local = verp_address(config, tok).split("@")[0]
+        assert len(local) <= 64
+        assert local == f"b+{tok}"
+
+
+def test_new_token_id_is_nonzero_63_bit() -> None:
+    ids = {new_token_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(0 < i < 2**63 for i in ids)
+
+
+def test_case_insensitive() -> None:
+    kr = ring()
+    tok = mint(kr, 12345)
+    assert verify(kr, tok.upper(), NOW) == verify(kr, tok, NOW)
+    assert verify(kr, tok.title(), NOW).status == "valid"
+
+
+def test_flipped_char_is_forged() -> None:
+    kr = ring()
+    tok = mint(kr, 987654321)
+    for i in range(2, len(tok)):  # keep the version byte's first 8 bits mostly intact
+        flipped = tok[:i] + ("a" if tok[i] != "a" else "b") + tok[i + 1 :]
+        assert verify(kr, flipped, NOW).status in ("forged", "malformed")
+    last = tok[:-1] + ("a" if tok[-1] != "a" else "b")
+    check = verify(kr, last, NOW)
+    assert check.status == "forged" and check.token_id is None
+
+
+def test_other_key_is_forged() -> None:
+    tok = mint(ring(), 42)
+    assert verify(KeyRing(current=b"\x01" * 32), tok, NOW).status == "forged"
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "x" * 23, "x" * 25, "a" * 23 + "1", "a" * 23 + "!"])
+def test_truncated_or_bad_alphabet_is_malformed(bad: str) -> None:
+    assert verify(ring(), bad, NOW).status == "malformed"
+
+
+def test_truncated_token_is_malformed() -> None:
+    tok = mint(ring(), 7)
+    assert verify(ring(), tok[:-1], NOW).status == "malformed"
+
+
+def test_rotation_with_grace(config: Config) -> None:
+    before = load_keyring(config)
+    old_tok = mint(before, 111)
+    after = rotate_key(config, NOW)
+    assert after.previous == before.current and after.current != before.current
+    reloaded = load_keyring(config)
+    assert reloaded == after
+    assert verify(reloaded, old_tok, NOW + DAY).status == "valid"
+    assert verify(reloaded, old_tok, NOW + 7 * DAY).status == "valid"
+    expired = verify(reloaded, old_tok, NOW + 7 * DAY + 1)
+    assert expired.status == "expired" and expired.token_id == 111
+    new_tok = mint(reloaded, 222)
+    assert verify(reloaded, new_tok, NOW + 30 * DAY).status == "valid"
+    prev = Path(str(config.secret_file) + ".previous")
+    assert json.loads(prev.read_text())["rotated_at"] == NOW
+    assert stat.S_IMODE(prev.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.secret_file.stat().st_mode) == 0o600
+
+
+def test_key_file_created_0600(config: Config) -> None:
+    assert not config.secret_file.exists()
+    old = os.umask(0)
+    try:
+        kr = load_keyring(config)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(config.secret_file.stat().st_mode) == 0o600
+    assert re.fullmatch(r"[0-9a-f]{64}\n", config.secret_file.read_text())
+    assert len(kr.current) == 32 and kr.previous is None
+    assert load_keyring(config) == kr  # stable across loads
+    assert [p.name for p in config.secret_file.parent.iterdir()] == ["verp.key"]  # no temp files left
+
+
+def test_refuses_world_readable_key_file(config: Config) -> None:
+    config.secret_file.write_text("00" * 32 + "\n")
+    config.secret_file.chmod(0o644)
+    with pytest.raises(KeyFileError, match="group/others.*0644"):
+        load_keyring(config)
+
+
+def test_refuses_bad_key_content(config: Config) -> None:
+    config.secret_file.write_text("not hex\n")
+    config.secret_file.chmod(0o600)
+    with pytest.raises(KeyFileError, match="64 hex digits"):
+        load_keyring(config)
+
+
+def test_no_create_when_asked(config: Config) -> None:
+    with pytest.raises(KeyFileError, match="does not exist"):
+        load_keyring(config, create=False)
+    assert not config.secret_file.exists()
+
+
+def test_verp_address_and_back(config: Config) -> None:
+    tok = mint(ring(), 5)
+    addr = verp_address(config, tok)
+    assert addr == f"b+{tok}@bounce.example.com"
+    for form in (addr, f"<{addr}>", addr.upper(), f"<{addr.upper()}.>", f'"b+{tok}"@bounce.example.com',
+                 f"'{addr}'", f"Bounce <{addr}>", f"{addr}."):
+        assert token_from_address(config, form) == tok, form
+    assert token_from_address(config, f"b+{tok}@other.example.com") is None
+    assert token_from_address(config, f"x+{tok}@bounce.example.com") is None
+    assert token_from_address(config, "b+@bounce.example.com") is None
+    assert token_from_address(config, "no-at-sign") is None
+    assert token_from_address(config, "<>") is None
+
+
+def test_hash_api_token() -> None:
+    h = hash_api_token("test")
+    assert h == "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
