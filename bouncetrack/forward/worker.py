@@ -1,0 +1,278 @@
+"""The outbox worker (``bouncetrack worker``): delivers webhook and SMTP jobs.
+
+Guarantees
+----------
+* **At-least-once.** A job is marked delivered only after the receiver
+  accepted it. A crash between delivery and marking leaves the job leased;
+  when the lease runs out it is claimed again and re-delivered with the same
+  ``webhook-id`` / ``Idempotency-Key`` (the event id), so the receiver can drop
+  the duplicate.
+* **No concurrent double delivery.** Jobs are claimed with a lease
+  (:meth:`Store.claim_jobs`): another worker does not see a leased job. Before
+  each delivery the worker checks that the lease still covers the longest a
+  delivery can take; if not, it leaves the job for the next claim rather than
+  risk delivering it while another worker does.
+* **Backoff and dead-letter.** A failed attempt is rescheduled after
+  :func:`~bouncetrack.forward.backoff.next_delay` (``Retry-After`` honoured as
+  a lower bound, capped at ``max_delay_seconds``); after ``max_attempts``
+  attempts the job is ``dead``, visible and replayable from the CLI.
+* **Configuration at delivery time.** The webhook URL and secret and the
+  forward address are read from ``config.policy_for(event.domain)`` when the
+  job is delivered, so a fixed URL or rotated secret applies to queued jobs. A
+  job whose channel is no longer configured for its domain goes dead (replay
+  it after restoring the configuration).
+* **Bounded memory.** Jobs are claimed ``batch_size`` at a time; response
+  bodies are not read beyond a few hundred bytes.
+* **Graceful stop.** SIGTERM/SIGINT (or ``stop_event``) finish the delivery in
+  flight, then stop; unprocessed jobs of the batch are re-claimed when their
+  lease expires.
+
+Attempt counting: the store's ``attempts`` counts finished attempts;
+:meth:`Store.job_failed` increments it, :meth:`Store.claim_jobs` does not. So
+the attempt being made is ``job.attempts + 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import smtplib
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Callable
+
+import httpx
+
+from ..config import Config
+from ..store.base import OutboxJob, Store, StoreUnavailable
+from . import smtp as smtp_forward
+from . import webhook
+from .backoff import Random, next_delay
+from .jobs import SMTP, WEBHOOK
+
+log = logging.getLogger(__name__)
+
+SMTP_TIMEOUT = 30.0
+
+
+@dataclass
+class WorkerStats:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    skipped: int = 0  # left for a later claim (lease too short, stop requested)
+    store_errors: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # delivered | retry | dead
+    error: str | None = None
+    retry_after: float | None = None
+
+
+def _job_budget(config: Config) -> float:
+    """An upper bound on one delivery: every phase (connect, write, read) may use its timeout."""
+    timeouts = [SMTP_TIMEOUT]
+    for policy in (config.default, *config.domains.values()):
+        if policy.webhook is not None:
+            timeouts.append(policy.webhook.timeout_seconds)
+    return 3 * max(timeouts) + 5.0
+
+
+class Worker:
+    """One worker: a store, an HTTP client, and the delivery loop. See :func:`run_worker`."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Random | None = None,
+        http_client: httpx.Client | None = None,
+        batch_size: int = 20,
+        lease_seconds: float | None = None,
+        smtp_timeout: float = SMTP_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.rng: Random = rng if rng is not None else random.Random()
+        self._own_client = http_client is None
+        self.client = http_client if http_client is not None else httpx.Client(follow_redirects=False)
+        self.batch_size = batch_size
+        self.job_budget = _job_budget(config)
+        # A lease long enough for a whole batch at the worst case, at least 5 minutes.
+        self.lease_seconds = (
+            lease_seconds if lease_seconds is not None else max(300.0, self.job_budget * batch_size)
+        )
+        self.smtp_timeout = smtp_timeout
+        self.stats = WorkerStats()
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    # --- one job ----------------------------------------------------------
+
+    def attempt(self, job: OutboxJob) -> Outcome:
+        """Try to deliver ``job`` once; never raises for delivery trouble."""
+        event = self.store.event(job.event_id)
+        if event is None:
+            return Outcome(webhook.DEAD, "event no longer in the store")
+        policy = self.config.policy_for(event.domain or "")
+        if job.channel == WEBHOOK:
+            if policy.webhook is None:
+                return Outcome(webhook.DEAD, f"no webhook configured for {event.domain!r} any more")
+            if policy.webhook.url != job.target:
+                log.info("job %s: webhook URL changed since queued, using %s", job.id, policy.webhook.url)
+            now = self.clock()
+            try:
+                request = webhook.build_request(event, policy.webhook.url, policy.webhook.secret, now)
+            except ValueError as exc:  # a bad whsec_ secret: fixable by the operator
+                return Outcome(webhook.RETRY, str(exc))
+            result = webhook.deliver(self.client, request, policy.webhook.timeout_seconds, now)
+            return Outcome(result.outcome, result.error, result.retry_after)
+        if job.channel == SMTP:
+            target = policy.forward
+            if not target:
+                return Outcome(webhook.DEAD, f"no forward address configured for {event.domain!r} any more")
+            raw = self.store.raw_report(job.event_id)
+            if raw is None:
+                return Outcome(webhook.DEAD, "raw report no longer stored (retention)")
+            try:
+                smtp_forward.forward(
+                    raw,
+                    event,
+                    target,
+                    self.config.outbox.smtp_host,
+                    self.config.outbox.smtp_port,
+                    timeout=self.smtp_timeout,
+                )
+            except (smtplib.SMTPException, OSError) as exc:
+                return Outcome(webhook.RETRY, f"SMTP: {type(exc).__name__}: {exc}"[:512])
+            return Outcome(webhook.DELIVERED)
+        return Outcome(webhook.DEAD, f"unknown channel {job.channel!r}")
+
+    def settle(self, job: OutboxJob, outcome: Outcome) -> None:
+        """Record the attempt's outcome in the store."""
+        assert job.id is not None
+        now = self.clock()
+        outbox = self.config.outbox
+        if outcome.outcome == webhook.DELIVERED:
+            self.store.job_delivered(job.id, now)
+            self.stats.delivered += 1
+            log.info("job %s (%s %s) delivered", job.id, job.channel, job.event_id)
+            return
+        error = outcome.error or "failed"
+        attempt = job.attempts + 1
+        if outcome.outcome == webhook.DEAD or attempt >= outbox.max_attempts:
+            self.store.job_failed(job.id, now, error, None)
+            self.stats.dead += 1
+            log.warning("job %s (%s %s) dead after %d attempt(s): %s", job.id, job.channel, job.event_id, attempt, error)
+            return
+        delay = next_delay(attempt, outbox.base_delay_seconds, outbox.max_delay_seconds, self.rng)
+        if outcome.retry_after is not None:
+            delay = max(delay, min(outcome.retry_after, outbox.max_delay_seconds))
+        self.store.job_failed(job.id, now, error, now + delay)
+        self.stats.retried += 1
+        log.info(
+            "job %s (%s %s) attempt %d failed, retry in %.0f s: %s",
+            job.id, job.channel, job.event_id, attempt, delay, error,
+        )
+
+    def process(self, job: OutboxJob) -> None:
+        try:
+            outcome = self.attempt(job)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # one bad job must not stop the worker
+            log.exception("job %s: unexpected error", job.id)
+            outcome = Outcome(webhook.RETRY, f"internal error: {type(exc).__name__}: {exc}"[:512])
+        self.settle(job, outcome)
+
+    # --- the loop ---------------------------------------------------------
+
+    def run_batch(self, stop: threading.Event) -> int:
+        """Claim and process one batch; return how many jobs were claimed."""
+        claimed_at = self.clock()
+        jobs = self.store.claim_jobs(claimed_at, self.batch_size, self.lease_seconds)
+        lease_end = claimed_at + self.lease_seconds
+        for job in jobs:
+            if stop.is_set() or self.clock() + self.job_budget > lease_end:
+                self.stats.skipped += 1  # its lease expires and it is claimed again
+                continue
+            self.process(job)
+        return len(jobs)
+
+
+def run_worker(
+    config: Config,
+    store: Store,
+    *,
+    once: bool = False,
+    stop_event: threading.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], object] | None = None,
+    poll_interval: float = 1.0,
+    batch_size: int = 20,
+    lease_seconds: float | None = None,
+    rng: Random | None = None,
+    http_client: httpx.Client | None = None,
+    handle_signals: bool = True,
+) -> WorkerStats:
+    """Deliver due outbox jobs until stopped (or, with ``once``, until none is due).
+
+    ``stop_event`` stops the loop from another thread; SIGTERM and SIGINT set it
+    when called from the main thread (``handle_signals``). ``sleep`` waits
+    between polls; the default waits on the stop event so a stop is immediate.
+    ``clock``/``sleep``/``rng`` are injectable for tests (fake time).
+    """
+    stop = stop_event if stop_event is not None else threading.Event()
+    wait: Callable[[float], object] = sleep if sleep is not None else stop.wait
+    worker = Worker(
+        config,
+        store,
+        clock=clock,
+        rng=rng,
+        http_client=http_client,
+        batch_size=batch_size,
+        lease_seconds=lease_seconds,
+    )
+
+    previous: dict[signal.Signals, object] = {}
+    if handle_signals and threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: finishing the delivery in flight, then stopping", signum)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        while not stop.is_set():
+            try:
+                claimed = worker.run_batch(stop)
+            except StoreUnavailable as exc:
+                worker.stats.store_errors += 1
+                log.warning("store unavailable: %s; retrying in %.1f s", exc, poll_interval)
+                if once:
+                    break
+                wait(poll_interval)
+                continue
+            if claimed == 0:
+                if once:
+                    break
+                wait(poll_interval)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        worker.close()
+    return worker.stats
+
+
+__all__ = ["Outcome", "Worker", "WorkerStats", "run_worker"]
