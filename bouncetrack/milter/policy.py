@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .. import esmtp
 from ..config import Config
+from ..tokens import verp_address
 
 # Decision kinds.
 TRACK = "track"  # envelope sender -> VERP, DSN overridden, message recorded
@@ -99,8 +100,6 @@ def needs_token(config: Config, envelope: Envelope) -> bool:
 def _track(config: Config, envelope: Envelope, domain: str, token: str | None) -> Decision:
     if token is None:
         raise ValueError("a tracked message needs a VERP token")
-    from ..tokens import verp_address
-
     changes = []
     for rcpt in envelope.recipients:
         orcpt = rcpt.dsn.get("ORCPT")

@@ -1,0 +1,89 @@
+"""The pipe(8) command: one bounce in on stdin, stored (exit 0) or retried (exit 75).
+
+Postfix runs this once per bounce (master.cf: ``argv=… pipe --config F
+${recipient} ${sender}``), so its import path is kept lean (HACKING.md).
+
+Exit codes (sysexits, POSTFIX-NOTES): 0 once the report is safely stored;
+75 (EX_TEMPFAIL) for anything that stops us before that — configuration
+unreadable, store locked, down or full, our own deadline — so Postfix keeps
+the bounce and retries. A report that will never parse is NOT a reason to
+retry: it is stored as ``unknown``. Nothing is printed on stdout, and what goes
+to stderr never starts with a status code (pipe(8) would take a leading
+``5.x.x`` as the delivery status and bounce the bounce).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from types import FrameType
+
+EX_OK = 0
+EX_TEMPFAIL = 75
+DEFAULT_CONFIG = "/etc/bouncetrack/config.yaml"
+PROG = "bouncetrack pipe"
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise _Deadline()
+
+
+def _say(message: str) -> None:
+    # Prefixed so it can never begin with an enhanced status code.
+    sys.stderr.write(f"{PROG}: {message}\n")
+
+
+def parse_argv(argv: list[str]) -> tuple[str, str, str]:
+    """``[--config PATH] RECIPIENT [SENDER]`` → (config path, recipient, sender)."""
+    config = os.environ.get("BOUNCETRACK_CONFIG", DEFAULT_CONFIG)
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            config = next(args, config)
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if not rest:
+        raise ValueError("usage: bouncetrack pipe [--config FILE] RECIPIENT [SENDER]")
+    return config, rest[0], rest[1] if len(rest) > 1 else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    started = time.time()
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    # A first deadline before the configuration is read; replaced by the
+    # configured one below. pipe(8)'s own limit (1000 s) would bounce the bounce.
+    signal.alarm(120)
+    try:
+        config_path, recipient, sender = parse_argv(argv)
+        raw = sys.stdin.buffer.read()
+        from .process import process
+
+        return process(config_path, recipient, sender, raw, started)
+    except _Deadline:
+        _say("deadline reached before the report was stored; Postfix will retry")
+        return EX_TEMPFAIL
+    except BaseException as exc:  # noqa: BLE001 - the pipe's top level: every failure is a retry
+        if isinstance(exc, SystemExit) and exc.code in (EX_OK, EX_TEMPFAIL):
+            return int(exc.code)
+        _say(f"not stored, Postfix will retry: {type(exc).__name__}: {exc}")
+        if os.environ.get("BOUNCETRACK_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
+        return EX_TEMPFAIL
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

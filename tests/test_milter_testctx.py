@@ -1,0 +1,152 @@
+"""The milter's callbacks driven by pymilter's TestCtx: no MTA, a real SQLite store.
+
+The same milter is proven again inside the real Postfix in test_milter_postfix.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import Milter
+import pytest
+from Milter.testctx import TestCtx as _TestCtx
+
+from bouncetrack.config import Config
+from bouncetrack.milter.app import Runtime, Shared, make_factory
+from bouncetrack.store import open_store
+from bouncetrack.store.base import StoreUnavailable
+from bouncetrack.tokens import load_keyring, token_from_address, verify
+from tests.test_milter_policy import make_config
+
+
+class RecordingCtx(_TestCtx):  # type: ignore[misc]
+    """TestCtx that also records the ESMTP parameters of chgfrom/addrcpt and header deletes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_params: str | None = None
+        self.deleted_headers: list[tuple[str, int]] = []
+
+    def chgfrom(self, sender: str, params: str | None = None) -> None:
+        super().chgfrom(sender, params)
+        self.from_params = params
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        assert value == ""
+        self.deleted_headers.append((field, idx))
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    base = make_config()
+    return Config(
+        **{
+            **base.__dict__,
+            "secret_file": tmp_path / "verp.key",
+            "store_url": f"sqlite:///{tmp_path}/bt.db",
+        }
+    )
+
+
+@pytest.fixture()
+def shared(config: Config) -> Shared:
+    s = Shared(Runtime(config, load_keyring(config)), lambda c: open_store(c.store_url, timeout=2))
+    Milter.factory = make_factory(s)
+    return s
+
+
+def feed(
+    sender: str,
+    rcpts: list[tuple[str, tuple[str, ...]]],
+    headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    sender_params: tuple[str, ...] = (),
+) -> tuple[RecordingCtx, int]:
+    ctx = RecordingCtx()
+    ctx._setsymval("i", "4QUEUEID")
+    assert ctx._connect() == Milter.CONTINUE
+    m: Any = ctx.getpriv()
+    ctx._stage = Milter.M_ENVFROM
+    assert m.envfrom(sender, *sender_params) in (Milter.CONTINUE, Milter.NOREPLY)
+    ctx._stage = Milter.M_ENVRCPT
+    for rcpt, params in rcpts:
+        assert m.envrcpt(rcpt, *params) in (Milter.CONTINUE, Milter.NOREPLY)
+    ctx._stage = None
+    for name, value in headers:
+        assert m.header(name, value) in (Milter.CONTINUE, Milter.NOREPLY)
+    return ctx, ctx._eom()
+
+
+def test_tracked_message_is_rewritten_and_recorded(shared: Shared, config: Config) -> None:
+    ctx, rc = feed(
+        "<info@tracked.test>",
+        [("<a@remote.test>", ("NOTIFY=NEVER",)), ("<b@remote.test>", ("ORCPT=rfc822;B@remote.test",))],
+        [("Message-ID", "<m1@tracked.test>"), ("Return-Path", "<x@elsewhere.test>"), ("Return-Path", "<y@e.test>")],
+        ("RET=FULL", "ENVID=client"),
+    )
+    assert rc == Milter.CONTINUE
+    token = token_from_address(config, ctx._sender.strip("<>"))
+    assert token is not None
+    assert ctx.from_params == f"RET=HDRS ENVID={token}"
+    assert ctx._delrcpt == ["<a@remote.test>", "<b@remote.test>"]
+    assert ctx._addrcpt == [
+        ("<a@remote.test>", "NOTIFY=FAILURE,DELAY ORCPT=rfc822;a@remote.test"),
+        ("<b@remote.test>", "NOTIFY=FAILURE,DELAY ORCPT=rfc822;B@remote.test"),
+    ]
+    assert ctx.deleted_headers == [("Return-Path", 2), ("Return-Path", 1)]
+
+    check = verify(shared.runtime.keyring, token, 0)
+    assert check.ok and check.token_id is not None
+    store = open_store(config.store_url)
+    record = store.message_by_token_id(check.token_id)
+    assert record is not None
+    assert record.queue_id == "4QUEUEID" and record.message_id == "<m1@tracked.test>"
+    assert record.envelope_sender == "info@tracked.test" and record.sender_domain == "tracked.test"
+    assert (record.dsn_ret, record.dsn_envid) == ("FULL", "client")
+    assert [(r.address, r.notify) for r in record.recipients] == [("a@remote.test", "NEVER"), ("b@remote.test", None)]
+    assert shared.decisions["tracked"] == 1
+
+
+def test_untracked_message_is_untouched(shared: Shared) -> None:
+    ctx, rc = feed("<info@untracked.test>", [("<a@remote.test>", ("NOTIFY=NEVER",))], sender_params=("RET=FULL",))
+    assert rc == Milter.CONTINUE
+    assert not ctx._envfromchanged and ctx._delrcpt == [] and ctx._addrcpt == []
+
+
+def test_untracked_return_path_moves_into_envelope(shared: Shared) -> None:
+    ctx, rc = feed(
+        "<info@untracked.test>",
+        [("<a@remote.test>", ())],
+        [("Return-Path", "<bounce@untracked.test>")],
+        ("RET=FULL", "ENVID=e1"),
+    )
+    assert rc == Milter.CONTINUE
+    assert ctx._sender == "<bounce@untracked.test>" and ctx.from_params == "RET=FULL ENVID=e1"
+    assert ctx.deleted_headers == [("Return-Path", 1)]
+
+
+@pytest.mark.parametrize("sender", ["<>", "<broken>", "<postmaster@bounce.test>", "<a@unknown.test>"])
+def test_pass_untouched(shared: Shared, sender: str) -> None:
+    ctx, rc = feed(sender, [("<a@remote.test>", ())])
+    assert rc == Milter.CONTINUE and not ctx._envfromchanged and not ctx._addrcpt
+
+
+def test_store_unavailable_tempfails(config: Config) -> None:
+    def broken(c: Config) -> Any:
+        raise StoreUnavailable("locked")
+
+    shared = Shared(Runtime(config, load_keyring(config)), broken)
+    Milter.factory = make_factory(shared)
+    ctx, rc = feed("<info@tracked.test>", [("<a@remote.test>", ())])
+    assert rc == Milter.TEMPFAIL
+    assert ctx._reply is not None and ctx._reply[0] == "451"
+    assert not ctx._envfromchanged  # nothing half-done
+
+
+def test_transactions_on_one_connection_do_not_leak_state(shared: Shared, config: Config) -> None:
+    ctx, _ = feed("<info@tracked.test>", [("<a@remote.test>", ())])
+    m: Any = ctx.getpriv()
+    ctx._body = None
+    m.envfrom("<info@untracked.test>")
+    m.envrcpt("<b@remote.test>")
+    assert m.recipients[0].path == "<b@remote.test>" and len(m.recipients) == 1
