@@ -1,1 +1,69 @@
-"""Bounce classification: a pure library, no I/O. ``classify(raw: bytes) -> Report``."""
+"""Bounce classification: a pure library, no I/O. ``classify(raw: bytes) -> Report``.
+
+Order: ARF complaints (RFC 5965), RFC 3464 DSNs, RFC 3834 auto-replies, then the MTA family
+detectors (cheap ``matches`` pre-check first), then the generic text reader, then bounces
+nested inside an attached message. Any exception yields ``Report(kind="not_bounce")``.
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+
+from . import arf, rfc3464, rfc3834
+from .detectors import FAMILIES, GENERIC
+from .detectors.base import looks_like_bounce
+from .model import NOT_BOUNCE, Report
+from .view import ParsedView, parse
+
+__all__ = ["Report", "classify", "classify_view"]
+
+MAX_NESTING = 3
+_NOTHING = Report(kind=NOT_BOUNCE)
+
+
+def classify(raw: bytes) -> Report:
+    """Classify one message. Never raises: unreadable input is ``not_bounce``."""
+    try:
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            return _NOTHING
+        return classify_view(parse(bytes(raw)), 0)
+    except Exception:  # noqa: BLE001 - the contract is "never raises"
+        return _NOTHING
+    except RecursionError:  # pragma: no cover - subclass of Exception, kept explicit
+        return _NOTHING
+
+
+def classify_view(view: ParsedView, depth: int) -> Report:
+    if arf.matches(view):
+        r = arf.detect(view)
+        if r is not None:
+            return r
+    r = rfc3464.detect(view)
+    if r is not None:
+        return r
+    bouncy = looks_like_bounce(view)
+    if not bouncy or not view.report_text.strip():
+        if rfc3834.matches(view):
+            r = rfc3834.detect(view)
+            if r is not None:
+                return r
+    for det in FAMILIES:
+        if det.matches(view):
+            r = det.detect(view)
+            if r is not None and r.recipients:
+                return r
+    if bouncy:
+        r = GENERIC.detect(view)
+        if r is not None and r.recipients:
+            return r
+    if rfc3834.matches(view):
+        r = rfc3834.detect(view)
+        if r is not None:
+            return r
+    if depth < MAX_NESTING:
+        for sub in view.nested[:3]:
+            if isinstance(sub, Message):
+                r = classify_view(ParsedView(sub, depth + 1), depth + 1)
+                if r.kind != NOT_BOUNCE:
+                    return r
+    return _NOTHING

@@ -1,0 +1,59 @@
+"""RFC 5965 Abuse Reporting Format (feedback loops): spam complaints."""
+
+from __future__ import annotations
+
+import re
+
+from .common import ADDR_RE, first_address
+from .model import COMPLAINT, RecipientResult, Report
+from .view import ParsedView
+
+# Non-ARF complaint notices some providers send (plain text feedback-loop reports).
+_COMPLAINT_SUBJECT_RE = re.compile(
+    r"\b(?:complaint|abuse report|spam report|feedback.loop|fbl)\b", re.IGNORECASE)
+
+
+def matches(view: ParsedView) -> bool:
+    # RFC 5965 §2: multipart/report; report-type=feedback-report
+    return (view.report_type == "feedback-report" or view.feedback is not None
+            or bool(_COMPLAINT_SUBJECT_RE.search(view.subject[:300])) and view.original is not None)
+
+
+def detect(view: ParsedView) -> Report | None:
+    fb = view.feedback or {}
+    if not fb and view.report_type != "feedback-report":
+        # a plain-text feedback-loop notice: the body often carries the fields anyway
+        if "feedback-type:" not in view.body.lower():
+            if view.original is None:
+                return None
+    ftype = (fb.get("feedback-type") or "").strip().lower() or None  # RFC 5965 §3.1
+    if ftype is None:
+        m = re.search(r"(?im)^feedback-type:\s*([a-z-]+)", view.body[:8000])
+        ftype = m.group(1).lower() if m else "abuse"
+    orig = view.original or {}
+    addr = None
+    # RFC 5965 §3.2 Original-Rcpt-To; RFC 6650 / RFC 6449 Removal-Recipient
+    for k in ("original-rcpt-to", "removal-recipient"):
+        addr = first_address(fb.get(k))
+        if addr:
+            break
+    if addr is None:
+        addr = first_address(orig.get("to"))
+    if addr is None:
+        for k in ("x-original-to", "delivered-to", "envelope-to"):
+            addr = first_address(orig.get(k))
+            if addr:
+                break
+    if addr is None:
+        m = ADDR_RE.search(fb.get("original-mail-from", "") or "")
+        addr = None if m is None else None
+    rp = orig.get("return-path") or fb.get("original-mail-from")
+    rcpt = RecipientResult(
+        address=addr, action=None, status=None, reason="feedback", hard=False,
+        reply_code=None, diagnostic=None, feedback_type=ftype,
+    )
+    return Report(
+        kind=COMPLAINT, recipients=(rcpt,), detector="arf",
+        original_message_id=orig.get("message-id"), original_return_path=rp,
+        original_headers={k: v for k, v in orig.items() if k in ("from", "to", "subject", "message-id", "return-path", "date")},
+    )

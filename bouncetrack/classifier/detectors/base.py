@@ -1,0 +1,146 @@
+"""The one small detector interface, and the text-bounce detector families build on."""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from ..common import first_address, make_recipient
+from ..model import BOUNCE, RecipientResult, Report
+from ..text import Entry, entries, whole_text
+from ..view import ParsedView
+
+
+class Detector(Protocol):
+    """A bounce format. ``matches`` is a cheap pre-check on headers/subject/from."""
+
+    name: str
+
+    def matches(self, view: ParsedView) -> bool: ...
+
+    def detect(self, view: ParsedView) -> Report | None: ...
+
+
+BOUNCE_SUBJECT_RE = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|problem|notification|report)|"
+    r"returned (?:mail|to sender)|failure notice|mail delivery|non-?delivery|\bbounce|"
+    r"could not be delivered|not delivered|delivery has failed|rejected|mail system error|"
+    r"message (?:not delivered|delivery failed)|warning: message|error sending|failed delivery|"
+    r"delivery notification|mail failure|nondeliverable|permanent error|delayed mail|delivery delayed",
+    re.IGNORECASE,
+)
+DAEMON_FROM_RE = re.compile(
+    r"mailer-daemon|postmaster|mail delivery (?:sub)?system|maildelivery|mail-daemon|"
+    r"mail administrator|\bdaemon\b|bounce|delivery", re.IGNORECASE,
+)
+# Phrases of a failure report, scanned in the report text when headers do not say so.
+FAILURE_BODY_RE = re.compile(
+    r"could not be delivered|couldn'?t be delivered|undeliverable|delivery (?:to the following|has )?failed|"
+    r"permanent (?:fatal )?error|following address(?:\(?es\)?)? failed|unable to deliver|"
+    r"wasn'?t able to deliver|was not delivered|not (?:be )?delivered|delivery failure|"
+    r"returned to (?:the )?sender|rejected your message|could not deliver",
+    re.IGNORECASE,
+)
+TEMP_RE = re.compile(
+    r"temporar(?:y|ily) (?:error|failure|problem)|will (?:continue|retry|keep trying|try again)|"
+    r"still trying|delivery (?:is |has been )?delayed|not yet been delivered|this is (?:just )?a warning",
+    re.IGNORECASE,
+)
+
+
+def looks_like_bounce(view: ParsedView) -> bool:
+    if BOUNCE_SUBJECT_RE.search(view.subject[:300]):
+        return True
+    if DAEMON_FROM_RE.search(view.from_[:300]):
+        return True
+    rp = view.headers.get("return-path", "")
+    if rp.strip() in ("<>", ""):
+        if "x-failed-recipients" in view.headers:
+            return True
+    return bool(FAILURE_BODY_RE.search(view.report_text[:6000]))
+
+
+class TextDetector:
+    """A human-readable bounce: recipient entries from ``text.entries`` plus hooks.
+
+    Subclasses set ``name`` and the pre-check regexes, and may override ``entries`` /
+    ``diagnostic`` / ``status_hint`` for their format.
+    """
+
+    name = "text"
+    from_re: re.Pattern[str] | None = None
+    subject_re: re.Pattern[str] | None = None
+    header_names: tuple[str, ...] = ()
+    body_re: re.Pattern[str] | None = None
+    # Temporary failure ("will retry") detection scope.
+    status_hint_re: re.Pattern[str] | None = None
+
+    def matches(self, view: ParsedView) -> bool:
+        if self.from_re is not None and self.from_re.search(view.from_[:300]):
+            return True
+        if self.subject_re is not None and self.subject_re.search(view.subject[:300]):
+            return True
+        for h in self.header_names:
+            if h in view.headers:
+                return True
+        if self.body_re is not None and self.body_re.search(view.report_text[:4000]):
+            return True
+        return False
+
+    def entries(self, view: ParsedView) -> list[Entry]:
+        return entries(view)
+
+    def fallback_addresses(self, view: ParsedView) -> list[str]:
+        xf = view.headers.get("x-failed-recipients")
+        if xf:
+            from ..common import ADDR_RE
+
+            return ADDR_RE.findall(xf)
+        if view.original:
+            a = first_address(view.original.get("to"))
+            if a:
+                return [a]
+        return []
+
+    def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
+        text = " ".join(entry.lines) if entry is not None else ""
+        if len(text) < 8:
+            text = (text + " " + whole_text(view)).strip()
+        return text
+
+    def status_hint(self, view: ParsedView, diag: str) -> str | None:
+        if self.status_hint_re is None:
+            return None
+        m = self.status_hint_re.search(diag)
+        return m.group(1) if m else None
+
+    def temporary(self, view: ParsedView) -> bool | None:
+        head = view.report_text[:3000]
+        if TEMP_RE.search(head) or TEMP_RE.search(view.subject):
+            return True
+        return None
+
+    def detect(self, view: ParsedView) -> Report | None:
+        ents = self.entries(view)
+        pairs: list[tuple[str, Entry | None]] = [(e.address, e) for e in ents]
+        if not pairs:
+            pairs = [(a, None) for a in self.fallback_addresses(view)]
+        if not pairs:
+            return None
+        temp = self.temporary(view)
+        out: list[RecipientResult] = []
+        for addr, e in pairs[:50]:
+            diag = self.diagnostic(view, e)
+            out.append(make_recipient(
+                addr, status=self.status_hint(view, diag), diagnostic=diag, temporary=temp,
+            ))
+        return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name)
+
+
+class GenericText(TextDetector):
+    """Any bounce-looking message: the last resort."""
+
+    name = "generic"
+
+    def matches(self, view: ParsedView) -> bool:
+        return looks_like_bounce(view)

@@ -1,0 +1,81 @@
+"""RFC 3464 delivery status notifications (message/delivery-status)."""
+
+from __future__ import annotations
+
+from .common import first_address, make_recipient, strip_diag_type
+from .model import BOUNCE, DELIVERY_REPORT, RecipientResult, Report
+from .text import diagnostic_for
+from .view import Fields, ParsedView, parse_fields
+
+# RFC 3464 §2.3.3: actions that are not failures.
+NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
+
+
+def _recipient_blocks(blocks: list[Fields]) -> tuple[Fields, list[Fields]]:
+    """Split into the per-message block and per-recipient blocks (RFC 3464 §2.1)."""
+    per_msg: Fields = {}
+    rcpts: list[Fields] = []
+    for b in blocks:
+        if "final-recipient" in b or "original-recipient" in b or "x-actual-recipient" in b:
+            rcpts.append(b)
+        elif not rcpts:
+            per_msg.update({k: v for k, v in b.items() if k not in per_msg})
+        elif "action" in b or "status" in b:
+            rcpts.append(b)
+    return per_msg, rcpts
+
+
+def ds_blocks_from_text(view: ParsedView) -> list[Fields]:
+    """A delivery-status mis-typed as text/plain or pasted into the body."""
+    body = view.body
+    low = body.lower()
+    i = low.find("final-recipient:")
+    if i < 0:
+        i = low.find("original-recipient:")
+    if i < 0:
+        return []
+    start = low.rfind("\n\n", 0, i)
+    start = 0 if start < 0 else start
+    return parse_fields(body[start : i + 8192])
+
+
+def detect(view: ParsedView) -> Report | None:
+    blocks = view.ds_blocks
+    if not any(("final-recipient" in b or "original-recipient" in b) for b in blocks):
+        extra = ds_blocks_from_text(view)
+        if extra:
+            blocks = blocks + extra
+    per_msg, rcpts = _recipient_blocks(blocks)
+    if not rcpts:
+        return None
+    results: list[RecipientResult] = []
+    seen: set[str] = set()
+    for b in rcpts:
+        orig = first_address(b.get("original-recipient"))
+        # RFC 3464 §2.3.2 Final-Recipient is required; fall back to Original-Recipient
+        # (§2.3.1) and the common X-Actual-Recipient.
+        addr = first_address(b.get("final-recipient")) or orig or first_address(b.get("x-actual-recipient"))
+        action = b.get("action")  # RFC 3464 §2.3.3
+        status = b.get("status")  # RFC 3464 §2.3.4
+        diag = strip_diag_type(b.get("diagnostic-code"))  # RFC 3464 §2.3.6
+        remote = strip_diag_type(b.get("remote-mta"))  # RFC 3464 §2.3.5
+        if addr is None:
+            continue
+        key = addr.lower() + "|" + (action or "")
+        if key in seen:
+            continue
+        seen.add(key)
+        # Many MTAs put the real reason only in the human-readable part.
+        text_diag = diagnostic_for(view, addr)
+        if text_diag and (not diag or len(diag) < 12 or diag.lower() in ("unknown", "none")):
+            diag = (diag + " " + text_diag) if diag else text_diag
+        results.append(make_recipient(
+            addr, action=action, status=status, diagnostic=diag, remote_mta=remote,
+            original_recipient=orig,
+        ))
+    if not results:
+        return None
+    failed = [r for r in results if (r.action or "failed") not in NOT_FAILED]
+    kind = BOUNCE if failed else DELIVERY_REPORT
+    envid = per_msg.get("original-envelope-id")  # RFC 3464 §2.2.1
+    return Report(kind=kind, recipients=tuple(results), detector="rfc3464", envelope_id=envid)

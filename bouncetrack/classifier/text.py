@@ -1,0 +1,152 @@
+"""Generic reader for human-readable bounce bodies.
+
+Most non-DSN bounces share one shape: a preamble, then per recipient an address on its own
+line (or ``<addr>:`` followed by text), then the SMTP reply or an explanation. This module
+finds those recipient entries and their diagnostic paragraphs; family detectors specialise
+it with their own markers. Scanning is bounded (``MAX_LINES``) and uses simple regexes only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .common import ADDR_RE, first_address, is_daemon
+from .view import ParsedView
+
+MAX_LINES = 400
+_HEADERISH_RE = re.compile(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|X-[A-Za-z-]+|MIME-Version)\s*:", re.IGNORECASE)
+# A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)".
+_ENTRY_RE = re.compile(
+    r"^\s*(?:[-*>•]\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
+    r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+\()",
+    re.IGNORECASE,
+)
+_RCPT_TO_RE = re.compile(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
+# Sentences that name the failed recipient inline.
+_FAILED_TO_RE = re.compile(
+    r"(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
+    r"delivery (?:has )?failed (?:to|for)|failed (?:recipient|to deliver to)|could not reach|"
+    r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
+    r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed to|sent to|mailbox|user|"
+    r"the address|the recipient|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Entry:
+    address: str
+    lines: list[str] = field(default_factory=list)
+    strong: bool = True
+
+
+def report_lines(view: ParsedView) -> list[str]:
+    cached = view._cache.get("lines")
+    if isinstance(cached, list):
+        return cached
+    out: list[str] = []
+    header_run = 0
+    for line in view.report_text.split("\n")[: MAX_LINES * 2]:
+        if _HEADERISH_RE.match(line):
+            header_run += 1
+            if header_run >= 2:  # an inline copy of the original message started
+                out = out[: len(out) - 1]
+                break
+        else:
+            header_run = 0
+        out.append(line)
+        if len(out) >= MAX_LINES:
+            break
+    view._cache["lines"] = out
+    return out
+
+
+def _excluded(view: ParsedView) -> set[str]:
+    cached = view._cache.get("excluded")
+    if isinstance(cached, set):
+        return cached
+    ex: set[str] = set()
+    for name in ("from", "to", "reply-to", "sender", "return-path", "delivered-to", "x-original-to"):
+        a = first_address(view.headers.get(name))
+        if a:
+            ex.add(a.lower())
+    if view.original:
+        a = first_address(view.original.get("from"))
+        if a:
+            ex.add(a.lower())
+        a = first_address(view.original.get("return-path"))
+        if a:
+            ex.add(a.lower())
+    view._cache["excluded"] = ex
+    return ex
+
+
+def entries(view: ParsedView) -> list[Entry]:
+    """Recipient entries with their diagnostic lines, in order of appearance."""
+    cached = view._cache.get("entries")
+    if isinstance(cached, list):
+        return cached
+    ex = _excluded(view)
+    found: dict[str, Entry] = {}
+    order: list[Entry] = []
+    cur: Entry | None = None
+    for line in report_lines(view):
+        s = line.strip()
+        if not s:
+            if cur is not None and cur.lines:
+                cur = None
+            continue
+        if "@" in s:
+            m = _ENTRY_RE.match(line)
+            addr = None
+            strong = False
+            if m is not None:
+                addr, strong = m.group(1), True
+            else:
+                m2 = _RCPT_TO_RE.search(line)
+                if m2 is not None:
+                    addr, strong = m2.group(1), True
+                else:
+                    m3 = _FAILED_TO_RE.search(line)
+                    if m3 is not None:
+                        addr = m3.group(1)
+            if addr is not None:
+                addr = addr.strip(".")
+                key = addr.lower()
+                if key in found:
+                    cur = found[key]
+                    if strong and not cur.strong:
+                        cur.strong = True
+                    cur.lines.append(s)
+                    continue
+                if key not in ex and not is_daemon(addr):
+                    e = Entry(addr, [], strong)
+                    rest = s[s.lower().find(key) + len(key):].lstrip(">\"' :;,.").strip()
+                    if rest and not strong:
+                        rest = s
+                    if rest:
+                        e.lines.append(rest)
+                    found[key] = e
+                    order.append(e)
+                    cur = e
+                    continue
+        if cur is not None:
+            cur.lines.append(s)
+    strong = [e for e in order if e.strong]
+    result = strong if strong else order
+    view._cache["entries"] = result
+    return result
+
+
+def diagnostic_for(view: ParsedView, addr: str) -> str | None:
+    """The human-readable diagnostic the body gives for ``addr`` (used to enrich DSNs)."""
+    key = addr.lower()
+    for e in entries(view):
+        if e.address.lower() == key:
+            return " ".join(e.lines)[:1000] or None
+    return None
+
+
+def whole_text(view: ParsedView, limit: int = 3000) -> str:
+    return " ".join(x.strip() for x in report_lines(view) if x.strip())[:limit]

@@ -1,0 +1,320 @@
+"""The parsed view: one walk over the MIME tree, shared by every detector.
+
+Parsing happens once (``email.parser.BytesParser`` with the default compat32 policy:
+``email.policy`` costs ~20 ms of import time in the per-bounce pipe process, HACKING.md).
+Detectors only read this view, so a bounce is walked once however many detectors look.
+All text is decoded with ``errors="replace"`` and capped, so no detector sees unbounded or
+undecodable input.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+from email.parser import BytesParser
+
+# How much of each text part detectors may scan; bounces put the failure near the top.
+TEXT_CAP = 96 * 1024
+# Nested message/rfc822 (bounces of bounces) beyond this depth are not descended into.
+MAX_DEPTH = 6
+MAX_PARTS = 200
+
+Fields = dict[str, str]
+
+_FIELD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9-]{0,60})[ \t]*:[ \t]*(.*)$")
+_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]{1,40})\?([bBqQ])\?([^?\s]{0,2000})\?=")
+
+# Lines that start the copy of the original message in non-MIME bounces (qmail, Exim,
+# Sendmail-era MTAs, webmail providers). Matched case-insensitively against stripped lines.
+ORIGINAL_MARKERS = re.compile(
+    r"^(?:-{2,}\s*)?(?:"
+    r"below this line is a copy of the message"
+    r"|original message (?:follows|headers? follow)"
+    r"|(?:this is a copy of the|copy of the|the) (?:original )?message(?:'s)? (?:headers? )?(?:follows?|below)"
+    r"|the (?:original )?message headers? (?:follows?|were)"
+    r"|unsent message below"
+    r"|(?:the )?headers? of (?:the|your) (?:original )?message (?:follows?|are)"
+    r"|original message(?: headers)?(?: follow)?s?"
+    r"|returned message"
+    r"|message text follows"
+    r"|content-type: message/rfc822"
+    r"|\[?original message (?:header|text)s?\]?"
+    r")\s*[:.-]*\s*-*\s*$",
+    re.IGNORECASE,
+)
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded-words, tolerantly (unknown charsets, bad base64)."""
+    if "=?" not in value:
+        return value
+    import base64
+    import binascii
+    import quopri
+
+    def one(m: re.Match[str]) -> str:
+        charset, enc, text = m.group(1), m.group(2).lower(), m.group(3)
+        try:
+            if enc == "b":
+                data = base64.b64decode(text + "=" * (-len(text) % 4))
+            else:
+                data = quopri.decodestring(text.replace("_", " ").encode("ascii", "replace"), header=True)
+            return _decode_bytes(data, charset.split("*", 1)[0])
+        except (ValueError, binascii.Error):
+            return m.group(0)
+
+    return _ENCODED_WORD_RE.sub(one, value)
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    cs = (charset or "").strip().strip('"').lower() or "us-ascii"
+    if cs in ("us-ascii", "ascii", "unknown-8bit", "x-unknown", "8bit"):
+        cs = "utf-8"
+    try:
+        return data.decode(cs, errors="replace")
+    except (LookupError, ValueError):
+        return data.decode("utf-8", errors="replace")
+
+
+def header_str(msg: Message, name: str) -> str:
+    """A header as plain text ('' when absent); never raises on 8-bit or encoded words."""
+    try:
+        v = msg.get(name)
+    except Exception:  # noqa: BLE001 - malformed headers must not escape
+        return ""
+    if v is None:
+        return ""
+    s = str(v) if not isinstance(v, str) else v
+    if any("\udc80" <= ch <= "\udcff" for ch in s):
+        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return decode_words(" ".join(s.split()))
+
+
+def parse_fields(text: str) -> list[Fields]:
+    """Parse blank-line separated blocks of ``Name: value`` fields (RFC 3464 §2.1 layout).
+
+    Tolerant: continuation lines (RFC 5322 §2.2.3 folding) are unfolded, lines that are not
+    fields are ignored, field names are lower-cased, the first occurrence wins.
+    """
+    blocks: list[Fields] = []
+    cur: Fields = {}
+    last: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                blocks.append(cur)
+                cur = {}
+            last = None
+            continue
+        if line[0] in " \t":
+            if last is not None:
+                cur[last] = (cur[last] + " " + line.strip()).strip()
+            continue
+        m = _FIELD_RE.match(line)
+        if m is None:
+            last = None
+            continue
+        name = m.group(1).lower()
+        if name in cur:
+            # a repeated field starts a new block when the writer forgot the blank line
+            if name in ("final-recipient", "original-recipient") and "action" in cur:
+                blocks.append(cur)
+                cur = {}
+            else:
+                last = None
+                continue
+        cur[name] = m.group(2).strip()
+        last = name
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def _fields_of(msg: Message) -> Fields:
+    out: Fields = {}
+    for k, v in msg.items():
+        k = k.lower()
+        if k not in out:
+            out[k] = " ".join(str(v).split())
+    return out
+
+
+def _payload_text(part: Message) -> str:
+    """Decoded text of a leaf part, capped, never raising."""
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001
+        data = None
+    if not isinstance(data, bytes):
+        p = part.get_payload()
+        if isinstance(p, str):
+            data = p.encode("utf-8", "surrogateescape")
+        else:
+            return ""
+    data = data[:TEXT_CAP]
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # noqa: BLE001
+        charset = None
+    text = _decode_bytes(data, charset)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+_TAG_RE = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]{0,500}>", re.IGNORECASE)
+_ANYTAG_RE = re.compile(r"<[^<>]{0,2000}>")
+_ENTITY = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
+_ENTITY_RE = re.compile(r"&(?:lt|gt|amp|nbsp|quot|#39);")
+
+
+def html_to_text(html: str) -> str:
+    html = re.sub(r"(?is)<(script|style)\b.{0,20000}?</\1>", " ", html)
+    text = _TAG_RE.sub("\n", html)
+    text = _ANYTAG_RE.sub("", text)
+    return _ENTITY_RE.sub(lambda m: _ENTITY[m.group(0)], text)
+
+
+class ParsedView:
+    """Everything detectors look at, computed once per message."""
+
+    __slots__ = (
+        "msg", "headers", "subject", "from_", "content_type", "report_type",
+        "texts", "html_texts", "ds_blocks", "feedback", "original", "original_text",
+        "nested", "body", "report_text", "_cache",
+    )
+
+    def __init__(self, msg: Message, depth: int = 0) -> None:
+        self.msg = msg
+        self.headers: Fields = {}
+        for k, v in msg.items():
+            lk = k.lower()
+            if lk not in self.headers:
+                self.headers[lk] = header_str(msg, k)
+        self.subject = self.headers.get("subject", "")
+        self.from_ = self.headers.get("from", "")
+        try:
+            self.content_type = msg.get_content_type()
+            self.report_type = (msg.get_param("report-type") or "")
+        except Exception:  # noqa: BLE001
+            self.content_type, self.report_type = "text/plain", ""
+        if not isinstance(self.report_type, str):
+            self.report_type = ""
+        self.report_type = self.report_type.lower().strip()
+        self.texts: list[str] = []  # text/plain parts of the report itself, in order
+        self.html_texts: list[str] = []
+        # RFC 3464 §2.1: one per-message block followed by per-recipient blocks.
+        self.ds_blocks: list[Fields] = []
+        self.feedback: Fields | None = None  # RFC 5965 §3.1 message/feedback-report
+        self.original: Fields | None = None  # headers of the returned original message
+        self.original_text: str = ""  # text of the original, for non-MIME bounces
+        self.nested: list[Message] = []  # attached messages (maybe bounces themselves)
+        self._walk(msg, depth, [0])
+        if not self.texts and self.html_texts:
+            self.texts = [html_to_text(h)[:TEXT_CAP] for h in self.html_texts]
+        self.body = "\n".join(self.texts)[: 2 * TEXT_CAP]
+        self.report_text = self.body  # the body without the copy of the original
+        self._cache: dict[str, object] = {}
+        self._original_from_text()
+
+    def _walk(self, part: Message, depth: int, count: list[int]) -> None:
+        count[0] += 1
+        if count[0] > MAX_PARTS or depth > MAX_DEPTH:
+            return
+        try:
+            ctype = part.get_content_type()
+        except Exception:  # noqa: BLE001
+            ctype = "text/plain"
+        if part.is_multipart():
+            payload = part.get_payload()
+            if not isinstance(payload, list):
+                return
+            if ctype in ("message/rfc822", "message/global") or ctype.startswith("message/"):
+                if ctype in ("message/delivery-status", "message/global-delivery-status"):
+                    # compat32 parses each block into a sub-message of headers
+                    for sub in payload:
+                        if isinstance(sub, Message):
+                            f = _fields_of(sub)
+                            if f:
+                                self.ds_blocks.append(f)
+                    return
+                if ctype == "message/feedback-report":
+                    for sub in payload:
+                        if isinstance(sub, Message) and self.feedback is None:
+                            self.feedback = _fields_of(sub)
+                    return
+                for sub in payload:
+                    if isinstance(sub, Message):
+                        self._attached(sub, depth)
+                return
+            for sub in payload:
+                if isinstance(sub, Message):
+                    self._walk(sub, depth, count)
+            return
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            # RFC 3464 §2.1 / RFC 6533 §6.2; not parsed into blocks when malformed
+            self.ds_blocks.extend(parse_fields(_payload_text(part)))
+            return
+        if ctype == "message/feedback-report":
+            blocks = parse_fields(_payload_text(part))
+            if blocks and self.feedback is None:
+                self.feedback = blocks[0]
+            return
+        if ctype in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
+            # RFC 6522 §3 (was RFC 3462): the returned headers
+            if self.original is None:
+                hb = parse_fields(_payload_text(part))
+                if hb:
+                    self.original = hb[0]
+            return
+        if ctype in ("message/rfc822", "message/global"):
+            text = _payload_text(part)
+            if self.original is None:
+                hb = parse_fields(text)
+                if hb:
+                    self.original = hb[0]
+            return
+        if ctype == "text/plain" or ctype == "text/html" or not ctype.startswith(("image/", "application/", "audio/", "video/", "model/", "font/")):
+            disp = str(part.get("content-disposition", "")).lower()
+            text = _payload_text(part)
+            if ctype == "text/html":
+                self.html_texts.append(text)
+            elif ctype.startswith("text/") or ctype == "message/partial" or ctype == "application/octet-stream":
+                if "final-recipient:" in text.lower()[:4096] and not self.ds_blocks and "attachment" in disp:
+                    self.ds_blocks.extend(parse_fields(text))
+                else:
+                    self.texts.append(text)
+
+    def _attached(self, sub: Message, depth: int) -> None:
+        self.nested.append(sub)
+        if self.original is None:
+            self.original = _fields_of(sub)
+            for k in list(self.original):
+                self.original[k] = decode_words(self.original[k])
+
+    def _original_from_text(self) -> None:
+        """Non-MIME bounces: find the copy of the original after a marker line."""
+        body = self.body
+        lines = body.split("\n")
+        for i, line in enumerate(lines):
+            s = line.strip()
+            if len(s) > 90 or not s:
+                continue
+            if ORIGINAL_MARKERS.match(s):
+                self.report_text = "\n".join(lines[:i])
+                if self.original is None:
+                    rest = "\n".join(lines[i + 1 : i + 200]).lstrip("\n")
+                    hb = parse_fields(rest)
+                    if hb:
+                        self.original = hb[0]
+                        self.original_text = rest
+                return
+
+
+def parse(raw: bytes, depth: int = 0) -> ParsedView:
+    msg = BytesParser().parsebytes(raw)
+    return ParsedView(msg, depth)
+
+
+def view_of(msg: Message, depth: int) -> ParsedView:
+    return ParsedView(msg, depth)
