@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 from . import migrations
 from .base import (
@@ -397,12 +397,13 @@ class SQLiteStore:
 
     def events_between(
         self, start: float, end: float, domains: Sequence[str] | None = None
-    ) -> Iterator[BounceEvent]:
+    ) -> Generator[BounceEvent, None, None]:
         """Events with ``start <= received_at < end``, ordered by (received_at, id).
 
         Streams in batches (constant memory). The store's lock is held only
         while fetching a batch, never while the caller holds a yielded event.
-        ``domains=[]`` selects nothing; ``None`` selects every domain.
+        ``domains=[]`` selects nothing; ``None`` selects every domain. Close
+        the generator (or exhaust it) to release its cursor early.
         """
         sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE received_at >= ? AND received_at < ?"
         params: list[Any] = [start, end]
