@@ -1,0 +1,509 @@
+"""The whole product on loopback: private Postfix + milter + fake MX + bounce pipe.
+
+Shared by the tests (``tests/conftest.py``) and the demo. Needs root. Typical use::
+
+    with Stack(with_milter=True, pipe="real") as st:
+        r = st.send("a@tracked.test", ["unknown-1@remote.test"])
+        st.wait_for(lambda: st.bounces_in_spool(), 20)
+
+Work directory layout (default ``/var/tmp/bouncetrack-XXXX``, 0755)::
+
+    etc/bouncetrack.yaml   the generated configuration (0644)
+    lib/                   staged package + bt.py + filespipe.py (world-readable)
+    postfix/               the PrivatePostfix instance (etc/ spool/ data/ log/)
+    state/                 bouncetrack 0750: verp.key (bouncetrack 0600), bouncetrack.db
+    run/                   bouncetrack:postfix 0750: milter.sock
+    spool/                 bouncetrack 0755: files written by the "files" pipe
+    log/milter.log         the milter's stdout/stderr
+
+Teardown (``close``) always leaves nothing running: it is idempotent, runs from
+``__exit__`` (failed test, KeyboardInterrupt) and from an ``atexit`` guard.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
+
+import yaml
+
+from .fakemx import FakeMX
+from .postfix import PrivatePostfix
+from .stage import stage
+from .users import DEFAULT_USER, ensure_user, gid_of
+
+T = TypeVar("T")
+
+VENV_PYTHON = "/opt/bouncetrack/venv/bin/python"
+
+TRACKED = "tracked.test"
+UNTRACKED = "untracked.test"
+REMOTE = "remote.test"
+BOUNCE_DOMAIN = "bounce.test"
+
+PipeMode = Literal["files", "real"]
+
+_live: set["Stack"] = set()
+_live_lock = threading.Lock()
+
+
+def _close_all() -> None:
+    with _live_lock:
+        stacks = list(_live)
+    for st in stacks:
+        st.close()
+
+
+atexit.register(_close_all)
+
+
+def unavailable_reason() -> str | None:
+    """Why the harness cannot run on this machine (for pytest skips), or None."""
+    if os.geteuid() != 0:
+        return "needs root: the harness starts a private Postfix instance and creates a user"
+    if not os.path.exists("/usr/sbin/postfix") or not os.path.isdir("/usr/lib/postfix/sbin"):
+        return "Postfix is not installed (run ./scripts/bootstrap)"
+    if shutil.which("useradd") is None:
+        return "useradd not found"
+    return None
+
+
+def default_python() -> str:
+    """The interpreter for the pipe and the milter: readable by the ``bouncetrack`` user."""
+    env = os.environ.get("BOUNCETRACK_PYTHON")
+    if env:
+        return env
+    return VENV_PYTHON if os.path.exists(VENV_PYTHON) else sys.executable
+
+
+@dataclass
+class SendResult:
+    """Every SMTP reply of one transaction; nothing is raised for 4xx/5xx."""
+
+    ehlo: tuple[int, str] = (0, "")
+    mail: tuple[int, str] = (0, "")
+    rcpts: dict[str, tuple[int, str]] = field(default_factory=dict)
+    data: tuple[int, str] | None = None  # None when DATA was not reached
+    error: str | None = None  # connection-level failure (refused, dropped)
+
+    @property
+    def accepted(self) -> bool:
+        return self.data is not None and self.data[0] == 250
+
+    @property
+    def queue_id(self) -> str | None:
+        if self.data is None or "queued as " not in self.data[1]:
+            return None
+        return self.data[1].rsplit("queued as ", 1)[1].split()[0]
+
+    @property
+    def codes(self) -> list[int]:
+        out = [self.mail[0], *(c for c, _ in self.rcpts.values())]
+        if self.data is not None:
+            out.append(self.data[0])
+        return out
+
+
+@dataclass
+class SpoolItem:
+    """One message the "files" pipe received."""
+
+    recipient: str
+    sender: str
+    argv: list[str]
+    data: bytes
+    uid: int
+    path: Path
+
+
+def _reply(r: tuple[int, bytes]) -> tuple[int, str]:
+    return r[0], r[1].decode("utf-8", errors="replace")
+
+
+def make_message(mail_from: str, rcpts: Sequence[str], subject: str = "harness test",
+                 body: str = "Hello from the bouncetrack harness.\n",
+                 headers: Mapping[str, str] | None = None) -> bytes:
+    """A small RFC 5322 message with the usual headers."""
+    hdrs = {
+        "From": mail_from or "mailer-daemon@harness.test",
+        "To": ", ".join(rcpts),
+        "Subject": subject,
+        "Date": formatdate(localtime=False),
+        "Message-ID": make_msgid(domain="harness.test"),
+    }
+    hdrs.update(headers or {})
+    head = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+    return (head + "\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")).encode()
+
+
+class Stack:
+    """Compose fake MX, staged package, milter and private Postfix (see module doc).
+
+    ``workdir``: use this directory (created; kept afterwards) instead of a fresh
+    temporary one under ``/var/tmp`` (removed at close unless ``keep`` or env
+    ``BOUNCETRACK_KEEP=1``).
+    ``with_milter``: run ``bt.py milter`` and wire Postfix to it.
+    ``pipe``: ``"files"`` (filespipe.py writes to ``spool/``) or ``"real"``
+    (``bt.py pipe --config CFG``).
+    ``maximal_queue_lifetime``/``bounce_queue_lifetime``/``delay_warning_time``: see
+    :class:`PrivatePostfix`; ``"0"`` turns a 4xx into a bounce after one attempt.
+    ``domains``: extra YAML ``domains:`` entries (name → mapping) merged over the
+    defaults (``tracked.test`` tracking, ``untracked.test`` not, ``default`` not).
+    ``config_extra``: top-level YAML keys added to the generated configuration.
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str | None = None,
+        *,
+        with_milter: bool = True,
+        pipe: PipeMode = "files",
+        bounce_domain: str = BOUNCE_DOMAIN,
+        maximal_queue_lifetime: str = "1h",
+        bounce_queue_lifetime: str = "1h",
+        delay_warning_time: str = "0h",
+        fakemx_rules: Sequence[tuple[str, str]] | None = None,
+        domains: Mapping[str, Mapping[str, Any]] | None = None,
+        config_extra: Mapping[str, Any] | None = None,
+        routes: Mapping[str, str] | None = None,
+        postfix_extra: Mapping[str, str] | None = None,
+        python: str | None = None,
+        user: str = DEFAULT_USER,
+        log_level: str = "DEBUG",
+        keep: bool = False,
+    ) -> None:
+        if pipe not in ("files", "real"):
+            raise ValueError(f"pipe must be 'files' or 'real', not {pipe!r}")
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(
+            tempfile.mkdtemp(prefix="bouncetrack-", dir="/var/tmp"))
+        self.with_milter = with_milter
+        self.pipe_mode: PipeMode = pipe
+        self.bounce_domain = bounce_domain
+        self.python = python or default_python()
+        self.user = user
+        self.log_level = log_level
+        self.keep = keep or os.environ.get("BOUNCETRACK_KEEP") == "1"
+        self.lib = self.workdir / "lib"
+        self.config_path = self.workdir / "etc" / "bouncetrack.yaml"
+        self.state_dir = self.workdir / "state"
+        self.run_dir = self.workdir / "run"
+        self.spool_dir = self.workdir / "spool"
+        self.log_dir = self.workdir / "log"
+        self.milter_log = self.log_dir / "milter.log"
+        self.secret_file = self.state_dir / "verp.key"
+        self.db_path = self.state_dir / "bouncetrack.db"
+        self.milter_socket = self.run_dir / "milter.sock"
+        self._domains = {k: dict(v) for k, v in (domains or {}).items()}
+        self._config_extra = dict(config_extra or {})
+        self.fakemx = FakeMX(rules=fakemx_rules)
+        self.postfix = PrivatePostfix(
+            self.workdir / "postfix",
+            routes={},  # set in start(), once the fake MX port and the pipe argv are known
+            pipe_argv=[],
+            pipe_user=user,
+            milter_socket=self.milter_socket if with_milter else None,
+            maximal_queue_lifetime=maximal_queue_lifetime,
+            bounce_queue_lifetime=bounce_queue_lifetime,
+            delay_warning_time=delay_warning_time,
+            extra=postfix_extra,
+        )
+        self._routes_extra = dict(routes or {})
+        self._milter: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        self._started = False
+
+    # --- lifecycle ---------------------------------------------------------------
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self) -> "Stack":
+        """Bring everything up; on any failure (or ^C) tear down what was started."""
+        if os.geteuid() != 0:
+            raise PermissionError("the harness needs root (private Postfix, users)")
+        with _live_lock:
+            _live.add(self)
+        try:
+            self._prepare()
+            self.fakemx.start()
+            self.postfix.routes = {
+                REMOTE: f"smtp:[127.0.0.1]:{self.fakemx.port}",
+                self.bounce_domain: "bouncepipe:",
+                **self._routes_extra,
+            }
+            self.postfix.pipe_argv = self.pipe_argv()
+            if self.with_milter:
+                self.start_milter()
+            self.postfix.start()
+            self._started = True
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _prepare(self) -> None:
+        uid, gid = ensure_user(self.user)
+        postfix_gid = gid_of("postfix")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)
+        for d in (self.config_path.parent, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o755)
+        stage(self.lib, python=self.python)
+        for d, owner, group, mode in (
+            (self.state_dir, uid, gid, 0o750),
+            (self.run_dir, uid, postfix_gid, 0o750),
+            (self.spool_dir, uid, gid, 0o755),
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chown(d, owner, group)
+            d.chmod(mode)
+        if not self.secret_file.exists():
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        os.chown(self.secret_file, uid, gid)
+        self.secret_file.chmod(0o600)
+        self.config_path.write_text(self.config_yaml())
+        self.config_path.chmod(0o644)
+
+    def config_yaml(self) -> str:
+        """The generated configuration (schema: conf/example.yaml)."""
+        domains: dict[str, Any] = {
+            TRACKED: {"tracking": True},
+            UNTRACKED: {"tracking": False},
+        }
+        domains.update(self._domains)
+        domains.setdefault("default", {"tracking": False})
+        cfg: dict[str, Any] = {
+            "bounce_domain": self.bounce_domain,
+            "verp_prefix": "b",
+            "secret_file": str(self.secret_file),
+            "store": f"sqlite:///{self.db_path}",
+            "milter_socket": str(self.milter_socket),
+            "log_level": self.log_level,
+            "domains": domains,
+        }
+        cfg.update(self._config_extra)
+        return "# Generated by bouncetrack.harness.stack\n" + yaml.safe_dump(
+            cfg, sort_keys=False, default_flow_style=False)
+
+    def pipe_argv(self) -> list[str]:
+        if self.pipe_mode == "files":
+            return [self.python, str(self.lib / "filespipe.py"), str(self.spool_dir)]
+        return [self.python, str(self.lib / "bt.py"), "pipe", "--config", str(self.config_path)]
+
+    def close(self) -> None:
+        """Stop everything; idempotent and never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.kill_milter()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.postfix.stop()
+        except Exception:  # noqa: BLE001
+            pass
+        self.fakemx.stop()
+        with _live_lock:
+            _live.discard(self)
+        if self._own_workdir and not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- milter --------------------------------------------------------------------
+    def milter_argv(self) -> list[str]:
+        return [self.python, str(self.lib / "bt.py"), "milter", "--config", str(self.config_path),
+                "--log-level", self.log_level]
+
+    def start_milter(self, timeout: float = 20.0) -> None:
+        """Start the milter as the unprivileged user; wait until its socket accepts."""
+        if self.milter_running():
+            return
+        if self.milter_socket.exists() or self.milter_socket.is_symlink():
+            self.milter_socket.unlink()  # stale, from a killed milter
+        log = open(self.milter_log, "ab")
+        try:
+            self._milter = subprocess.Popen(
+                self.milter_argv(),
+                user=self.user, group=self.user, extra_groups=[],
+                cwd=str(self.workdir), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._milter.poll() is not None:
+                raise RuntimeError(
+                    f"milter exited with {self._milter.returncode}:\n{self.milter_log_text()}")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(str(self.milter_socket))
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.kill_milter()
+        raise TimeoutError(f"milter socket not ready in {timeout}s:\n{self.milter_log_text()}")
+
+    def milter_running(self) -> bool:
+        return self._milter is not None and self._milter.poll() is None
+
+    def stop_milter(self, timeout: float = 15.0) -> None:
+        """SIGTERM (libmilter takes 4–6 s to exit), SIGKILL after ``timeout``."""
+        self._signal_milter(signal.SIGTERM, timeout)
+
+    def kill_milter(self) -> None:
+        """SIGKILL the milter's whole process group at once (socket file stays: stale)."""
+        self._signal_milter(signal.SIGKILL, 5.0)
+
+    def _signal_milter(self, sig: int, timeout: float) -> None:
+        proc, self._milter = self._milter, None
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # also any child the supervisor left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def reload_milter(self) -> None:
+        """SIGHUP: the milter re-reads its configuration."""
+        if self._milter is not None:
+            os.kill(self._milter.pid, signal.SIGHUP)
+
+    # --- sending -------------------------------------------------------------------
+    def send(
+        self,
+        mail_from: str,
+        rcpts: Sequence[str],
+        data: bytes | str | None = None,
+        *,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Mapping[str, Sequence[str]] | Sequence[str] = (),
+        timeout: float = 30.0,
+    ) -> SendResult:
+        """One SMTP transaction with the private Postfix; returns every reply.
+
+        ``rcpt_options``: per recipient (mapping) or the same list for all.
+        """
+        if data is None:
+            data = make_message(mail_from, rcpts)
+        elif isinstance(data, str):
+            data = data.encode()
+        res = SendResult()
+        try:
+            with smtplib.SMTP(self.postfix.host, self.postfix.port, timeout=timeout) as s:
+                res.ehlo = _reply(s.ehlo("client.harness.test"))
+                res.mail = _reply(s.mail(mail_from, list(mail_options)))
+                if res.mail[0] != 250:
+                    s.rset()
+                    return res
+                for r in rcpts:
+                    opts = (rcpt_options.get(r, ()) if isinstance(rcpt_options, Mapping)
+                            else rcpt_options)
+                    res.rcpts[r] = _reply(s.rcpt(r, list(opts)))
+                if not any(c == 250 or c == 251 for c, _ in res.rcpts.values()):
+                    s.rset()
+                    return res
+                res.data = _reply(s.data(data))
+        except (smtplib.SMTPException, OSError) as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+        return res
+
+    def send_local(self, mail_from: str, rcpts: Sequence[str], data: bytes | str | None = None,
+                   *, notify: str | None = None, ret: str | None = None,
+                   envid: str | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Submit via the instance's sendmail (pickup; ``non_smtpd_milters`` apply)."""
+        if data is None:
+            data = make_message(mail_from, rcpts)
+        elif isinstance(data, str):
+            data = data.encode()
+        return self.postfix.sendmail(mail_from, rcpts, data, notify=notify, ret=ret, envid=envid)
+
+    # --- observing -------------------------------------------------------------------
+    def bounces_in_spool(self) -> list[SpoolItem]:
+        """Messages the "files" pipe received, oldest first."""
+        items = []
+        for meta_path in sorted(self.spool_dir.glob("*.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+                data = meta_path.with_suffix(".eml").read_bytes()
+            except (OSError, ValueError):
+                continue
+            items.append(SpoolItem(meta["recipient"], meta["sender"], list(meta["argv"]),
+                                   data, int(meta["uid"]), meta_path.with_suffix(".eml")))
+        return items
+
+    def clear_spool(self) -> None:
+        for p in self.spool_dir.iterdir():
+            p.unlink()
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 20.0, *,
+                 interval: float = 0.1, flush_every: float | None = 2.0) -> T:
+        """Poll ``predicate()`` until truthy and return its value; TimeoutError otherwise.
+        Every ``flush_every`` seconds the deferred queue is flushed, so retries happen."""
+        deadline = time.monotonic() + timeout
+        next_flush = time.monotonic() + (flush_every or 0)
+        while True:
+            value = predicate()
+            if value:
+                return value
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError(f"condition not met within {timeout:.1f}s")
+            if flush_every and now >= next_flush and self.postfix.running():
+                try:
+                    self.postfix.flush()
+                except Exception:  # noqa: BLE001
+                    pass
+                next_flush = now + flush_every
+            time.sleep(interval)
+
+    def milter_log_text(self) -> str:
+        try:
+            return self.milter_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def logs(self) -> str:
+        """Postfix's and the milter's logs, for assertions and for dumping on failure."""
+        return (f"===== postfix log ({self.postfix.log_file}) =====\n{self.postfix.log_text()}\n"
+                f"===== milter log ({self.milter_log}) =====\n{self.milter_log_text()}\n")
+
+    def reset(self) -> None:
+        """Between tests: empty the queue, the spool and the fake MX's records."""
+        self.postfix.delete_all()
+        self.clear_spool()
+        self.fakemx.clear()
