@@ -1,0 +1,5 @@
+"""``python -m bouncetrack``: the same as the ``bouncetrack`` command."""
+
+from bouncetrack.cli import main
+
+main()
