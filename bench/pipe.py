@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Bounce pipe start-up benchmark: a new process per bounce, as Postfix runs it.
+
+Runs ``<python> -m bouncetrack.bounce_pipe --config F RECIPIENT SENDER`` with a
+DSN on stdin N times (a real config, a real SQLite store, distinct bounces so
+each is stored), interleaved with ``<python> -c pass`` on the very same
+interpreter (POSTFIX-NOTES: compare with the interpreter that runs the pipe, not
+a pyenv shim). Reports median and p99 per bounce and the ratio of medians.
+Target (issue 4): pipe median ≤ 4× the bare start.
+
+    python bench/pipe.py [-n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import ROOT, summary, write_result  # noqa: E402
+from tests import mailgen  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=200, help="bounces (and bare starts)")
+    ap.add_argument("--python", default=sys.executable, help="interpreter that runs the pipe")
+    a = ap.parse_args()
+
+    from bouncetrack.config_loader import load_config
+    from bouncetrack.store import open_store
+    from bouncetrack.store.base import MessageRecord, RecipientRecord
+    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "bouncetrack.yaml"
+        cfg.write_text(
+            textwrap.dedent(
+                f"""\
+                bounce_domain: bounce.test
+                secret_file: {tmp}/verp.key
+                store: sqlite:///{tmp}/bt.db
+                milter_socket: {tmp}/milter.sock
+                domains:
+                  tracked.test: {{tracking: true, webhook: {{url: "http://127.0.0.1:9/", secret: s}}}}
+                """
+            )
+        )
+        config = load_config(cfg)
+        keyring = load_keyring(config)
+        store = open_store(config.store_url)
+        inputs = []
+        for i in range(a.n):
+            token_id = new_token_id()
+            token = mint(keyring, token_id)
+            verp = verp_address(config, token)
+            rcpt = f"unknown-{i}@remote.test"
+            store.record_message(
+                MessageRecord(token_id, token, None, f"<m{i}@tracked.test>", "tracked.test", "info@tracked.test",
+                              verp, None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time())
+            )
+            inputs.append((verp, mailgen.dsn(verp, rcpt)))
+        store.close()
+
+        pipe_cmd = [a.python, "-m", "bouncetrack.bounce_pipe", "--config", str(cfg)]
+        bare_cmd = [a.python, "-c", "pass"]
+        pipe_t, bare_t, failures = [], [], 0
+        for verp, data in inputs:  # interleaved: the machine is noisy, both see the same noise
+            t0 = time.perf_counter()
+            subprocess.run(bare_cmd, check=True)
+            bare_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            proc = subprocess.run([*pipe_cmd, verp, ""], input=data, capture_output=True, cwd=ROOT)
+            pipe_t.append(time.perf_counter() - t0)
+            failures += proc.returncode != 0
+
+    pipe_s, bare_s = summary(pipe_t), summary(bare_t)
+    ratio = pipe_s["median"] / bare_s["median"]
+    print(f"bare start  median {bare_s['median']*1000:6.1f} ms  p99 {bare_s['p99']*1000:6.1f} ms")
+    print(f"pipe        median {pipe_s['median']*1000:6.1f} ms  p99 {pipe_s['p99']*1000:6.1f} ms")
+    print(f"ratio (median pipe / median bare) {ratio:.2f}  target <= 4.0  failures {failures}")
+    path = write_result(
+        "pipe",
+        {"n": a.n, "python": a.python, "pipe_seconds": pipe_s, "bare_seconds": bare_s,
+         "ratio_median": ratio, "target_ratio": 4.0, "failures": failures},
+    )
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
