@@ -8,6 +8,7 @@ from . import reasons
 from .model import RecipientResult
 
 ADDR_RE = re.compile(
+    r"(?<![A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])"
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{0,63}"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.){1,10}[A-Za-z][A-Za-z0-9-]{0,62}"
 )
@@ -15,6 +16,18 @@ _TYPE_PREFIX_RE = re.compile(r"^\s*(?:rfc822|x-[a-z0-9-]{1,30}|utf-8|unknown)\s*
 _DIAG_TYPE_RE = re.compile(r"^\s*(?:smtp|x-[a-z0-9-]{1,30}|x400|x-postfix|x-unix)\s*;\s*", re.IGNORECASE)
 _NON_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|maildelivery|mail-daemon|double-bounce|"
                              r"bounces?|noreply|no-reply|root)$", re.IGNORECASE)
+
+
+# The SMTP command a rejection answered (RFC 5321 §4.2): a refusal after the message data
+# is about the content, not the address, even if it says "user unknown".
+_DATA_PHASE_RE = re.compile(
+    r">>> DATA|after end of data|end of data|in reply to end of data|after DATA\b|"
+    r"did not like our (?:final )?DATA|while sending (?:the )?(?:message|data)", re.IGNORECASE)
+_RCPT_PHASE_RE = re.compile(r"RCPT TO|in reply to RCPT|after RCPT|does not like recipient", re.IGNORECASE)
+
+
+def data_phase(text: str) -> bool:
+    return bool(_DATA_PHASE_RE.search(text)) and not _RCPT_PHASE_RE.search(text)
 
 
 def first_address(value: str | None) -> str | None:
@@ -58,6 +71,7 @@ def make_recipient(
     original_recipient: str | None = None,
     temporary: bool | None = None,
     reason: str | None = None,
+    in_data: bool = False,
 ) -> RecipientResult:
     diag = " ".join(diagnostic.split())[:1000] if diagnostic else None
     status = clean_status(status)
@@ -76,6 +90,14 @@ def make_recipient(
             reason = reasons.classify_reason(diag, status, reply_code)
             if action == "delayed" and reason in ("undefined", "onhold", "networkerror", "systemerror"):
                 reason = "expired"
+            # RFC 3464 §2.3.3/§2.3.4: a *failed* action with a transient (4.X.X) status
+            # means the MTA gave up retrying: the message expired in the queue.
+            elif (action in (None, "failed") and status and status[0] == "4"
+                  and (reason in ("undefined", "onhold", "systemerror")
+                       or (reason == "networkerror" and "timed out" in (diag or "").lower()))):
+                reason = "expired"
+            elif reason == "userunknown" and in_data and not (status and status[2:5] == "1.1"):
+                reason = "filtered"
     if status is None:
         if temporary is None and action == "delayed":
             temporary = True

@@ -11,127 +11,152 @@ import re
 
 from .model import HARD_REASONS
 
-# (reason, pattern) in priority order; applied to lower-cased, whitespace-collapsed text.
-_TEXT_RULES: list[tuple[str, str]] = [
-    ("mailererror", r"x-unix;|\bmailer error\b|\bcommand (?:died|failed|output)|\bprocmail\b|"
-                    r"program exited|\bexit code\b|\bpipe to \|"),
+# Strong, specific phrases: (reason, pattern) in priority order; applied to lower-cased,
+# whitespace-collapsed text. These beat the status code.
+_STRONG_RULES: list[tuple[str, str]] = [
+    ("mailererror", r"x-unix;|\bmailer error\b|\bcommand (?:died|failed)|\bprocmail\b|"
+                    r"program exited|\bexit code\b|\bpipe to \||local delivery failed|unknown mailer error"),
     ("hasmoved", r"\bhas (?:been )?moved\b|no longer (?:with|at|available at)|address has changed|"
-                 r"\buser has moved\b|\bnew address\b|\bforwarding address\b"),
-    ("virusdetected", r"\bvirus\b|\bmalware\b|\binfected\b|\btrojan\b|\bworm\b"),
+                 r"\buser has moved\b|not our customer"),
+    ("virusdetected", r"\bvirus\b|\bmalware\b|\binfected\b|\btrojan\b"),
+    ("toomanyconn", r"too many (?:concurrent |simultaneous |open )?connections|connection (?:rate )?limit|"
+                    r"too many (?:smtp )?sessions|maximum (?:number of )?connections|too many recipients|"
+                    r"temporarily deferred due to unexpected volume"),
+    ("exceedlimit", r"header size exceeds|message header (?:size|too)|recipsizelimit|"
+                    r"(?:message )?length exceeds (?:the )?(?:administrative )?limit|exceeds? (?:the )?limit set by"),
     ("mesgtoobig", r"message (?:is )?too (?:large|big)|(?:message|mail|email) size (?:exceeds|limit|too)|"
                    r"exceeds? (?:the )?(?:maximum )?(?:message )?size|size limit exceeded|"
-                   r"message length exceeds|too big for|\bmessage too long\b|exceeds? maximum (?:allowed )?size"),
-    ("exceedlimit", r"too many recipients|header size exceeds|message header (?:size|too)|exceeds? (?:the )?limit"),
+                   r"too big for|\bmessage too long\b|exceeds? maximum (?:allowed )?size|line limit exceeded"),
     ("mailboxfull", r"mailbox (?:is )?full|\bover ?quota\b|quota (?:exceeded|exceed|full|violation)|"
                     r"exceed(?:ed|s)? (?:the |his |her |their |your |its )?(?:mailbox |storage |disk )?quota|"
                     r"mailbox (?:size|storage) (?:limit )?exceeded|exceeded (?:storage|the storage)|"
                     r"insufficient (?:disk |storage )?space|not enough (?:disk |storage )?space|"
-                    r"(?:mail ?box|inbox|mail folder|mailfolder|account|storage) (?:is |has )?(?:full|exceeded)|"
+                    r"(?:mail ?box|inbox|mail folder|mailfolder|storage) (?:is |has )?(?:full|exceeded)|"
                     r"user (?:is )?over (?:the )?quota|full mailbox|disk quota|\bquota\b.{0,30}\bfull\b|"
                     r"mailbox has exceeded|out of (?:mailbox )?space|\bmail ?box full\b|too much mail"),
     ("norelaying", r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed))|unable to relay|"
                    r"(?:we )?do not relay|not permitted to relay|no relaying|relay not permitted|"
                    r"not a gateway|relaying (?:mail )?(?:to .{1,80} )?(?:is )?(?:denied|prohibited|refused)|"
-                   r"cannot relay|not allowed to relay|is not permitted to relay"),
-    ("toomanyconn", r"too many (?:concurrent |simultaneous |open )?connections|connection limit|"
-                    r"too many (?:smtp )?sessions|maximum (?:number of )?connections"),
+                   r"cannot relay|not allowed to relay|is not permitted to relay|insecure mail relay|"
+                   r"not configured to relay|open relay"),
     ("speeding", r"rate limit|too many (?:messages|emails|mails)|sending rate|\bthrottl|slow down|"
                  r"receiving mail at a rate|too fast|exceeded (?:the )?(?:message )?rate|"
                  r"rate that prevents additional messages"),
     ("requireptr", r"reverse (?:dns|lookup|address|hostname|ip)|\bptr\b|\brdns\b|"
                    r"cannot find your hostname|no reverse|hostname (?:does not|doesn'?t) match|"
-                   r"ip address has no (?:ptr|name)|resolve your (?:address|hostname)|"
-                   r"client host .{0,60}(?:unknown|cannot be resolved)|unresolvable (?:address|host)"),
-    ("authfailure", r"\bspf\b|\bdkim\b|\bdmarc\b|sender policy framework|domainkeys|"
-                    r"unauthenticated (?:e-?mail|mail|message)|authentication (?:check )?fail|"
-                    r"not (?:pass|passed) (?:spf|dkim|authentication)|is not authorized to send"),
+                   r"ip address has no (?:ptr|name)|resolve your (?:address|hostname)|ip name lookup failed|"
+                   r"client host .{0,60}(?:unknown|cannot be resolved)|unresolvable (?:address|host)|"
+                   r"mismatches client ip|ip (?:address )?(?:does not match|mismatch)"),
+    ("authfailure", r"\bspf\b|\bdkim\b(?!-signature)|\bdmarc\b|sender policy framework|domainkeys|"
+                    r"unauthenticated (?:e-?mail|mail|message)|authentication (?:check(?:s)? )?fail|"
+                    r"not (?:pass|passed) (?:spf|dkim|authentication)|is not authorized to send|"
+                    r"fails? to pass authentication|authentication information|multiple authentication"),
     ("failedstarttls", r"starttls|\btls (?:negotiation|handshake)|ssl handshake|tls required but"),
     ("securityerror", r"authentication required|must (?:be )?authenticat|encryption required|"
-                      r"\bsecurity\b|not authenticated|authentication is required|"
-                      r"submission requires|certificate"),
+                      r"not authenticated|authentication is required|unauthenticated senders?|"
+                      r"submission requires|certificate|delivery not authorized"),
+    ("notcompliantrfc", r"rfc ?5322|rfc ?2822|rfc ?822|not (?:rfc[- ]?)?compliant|duplicate header|"
+                        r"multiple (?:addresses in )?(?:from|to|subject|date|message-id)|missing (?:required )?header|"
+                        r"malformed (?:header|message)|invalid header|header (?:is )?not (?:valid|compliant)"),
     ("badreputation", r"\breputation\b|\bsender score\b"),
-    ("blocked", r"\bblock(?:ed|list|listed|ing)?\b|black ?list|\bdnsbl\b|\brbl\b|spamhaus|spamcop|sorbs|"
-                r"\bbanned\b|client host (?:\[[^\]]*\] )?rejected|your (?:ip|host|server|network|mail server)|"
-                r"\bip (?:address )?(?:[\d.]+ )?(?:is )?(?:listed|rejected|not allowed)|listed (?:in|on|at) |"
-                r"connection (?:refused|rejected|denied) (?:by|from|to)|access denied|"
-                r"(?:sending|sender|client|remote) (?:ip|host|mta|server) |"
-                r"not allowed to (?:send|connect)|service unavailable;? client|refused to talk|"
-                r"\bhelo\b|\behlo\b|greylist|grey-list|graylist"),
-    ("spamdetected", r"\bspam\b|junk ?mail|unsolicited|bulk mail|\bspammy\b|content (?:was |is )?(?:rejected|considered)|"
-                     r"message (?:content )?(?:was |is )?(?:rejected|refused|detected|classified|identified|considered) "
-                     r"(?:as|for) (?:spam|junk)|\buce\b|\bphish"),
-    ("suspend", r"\bsuspended\b|\bsuspend\b|(?:account|mailbox|user|address) (?:has been |is |was )?"
-                r"(?:disabled|deactivated|inactive|locked|frozen|terminated|closed|expired|blocked|not active)|"
-                r"\binactive\b|\bdisabled\b|\bdeactivated\b|\bnot (?:an )?active\b|temporarily disabled|"
-                r"extended inactivity|mailbox (?:is )?unavailable due to"),
-    ("notaccept", r"(?:does not|doesn'?t|do not|not) accept(?:ing)? (?:any )?(?:e-?)?mail|null mx|"
-                  r"mail (?:receiving|reception) (?:is )?disabled|no mx (?:record|host)|"
-                  r"not accept(?:ing)? (?:any )?messages"),
+    ("spamdetected", r"\bspam\b(?! ?(?:haus|cop))|junk ?mail|unsolicited|\bspammy\b|\buce\b|\bphish|"
+                     r"blacklisted url|content .{0,40}(?:potential|suspicious)|message content rejected"),
     ("hostunknown", r"host (?:or domain name )?(?:not found|unknown)|unknown host|domain (?:name )?(?:not found|unknown|"
-                    r"does not exist|doesn'?t exist|is not valid|invalid)|no such domain|unknown domain|"
+                    r"is not valid|invalid|not reachable|is not reachable)|no such domain|unknown domain|"
                     r"name or service not known|\bnxdomain\b|unrouteable (?:mail )?domain|"
-                    r"recipient domain|unroutable domain|no (?:valid )?mx|domain (?:lookup|name) fail|"
+                    r"unroutable domain|domain (?:lookup|name) fail|"
                     r"all relevant mx records point to non-existent hosts|no such host|"
-                    r"host name lookup failure|dns (?:error|failure)|unresolvable domain|"
-                    r"mx points to|domain .{1,80} (?:does not exist|not found)|could not be resolved"),
-    ("userunknown", r"user (?:is )?unknown|unknown (?:local[- ]part|user|recipient|address|mailbox|alias|account|"
-                    r"e-?mail address)|no such (?:user|mailbox|recipient|address|account|local user|person)|"
-                    r"(?:user|recipient|mailbox|address|account|addressee|alias|e-?mail address|local part|"
-                    r"destination|person|email account)(?: name)? (?:(?:is |was )?not (?:found|known|listed|valid|exist)|"
-                    r"(?:does not|doesn'?t|did not) exist|unknown|invalid|not on file|is not a known)|"
-                    r"(?:invalid|bad|unknown|non-?existent|nonexistent|unavailable|illegal) "
-                    r"(?:destination )?(?:recipient|user|mailbox|address|account|alias|e-?mail)|"
+                    r"host name lookup failure|unresolvable domain|"
+                    r"recipient domain .{0,40}(?:does not exist|not found|invalid)|"
+                    r"(?:recipient|destination) (?:domain|system) (?:address )?(?:is )?(?:unknown|invalid|bad)|bad destination system|"
+                    r"account or domain may not exist|dns lookup failure"),
+    ("suspend", r"\bsuspended\b|\bsuspend\b|(?:account|mailbox|user|address) (?:has been |is |was )?"
+                r"(?:temporar(?:y|ily) )?(?:disabled|deactivated|inactive|locked|frozen|terminated|closed|expired|not active)|"
+                r"\binactive\b|\bdeactivated\b|temporarily disabled|extended inactivity|"
+                r"mailbox (?:is )?unavailable due to|mailbox disabled|account disabled|"
+                r"\btemporar(?:y|ily) (?:locked|disabled|suspended)|(?:account|mailbox)\b.{0,40}\bis (?:disabled|deactivated|suspended)"),
+    ("userunknown", r"user (?:is )?unknown|unknown (?:local[- ]part|user|recipient|mailbox|alias|account|"
+                    r"e-?mail address)|no such (?:user|mailbox|recipient|account|local user|person|e-?mail)|"
+                    r"(?:user|recipient|mailbox|account|addressee|alias|e-?mail address|local part|"
+                    r"person|email account)(?: name)? (?:(?:is |was )?not (?:found|known|listed|exist)|"
+                    r"(?:does not|doesn'?t|did not) exist|unknown|is not recognized|not recognized)|"
+                    r"(?:invalid|bad|non-?existent|nonexistent|illegal) "
+                    r"(?:destination )?(?:recipient|user|mailbox|account|alias|e-?mail)|"
                     r"no mailbox (?:here|by|for)|mailbox unavailable|unrouteable address|unroutable address|"
-                    r"not a valid (?:user|mailbox|recipient|address)|(?:address|recipient) (?:is )?rejected|"
-                    r"does not exist|doesn'?t exist|not exist|no longer (?:exists|valid)|"
-                    r"(?:is|are) not (?:a )?(?:valid|known) |not our customer|no account|"
-                    r"doesn'?t have an? .{1,40} account|unknown or illegal|not listed in|"
+                    r"not a valid (?:user|mailbox|recipient)|not our customer|"
+                    r"doesn'?t have an? .{1,40} account|unknown or illegal|not listed in (?:the )?(?:domino|public|directory)|"
                     r"no valid recipients|mailbox not available|recipient not (?:found|valid)|"
-                    r"addressee unknown|undeliverable address|no such e-?mail|"
-                    r"could not (?:be )?(?:found|delivered to the recipient because|find)|"
-                    r"user (?:not|isn'?t) (?:here|local)|is not a valid|unknown$|"
-                    r"recipient (?:address )?(?:rejected|refused|denied)|invalid address|bad address|"
-                    r"mailbox not found|user not found|account not found"),
-    ("filtered", r"\bfilter(?:ed|ing)?\b|recipient preferences|user (?:refuses|refused|has (?:blocked|rejected))|"
+                    r"addressee unknown|no such e-?mail|user (?:not|isn'?t) (?:here|local)|"
+                    r"mailbox not found|user not found|account not found|user not exist|"
+                    r"(?:account|mailbox|address) (?:that you tried to reach )?does not exist|"
+                    r"bad destination mailbox|recipient rejected|rejected recipient|"
+                    r"unknown address|address unknown|invalid address|user does not exist"),
+    ("notaccept", r"(?:does not|doesn'?t|do not|not) accept(?:ing)? (?:any )?(?:e-?)?mail|null mx|"
+                  r"mail (?:receiving|reception) (?:is )?disabled|no mx (?:record|host)|no mx found|"
+                  r"not accept(?:ing)? (?:any )?(?:network )?messages|indicated no smtp service|"
+                  r"couldn'?t find a mail exchanger|system not accepting"),
+    ("blocked", r"black ?list|\bdnsbl\b|\brbl\b|spamhaus|spamcop|sorbs|\bbanned\b|"
+                r"client host (?:\[[^\]]*\] )?rejected|\bip (?:address )?(?:[\d.]+ )?(?:is )?(?:listed|blocked|banned|not allowed)|"
+                r"listed (?:in|on|at) |connection (?:refused|rejected|denied) (?:by|from)|"
+                r"(?:your|sending|sender|client) (?:ip|host|network|mail server)|messages from [\d.]+ |"
+                r"\bblock ?list|(?:has been |was |is )?blocked|refused to talk|poor reputation"),
+    ("filtered", r"recipient preferences|user (?:refuses|refused|has (?:blocked|rejected))|"
                  r"not authorized to receive|refused by (?:the )?recipient|rejected by (?:the )?recipient|"
-                 r"(?:is|are) not accepting (?:mail|messages) from|content rejected|"
-                 r"delivery not authorized|message refused"),
+                 r"(?:is|are) not accepting (?:mail|messages) from|message filtered|content filter"),
     ("rejected", r"sender (?:address )?(?:rejected|refused|denied|verify failed|unknown|invalid|blocked|not allowed)|"
                  r"(?:domain|address) of (?:the )?sender|sender verif|mail from (?:rejected|refused)|"
                  r"unknown sender|invalid sender|bad sender|sender domain|envelope sender|"
-                 r"from address|badmailfrom|return[- ]path|sender (?:is )?(?:not|on)|"
-                 r"rejected by|refused by|access denied|administratively (?:denied|prohibited)|\brejected\b|\brefused\b"),
-    ("policyviolation", r"\bpolicy\b|\bprohibited\b|not allowed|violat"),
-    ("notcompliantrfc", r"rfc ?5322|rfc ?2822|rfc ?822|not (?:rfc[- ]?)?compliant|duplicate header|"
-                        r"multiple (?:from|to|subject|date|message-id)|missing (?:required )?header|"
-                        r"message-id header|malformed (?:header|message)|invalid header"),
-    ("contenterror", r"8-?bit|illegal character|invalid character|content (?:error|type)|"
-                     r"improper use|message body|mime"),
+                 r"badmailfrom|sender was rejected|from: domain is invalid|"
+                 r"sending from a different address|you are sending to/from an address"),
+    ("policyviolation", r"\bpolicy (?:violation|reasons?)|violates? (?:our |the )?(?:\w+ )?polic|prohibited|"
+                        r"content presents|not accepted for policy"),
     ("syntaxerror", r"syntax error|command (?:unrecognized|not (?:recognized|implemented))|"
-                    r"unrecognized command|bad sequence of commands|invalid command|line too long"),
+                    r"unrecognized command|bad sequence of commands|invalid command"),
     ("systemfull", r"system (?:is )?full|insufficient system storage|out of (?:disk|storage)|"
                    r"disk (?:is )?full|no space left"),
     ("expired", r"retry time(?:out)? (?:exceeded|not reached for any host after a long)|"
                 r"(?:delivery|message) (?:time )?expired|expired after|message expired|"
-                r"(?:could not|couldn'?t|was not|wasn'?t|has not been|not) (?:be )?delivered (?:within|for|in)|"
+                r"(?:could not|couldn'?t|was not|wasn'?t|has not been) (?:be )?delivered (?:within|for) |"
                 r"queue (?:life ?time|time)|too long in (?:the )?queue|unable to deliver .{0,60}for \d+ (?:days|hours)|"
-                r"giving up|gave up|time ?out.{0,40}(?:queue|deliver)|maximum time|"
-                r"delivery attempts (?:have )?(?:failed|expired)|has been delayed for|"
-                r"have been (?:unable|trying) to deliver|message has been in the queue|"
+                r"failing for a long time|delivery attempts (?:have )?(?:failed|expired)|"
+                r"message has been in the queue|will be retried|delivery period expired|"
                 r"\bdays\b.{0,40}(?:undeliverable|expired)"),
     ("networkerror", r"connection (?:timed out|time ?out|refused|reset|lost|closed|failure|died)|"
-                     r"no route to host|network (?:is )?unreachable|lost connection|"
+                     r"no route to host|network (?:is )?unreachable|lost connection|network error|"
                      r"could not connect|couldn'?t connect|unable to connect|can'?t connect|"
                      r"(?:mail|routing) loop|loops? back to myself|too many hops|hop count|"
-                     r"timed? ?out|temporary failure|no answer|does not respond|not responding|"
-                     r"name server|dns lookup"),
-    ("systemerror", r"system (?:error|failure|not accepting)|internal (?:server )?error|server error|"
+                     r"timed? ?out|did not accept our requests to connect|name service error|"
+                     r"name server|dns lookup|host not found, try again"),
+    ("systemerror", r"system (?:error|failure)|internal (?:server )?error|server error|"
                     r"local error|unrecoverable|configuration error|resources? (?:temporarily )?unavailable|"
-                    r"temporarily unavailable|server (?:is )?(?:busy|unavailable)|out of memory|"
-                    r"try (?:again )?later|service (?:not available|unavailable)"),
+                    r"out of memory|transaction failed|service (?:currently )?unavailable|temporary failure"),
+    ("onhold", r"\bon hold\b"),
+    ("contenterror", r"illegal character|invalid character|content error|media error|improper use of 8"),
 ]
 
-_TEXT_RE = [(r, re.compile(p)) for r, p in _TEXT_RULES]
+# Weak, generic phrases: used only when neither a strong phrase nor a specific status decides.
+_WEAK_RULES: list[tuple[str, str]] = [
+    ("userunknown", r"does not exist|doesn'?t exist|not exist|no longer (?:exists|valid)|"
+                    r"(?:is|are) not (?:a )?(?:valid|known) |no account|undeliverable address|"
+                    r"recipient (?:address )?(?:rejected|refused|denied)|bad address|"
+                    r"invalid recipient|unknown$|address rejected|mailbox"),
+    ("hostunknown", r"recipient domain|no (?:valid )?mx|domain .{1,80} (?:does not exist|not found)|"
+                    r"could not be resolved|dns (?:error|failure)"),
+    ("filtered", r"\bfilter(?:ed|ing)?\b|content rejected|delivery not authorized|message refused"),
+    ("blocked", r"\bhelo\b|\behlo\b|greylist|grey-list|graylist|not allowed to (?:send|connect)|access denied"),
+    ("securityerror", r"\bsecurity\b"),
+    ("rejected", r"from address|return[- ]path|rejected by|refused by|administratively (?:denied|prohibited)|"
+                 r"\brejected\b|\brefused\b|\breject\b"),
+    ("policyviolation", r"\bpolicy\b|not allowed|violat"),
+    ("contenterror", r"8-?bit|content (?:error|type)|message body|\bmime\b"),
+    ("systemerror", r"try (?:again )?later|temporarily unavailable|server (?:is )?(?:busy|unavailable)|"
+                    r"service (?:not available|unavailable)"),
+]
+
+_STRONG_RE = [(r, re.compile(p)) for r, p in _STRONG_RULES]
+_WEAK_RE = [(r, re.compile(p)) for r, p in _WEAK_RULES]
+# Status codes whose meaning is too broad to override the text (RFC 3463 §3.5-3.8 "other").
+_AMBIGUOUS_DETAIL = frozenset({"0.0", "5.0", "7.1", "7.0", "1.0", "2.0", "3.0", "4.0", "6.0"})
 
 # RFC 3463 §3: "class.subject.detail" -> reason, most specific first.
 _STATUS_MAP: dict[str, str] = {
@@ -146,7 +171,7 @@ _STATUS_MAP: dict[str, str] = {
     "1.9": "rejected",         # RFC 3886: message relayed to non-compliant mailer
     "1.10": "notaccept",       # RFC 7505 §4.2: recipient address has null MX
     "2.0": "filtered",         # Other or undefined mailbox status
-    "2.1": "filtered",         # Mailbox disabled, not accepting messages
+    "2.1": "suspend",          # Mailbox disabled, not accepting messages
     "2.2": "mailboxfull",      # Mailbox full
     "2.3": "exceedlimit",      # Message length exceeds administrative limit
     "2.4": "systemerror",      # Mailing list expansion problem
@@ -179,7 +204,7 @@ _STATUS_MAP: dict[str, str] = {
     "6.6": "contenterror",
     "6.7": "contenterror",
     "7.0": "securityerror",
-    "7.1": "rejected",         # Delivery not authorized, message refused
+    "7.1": "securityerror",    # Delivery not authorized, message refused
     "7.2": "filtered",         # Mailing list expansion prohibited
     "7.3": "securityerror",
     "7.4": "securityerror",
@@ -261,13 +286,21 @@ def find_reply_code(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def reason_from_text(text: str) -> str | None:
+def _norm(text: str) -> str:
+    return _WS_RE.sub(" ", text[:TEXT_SCAN_CAP].lower())
+
+
+def reason_from_text(text: str, weak: bool = True) -> str | None:
     if not text:
         return None
-    t = _WS_RE.sub(" ", text[:TEXT_SCAN_CAP].lower())
-    for reason, rx in _TEXT_RE:
+    t = _norm(text)
+    for reason, rx in _STRONG_RE:
         if rx.search(t):
             return reason
+    if weak:
+        for reason, rx in _WEAK_RE:
+            if rx.search(t):
+                return reason
     return None
 
 
@@ -287,9 +320,22 @@ def reason_from_status(status: str | None) -> str | None:
 
 
 def classify_reason(diagnostic: str | None, status: str | None, reply_code: str | None) -> str:
-    r = reason_from_text(diagnostic or "")
+    """Strong text phrase > specific status (RFC 3463) > weak phrase > broad status > reply code."""
+    r = reason_from_text(diagnostic or "", weak=False)
     if r is not None:
         return r
+    specific = None
+    if status:
+        parts = status.split(".")
+        if len(parts) == 3 and (parts[1] + "." + parts[2]) not in _AMBIGUOUS_DETAIL:
+            specific = reason_from_status(status)
+    if specific is not None:
+        return specific
+    if diagnostic:
+        t = _norm(diagnostic)
+        for reason, rx in _WEAK_RE:
+            if rx.search(t):
+                return reason
     r = reason_from_status(status)
     if r is not None:
         return r

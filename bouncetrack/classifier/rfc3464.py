@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import first_address, make_recipient, strip_diag_type
+from .common import data_phase, first_address, make_recipient, strip_diag_type
 from .model import BOUNCE, DELIVERY_REPORT, RecipientResult, Report
 from .text import diagnostic_for
 from .view import Fields, ParsedView, parse_fields
@@ -48,6 +48,7 @@ def detect(view: ParsedView) -> Report | None:
     per_msg, rcpts = _recipient_blocks(blocks)
     if not rcpts:
         return None
+    in_data = data_phase(view.report_text[:20000])
     results: list[RecipientResult] = []
     seen: set[str] = set()
     for b in rcpts:
@@ -71,7 +72,7 @@ def detect(view: ParsedView) -> Report | None:
             diag = (diag + " " + text_diag) if diag else text_diag
         results.append(make_recipient(
             addr, action=action, status=status, diagnostic=diag, remote_mta=remote,
-            original_recipient=orig,
+            original_recipient=orig, in_data=in_data or data_phase(diag or ""),
         ))
     if not results:
         return None

@@ -25,7 +25,7 @@ _ENTRY_RE = re.compile(
 _RCPT_TO_RE = re.compile(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
 # Sentences that name the failed recipient inline.
 _FAILED_TO_RE = re.compile(
-    r"(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
+    r"\b(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
     r"delivery (?:has )?failed (?:to|for)|failed (?:recipient|to deliver to)|could not reach|"
     r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
     r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed to|sent to|mailbox|user|"
@@ -67,7 +67,7 @@ def _excluded(view: ParsedView) -> set[str]:
     if isinstance(cached, set):
         return cached
     ex: set[str] = set()
-    for name in ("from", "to", "reply-to", "sender", "return-path", "delivered-to", "x-original-to"):
+    for name in ("from", "to", "reply-to", "sender", "return-path"):
         a = first_address(view.headers.get(name))
         if a:
             ex.add(a.lower())

@@ -27,19 +27,15 @@ _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]{1,40})\?([bBqQ])\?([^?\s]{0,2000})\?=
 # Lines that start the copy of the original message in non-MIME bounces (qmail, Exim,
 # Sendmail-era MTAs, webmail providers). Matched case-insensitively against stripped lines.
 ORIGINAL_MARKERS = re.compile(
-    r"^(?:-{2,}\s*)?(?:"
+    r"^[-=*_>\s\[(]*(?:"
     r"below this line is a copy of the message"
-    r"|original message (?:follows|headers? follow)"
-    r"|(?:this is a copy of the|copy of the|the) (?:original )?message(?:'s)? (?:headers? )?(?:follows?|below)"
-    r"|the (?:original )?message headers? (?:follows?|were)"
-    r"|unsent message below"
-    r"|(?:the )?headers? of (?:the|your) (?:original )?message (?:follows?|are)"
-    r"|original message(?: headers)?(?: follow)?s?"
-    r"|returned message"
-    r"|message text follows"
+    r"|(?:the |a |this is a )?(?:copy of )?(?:the |your )?(?:original|returned|unsent|undelivered|rejected) "
+    r"(?:message|mail|e-?mail)(?:'s)?(?: headers?| text| body)?"
+    r"|(?:the )?message (?:headers?|text|body) (?:follows?|below)"
+    r"|(?:the )?headers? (?:of|from) (?:the |your )?(?:original )?message"
+    r"|(?:a )?copy of (?:the |your )?message"
     r"|content-type: message/rfc822"
-    r"|\[?original message (?:header|text)s?\]?"
-    r")\s*[:.-]*\s*-*\s*$",
+    r")\b[^.@]{0,30}[\s:.\-=*_\])]*$",
     re.IGNORECASE,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from ..common import first_address, make_recipient
+from ..common import data_phase, first_address, make_recipient
 from ..model import BOUNCE, RecipientResult, Report
 from ..text import Entry, entries, whole_text
 from ..view import ParsedView
@@ -133,6 +133,7 @@ class TextDetector:
             diag = self.diagnostic(view, e)
             out.append(make_recipient(
                 addr, status=self.status_hint(view, diag), diagnostic=diag, temporary=temp,
+                in_data=data_phase(diag),
             ))
         return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name)
 
