@@ -13,7 +13,7 @@ ADDR_RE = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.){1,10}[A-Za-z][A-Za-z0-9-]{0,62}"
 )
 _TYPE_PREFIX_RE = re.compile(r"^\s*(?:rfc822|x-[a-z0-9-]{1,30}|utf-8|unknown)\s*;\s*", re.IGNORECASE)
-_DIAG_TYPE_RE = re.compile(r"^\s*(?:smtp|x-[a-z0-9-]{1,30}|x400|x-postfix|x-unix)\s*;\s*", re.IGNORECASE)
+_DIAG_TYPE_RE = re.compile(r"^\s*[a-z][a-z0-9-]{0,30}\s*;\s*", re.IGNORECASE)
 _NON_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|maildelivery|mail-daemon|double-bounce|"
                              r"bounces?|noreply|no-reply|root)$", re.IGNORECASE)
 
@@ -76,8 +76,9 @@ def make_recipient(
     diag = " ".join(diagnostic.split())[:1000] if diagnostic else None
     status = clean_status(status)
     text_status = reasons.find_status(diag) if diag else None
-    # A generic status (X.0.0) defers to a specific one quoted in the diagnostic.
-    if text_status and (status is None or (status.endswith(".0.0") and text_status[0] == status[0])):
+    # The remote server's own enhanced code in the diagnostic (RFC 3464 §2.3.6) is more
+    # specific than the reporting MTA's summary Status (§2.3.4): prefer it.
+    if text_status and not text_status.startswith("2"):
         status = text_status
     if reply_code is None and diag:
         reply_code = reasons.find_reply_code(diag)

@@ -260,7 +260,7 @@ _INFER_STATUS: dict[str, str] = {
 STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
 # A reply code at the start of a line or after "said:", "error:", ...; followed by space,
 # hyphen (RFC 5321 §4.2.1 multi-line) or end.
-REPLY_RE = re.compile(r"(?:^|[\s:;(\[\"'<>=])([245][0-5]\d)(?=[ \-]|$)(?![ -]\d{1,3}\.\d{1,3}\.\d)", re.MULTILINE)
+REPLY_RE = re.compile(r"(?:^|[\s:;(\[\"'<>=])([245][0-5]\d)(?=[ \-]|$)", re.MULTILINE)
 _PSEUDO_RE = re.compile(r"^[245]\.0\.9\d\d$")
 _WS_RE = re.compile(r"\s+")
 

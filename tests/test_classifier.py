@@ -1,0 +1,123 @@
+"""Unit tests of the classifier on small hand-written samples (tests/samples/classifier)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bouncetrack.classifier import classify
+from bouncetrack.classifier.model import Report
+from bouncetrack.classifier.reasons import classify_reason, find_reply_code, find_status
+
+SAMPLES = Path(__file__).parent / "samples" / "classifier"
+
+# file -> expected (kind, [(address, reason, status, hard)])
+CASES: dict[str, tuple[str, list[tuple[str | None, str, str | None, bool]]]] = {
+    "dsn-failed-userunknown.eml": ("bounce", [("alice@dest.example.net", "userunknown", "5.1.1", True)]),
+    "dsn-delayed.eml": ("delivery_report", [("bob@slow.example.net", "expired", "4.4.1", False)]),
+    "dsn-delivered.eml": ("delivery_report", [("carol@ok.example.net", "delivered", "2.0.0", False)]),
+    "dsn-mistyped-mailboxfull.eml": ("bounce", [("dave@full.example.net", "mailboxfull", "5.2.2", False)]),
+    "arf-abuse.eml": ("complaint", [("erin@isp.example.net", "feedback", None, False)]),
+    "vacation.eml": ("auto_reply", [("frank@corp.example.net", "vacation", None, False)]),
+    "exim-text.eml": ("bounce", [("gina@gone.example.net", "userunknown", "5.1.1", True)]),
+    "qmail-text.eml": ("bounce", [("henry@full.example.net", "mailboxfull", "5.2.2", False)]),
+    "plain.eml": ("not_bounce", []),
+    "garbage.eml": ("not_bounce", []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sample(name: str) -> None:
+    kind, want = CASES[name]
+    rep = classify((SAMPLES / name).read_bytes())
+    assert isinstance(rep, Report)
+    assert rep.kind == kind, rep
+    got = [(r.address, r.reason, r.status, r.hard) for r in rep.recipients]
+    assert got == want
+
+
+def test_dsn_details() -> None:
+    rep = classify((SAMPLES / "dsn-failed-userunknown.eml").read_bytes())
+    r = rep.recipients[0]
+    assert r.action == "failed"
+    assert r.reply_code == "550"
+    assert r.original_recipient == "alice@dest.example.net"
+    assert r.remote_mta == "mx.dest.example.net"
+    assert rep.envelope_id == "abcdefghijklmnopqrstuvwx"
+
+
+def test_arf_details() -> None:
+    rep = classify((SAMPLES / "arf-abuse.eml").read_bytes())
+    assert rep.recipients[0].feedback_type == "abuse"
+    assert rep.original_return_path == "<b+aaaabbbbccccddddeeeeffff@bounces.example.com>"
+    assert rep.original_message_id == "<nl-1@example.com>"
+
+
+def test_json_shape() -> None:
+    rep = classify((SAMPLES / "qmail-text.eml").read_bytes())
+    out: dict[str, Any] = rep.to_json(file="x.eml")
+    assert set(out) == {"file", "kind", "recipients"}
+    assert set(out["recipients"][0]) == {"address", "action", "status", "reason", "hard", "reply_code", "diagnostic"}
+    json.dumps(out)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00" * 10, b"Content-Type: multipart/report; boundary=x\n\n--x\n", b"\xff" * 1000])
+def test_degenerate_inputs(raw: bytes) -> None:
+    assert classify(raw).kind == "not_bounce"
+
+
+def test_not_bytes_is_not_bounce() -> None:
+    assert classify("a string" ).kind == "not_bounce"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text,status,reply,reason", [
+    ("550 5.1.1 <a@b.example>: Recipient address rejected: User unknown", None, None, "userunknown"),
+    ("552 5.2.2 Mailbox full", None, None, "mailboxfull"),
+    ("host not found", None, None, "hostunknown"),
+    ("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", None, None, "blocked"),
+    ("Relay access denied", None, None, "norelaying"),
+    ("", "5.1.1", None, "userunknown"),
+    ("", "5.2.2", None, "mailboxfull"),
+    ("", "5.7.26", None, "authfailure"),
+    ("", None, "552", "mailboxfull"),
+    ("", None, None, "undefined"),
+])
+def test_reason_rules(text: str, status: str | None, reply: str | None, reason: str) -> None:
+    assert classify_reason(text, status, reply) == reason
+
+
+def test_code_finders_ignore_ip_addresses() -> None:
+    assert find_status("host 192.0.2.1 said: 550 5.1.1 no") == "5.1.1"
+    assert find_status("from 10.4.4.7 only") is None
+    assert find_status("Sisimai 5.0.910") is None
+    assert find_reply_code("said: 550 5.1.1 no") == "550"
+
+
+def test_nested_bounce_in_attachment() -> None:
+    inner = (SAMPLES / "dsn-failed-userunknown.eml").read_bytes()
+    outer = (b"From: helpdesk@example.com\nTo: ops@example.com\nSubject: Fwd: see this\n"
+             b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=OUT\n\n--OUT\n"
+             b"Content-Type: text/plain\n\nfyi\n--OUT\nContent-Type: message/rfc822\n\n"
+             + inner + b"\n--OUT--\n")
+    rep = classify(outer)
+    assert rep.kind == "bounce"
+    assert rep.recipients[0].address == "alice@dest.example.net"
+
+
+def test_deep_nesting_does_not_raise() -> None:
+    msg = b"From: a@b.example\nSubject: x\n\nbody\n"
+    for _ in range(300):
+        msg = b"Content-Type: message/rfc822\n\n" + msg
+    assert isinstance(classify(msg), Report)
+    msg = b"x"
+    for i in range(500):
+        msg = (b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)) + msg + (b"\n--b%d--\n" % i)
+    assert isinstance(classify(msg), Report)
+
+
+def test_huge_part_is_bounded() -> None:
+    raw = (SAMPLES / "qmail-text.eml").read_bytes() + b"x" * (5 * 1024 * 1024)
+    assert classify(raw).kind == "bounce"
