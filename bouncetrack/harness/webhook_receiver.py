@@ -250,19 +250,24 @@ class WebhookReceiver:
         """(status to force, its Retry-After, seconds to sleep) for the next request."""
         with self._lock:
             s = self._script
+            delay = 0.0
+            forced: int | None = None
+            retry_after: float | None = None
             if s.slow_seconds > 0 and (s.slow_count is None or s.slow_count > 0):
                 if s.slow_count is not None:
                     s.slow_count -= 1
-                forced = None if 200 <= s.slow_status < 300 else s.slow_status
-                return forced, None, s.slow_seconds
-            if s.always is not None:
-                return s.always, None, 0.0
-            if s.fail_statuses:
-                status, retry_after = s.fail_statuses.pop(0)
-                return status, retry_after, 0.0
-            if s.random_rate > 0 and s.rng.random() < s.random_rate:
-                return s.rng.choice(s.random_statuses), None, 0.0
-            return None, None, 0.0
+                delay = s.slow_seconds
+                if not 200 <= s.slow_status < 300:
+                    forced = s.slow_status
+            # Slowness composes with the failure scripts below (a slow *and* failing receiver).
+            if forced is None:
+                if s.always is not None:
+                    forced = s.always
+                elif s.fail_statuses:
+                    forced, retry_after = s.fail_statuses.pop(0)
+                elif s.random_rate > 0 and s.rng.random() < s.random_rate:
+                    forced = s.rng.choice(s.random_statuses)
+            return forced, retry_after, delay
 
     def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
         forced, retry_after, delay = self._scripted()
