@@ -133,8 +133,8 @@ def entries(view: ParsedView) -> list[Entry]:
                     continue
         if cur is not None:
             cur.lines.append(s)
-    strong = [e for e in order if e.strong]
-    result = strong if strong else order
+    strong_entries = [e for e in order if e.strong]
+    result = strong_entries if strong_entries else order
     view._cache["entries"] = result
     return result
 

@@ -72,6 +72,17 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8", errors="replace")
 
 
+_SURROGATE_RE = re.compile("[\udc80-\udcff]")
+
+
+def clean_header(v: object) -> str:
+    """A compat32 header value (str, or Header for 8-bit) as tidy text; never raises."""
+    s = v if isinstance(v, str) else str(v)
+    if not s.isascii() and _SURROGATE_RE.search(s):
+        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return decode_words(" ".join(s.split()))
+
+
 def header_str(msg: Message, name: str) -> str:
     """A header as plain text ('' when absent); never raises on 8-bit or encoded words."""
     try:
@@ -80,10 +91,7 @@ def header_str(msg: Message, name: str) -> str:
         return ""
     if v is None:
         return ""
-    s = str(v) if not isinstance(v, str) else v
-    if any("\udc80" <= ch <= "\udcff" for ch in s):
-        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return decode_words(" ".join(s.split()))
+    return clean_header(v)
 
 
 def parse_fields(text: str) -> list[Fields]:
@@ -183,10 +191,13 @@ class ParsedView:
     def __init__(self, msg: Message, depth: int = 0) -> None:
         self.msg = msg
         self.headers: Fields = {}
-        for k, v in msg.items():
+        # compat32 keeps (name, raw value) pairs; the first occurrence of a name wins.
+        raw_headers: list[tuple[str, object]] = getattr(msg, "_headers", [])
+        for k, v in raw_headers:  # avoids a policy round trip per header
             lk = k.lower()
-            if lk not in self.headers:
-                self.headers[lk] = header_str(msg, k)
+            if lk not in self.headers and lk not in ("received", "dkim-signature", "arc-seal",
+                                                     "arc-message-signature", "x-google-dkim-signature"):
+                self.headers[lk] = clean_header(v)
         self.subject = self.headers.get("subject", "")
         self.from_ = self.headers.get("from", "")
         try:
