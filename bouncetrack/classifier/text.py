@@ -19,7 +19,7 @@ _HEADERISH_RE = re.compile(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signatu
 # A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)".
 _ENTRY_RE = re.compile(
     r"^\s*(?:[-*>•]\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
-    r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+\()",
+    r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s)",
     re.IGNORECASE,
 )
 _RCPT_TO_RE = re.compile(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)

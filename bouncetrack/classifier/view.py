@@ -239,11 +239,11 @@ class ParsedView:
             if ctype in ("message/rfc822", "message/global") or ctype.startswith("message/"):
                 if ctype in ("message/delivery-status", "message/global-delivery-status"):
                     # compat32 parses each block into a sub-message of headers
-                    for sub in payload:
-                        if isinstance(sub, Message):
-                            f = _fields_of(sub)
-                            if f:
-                                self.ds_blocks.append(f)
+                    # (re-split: a block may hold several recipients without blank lines)
+                    text = "\n\n".join(
+                        "\n".join(f"{k}: {v}" for k, v in sub.items())
+                        for sub in payload if isinstance(sub, Message))
+                    self.ds_blocks.extend(parse_fields(text))
                     return
                 if ctype == "message/feedback-report":
                     for sub in payload:
@@ -286,7 +286,7 @@ class ParsedView:
             text = _payload_text(part)
             if ctype == "text/html":
                 self.html_texts.append(text)
-            elif ctype.startswith("text/") or ctype == "message/partial" or ctype == "application/octet-stream":
+            elif ctype.startswith(("text/", "multipart/")) or ctype in ("message/partial", "application/octet-stream"):
                 if "final-recipient:" in text.lower()[:4096] and not self.ds_blocks and "attachment" in disp:
                     self.ds_blocks.extend(parse_fields(text))
                 else:
