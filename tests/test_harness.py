@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bouncetrack.harness.postfix import pid_alive
 from bouncetrack.harness.stack import Stack, unavailable_reason
 
 pytestmark = pytest.mark.postfix
@@ -92,14 +93,6 @@ def test_soft_failure_becomes_bounce_with_short_queue_lifetime(make_stack: Any) 
     assert b"Status: 4.2.2" in item.data
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _group_members(pgid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -107,7 +100,7 @@ def _group_members(pgid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # fields after "comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):  # fields after "comm)": state ppid pgrp ...
             out.append(int(stat.parent.name))
     return out
 
@@ -120,12 +113,12 @@ def test_teardown_leaves_nothing_running_even_after_an_interrupt() -> None:
     with pytest.raises(KeyboardInterrupt):
         with st:
             pid = st.postfix.master_pid()
-            assert pid is not None and _alive(pid)
+            assert pid is not None and pid_alive(pid)
             assert st.send("a@untracked.test", ["ok@remote.test"]).accepted
             port = st.fakemx.port
             raise KeyboardInterrupt
     assert st.postfix.master_pid() is None
-    assert pid is not None and not _alive(pid)
+    assert pid is not None and not pid_alive(pid)
     assert _group_members(pid) == []
     assert not st.workdir.exists()
     with pytest.raises(OSError):

@@ -84,6 +84,23 @@ postlog     unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process. A zombie counts as dead: the master is
+    re-parented to PID 1, which in a container may reap it late (measured: the
+    stopped master stayed a zombie ~1.5 s, which made every stop look slow)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 @dataclass
 class QueueEntry:
     """One message of ``postqueue -j`` (the fields the tests use, plus the raw dict)."""
@@ -294,13 +311,7 @@ class PrivatePostfix:
             pid = int((self.queue_dir / "pid" / "master.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if pid_alive(pid) else None
 
     def running(self) -> bool:
         return self.master_pid() is not None
@@ -309,13 +320,16 @@ class PrivatePostfix:
         self._run([POSTFIX, "-c", str(self.config_dir), "reload"])
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the instance; SIGKILL its process group if the master lingers. Never raises."""
+        """Stop the instance (SIGTERM to the master, as ``postfix stop`` does, without
+        its 1 s polling sleeps); SIGKILL its process group if it lingers. Never raises."""
         pid = self.master_pid()
         if pid is None:
             return
+        # What `postfix stop` does, minus its one-second sleeps: SIGTERM to the master,
+        # which terminates its children and exits (measured: gone in ~0.1 s).
         try:
-            self._run([POSTFIX, "-c", str(self.config_dir), "stop"], check=False, timeout=timeout)
-        except subprocess.TimeoutExpired:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
             pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.master_pid() is not None:
