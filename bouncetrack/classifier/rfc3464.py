@@ -8,7 +8,7 @@ from .text import diagnostic_for
 from .view import Fields, ParsedView, parse_fields
 
 # RFC 3464 §2.3.3: actions that are not failures.
-NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded"})
+NOT_FAILED = frozenset({"delayed", "delivered", "relayed", "expanded", "deliverable"})
 
 
 def _recipient_blocks(blocks: list[Fields]) -> tuple[Fields, list[Fields]]:

@@ -29,7 +29,7 @@ _FAILED_TO_RE = re.compile(
     r"delivery (?:has )?failed (?:to|for)|failed (?:recipient|to deliver to)|could not reach|"
     r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
     r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed to|sent to|mailbox|user|"
-    r"the address|the recipient|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
+    r"the address|the recipient|userid|user id|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
     re.IGNORECASE,
 )
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from .amazonses import AmazonSES
 from .base import Detector, GenericText
 
-FAMILIES: list[Detector] = []
+FAMILIES: list[Detector] = [AmazonSES()]
 GENERIC = GenericText()
 
 __all__ = ["Detector", "FAMILIES", "GENERIC"]
