@@ -407,3 +407,31 @@ def test_sigterm_stops_the_worker_gracefully(tmp_path: Path, store: SQLiteStore)
     assert time.monotonic() - started < 5
     assert stats.delivered == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_jobs_the_lease_no_longer_covers_are_left_for_a_later_claim(tmp_path: Path, store: SQLiteStore) -> None:
+    class SteppingClock(FakeClock):
+        """Every reading is 100 s later: deliveries that crawl."""
+
+        def __call__(self) -> float:
+            self.t += 100
+            return self.t
+
+    clock = SteppingClock()
+    with WebhookReceiver(SECRET, tolerance=1e12) as rx:
+        config = make_config(tmp_path, rx.url)
+        for i in range(3):
+            store_events(store, config, [make_event(i)], T0)
+        w = Worker(config, store, clock=clock, lease_seconds=300)
+        assert w.job_budget == 125  # 6 SMTP operations x 20 s + 5
+        assert w.run_batch(threading.Event()) == 3
+        assert (w.stats.delivered, w.stats.skipped) == (1, 2)
+        # The two skipped jobs stay leased (no other worker takes them) until the lease ends.
+        assert len(store.jobs(state="pending")) == 2
+        # Claimed at T0+100 with a 300 s lease (the stepping clock read T0+100 first).
+        assert store.claim_jobs(T0 + 399, 10, 300) == []
+        w.stats = WorkerStats()
+        clock.advance(300)
+        w.run_batch(threading.Event())
+        assert w.stats.delivered == 1
+        w.close()

@@ -11,7 +11,10 @@ Guarantees
   (:meth:`Store.claim_jobs`): another worker does not see a leased job. Before
   each delivery the worker checks that the lease still covers the longest a
   delivery can take; if not, it leaves the job for the next claim rather than
-  risk delivering it while another worker does.
+  risk delivering it while another worker does. (The bound assumes every
+  network operation ends within its timeout; a receiver trickling its answer
+  byte by byte could outlast it, and then a second worker may deliver the
+  job again - still with the same idempotency key.)
 * **Backoff and dead-letter.** A failed attempt is rescheduled after
   :func:`~bouncetrack.forward.backoff.next_delay` (``Retry-After`` honoured as
   a lower bound, capped at ``max_delay_seconds``); after ``max_attempts``
@@ -55,7 +58,7 @@ from .jobs import SMTP, WEBHOOK
 
 log = logging.getLogger(__name__)
 
-SMTP_TIMEOUT = 30.0
+SMTP_TIMEOUT = 20.0  # per SMTP operation
 
 
 @dataclass
@@ -74,13 +77,15 @@ class Outcome:
     retry_after: float | None = None
 
 
-def _job_budget(config: Config) -> float:
-    """An upper bound on one delivery: every phase (connect, write, read) may use its timeout."""
-    timeouts = [SMTP_TIMEOUT]
-    for policy in (config.default, *config.domains.values()):
-        if policy.webhook is not None:
-            timeouts.append(policy.webhook.timeout_seconds)
-    return 3 * max(timeouts) + 5.0
+def _job_budget(config: Config, smtp_timeout: float) -> float:
+    """An upper bound on one delivery, each network operation using its whole timeout:
+    HTTP connect + write + read; SMTP connect, EHLO, MAIL, RCPT, DATA, end of data."""
+    webhook_timeouts = [
+        p.webhook.timeout_seconds
+        for p in (config.default, *config.domains.values())
+        if p.webhook is not None
+    ]
+    return max([3 * t for t in webhook_timeouts] + [6 * smtp_timeout]) + 5.0
 
 
 class Worker:
@@ -105,12 +110,17 @@ class Worker:
         self._own_client = http_client is None
         self.client = http_client if http_client is not None else httpx.Client(follow_redirects=False)
         self.batch_size = batch_size
-        self.job_budget = _job_budget(config)
-        # A lease long enough for a whole batch at the worst case, at least 5 minutes.
-        self.lease_seconds = (
-            lease_seconds if lease_seconds is not None else max(300.0, self.job_budget * batch_size)
-        )
         self.smtp_timeout = smtp_timeout
+        self.job_budget = _job_budget(config, smtp_timeout)
+        # The lease bounds how long a crashed worker's jobs wait before another worker
+        # re-claims them. Deliveries usually take milliseconds, so a batch fits easily;
+        # when they crawl, jobs the lease can no longer cover are left for a later claim.
+        wanted = lease_seconds if lease_seconds is not None else max(300.0, 2 * self.job_budget)
+        if wanted <= self.job_budget:
+            log.warning("lease %.0f s is shorter than one delivery may take; using %.0f s",
+                        wanted, 2 * self.job_budget)
+            wanted = 2 * self.job_budget
+        self.lease_seconds = wanted
         self.stats = WorkerStats()
 
     def close(self) -> None:
