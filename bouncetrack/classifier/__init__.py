@@ -11,7 +11,7 @@ from email.message import Message
 
 from . import arf, rfc3464, rfc3834
 from .detectors import FAMILIES, GENERIC
-from .detectors.base import looks_like_bounce
+from .detectors.base import DAEMON_FROM_RE, looks_like_bounce
 from .model import NOT_BOUNCE, Report
 from .view import ParsedView, parse
 
@@ -56,7 +56,7 @@ def classify_view(view: ParsedView, depth: int) -> Report:
         r = GENERIC.detect(view)
         if r is not None and r.recipients:
             return r
-    if rfc3834.matches(view):
+    if not DAEMON_FROM_RE.search(view.from_[:300]) and rfc3834.matches(view):
         r = rfc3834.detect(view)
         if r is not None:
             return r

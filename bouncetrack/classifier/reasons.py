@@ -39,9 +39,14 @@ _STRONG_RULES: list[tuple[str, str]] = [
                    r"not a gateway|relaying (?:mail )?(?:to .{1,80} )?(?:is )?(?:denied|prohibited|refused)|"
                    r"cannot relay|not allowed to relay|is not permitted to relay|insecure mail relay|"
                    r"not configured to relay|open relay"),
+    ("badreputation", r"\breputation\b|\bsender score\b"),
     ("speeding", r"rate limit|too many (?:messages|emails|mails)|sending rate|\bthrottl|slow down|"
                  r"receiving mail at a rate|too fast|exceeded (?:the )?(?:message )?rate|"
                  r"rate that prevents additional messages"),
+    ("spamdetected", r"(?:rejected|refused|blocked) (?:due to|because of|as) (?:spam|junk)|spam classification|"
+                     r"(?:classified|detected|identified|marked|considered) as (?:spam|junk)|spam (?:detected|score)"),
+    ("networkerror", r"name service error|\bdns error|host not found, try again|could not deliver for the last|"
+                     r"temporary (?:dns|name) (?:failure|error)"),
     ("requireptr", r"reverse (?:dns|lookup|address|hostname|ip)|\bptr\b|\brdns\b|"
                    r"cannot find your hostname|no reverse|hostname (?:does not|doesn'?t) match|"
                    r"ip address has no (?:ptr|name)|resolve your (?:address|hostname)|ip name lookup failed|"
@@ -58,9 +63,8 @@ _STRONG_RULES: list[tuple[str, str]] = [
     ("notcompliantrfc", r"rfc ?5322|rfc ?2822|rfc ?822|not (?:rfc[- ]?)?compliant|duplicate header|"
                         r"multiple (?:addresses in )?(?:from|to|subject|date|message-id)|missing (?:required )?header|"
                         r"malformed (?:header|message)|invalid header|header (?:is )?not (?:valid|compliant)"),
-    ("badreputation", r"\breputation\b|\bsender score\b"),
     ("spamdetected", r"\bspam\b(?! ?(?:haus|cop))|junk ?mail|unsolicited|\bspammy\b|\buce\b|\bphish|"
-                     r"blacklisted url|content .{0,40}(?:potential|suspicious)|message content rejected"),
+                     r"blacklisted url|message content rejected"),
     ("hostunknown", r"host (?:or domain name )?(?:not found|unknown)|unknown host|domain (?:name )?(?:not found|unknown|"
                     r"is not valid|invalid|not reachable|is not reachable)|no such domain|unknown domain|"
                     r"name or service not known|\bnxdomain\b|unrouteable (?:mail )?domain|"
@@ -70,8 +74,8 @@ _STRONG_RULES: list[tuple[str, str]] = [
                     r"recipient domain .{0,40}(?:does not exist|not found|invalid)|"
                     r"(?:recipient|destination) (?:domain|system) (?:address )?(?:is )?(?:unknown|invalid|bad)|bad destination system|"
                     r"account or domain may not exist|dns lookup failure"),
-    ("suspend", r"\bsuspended\b|\bsuspend\b|(?:account|mailbox|user|address) (?:has been |is |was )?"
-                r"(?:temporar(?:y|ily) )?(?:disabled|deactivated|inactive|locked|frozen|terminated|closed|expired|not active)|"
+    ("suspend", r"(?<!temporarily )\bsuspended\b|(?:account|mailbox|user|address) (?:has been |is |was )?"
+                r"(?:temporar(?:y|ily) )?(?:disabled|deactivated|inactive|locked|frozen|terminated|closed|expired|not active|suspended)|"
                 r"\binactive\b|\bdeactivated\b|temporarily disabled|extended inactivity|"
                 r"mailbox (?:is )?unavailable due to|mailbox disabled|account disabled|"
                 r"\btemporar(?:y|ily) (?:locked|disabled|suspended)|(?:account|mailbox)\b.{0,40}\bis (?:disabled|deactivated|suspended)"),
@@ -114,7 +118,7 @@ _STRONG_RULES: list[tuple[str, str]] = [
                     r"unrecognized command|bad sequence of commands|invalid command"),
     ("systemfull", r"system (?:is )?full|insufficient system storage|out of (?:disk|storage)|"
                    r"disk (?:is )?full|no space left"),
-    ("expired", r"retry time(?:out)? (?:exceeded|not reached for any host after a long)|"
+    ("expired", r"could not deliver for the last|giving up on|retry time(?:out)? (?:exceeded|not reached for any host after a long)|"
                 r"(?:delivery|message) (?:time )?expired|expired after|message expired|"
                 r"(?:could not|couldn'?t|was not|wasn'?t|has not been) (?:be )?delivered (?:within|for) |"
                 r"queue (?:life ?time|time)|too long in (?:the )?queue|unable to deliver .{0,60}for \d+ (?:days|hours)|"

@@ -12,14 +12,14 @@ import re
 from dataclasses import dataclass, field
 
 from .common import ADDR_RE, first_address, is_daemon
-from .view import ParsedView
+from .view import ParsedView, parse_fields
 
 MAX_LINES = 400
 _HEADERISH_RE = re.compile(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|X-[A-Za-z-]+|MIME-Version)\s*:", re.IGNORECASE)
 # A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)".
 _ENTRY_RE = re.compile(
     r"^\s*(?:[-*>•]\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
-    r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s)",
+    r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z]))",
     re.IGNORECASE,
 )
 _RCPT_TO_RE = re.compile(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
@@ -39,22 +39,43 @@ class Entry:
     address: str
     lines: list[str] = field(default_factory=list)
     strong: bool = True
+    index: int = 0  # line number of the entry in report_lines()
+
+
+_ORIG_HEADER_RE = re.compile(
+    r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|MIME-Version|Date|From|To|Subject|"
+    r"Content-Type|X-[A-Za-z-]+|Reply-To|User-Agent|Sender)\s*:", re.IGNORECASE)
+_ORIG_ANCHOR_RE = re.compile(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|MIME-Version|Date|From)\s*:",
+                             re.IGNORECASE)
+_RULE_RE = re.compile(r"^[\W_]*$")
 
 
 def report_lines(view: ParsedView) -> list[str]:
+    """The report's own text, cut where an inline copy of the original's headers starts."""
     cached = view._cache.get("lines")
     if isinstance(cached, list):
         return cached
     out: list[str] = []
-    header_run = 0
+    run_start = -1
+    run_len = 0
+    anchored = False
     for line in view.report_text.split("\n")[: MAX_LINES * 2]:
-        if _HEADERISH_RE.match(line):
-            header_run += 1
-            if header_run >= 2:  # an inline copy of the original message started
-                out = out[: len(out) - 1]
+        if _ORIG_HEADER_RE.match(line):
+            if run_len == 0:
+                run_start = len(out)
+                anchored = False
+            run_len += 1
+            anchored = anchored or bool(_ORIG_ANCHOR_RE.match(line))
+            if run_len >= 3 and anchored:  # RFC 5322 §2.2 header block of the original
+                if view.original is None:
+                    rest = "\n".join(view.report_text.split("\n")[run_start : run_start + 100])
+                    hb = parse_fields(rest)
+                    if hb:
+                        view.original = hb[0]
+                out = out[:run_start]
                 break
-        else:
-            header_run = 0
+        elif not (run_len and line[:1] in (" ", "\t")):
+            run_len = 0
         out.append(line)
         if len(out) >= MAX_LINES:
             break
@@ -91,11 +112,13 @@ def entries(view: ParsedView) -> list[Entry]:
     found: dict[str, Entry] = {}
     order: list[Entry] = []
     cur: Entry | None = None
-    for line in report_lines(view):
+    for idx, line in enumerate(report_lines(view)):
         s = line.strip()
         if not s:
             if cur is not None and cur.lines:
                 cur = None
+            continue
+        if _RULE_RE.match(s):  # "=====", "-----": decoration, not content
             continue
         if "@" in s:
             m = _ENTRY_RE.match(line)
@@ -121,7 +144,7 @@ def entries(view: ParsedView) -> list[Entry]:
                     cur.lines.append(s)
                     continue
                 if key not in ex and not is_daemon(addr):
-                    e = Entry(addr, [], strong)
+                    e = Entry(addr, [], strong, idx)
                     rest = s[s.lower().find(key) + len(key):].lstrip(">\"' :;,.").strip()
                     if rest and not strong:
                         rest = s
@@ -131,6 +154,13 @@ def entries(view: ParsedView) -> list[Entry]:
                     order.append(e)
                     cur = e
                     continue
+            elif found:
+                # a line naming an already known recipient belongs to it
+                for m4 in ADDR_RE.finditer(s):
+                    hit = found.get(m4.group(0).strip(".").lower())
+                    if hit is not None:
+                        cur = hit
+                        break
         if cur is not None:
             cur.lines.append(s)
     strong_entries = [e for e in order if e.strong]
@@ -146,6 +176,11 @@ def diagnostic_for(view: ParsedView, addr: str) -> str | None:
         if e.address.lower() == key:
             return " ".join(e.lines)[:1000] or None
     return None
+
+
+def text_after(view: ParsedView, entry: Entry, limit: int = 2000) -> str:
+    lines = report_lines(view)[entry.index + 1 : entry.index + 60]
+    return " ".join(x.strip() for x in lines if x.strip() and not _RULE_RE.match(x.strip()))[:limit]
 
 
 def whole_text(view: ParsedView, limit: int = 3000) -> str:

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from ..common import data_phase, first_address, make_recipient
 from ..model import BOUNCE, RecipientResult, Report
-from ..text import Entry, entries, whole_text
+from ..text import Entry, entries, text_after, whole_text
 from ..view import ParsedView
 
 
@@ -104,6 +104,8 @@ class TextDetector:
 
     def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
         text = " ".join(entry.lines) if entry is not None else ""
+        if len(text) < 8 and entry is not None:
+            text = (text + " " + text_after(view, entry)).strip()
         if len(text) < 8:
             text = (text + " " + whole_text(view)).strip()
         return text
