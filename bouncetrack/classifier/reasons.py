@@ -45,6 +45,9 @@ _STRONG_RULES: list[tuple[str, str]] = [
                  r"rate that prevents additional messages"),
     ("spamdetected", r"(?:rejected|refused|blocked) (?:due to|because of|as) (?:spam|junk)|spam classification|"
                      r"(?:classified|detected|identified|marked|considered) as (?:spam|junk)|spam (?:detected|score)"),
+    ("notaccept", r"(?:does not|doesn'?t|do not|not) receive (?:any )?(?:e-?)?mails?\b"),
+    ("hostunknown", r"host or domain name not found"),
+    ("blocked", r"refused to talk to me|client host (?:\[[^\]]*\] )?(?:rejected|blocked)"),
     ("networkerror", r"name service error|\bdns error|host not found, try again|could not deliver for the last|"
                      r"temporary (?:dns|name) (?:failure|error)"),
     ("requireptr", r"reverse (?:dns|lookup|address|hostname|ip)|\bptr\b|\brdns\b|"
@@ -78,7 +81,7 @@ _STRONG_RULES: list[tuple[str, str]] = [
                 r"(?:temporar(?:y|ily) )?(?:disabled|deactivated|inactive|locked|frozen|terminated|closed|expired|not active|suspended)|"
                 r"\binactive\b|\bdeactivated\b|temporarily disabled|extended inactivity|"
                 r"mailbox (?:is )?unavailable due to|mailbox disabled|account disabled|"
-                r"\btemporar(?:y|ily) (?:locked|disabled|suspended)|(?:account|mailbox)\b.{0,40}\bis (?:disabled|deactivated|suspended)"),
+                r"\btemporar(?:y|ily) (?:locked|disabled)|(?:account|mailbox)\b.{0,40}\bis (?:disabled|deactivated|suspended)"),
     ("userunknown", r"user (?:is )?unknown|unknown (?:local[- ]part|user|recipient|mailbox|alias|account|"
                     r"e-?mail address)|no such (?:user|mailbox|recipient|account|local user|person|e-?mail)|"
                     r"(?:user|recipient|mailbox|account|addressee|alias|e-?mail address|local part|"
@@ -99,6 +102,8 @@ _STRONG_RULES: list[tuple[str, str]] = [
                   r"mail (?:receiving|reception) (?:is )?disabled|no mx (?:record|host)|no mx found|"
                   r"not accept(?:ing)? (?:any )?(?:network )?messages|indicated no smtp service|"
                   r"couldn'?t find a mail exchanger|system not accepting"),
+    ("policyviolation", r"\bpolicy (?:violation|reasons?)|violates? (?:our |the )?(?:\w+ )?polic|prohibited|"
+                        r"content presents|not accepted for policy"),
     ("blocked", r"black ?list|\bdnsbl\b|\brbl\b|spamhaus|spamcop|sorbs|\bbanned\b|"
                 r"client host (?:\[[^\]]*\] )?rejected|\bip (?:address )?(?:[\d.]+ )?(?:is )?(?:listed|blocked|banned|not allowed)|"
                 r"listed (?:in|on|at) |connection (?:refused|rejected|denied) (?:by|from)|"
@@ -112,8 +117,6 @@ _STRONG_RULES: list[tuple[str, str]] = [
                  r"unknown sender|invalid sender|bad sender|sender domain|envelope sender|"
                  r"badmailfrom|sender was rejected|from: domain is invalid|"
                  r"sending from a different address|you are sending to/from an address"),
-    ("policyviolation", r"\bpolicy (?:violation|reasons?)|violates? (?:our |the )?(?:\w+ )?polic|prohibited|"
-                        r"content presents|not accepted for policy"),
     ("syntaxerror", r"syntax error|command (?:unrecognized|not (?:recognized|implemented))|"
                     r"unrecognized command|bad sequence of commands|invalid command"),
     ("systemfull", r"system (?:is )?full|insufficient system storage|out of (?:disk|storage)|"
