@@ -110,7 +110,8 @@ def make_recipient(
         action=action,
         status=status,
         reason=reason,
-        hard=reasons.is_hard(reason),
+        # RFC 3463 §3.1: a 4.X.X status is persistent-transient; never a hard bounce.
+        hard=reasons.is_hard(reason) and not (status is not None and status.startswith("4")),
         reply_code=reply_code,
         diagnostic=diag,
         remote_mta=remote_mta,

@@ -63,7 +63,7 @@ _STRONG_RULES: list[tuple[str, str]] = [
     ("securityerror", r"authentication required|must (?:be )?authenticat|encryption required|"
                       r"not authenticated|authentication is required|unauthenticated senders?|"
                       r"submission requires|certificate|delivery not authorized"),
-    ("notcompliantrfc", r"rfc ?5322|rfc ?2822|rfc ?822|not (?:rfc[- ]?)?compliant|duplicate header|"
+    ("notcompliantrfc", r"rfc ?(?:5322|2822|822)\b(?!;)|not (?:rfc[- ]?)?compliant|duplicate header|"
                         r"multiple (?:addresses in )?(?:from|to|subject|date|message-id)|missing (?:required )?header|"
                         r"malformed (?:header|message)|invalid header|header (?:is )?not (?:valid|compliant)"),
     ("spamdetected", r"\bspam\b(?! ?(?:haus|cop))|junk ?mail|unsolicited|\bspammy\b|\buce\b|\bphish|"
