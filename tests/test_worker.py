@@ -11,6 +11,8 @@ import base64
 import os
 import random
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -329,7 +331,8 @@ def test_cli_worker_once(tmp_path: Path, store: SQLiteStore) -> None:
         assert rx.accepted_ids() == [event.event_id]
         bad = tmp_path / "bad.yaml"
         bad.write_text("bounce_domain: [not, a, domain]\n")
-        assert CliRunner().invoke(worker_cmd, ["--config", str(bad), "--once"]).exit_code == 78
+        invalid = CliRunner().invoke(worker_cmd, ["--config", str(bad), "--once"])
+        assert invalid.exit_code == 1 and "bounce_domain" in invalid.output
 
 
 def test_configuration_is_read_at_delivery_time(tmp_path: Path, store: SQLiteStore, receiver: WebhookReceiver, clock: FakeClock) -> None:
@@ -435,3 +438,48 @@ def test_jobs_the_lease_no_longer_covers_are_left_for_a_later_claim(tmp_path: Pa
         w.run_batch(threading.Event())
         assert w.stats.delivered == 1
         w.close()
+
+
+def test_two_worker_processes_then_sigterm(tmp_path: Path) -> None:
+    """Two `bouncetrack worker` processes on one SQLite file: every event once; SIGTERM exits 0."""
+    n = 30
+    with WebhookReceiver(SECRET) as rx:
+        cfg_file = tmp_path / "bt.yaml"
+        cfg_file.write_text(textwrap.dedent(f"""\
+            bounce_domain: bounce.example.com
+            secret_file: {tmp_path}/verp.key
+            store: sqlite:///{tmp_path}/bt.db
+            log_level: INFO
+            outbox: {{base_delay_seconds: 0.05, max_delay_seconds: 0.2}}
+            domains:
+              example.com:
+                webhook: {{url: "{rx.url}", secret: "{SECRET}"}}
+            """))
+        config = load_config(cfg_file)
+        setup = SQLiteStore(str(tmp_path / "bt.db"))
+        events = [make_event(i) for i in range(n)]
+        for e in events:
+            store_events(setup, config, [e], time.time())
+        rx.slow(0.05)
+        rx.fail_next(6, 503)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bouncetrack", "worker", "--config", str(cfg_file)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            assert rx.wait_for(n, timeout=60)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            outputs = [p.communicate(timeout=20) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert sorted(rx.accepted_ids()) == sorted(e.event_id for e in events)
+        assert not any(r.duplicate for r in rx.requests)
+        assert len(rx.requests) == n + 6
+        delivered_per_process = [err.count(" delivered") for _, err in outputs]
+        assert sum(delivered_per_process) == n and all(delivered_per_process), delivered_per_process
+        assert {j.state for j in setup.jobs(limit=1000)} == {"delivered"}
+        setup.close()

@@ -1,8 +1,10 @@
 """``bouncetrack worker`` and ``bouncetrack outbox list|replay`` (click).
 
 :mod:`bouncetrack.cli` registers :data:`worker` and :data:`outbox` on the main
-group. Exit codes follow sysexits: 78 (EX_CONFIG) for an invalid configuration,
-75 (EX_TEMPFAIL) when the store is unavailable, 1 for unknown job ids.
+group. Exit codes follow :mod:`bouncetrack.cli`: 1 for an invalid
+configuration, an unavailable store or unknown job ids (a ``ClickException``),
+2 for usage errors. A running worker does not exit when the store becomes
+unavailable: it logs and retries.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ from ..config import Config, ConfigError
 from ..events import iso_utc
 from ..store.base import OutboxJob, Store, StoreUnavailable
 
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
-
 T = TypeVar("T")
 
 
@@ -30,8 +29,7 @@ def _load(config_path: str) -> Config:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EX_CONFIG)
+        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
 
 
 def _with_store(config: Config, action: Callable[[Store], T]) -> T:
@@ -40,13 +38,11 @@ def _with_store(config: Config, action: Callable[[Store], T]) -> T:
     try:
         store = open_store(config.store_url)
     except StoreUnavailable as exc:
-        click.echo(f"store unavailable: {exc}", err=True)
-        sys.exit(EX_TEMPFAIL)
+        raise click.ClickException(f"store unavailable: {exc}") from exc
     try:
         return action(store)
     except StoreUnavailable as exc:
-        click.echo(f"store unavailable: {exc}", err=True)
-        sys.exit(EX_TEMPFAIL)
+        raise click.ClickException(f"store unavailable: {exc}") from exc
     finally:
         store.close()
 
@@ -80,7 +76,7 @@ def worker(config_path: str, once: bool) -> None:
             + (f", store errors {stats.store_errors}" if stats.store_errors else "")
         )
         if stats.store_errors:
-            sys.exit(EX_TEMPFAIL)
+            raise click.ClickException("the store was unavailable; some jobs were not processed")
 
 
 @click.group("outbox")
