@@ -1,0 +1,12 @@
+"""Courier MTA ("Delivery Status Notification ... Courier mail server")."""
+
+from __future__ import annotations
+
+import re
+
+from .base import TextDetector
+
+
+class Courier(TextDetector):
+    name = "courier"
+    body_re = re.compile(r"This is a delivery status notification from|Courier mail server at", re.IGNORECASE)

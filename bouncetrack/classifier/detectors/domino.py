@@ -1,0 +1,12 @@
+"""IBM/Lotus Domino and Notes ("was not delivered to: ... because:")."""
+
+from __future__ import annotations
+
+import re
+
+from .base import TextDetector
+
+
+class Domino(TextDetector):
+    name = "domino"
+    body_re = re.compile(r"was not delivered to:|Failure Reasons|Domino Directory|Lotus Notes", re.IGNORECASE)

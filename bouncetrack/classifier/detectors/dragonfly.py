@@ -1,0 +1,21 @@
+"""DragonFly Mail Agent (dma): "There was an error delivering your mail to <addr>"."""
+
+from __future__ import annotations
+
+import re
+
+from ..text import Entry, text_after
+from ..view import ParsedView
+from .base import TextDetector
+
+
+class DragonFly(TextDetector):
+    name = "dragonfly"
+    body_re = re.compile(r"This is the DragonFly Mail Agent|There was an error delivering your mail to", re.IGNORECASE)
+
+    def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
+        # the remote reply follows the sentence naming the recipient, after a blank line
+        base = super().diagnostic(view, entry)
+        if entry is not None:
+            return base + " " + text_after(view, entry, 800)
+        return base

@@ -1,0 +1,28 @@
+"""Exim (and Exim-based providers such as mail.ru, GMX): "Mail delivery failed"."""
+
+from __future__ import annotations
+
+import re
+
+from ..common import ADDR_RE
+from ..text import Entry, entries
+from ..view import ParsedView
+from .base import TextDetector
+
+
+class Exim(TextDetector):
+    name = "exim"
+    header_names = ("x-failed-recipients",)
+    subject_re = re.compile(r"^Mail delivery failed|^Warning: message .{1,40} delayed|^Mail failure", re.IGNORECASE)
+    body_re = re.compile(r"This message was created automatically by mail delivery software", re.IGNORECASE)
+
+    def entries(self, view: ParsedView) -> list[Entry]:
+        ents = entries(view)
+        failed = {a.lower() for a in ADDR_RE.findall(view.headers.get("x-failed-recipients", ""))}
+        if failed:
+            # Exim names every failed address in X-Failed-Recipients; trust it over the text.
+            picked = [e for e in ents if e.address.lower() in failed]
+            if picked:
+                return picked
+            return [Entry(a) for a in ADDR_RE.findall(view.headers.get("x-failed-recipients", ""))]
+        return ents

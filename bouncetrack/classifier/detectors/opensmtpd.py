@@ -1,0 +1,13 @@
+"""OpenSMTPD ("This is the MAILER-DAEMON, please DO NOT REPLY to this e-mail")."""
+
+from __future__ import annotations
+
+import re
+
+from .base import TextDetector
+
+
+class OpenSMTPD(TextDetector):
+    name = "opensmtpd"
+    body_re = re.compile(r"please DO NOT REPLY to this e-?mail|An error has occurred while attempting to deliver",
+                         re.IGNORECASE)

@@ -1,0 +1,15 @@
+"""qmail / netqmail "failure notice" (status hint "(#5.1.1)" at the end of a paragraph)."""
+
+from __future__ import annotations
+
+import re
+
+from .base import TextDetector
+
+
+class Qmail(TextDetector):
+    name = "qmail"
+    body_re = re.compile(r"This is the qmail-send program|I'm afraid I wasn't able to deliver your message", re.IGNORECASE)
+    subject_re = re.compile(r"^failure notice$", re.IGNORECASE)
+    # qmail appends an RFC 3463 code in "(#d.d.d)" to its own diagnostics
+    status_hint_re = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)")

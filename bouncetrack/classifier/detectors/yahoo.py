@@ -1,0 +1,13 @@
+"""Yahoo! Mail / AOL (Verizon Media) text notices ("Sorry, we were unable to deliver")."""
+
+from __future__ import annotations
+
+import re
+
+from .base import TextDetector
+
+
+class Yahoo(TextDetector):
+    name = "yahoo"
+    from_re = re.compile(r"@(?:\S+\.)?yahoo(?:inc)?\.(?:com|co\.\w+|\w+)", re.IGNORECASE)
+    body_re = re.compile(r"Sorry, we were unable to deliver your message to the following address", re.IGNORECASE)
