@@ -51,7 +51,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     received_at: float
-    status: int  # what we answered (0: nothing, we were "slow" and the client left)
+    status: int  # what we answered (the client may have left already when we were slow)
     verified: bool
     error: str | None = None
     duplicate: bool = False  # verified, accepted, and its id had been accepted before
@@ -90,8 +90,6 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(min(length, _MAX_BODY))
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, extra = self.server.receiver._handle(self.path, headers, body)
-        if status == 0:
-            return  # the client is gone; answering would only raise BrokenPipe
         try:
             self.send_response(status)
             for name, value in extra.items():
