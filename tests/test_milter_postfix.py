@@ -17,9 +17,7 @@ from bouncetrack.harness.fakemx import Transaction
 
 pytestmark = pytest.mark.postfix
 
-STACK_OPTIONS = {"with_milter": True, "pipe": "real",
-                 # Postfix drops Return-Path before milters see it unless told not to.
-                 "postfix_extra": {"message_drop_headers": "bcc, content-length, resent-bcc"}}
+STACK_OPTIONS = {"with_milter": True, "pipe": "real"}
 
 
 @pytest.fixture(scope="module", autouse=True)

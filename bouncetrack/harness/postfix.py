@@ -233,6 +233,10 @@ class PrivatePostfix:
                     "milter_default_action": "tempfail",
                     "milter_connect_timeout": "5s",
                     "milter_command_timeout": "10s",
+                    # Postfix's default list also drops Return-Path before milters see it;
+                    # the spec's rule (Return-Path header -> envelope sender) needs it kept
+                    # for the milter, which removes it itself (conf/postfix/main.cf).
+                    "message_drop_headers": "bcc, content-length, resent-bcc",
                 }
             )
         cf.update(self.extra)
