@@ -9,16 +9,18 @@ import uuid
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from bouncetrack.config import Config, DomainPolicy, OutboxConfig, PipeConfig, WebhookConfig
+from bouncetrack.config_loader import load_config
 from bouncetrack.forward.jobs import jobs_for
 from bouncetrack.forward.smtp import build_forward, clean_value
 from bouncetrack.forward.worker import WorkerStats, run_worker
 from bouncetrack.harness.smtpsink import SmtpSink
 from bouncetrack.harness.webhook_receiver import WebhookReceiver, free_port
+from bouncetrack.store import open_store
 from bouncetrack.store.base import BounceEvent
 from bouncetrack.store.sqlite import SQLiteStore
 
@@ -231,3 +233,47 @@ def test_one_report_both_channels(tmp_path: Path, store: SQLiteStore, sink: Smtp
         assert run_once(config, store, clock).delivered == 3
         assert sorted(rx.accepted_ids()) == sorted(e.event_id for e in events)
         assert len(sink.messages) == 1
+
+
+# --- end to end through the real Postfix harness -----------------------------------------
+
+
+@pytest.mark.postfix
+def test_through_postfix_bounce_is_forwarded_by_smtp_and_webhook(make_stack: Callable[..., Any]) -> None:
+    """Rejected recipient -> Postfix bounce -> VERP -> real pipe -> store + outbox ->
+    worker -> SMTP sink (null sender, X-Bounce-*) and signed webhook."""
+    with SmtpSink() as sink, WebhookReceiver(SECRET) as rx:
+        st = make_stack(
+            with_milter=True,
+            pipe="real",
+            domains={"tracked.test": {
+                "tracking": True,
+                "forward": "postmaster@tracked.test",
+                "webhook": {"url": rx.url, "secret": SECRET, "timeout_seconds": 5},
+            }},
+            config_extra={"outbox": {"smtp_host": "127.0.0.1", "smtp_port": sink.port}},
+        )
+        res = st.send("news@tracked.test", ["unknown-e2e@remote.test"])
+        assert res.accepted, res
+        config = load_config(st.config_path)
+        store = open_store(config.store_url)
+        try:
+            jobs = st.wait_for(lambda: len(store.jobs()) >= 2 and store.jobs(), 40)
+            assert sorted(j.channel for j in jobs) == ["smtp", "webhook"]
+            stats = run_worker(config, store, once=True, handle_signals=False)
+            assert stats.delivered == 2, stats
+        finally:
+            store.close()
+        [body] = [r.json() for r in rx.accepted()]
+        data = body["data"]
+        assert (data["type"], data["recipient"], data["hard"], data["reason"]) == (
+            "bounce", "unknown-e2e@remote.test", True, "userunknown")
+        assert data["original_sender"] == "news@tracked.test" and data["token_status"] == "valid"
+        assert sink.wait_for(1)
+        [mail] = sink.messages
+        assert mail.mail_from == "<>" and mail.rcpt_tos == ("postmaster@tracked.test",)
+        msg = mail.message()
+        assert msg["X-Bounce-Recipient"] == "unknown-e2e@remote.test"
+        assert msg["X-Bounce-Type"] == "bounce" and msg["X-Bounce-Status"] == "5.1.1"
+        assert msg["X-Bouncetrack-Forwarded"] == "1"
+        assert msg.get_content_type() == "multipart/report"  # the original bounce itself
