@@ -20,14 +20,14 @@ _NON_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|maildelivery|mail-da
 
 # The SMTP command a rejection answered (RFC 5321 §4.2): a refusal after the message data
 # is about the content, not the address, even if it says "user unknown".
-_DATA_PHASE_RE = re.compile(
-    r">>> DATA|after end of data|end of data|in reply to end of data|after DATA\b|"
-    r"did not like our (?:final )?DATA|while sending (?:the )?(?:message|data)", re.IGNORECASE)
-_RCPT_PHASE_RE = re.compile(r"RCPT TO|in reply to RCPT|after RCPT|does not like recipient", re.IGNORECASE)
+_DATA_MARKS = (">>> data", "end of data", "after data", "did not like our data",
+               "did not like our final data", "while sending the message", "while sending data")
+_RCPT_MARKS = ("rcpt to", "in reply to rcpt", "after rcpt", "does not like recipient")
 
 
 def data_phase(text: str) -> bool:
-    return bool(_DATA_PHASE_RE.search(text)) and not _RCPT_PHASE_RE.search(text)
+    low = text[:8000].lower()
+    return any(m in low for m in _DATA_MARKS) and not any(m in low for m in _RCPT_MARKS)
 
 
 def first_address(value: str | None) -> str | None:

@@ -160,7 +160,57 @@ _WEAK_RULES: list[tuple[str, str]] = [
                     r"service (?:not available|unavailable)"),
 ]
 
+# Literal pre-checks, one tuple per strong rule in the same order: every alternative of the
+# rule contains one of these substrings, so a cheap ``in`` test skips most regex scans.
+_STRONG_TRIGGERS: list[tuple[str, ...]] = [
+    ("x-unix", "mailer", "command", "procmail", "program exited", "exit code", "pipe to", "local delivery"),
+    ("moved", "no longer", "address has changed", "not our customer"),
+    ("virus", "malware", "infected", "trojan"),
+    ("too many", "connection", "deferred due to unexpected volume"),
+    ("header", "recipsizelimit", "length exceeds", "limit set by"),
+    ("too large", "too big", "size", "too long", "line limit"),
+    ("mailbox", "mail box", "quota", "storage", "space", "full", "inbox", "folder", "too much mail"),
+    ("relay", "not a gateway"),
+    ("reputation", "sender score"),
+    ("rate", "too many", "throttl", "slow down", "too fast"),
+    ("spam", "junk"),
+    ("receive",),
+    ("host or domain",),
+    ("refused to talk", "client host"),
+    ("name service", "dns", "host not found", "could not deliver for", "temporary"),
+    ("reverse", "ptr", "rdns", "hostname", "ip address has no", "resolve your", "ip name lookup", "client host",
+     "unresolvable", "mismatch", "does not match"),
+    ("spf", "dkim", "dmarc", "sender policy", "domainkeys", "authenticat", "not authorized to send"),
+    ("starttls", "tls", "ssl handshake"),
+    ("authenticat", "encryption", "submission", "certificate", "delivery not authorized"),
+    ("rfc", "compliant", "duplicate header", "multiple", "missing", "malformed", "header"),
+    ("spam", "junk", "unsolicited", "uce", "phish", "blacklisted url", "message content rejected"),
+    ("host", "domain", "name or service", "nxdomain", "mx records", "destination", "recipient", "dns lookup"),
+    ("suspend", "disabled", "deactivated", "inactiv", "locked", "frozen", "terminated", "closed", "expired",
+     "not active", "unavailable due to"),
+    ("user", "unknown", "no such", "not found", "not known", "not listed", "exist", "invalid", "bad", "non",
+     "illegal", "mailbox", "unrout", "not a valid", "customer", "account", "recipient", "address"),
+    ("accept", "null mx", "mail receiving", "mail reception", "no mx", "smtp service", "mail exchanger"),
+    ("polic", "prohibited", "violat", "content presents"),
+    ("black", "dnsbl", "rbl", "spamhaus", "spamcop", "sorbs", "banned", "client host", "ip", "listed",
+     "connection", "your", "sending", "sender", "client", "messages from", "block", "refused to talk", "reputation"),
+    ("recipient preferences", "user ref", "user has", "not authorized to receive", "by the recipient",
+     "by recipient", "not accepting", "filter"),
+    ("sender", "mail from", "badmailfrom", "from: domain", "different address", "to/from"),
+    ("syntax", "command"),
+    ("full", "insufficient system", "out of", "no space"),
+    ("could not", "couldn", "giving up", "retry time", "expired", "was not", "wasn", "has not been", "queue",
+     "unable to deliver", "failing for a long time", "delivery attempts", "will be retried", "days"),
+    ("connect", "route", "network", "loop", "hop", "time", "name service", "name server", "dns lookup",
+     "host not found"),
+    ("system", "internal", "server error", "local error", "unrecoverable", "configuration", "resource",
+     "out of memory", "transaction failed", "service", "temporary failure"),
+    ("on hold",),
+    ("character", "content error", "media error", "improper use"),
+]
+assert len(_STRONG_TRIGGERS) == len(_STRONG_RULES)
 _STRONG_RE = [(r, re.compile(p)) for r, p in _STRONG_RULES]
+_STRONG_CHECKED = list(zip(_STRONG_TRIGGERS, _STRONG_RE))
 _WEAK_RE = [(r, re.compile(p)) for r, p in _WEAK_RULES]
 # Status codes whose meaning is too broad to override the text (RFC 3463 §3.5-3.8 "other").
 _AMBIGUOUS_DETAIL = frozenset({"0.0", "5.0", "7.1", "7.0", "1.0", "2.0", "3.0", "4.0", "6.0"})
@@ -271,7 +321,7 @@ REPLY_RE = re.compile(r"(?:^|[\s:;(\[\"'<>=])([245][0-5]\d)(?=[ \-]|$)", re.MULT
 _PSEUDO_RE = re.compile(r"^[245]\.0\.9\d\d$")
 _WS_RE = re.compile(r"\s+")
 
-TEXT_SCAN_CAP = 4096
+TEXT_SCAN_CAP = 1500
 
 
 def find_status(text: str) -> str | None:
@@ -301,9 +351,12 @@ def reason_from_text(text: str, weak: bool = True) -> str | None:
     if not text:
         return None
     t = _norm(text)
-    for reason, rx in _STRONG_RE:
-        if rx.search(t):
-            return reason
+    for triggers, (reason, rx) in _STRONG_CHECKED:
+        for w in triggers:
+            if w in t:
+                if rx.search(t):
+                    return reason
+                break
     if weak:
         for reason, rx in _WEAK_RE:
             if rx.search(t):

@@ -134,6 +134,26 @@ def parse_fields(text: str) -> list[Fields]:
     return blocks
 
 
+# Headers detectors read as tidy text; the others are kept raw (cheap), first one wins.
+_CLEAN = frozenset({"subject", "from", "to", "reply-to", "sender", "return-path", "message-id",
+                    "x-failed-recipients", "auto-submitted", "precedence", "delivered-to",
+                    "x-original-to", "original-recipient", "original-rcpt-to", "date"})
+_SKIP = frozenset({"received", "dkim-signature", "arc-seal", "arc-message-signature",
+                   "x-google-dkim-signature", "arc-authentication-results", "authentication-results",
+                   "received-spf", "x-received"})
+
+
+def _header_map(msg: Message) -> Fields:
+    out: Fields = {}
+    raw_headers: list[tuple[str, object]] = getattr(msg, "_headers", [])
+    for k, v in raw_headers:  # compat32's raw pairs: no policy round trip per header
+        lk = k.lower()
+        if lk in out or lk in _SKIP:
+            continue
+        out[lk] = clean_header(v) if lk in _CLEAN else (v if isinstance(v, str) else str(v))
+    return out
+
+
 def _fields_of(msg: Message) -> Fields:
     out: Fields = {}
     for k, v in msg.items():
@@ -192,12 +212,7 @@ class ParsedView:
         self.msg = msg
         self.headers: Fields = {}
         # compat32 keeps (name, raw value) pairs; the first occurrence of a name wins.
-        raw_headers: list[tuple[str, object]] = getattr(msg, "_headers", [])
-        for k, v in raw_headers:  # avoids a policy round trip per header
-            lk = k.lower()
-            if lk not in self.headers and lk not in ("received", "dkim-signature", "arc-seal",
-                                                     "arc-message-signature", "x-google-dkim-signature"):
-                self.headers[lk] = clean_header(v)
+        self.headers = _header_map(msg)
         self.subject = self.headers.get("subject", "")
         self.from_ = self.headers.get("from", "")
         try:
@@ -295,14 +310,12 @@ class ParsedView:
     def _attached(self, sub: Message, depth: int) -> None:
         self.nested.append(sub)
         if self.original is None:
-            self.original = _fields_of(sub)
-            for k in list(self.original):
-                self.original[k] = decode_words(self.original[k])
+            self.original = _header_map(sub)
 
     def _original_from_text(self) -> None:
         """Non-MIME bounces: find the copy of the original after a marker line."""
         body = self.body
-        lines = body.split("\n")
+        lines = body.split("\n", 1500)[:1500]
         for i, line in enumerate(lines):
             s = line.strip()
             if len(s) > 90 or not s:
