@@ -30,7 +30,7 @@ BOUNCE_SUBJECT_RE = re.compile(
     re.IGNORECASE,
 )
 DAEMON_FROM_RE = re.compile(
-    r"mailer-daemon|postmaster|mail delivery (?:sub)?system|maildelivery|mail-daemon|"
+    r"mailer-daemon|post_?master|mail delivery (?:sub)?system|maildelivery|mail-daemon|"
     r"mail administrator|\bdaemon\b|bounce|delivery", re.IGNORECASE,
 )
 # Phrases of a failure report, scanned in the report text when headers do not say so.
@@ -38,7 +38,8 @@ FAILURE_BODY_RE = re.compile(
     r"could not be delivered|couldn'?t be delivered|undeliverable|delivery (?:to the following|has )?failed|"
     r"permanent (?:fatal )?error|following address(?:\(?es\)?)? failed|unable to deliver|"
     r"wasn'?t able to deliver|was not delivered|not (?:be )?delivered|delivery failure|"
-    r"returned to (?:the )?sender|rejected your message|could not deliver",
+    r"returned to (?:the )?sender|rejected your message|could not deliver|"
+    r"requested action not taken|error message below|invalid (?:user|recipient) address",
     re.IGNORECASE,
 )
 TEMP_RE = re.compile(
