@@ -80,7 +80,9 @@ def run_demo(*, once: bool, timeout: float, out: Any = sys.stdout) -> int:
     if reason:
         print(f"bouncetrack demo: cannot run here: {reason}", file=sys.stderr)
         return 2
-    say = (lambda *a: print(*a, file=sys.stderr)) if once else (lambda *a: print(*a, file=out))
+    def say(*parts: object) -> None:
+        print(*parts, file=sys.stderr if once else out)
+
     say("Starting a private Postfix on loopback, the milter, a fake remote MX and the bounce pipe…")
     with Stack(
         with_milter=True,

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import Milter
 
@@ -23,6 +23,12 @@ from ..tokens import KeyRing, mint, new_token_id
 from . import policy
 
 log = logging.getLogger("bouncetrack.milter")
+
+# pymilter is untyped: give its constants and decorator types once, here.
+CONTINUE: int = Milter.CONTINUE
+TEMPFAIL: int = Milter.TEMPFAIL
+_F = TypeVar("_F", bound=Callable[..., int])
+noreply: Callable[[_F], _F] = Milter.noreply
 
 # Actions negotiated with the MTA (POSTFIX-NOTES: what Postfix honours for us).
 ACTIONS = (
@@ -94,7 +100,7 @@ class Shared:
                 self._store = None
 
 
-class TrackingMilter(Milter.Base):
+class TrackingMilter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection (libmilter calls the factory per connection)."""
 
     shared: Shared  # set by make_factory
@@ -113,27 +119,27 @@ class TrackingMilter(Milter.Base):
     # envfrom, envrcpt and header never refuse anything: @noreply saves the MTA a
     # round trip per call (the milter overhead target of issue 3).
 
-    @Milter.noreply
+    @noreply
     def envfrom(self, sender: str, *params: str) -> int:
         # A connection may carry several transactions: start each clean.
         self._reset()
         self.sender = sender
         self.sender_params = tuple(params)
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     def envrcpt(self, to: str, *params: str) -> int:
         self.recipients.append(policy.Recipient(to, tuple(params)))
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     def header(self, name: str, value: str) -> int:
         lname = name.lower()
         if lname == "return-path":
             self.return_paths.append(value)
         elif lname == "message-id" and self.message_id is None:
             self.message_id = value.strip()
-        return Milter.CONTINUE
+        return CONTINUE
 
     def eom(self) -> int:
         try:
@@ -149,10 +155,10 @@ class TrackingMilter(Milter.Base):
 
     def abort(self) -> int:
         self._reset()
-        return Milter.CONTINUE
+        return CONTINUE
 
     def close(self) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
     # --- the work --------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class TrackingMilter(Milter.Base):
         # Delete from the last occurrence so that indices stay valid (1-based).
         for index in range(decision.delete_return_path, 0, -1):
             self.chgheader("Return-Path", index, "")
-        return Milter.CONTINUE
+        return CONTINUE
 
     def _message_record(
         self, envelope: policy.Envelope, decision: policy.Decision, token: str, token_id: int, queue_id: str | None
@@ -232,7 +238,7 @@ class TrackingMilter(Milter.Base):
             self.setreply(reply.code, reply.status, reply.text)
         except Exception:
             log.debug("setreply failed", exc_info=True)
-        return Milter.TEMPFAIL
+        return TEMPFAIL
 
 
 def make_factory(shared: Shared) -> type[TrackingMilter]:

@@ -20,8 +20,10 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Callable
 
 from ..config import Config, ConfigError
+from ..tokens import KeyRing
 
 log = logging.getLogger("bouncetrack.milter")
 
@@ -30,7 +32,7 @@ RELOAD = b"R"
 RESTART_DELAY = 1.0
 
 
-def load_runtime(config_path: Path) -> "tuple[Config, object]":
+def load_runtime(config_path: Path) -> "tuple[Config, KeyRing]":
     from ..config_loader import load_config
     from ..tokens import load_keyring
 
@@ -47,7 +49,7 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     from .app import ACTIONS, Runtime, Shared, make_factory
 
     config, keyring = load_runtime(config_path)
-    shared = Shared(Runtime(config, keyring), lambda c: open_store(c.store_url, timeout=5.0))  # type: ignore[arg-type]
+    shared = Shared(Runtime(config, keyring), lambda c: open_store(c.store_url, timeout=5.0))
 
     def reload() -> None:
         try:
@@ -57,7 +59,7 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
             return
         if new_config.milter_socket != shared.runtime.config.milter_socket:
             log.warning("milter_socket changed: takes effect at the next restart")
-        shared.swap(Runtime(new_config, new_keyring))  # type: ignore[arg-type]
+        shared.swap(Runtime(new_config, new_keyring))
         log.info("configuration reloaded from %s", config_path)
 
     if control_fd is not None:
@@ -80,7 +82,7 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     return 0
 
 
-def _control_loop(fd: int, reload: "callable[[], None]", stop: "callable[[], object]") -> None:  # type: ignore[valid-type]
+def _control_loop(fd: int, reload: Callable[[], None], stop: Callable[[], object]) -> None:
     while True:
         try:
             data = os.read(fd, 64)
