@@ -14,6 +14,7 @@ Target (issue 4): pipe median ≤ 4× the bare start.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,10 @@ def main() -> None:
         store.close()
 
         pipe_cmd = [a.python, "-m", "bouncetrack.bounce_pipe", "--config", str(cfg)]
+        # As in production: a private cache directory for the validated config snapshot.
+        cache = Path(tmp) / "cache"
+        cache.mkdir(mode=0o700)
+        env = {**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache)}
         bare_cmd = [a.python, "-c", "pass"]
         pipe_t, bare_t, failures = [], [], 0
         for verp, data in inputs:  # interleaved: the machine is noisy, both see the same noise
@@ -76,7 +81,7 @@ def main() -> None:
             subprocess.run(bare_cmd, check=True)
             bare_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            proc = subprocess.run([*pipe_cmd, verp, ""], input=data, capture_output=True, cwd=ROOT)
+            proc = subprocess.run([*pipe_cmd, verp, ""], input=data, capture_output=True, cwd=ROOT, env=env)
             pipe_t.append(time.perf_counter() - t0)
             failures += proc.returncode != 0
 

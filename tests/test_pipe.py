@@ -74,12 +74,15 @@ def record(config: Config, *recipients: str, domain: str = "tracked.test") -> tu
 
 
 def run_pipe(config: Config, recipient: str, data: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    cache = config.path.parent / "cache"
+    cache.mkdir(mode=0o700, exist_ok=True)  # the second run in a test uses the config snapshot
     return subprocess.run(
         [sys.executable, "-m", "bouncetrack.bounce_pipe", "--config", str(config.path), *extra, recipient, ""],
         input=data,
         capture_output=True,
         cwd=ROOT,
         timeout=60,
+        env={**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache)},
     )
 
 

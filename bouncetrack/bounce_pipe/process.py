@@ -22,11 +22,11 @@ LOOP_HEADER = b"\nx-bouncetrack-forwarded:"
 
 
 def process(config_path: str, recipient: str, sender: str, raw: bytes, started: float) -> int:
-    from ..config_loader import load_config
+    from ..config_snapshot import load as load_config
     from ..store import open_store
     from ..tokens import load_keyring
 
-    config = load_config(config_path)
+    config = load_config(config_path)  # a validated snapshot when fresh: no PyYAML per bounce
     remaining = config.pipe.deadline_seconds - (time.time() - started)
     signal.alarm(max(1, int(remaining)))
     keyring = load_keyring(config)

@@ -45,7 +45,7 @@ import yaml
 from .fakemx import FakeMX
 from .postfix import PrivatePostfix
 from .stage import stage
-from .users import DEFAULT_USER, ensure_user, gid_of
+from .users import DEFAULT_USER, ensure_cache_dir, ensure_user, gid_of
 
 T = TypeVar("T")
 
@@ -261,6 +261,7 @@ class Stack:
 
     def _prepare(self) -> None:
         uid, gid = ensure_user(self.user)
+        ensure_cache_dir(uid, gid)
         postfix_gid = gid_of("postfix")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)

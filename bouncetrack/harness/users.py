@@ -34,3 +34,13 @@ def ensure_user(name: str = DEFAULT_USER) -> tuple[int, int]:
 
 def gid_of(group: str) -> int:
     return grp.getgrnam(group).gr_gid
+
+
+def ensure_cache_dir(uid: int, gid: int, path: str = "/var/cache/bouncetrack") -> None:
+    """The pipe's config-snapshot directory (bouncetrack.config_snapshot): owned by the
+    pipe user, writable by no one else. systemd's ``CacheDirectory=`` does this in production."""
+    import os
+
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o700)
