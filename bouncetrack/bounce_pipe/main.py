@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from types import FrameType
 
 EX_OK = 0
@@ -78,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code)
         _say(f"not stored, Postfix will retry: {type(exc).__name__}: {exc}")
         if os.environ.get("BOUNCETRACK_DEBUG"):
+            import traceback  # not on the hot path: it imports tokenize, linecache, textwrap
+
             traceback.print_exc(file=sys.stderr)
         return EX_TEMPFAIL
     finally:
