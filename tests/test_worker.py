@@ -483,3 +483,17 @@ def test_two_worker_processes_then_sigterm(tmp_path: Path) -> None:
         assert sum(delivered_per_process) == n and all(delivered_per_process), delivered_per_process
         assert {j.state for j in setup.jobs(limit=1000)} == {"delivered"}
         setup.close()
+
+
+def test_idle_worker_drops_raw_reports_past_retention(tmp_path: Path, store: SQLiteStore, clock: FakeClock) -> None:
+    config = make_config(tmp_path, None)  # no channels: only the housekeeping runs
+    old, new = make_event(1, received_at=T0 - 100 * 86400), make_event(2, received_at=T0)
+    store.store_report([old], b"old raw", [], old.dedupe_key)
+    store.store_report([new], b"new raw", [], new.dedupe_key)
+    # received_at of the raw report is the store's own clock: backdate the old one.
+    store._conn.execute("UPDATE raw_reports SET received_at = ? WHERE dedupe_key = ?", (T0 - 100 * 86400, old.dedupe_key))
+    stats = run_once(config, store, clock)
+    assert stats.raw_purged == 1  # default retention: 90 days
+    assert store.raw_report(old.event_id) in (None, b"")
+    assert store.raw_report(new.event_id) == b"new raw"
+    assert store.event(old.event_id) is not None  # the event itself stays

@@ -59,6 +59,9 @@ from .jobs import SMTP, WEBHOOK
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT = 20.0  # per SMTP operation
+# Raw reports past their retention are dropped by the worker, at most this often; the
+# events stay (the pipe keeps them, retention of events is issue 6's `purge`).
+PURGE_INTERVAL = 3600.0
 
 
 @dataclass
@@ -68,6 +71,7 @@ class WorkerStats:
     dead: int = 0
     skipped: int = 0  # left for a later claim (lease too short, stop requested)
     store_errors: int = 0
+    raw_purged: int = 0  # raw reports dropped past pipe.raw_retention_days
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,20 @@ class Worker:
             wanted = 2 * self.job_budget
         self.lease_seconds = wanted
         self.stats = WorkerStats()
+        self._next_purge = 0.0
+
+    def maybe_purge_raw(self) -> int:
+        """Drop raw reports older than ``pipe.raw_retention_days`` (hourly, in batches)."""
+        now = self.clock()
+        if now < self._next_purge:
+            return 0
+        self._next_purge = now + PURGE_INTERVAL
+        cutoff = now - self.config.pipe.raw_retention_days * 86400.0
+        purged = self.store.purge_raw_before(cutoff)
+        if purged:
+            log.info("dropped %d raw report(s) older than %d days", purged, self.config.pipe.raw_retention_days)
+        self.stats.raw_purged += purged
+        return purged
 
     def close(self) -> None:
         if self._own_client:
@@ -275,6 +293,10 @@ def run_worker(
                 wait(poll_interval)
                 continue
             if claimed == 0:
+                try:
+                    worker.maybe_purge_raw()  # housekeeping only when idle
+                except StoreUnavailable as exc:
+                    log.warning("raw retention purge skipped: %s", exc)
                 if once:
                     break
                 wait(poll_interval)
