@@ -1,0 +1,1 @@
+"""The HTTP service (``bouncetrack api``): download API, send endpoint, dashboard, /metrics."""

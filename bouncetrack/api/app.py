@@ -1,0 +1,73 @@
+"""The ASGI application: one FastAPI app composed of one router per concern.
+
+Routers live in their own modules (download, send, dashboard, metrics) and get
+the shared :class:`ApiContext` through :func:`context` (a FastAPI dependency),
+so handlers never reach for globals and tests can build an app on any config.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI, Request
+
+from ..config import Config
+from ..store import Store, open_store
+
+
+@dataclass
+class ApiContext:
+    """What every request may need: the current config and a way to reach the store.
+
+    SQLite connections are not shared across threads: each worker thread gets its
+    own store (FastAPI runs sync handlers in a thread pool).
+    """
+
+    config: Config
+    store_factory: Callable[[Config], Store] = field(default=lambda c: open_store(c.store_url, timeout=10.0))
+    _local: threading.local = field(default_factory=threading.local)
+
+    def store(self) -> Store:
+        store: Store | None = getattr(self._local, "store", None)
+        if store is None:
+            store = self.store_factory(self.config)
+            self._local.store = store
+        return store
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def create_app(config: Config, *, store_factory: Callable[[Config], Store] | None = None) -> FastAPI:
+    from . import dashboard, download, metrics, send
+
+    ctx = ApiContext(config) if store_factory is None else ApiContext(config, store_factory)
+    app = FastAPI(
+        title="bouncetrack",
+        version=_version(),
+        description="Bounce and complaint tracking for Postfix: download API, send endpoint, dashboard.",
+    )
+    app.state.ctx = ctx
+    app.include_router(download.router)
+    app.include_router(send.router)
+    app.include_router(metrics.router)
+    app.include_router(dashboard.router)
+    dashboard.mount_static(app)
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def create_app_from_file(path: str | Path) -> FastAPI:
+    from ..config_loader import load_config
+
+    return create_app(load_config(path))

@@ -1,0 +1,26 @@
+"""``bouncetrack api``: serve the HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("api")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML configuration")
+@click.option("--listen", default=None, help="host:port (default: api_listen from the configuration)")
+def api_command(config_path: Path, listen: str | None) -> None:
+    """Serve the HTTP API (download, send, dashboard, /metrics)."""
+    import uvicorn
+
+    from ..config import ConfigError
+    from ..config_loader import load_config
+    from .app import create_app
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    host, _, port = (listen or config.api_listen).rpartition(":")
+    uvicorn.run(create_app(config), host=host or "127.0.0.1", port=int(port), log_level=config.log_level.lower())
