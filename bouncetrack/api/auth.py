@@ -10,13 +10,13 @@ get the same 401 body.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
 
 from ..config import Config
+from ..tokens import hash_api_token as token_hash
 from .app import ApiContext, context
 
 UNAUTHORIZED_DETAIL = "missing or invalid access token"
@@ -29,10 +29,6 @@ class Principal:
 
     domains: tuple[str, ...]
     token_hash: str
-
-
-def token_hash(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def domains_for_token(config: Config, token: str | None) -> tuple[str, ...]:
