@@ -76,14 +76,18 @@ def test_not_bytes_is_not_bounce() -> None:
 @pytest.mark.parametrize("text,status,reply,reason", [
     ("550 5.1.1 <a@b.example>: Recipient address rejected: User unknown", None, None, "userunknown"),
     ("552 5.2.2 Mailbox full", None, None, "mailboxfull"),
-    ("host not found", None, None, "hostunknown"),
+    ("Host or domain name not found. Name service error", None, None, "hostunknown"),
     ("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", None, None, "blocked"),
     ("Relay access denied", None, None, "norelaying"),
     ("", "5.1.1", None, "userunknown"),
     ("", "5.2.2", None, "mailboxfull"),
     ("", "5.7.26", None, "authfailure"),
-    ("", None, "552", "mailboxfull"),
+    ("", None, "552", "undefined"),  # a reply code alone decides nothing
     ("", None, None, "undefined"),
+    # "user unknown" answered to RCPT is the address; after DATA it is a filter's verdict
+    ("host mx said: 550 User unknown (in reply to RCPT TO command)", None, None, "userunknown"),
+    ("host mx said: 550 User unknown (in reply to end of DATA command)", None, None, "filtered"),
+    ("550 Service refused, please try later. LPN001_108", None, None, "onhold"),
 ])
 def test_reason_rules(text: str, status: str | None, reply: str | None, reason: str) -> None:
     assert classify_reason(text, status, reply) == reason

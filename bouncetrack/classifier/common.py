@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from . import reasons
+from . import providers, reasons
 from .model import RecipientResult
 
 ADDR_RE = re.compile(
@@ -60,6 +60,38 @@ def clean_status(value: str | None) -> str | None:
     return m.group(0) if m else None
 
 
+def prefer_status(field: str | None, in_text: str | None, reply: str | None) -> str | None:
+    """Choose between the Status field (RFC 3464 §2.3.4) and the code quoted in the diagnostic.
+
+    The remote server's own code (§2.3.6) is usually more specific; the field wins when the
+    quoted one is only "X.0.0"-generic, when the reply code's class agrees with the field and
+    not with the quote, or when the field is already specific (5.1.1 over a vaguer quote).
+    """
+    if not field:
+        return in_text
+    if not in_text or field == in_text:
+        return field
+    if reply and field[0] != in_text[0]:
+        if reply[0] == field[0]:
+            return field
+        if reply[0] == in_text[0]:
+            return in_text
+    if ".0.0" in field:
+        return field if ".0.0" in in_text else in_text
+    if ".0" in field and ".0" not in in_text:
+        return in_text
+    if ".0.0" in in_text:
+        return field
+    # codes that merely summarise (expired, too many errors, system, protocol): take the quote
+    if field in ("4.4.7", "4.7.0") or field.startswith("5.3.") or field[1:4] in (".5.1", ".5.2", ".5.4", ".5.5"):
+        return in_text
+    if field == "5.1.1":
+        return field if (".0" in in_text or in_text.startswith("5.5.")) else in_text
+    if field == "5.1.3" and in_text.startswith("5.7."):
+        return in_text
+    return field
+
+
 def make_recipient(
     address: str | None,
     *,
@@ -72,33 +104,40 @@ def make_recipient(
     temporary: bool | None = None,
     reason: str | None = None,
     in_data: bool = False,
+    command: str | None = None,
+    preset: str | None = None,
+    diag_type: str = "SMTP",
+    family: str | None = None,
+    hosts: str = "",
 ) -> RecipientResult:
     diag = " ".join(diagnostic.split())[:1000] if diagnostic else None
-    status = clean_status(status)
+    field_status = clean_status(status)
+    if field_status is not None and reasons._pseudo(field_status):
+        field_status = None
     text_status = reasons.find_status(diag) if diag else None
-    # The remote server's own enhanced code in the diagnostic (RFC 3464 §2.3.6) is more
-    # specific than the reporting MTA's summary Status (§2.3.4): prefer it.
-    if text_status and not text_status.startswith("2"):
-        status = text_status
     if reply_code is None and diag:
         reply_code = reasons.find_reply_code(diag)
+    status = prefer_status(field_status, text_status, reply_code)
     if action:
         action = action.strip().lower().split()[0] if action.strip() else None
     if reason is None:
         if action in ("delivered", "relayed", "expanded") or (status and status[0] == "2"):
             reason = "delivered"
         else:
-            reason = reasons.classify_reason(diag, status, reply_code)
-            if action == "delayed" and reason in ("undefined", "onhold", "networkerror", "systemerror"):
-                reason = "expired"
-            # RFC 3464 §2.3.3/§2.3.4: a *failed* action with a transient (4.X.X) status
-            # means the MTA gave up retrying: the message expired in the queue.
-            elif (action in (None, "failed") and status and status[0] == "4"
-                  and (reason in ("undefined", "onhold", "systemerror")
-                       or (reason == "networkerror" and "timed out" in (diag or "").lower()))):
-                reason = "expired"
-            elif reason == "userunknown" and in_data and not (status and status[2:5] == "1.1"):
-                reason = "filtered"
+            if command is None and diag:
+                command = reasons.find_command(diag)
+            if command is None and in_data:
+                command = "DATA"
+            if preset is None and family and diag:
+                preset = providers.family_reason(family, diag)
+            if not preset or preset in reasons.RETRY:
+                # the receiving provider's own codes (cf. Sisimai's rhost step)
+                domain = address.rsplit("@", 1)[-1] if address and "@" in address else ""
+                prov = providers.provider_of(domain, (hosts + " " + (remote_mta or "") + " " + (diag or "")).lower())
+                if prov is not None:
+                    preset = providers.provider_reason(prov, diag or "", status or "", command or "") or preset
+            reason = reasons.decide(diag, status, reply_code, command=command, action=action,
+                                    preset=preset, diag_type=diag_type)
     if status is None:
         if temporary is None and action == "delayed":
             temporary = True
@@ -110,8 +149,7 @@ def make_recipient(
         action=action,
         status=status,
         reason=reason,
-        # RFC 3463 §3.1: a 4.X.X status is persistent-transient; never a hard bounce.
-        hard=reasons.is_hard(reason) and not (status is not None and status.startswith("4")),
+        hard=reasons.is_hard(reason, (status or "") + " " + (diag or "")),
         reply_code=reply_code,
         diagnostic=diag,
         remote_mta=remote_mta,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import data_phase, first_address, make_recipient, strip_diag_type
+from .reasons import find_command
 from .model import BOUNCE, DELIVERY_REPORT, RecipientResult, Report
 from .text import diagnostic_for
 from .view import Fields, ParsedView, parse_fields
@@ -23,6 +24,16 @@ def _recipient_blocks(blocks: list[Fields]) -> tuple[Fields, list[Fields]]:
         elif "action" in b or "status" in b:
             rcpts.append(b)
     return per_msg, rcpts
+
+
+def _diag_type(value: str | None) -> str:
+    """RFC 3464 §2.3.6 diagnostic-type ("smtp", "X-Unix", ...); Postfix's own is SMTP."""
+    if not value or ";" not in value:
+        return "SMTP"
+    t = value.split(";", 1)[0].strip().upper()
+    if t in ("X-POSTFIX", "") or " " in t:
+        return "SMTP"
+    return t
 
 
 def ds_blocks_from_text(view: ParsedView) -> list[Fields]:
@@ -49,6 +60,9 @@ def detect(view: ParsedView) -> Report | None:
     if not rcpts:
         return None
     in_data = data_phase(view.report_text[:20000])
+    # The command a failure answered is often only in the human-readable part
+    # ("... (in reply to RCPT TO command)"): the fallback for every recipient.
+    report_cmd = find_command(view.report_text[:20000])
     results: list[RecipientResult] = []
     seen: set[str] = set()
     for b in rcpts:
@@ -73,6 +87,8 @@ def detect(view: ParsedView) -> Report | None:
         results.append(make_recipient(
             addr, action=action, status=status, diagnostic=diag, remote_mta=remote,
             original_recipient=orig, in_data=in_data or data_phase(diag or ""),
+            command=find_command(diag) or report_cmd, diag_type=_diag_type(b.get("diagnostic-code")),
+            hosts=view.hosts(),
         ))
     if not results:
         return None

@@ -239,6 +239,19 @@ class ParsedView:
         self._cache: dict[str, object] = {}
         self._original_from_text()
 
+    def hosts(self) -> str:
+        """The Received chain of the bounce, lower-cased (who relayed it: provider hints)."""
+        cached = self._cache.get("hosts")
+        if isinstance(cached, str):
+            return cached
+        try:
+            rcv = " ".join(str(v) for v in (self.msg.get_all("received") or [])[:12])
+        except Exception:  # noqa: BLE001
+            rcv = ""
+        out = rcv.lower()
+        self._cache["hosts"] = out
+        return out
+
     def _walk(self, part: Message, depth: int, count: list[int]) -> None:
         count[0] += 1
         if count[0] > MAX_PARTS or depth > MAX_DEPTH:

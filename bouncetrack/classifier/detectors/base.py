@@ -117,6 +117,10 @@ class TextDetector:
         m = self.status_hint_re.search(diag)
         return m.group(1) if m else None
 
+    def preset(self, view: ParsedView, diag: str) -> str | None:
+        """A reason the format itself states (family tables are in ``providers``)."""
+        return None
+
     def temporary(self, view: ParsedView) -> bool | None:
         head = view.report_text[:3000]
         if TEMP_RE.search(head) or TEMP_RE.search(view.subject):
@@ -136,7 +140,8 @@ class TextDetector:
             diag = self.diagnostic(view, e)
             out.append(make_recipient(
                 addr, status=self.status_hint(view, diag), diagnostic=diag, temporary=temp,
-                in_data=data_phase(diag),
+                in_data=data_phase(diag), family=self.name, hosts=view.hosts(),
+                preset=self.preset(view, diag),
             ))
         return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name)
 
