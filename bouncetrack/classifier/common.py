@@ -128,8 +128,8 @@ def make_recipient(
                 command = reasons.find_command(diag)
             if command is None and in_data:
                 command = "DATA"
-            if preset is None and family and diag:
-                preset = providers.family_reason(family, diag)
+            if preset is None and diag:
+                preset = providers.family_reason(family or "", diag)
             if not preset or preset in reasons.RETRY:
                 # the receiving provider's own codes (cf. Sisimai's rhost step)
                 domain = address.rsplit("@", 1)[-1] if address and "@" in address else ""

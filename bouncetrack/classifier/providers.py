@@ -37,20 +37,66 @@ _FAMILY: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
                      "Delay reason: ", "has been frozen", "was frozen on arrival by ")),
         ("mailererror", ("pipe to |",)),
     ),
-    # DragonFly Mail Agent (dma)
-    "dragonfly": (
-        ("expired", ("Could not deliver for the last ",)),
-        ("hostunknown", ("DNS lookup failure: host ",)),
-    ),
-    # Gmail's own notices
-    "gmail": (
-        ("expired", ("DNS Error: Could not contact DNS servers",
-                     "Delivery to the following recipient has been delayed",
-                     "The recipient server did not accept our requests to connect")),
-        ("hostunknown", ("DNS Error: Domain name not found",
-                         "DNS Error: DNS server returned answer with no data")),
+    "imailserver": (
+        ("userunknown", ("Unknown user",)),
+        ("hostunknown", ("Unknown host",)),
     ),
 }
+
+# Texts distinctive enough to name their MTA whoever relays them: applied to every report.
+_ANY_FAMILY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # Exchange 2003 NDR diagnostic codes
+    ("userunknown", ("000C05A6",)),
+    ("filtered", ("000C0595",)),
+    ("systemerror", ("00010256", "000D06B5")),
+    ("networkerror", ("00120270",)),
+    ("contenterror", ("00050311", "000502CC")),
+    ("securityerror", ("000B0981",)),
+    # Exchange 2007+ enhanced text codes
+    ("hostunknown", ("SMTPSEND.DNS.NonExistentDomain",)),
+    ("networkerror", ("SMTPSEND.DNS.MxLoopback",)),
+    ("userunknown", ("RESOLVER.ADR.RecipNotFound", "RESOLVER.ADR.RecipientNotFound",
+                     "RESOLVER.ADR.ExRecipNotFound")),
+    ("toomanyconn", ("RESOLVER.ADR.RecipLimit",)),
+    ("systemerror", ("RESOLVER.ADR.BadPrimary", "RESOLVER.ADR.InvalidInSmtp", "RESOLVER.ADR.Ambiguous")),
+    ("securityerror", ("RESOLVER.RST.AuthRequired",)),
+    ("rejected", ("RESOLVER.RST.NotAuthorized",)),
+    ("exceedlimit", ("RESOLVER.RST.RecipSizeLimit",)),
+    ("expired", ("QUEUE.Expired",)),
+    # Lotus Domino
+    ("userunknown", ("not listed in Domino Directory", "not listed in public Name & Address Book",
+                     "no se encuentra en el Directorio de Domino", "non répertorié dans l'annuaire Domino")),
+    ("filtered", ("Cannot route mail to user",)),
+    ("systemerror", ("Several matches found in Domino Directory",)),
+    # Courier
+    ("hostunknown", ("No such domain.",)),
+    ("systemerror", ("This domain's DNS violates RFC 1035.",)),
+    ("networkerror", ("DNS lookup failed.",)),
+    # OpenSMTPD
+    ("expired", ("Envelope expired",)),
+    ("securityerror", ("Could not retrieve credentials",)),
+    ("hostunknown", ("Invalid domain name", "Domain does not exist")),
+    ("networkerror", ("Address family mismatch on destination MXs", "All routes to destination blocked",
+                      "bad DNS lookup error code", "Could not retrieve source address", "Loop detected",
+                      "Network error on destination MXs", "No valid route to remote MX",
+                      "No valid route to destination", "Temporary failure in MX lookup")),
+    ("notaccept", ("Destination seem to reject all mails", "No MX found for domain", "No MX found for destination")),
+    # Verizon / Ipswitch IMail
+    ("userunknown", ("550 - Requested action not taken: no such user here", "No valid recipients for this MM",
+                     "Invalid final delivery userid")),
+    ("mailboxfull", ("User mailbox exceeds allowed size",)),
+    ("virusdetected", ("Requested action not taken: virus detected",)),
+    ("spamdetected", ("Blacklisted URL in message",)),
+    # Gmail's own notices
+    ("expired", ("DNS Error: Could not contact DNS servers",
+                 "Delivery to the following recipient has been delayed",
+                 "The recipient server did not accept our requests to connect")),
+    ("hostunknown", ("DNS Error: Domain name not found",
+                     "DNS Error: DNS server returned answer with no data")),
+    # DragonFly Mail Agent
+    ("expired", ("Could not deliver for the last ",)),
+    ("hostunknown", ("DNS lookup failure: host ",)),
+)
 
 # Gmail quotes the SMTP state its client was in: "(state 14)" = after RCPT TO, etc.
 _GMAIL_STATE = {"6": "failedstarttls", "8": "systemerror", "9": "failedstarttls",
@@ -60,13 +106,17 @@ _GMAIL_STATE = {"6": "failedstarttls", "8": "systemerror", "9": "failedstarttls"
 
 def family_reason(family: str, text: str) -> str | None:
     """The reason an MTA family's own fixed message names, if the text has one."""
-    if family == "gmail":
+    if "(state " in text:
         i = text.find("(state ")
         if i >= 0:
             num = text[i + 7 : i + 10].split(")", 1)[0]
             if num in _GMAIL_STATE:
                 return _GMAIL_STATE[num]
     for reason, phrases in _FAMILY.get(family, ()):
+        for p in phrases:
+            if p in text:
+                return reason
+    for reason, phrases in _ANY_FAMILY:
         for p in phrases:
             if p in text:
                 return reason
@@ -82,6 +132,7 @@ _HOSTS: dict[str, tuple[str, ...]] = {
     "cox": ("cox.net",),
     "franceptt": (".laposte.net", ".orange.fr", ".wanadoo.fr"),
     "google": ("aspmx.l.google.com", "gmail-smtp-in.l.google.com", "googlemail.com"),
+    "kddi": (".ezweb.ne.jp", "msmx.au.com"),
     "messagelabs": (".messagelabs.com",),
     "nttdocomo": ("mfsmax.docomo.ne.jp",),
     "spectrum": ("charter.net",),
@@ -120,6 +171,11 @@ _PHRASES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     ),
     "franceptt": (
         ("authfailure", ("spf/dns de votre nom de domaine",)),
+    ),
+    "kddi": (
+        # au/KDDI: "550 : User unknown" is its filter, "550 <addr>: User unknown" the address
+        ("filtered", ("550 : user unknown",)),
+        ("userunknown", (">: user unknown",)),
     ),
     "messagelabs": (
         ("securityerror", ("please turn on smtp authentication in your mail client",)),
@@ -192,6 +248,8 @@ def provider_of(domain: str, hosts: str) -> str | None:
             for s in suffixes:
                 if s.endswith(domain) and (len(s) == len(domain) or s[-len(domain) - 1] == "."):
                     return name
+    if "dns type '" in hosts:  # Google's resolver wording ("DNS type 'mx' lookup of ...")
+        return "google"
     if hosts:
         for name, suffixes in _HOSTS.items():
             for s in suffixes:

@@ -133,13 +133,24 @@ def find_command(text: str | None) -> str | None:
             continue
         if " " not in c:
             before, after = padded[p], padded[p + len(c) + 1]
-            if before.isalnum() or after.isalnum() or before in "@[\\]^_`" or after in "@[\\]^_`":
+            if before.isalnum() or after.isalnum() or before == "@" or after == "@":
                 continue
         head = c[:4]
         if any(f.startswith(head) for f in found):
             continue
         found.append({"STAR": "STARTTLS", "XFOR": "XFORWARD"}.get(head, head))
-    return found[-1] if found else None
+    if found:
+        return found[-1]
+    # qmail and others describe the step in words
+    for words, cmd in _COMMAND_WORDS:
+        if words in text:
+            return cmd
+    return None
+
+
+_COMMAND_WORDS = (("does not like recipient", "RCPT"), ("sender was rejected", "MAIL"),
+                  ("my name was rejected", "HELO"), ("didn't like our DATA", "DATA"),
+                  ("did not like our final DATA", "DATA"), ("did not like our DATA", "DATA"))
 
 
 # --- phrase tests ---------------------------------------------------------------------------
