@@ -99,6 +99,9 @@ class Store(Protocol):
     def record_message(self, message: MessageRecord) -> int: ...
     def message_by_token_id(self, token_id: int) -> MessageRecord | None: ...
 
+    # --- send API side: the message the milter recorded for a submission it just saw
+    def message_by_message_id(self, message_id: str, queue_id: str | None = None) -> MessageRecord | None: ...
+
     # --- pipe side: events, raw report and outbox jobs in ONE transaction
     def store_report(
         self,

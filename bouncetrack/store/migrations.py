@@ -140,6 +140,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_state_next ON outbox (state, next_attempt_at)",
         ),
     ),
+    (
+        2,
+        "index messages by Message-ID (send API looks up what the milter recorded)",
+        ("CREATE INDEX messages_message_id ON messages (message_id)",),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

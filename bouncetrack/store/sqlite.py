@@ -292,29 +292,26 @@ class SQLiteStore:
             row = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE token_id = ?", (token_id,)
             ).fetchone()
-            if row is None:
-                return None
-            rcpts = conn.execute(
-                "SELECT id, address, orcpt, notify FROM recipients "
-                "WHERE message_pk = ? ORDER BY position",
-                (row[0],),
-            ).fetchall()
-        return MessageRecord(
-            id=row[0],
-            token_id=row[1],
-            token=row[2],
-            queue_id=row[3],
-            message_id=row[4],
-            sender_domain=row[5],
-            envelope_sender=row[6],
-            verp_sender=row[7],
-            dsn_ret=row[8],
-            dsn_envid=row[9],
-            created_at=row[10],
-            recipients=tuple(
-                RecipientRecord(id=r[0], address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts
-            ),
-        )
+            return None if row is None else _message_with_recipients(conn, row)
+
+    # ---------------------------------------------------------- send API side
+
+    def message_by_message_id(
+        self, message_id: str, queue_id: str | None = None
+    ) -> MessageRecord | None:
+        """The newest tracked message with this Message-ID (and queue id, if given).
+
+        The send API generates a fresh Message-ID per request and looks its message
+        up right after Postfix answered 250: the milter records it before that.
+        """
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
+        args: tuple[str, ...] = (message_id,)
+        if queue_id is not None:
+            sql += " AND queue_id = ?"
+            args += (queue_id,)
+        with self._read("reading a message") as conn:
+            row = conn.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+            return None if row is None else _message_with_recipients(conn, row)
 
     # ------------------------------------------------------------- pipe side
 
@@ -545,6 +542,31 @@ class SQLiteStore:
         stats["leased"] = leased
         stats["oldest_pending_age"] = max(0.0, now - oldest) if oldest is not None else 0.0
         return stats
+
+
+def _message_with_recipients(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageRecord:
+    """A ``messages`` row (``_MESSAGE_COLUMNS``) with its recipients in RCPT order."""
+    rcpts = conn.execute(
+        "SELECT id, address, orcpt, notify FROM recipients "
+        "WHERE message_pk = ? ORDER BY position",
+        (row[0],),
+    ).fetchall()
+    return MessageRecord(
+        id=row[0],
+        token_id=row[1],
+        token=row[2],
+        queue_id=row[3],
+        message_id=row[4],
+        sender_domain=row[5],
+        envelope_sender=row[6],
+        verp_sender=row[7],
+        dsn_ret=row[8],
+        dsn_envid=row[9],
+        created_at=row[10],
+        recipients=tuple(
+            RecipientRecord(id=r[0], address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts
+        ),
+    )
 
 
 def _event_from_row(row: Sequence[Any]) -> BounceEvent:
