@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+from .lazy import lazy_re
+
 from .common import ADDR_RE, first_address
 from .model import COMPLAINT, RecipientResult, Report
 from .view import ParsedView
 
 # Non-ARF complaint notices some providers send (plain text feedback-loop reports).
-_COMPLAINT_SUBJECT_RE = re.compile(
+_COMPLAINT_SUBJECT_RE = lazy_re(
     r"\b(?:complaint|abuse report|spam report|feedback.loop|fbl)\b", re.IGNORECASE)
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import re
 
+from .lazy import lazy_re
+
 from . import providers, reasons
 from .model import RecipientResult
 
-ADDR_RE = re.compile(
+ADDR_RE = lazy_re(
     r"(?<![A-Za-z0-9.!#$%&'*+/=?^_`{|}~-])"
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{0,63}"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.){1,10}[A-Za-z][A-Za-z0-9-]{0,62}"
 )
-_TYPE_PREFIX_RE = re.compile(r"^\s*(?:rfc822|x-[a-z0-9-]{1,30}|utf-8|unknown)\s*;\s*", re.IGNORECASE)
-_DIAG_TYPE_RE = re.compile(r"^\s*[a-z][a-z0-9-]{0,30}\s*;\s*", re.IGNORECASE)
-_NON_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|maildelivery|mail-daemon|double-bounce|"
+_TYPE_PREFIX_RE = lazy_re(r"^\s*(?:rfc822|x-[a-z0-9-]{1,30}|utf-8|unknown)\s*;\s*", re.IGNORECASE)
+_DIAG_TYPE_RE = lazy_re(r"^\s*[a-z][a-z0-9-]{0,30}\s*;\s*", re.IGNORECASE)
+_NON_RCPT_LOCAL = lazy_re(r"^(?:mailer-daemon|postmaster|maildelivery|mail-daemon|double-bounce|"
                              r"bounces?|noreply|no-reply|root)$", re.IGNORECASE)
 
 

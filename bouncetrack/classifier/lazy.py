@@ -8,8 +8,11 @@ compiles it the first time a method is called, so a process pays only for what i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs import time; only the type checker needs it
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
 
 class LazyRe:

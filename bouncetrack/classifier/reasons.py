@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from .lazy import lazy_re
 from .model import HARD_REASONS
-from .phrases import CONTAINS, EXCLUDE, ORDERED
 
 # --- status codes ---------------------------------------------------------------------------
 
@@ -160,6 +159,8 @@ def included(reason: str, low: str) -> bool:
     """Does the lower-cased text carry a phrase of ``reason`` (``phrases.py``)?"""
     if not low:
         return False
+    from .phrases import CONTAINS, EXCLUDE, ORDERED  # data, loaded on first use
+
     for x in EXCLUDE.get(reason, ()):
         if x in low:
             return False

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import re
 
+from .lazy import lazy_re
+
 from .common import first_address
 from .model import AUTO_REPLY, RecipientResult, Report
 from .view import ParsedView
 
-_SUBJECT_RE = re.compile(
+_SUBJECT_RE = lazy_re(
     r"^\s*(?:(?:re|aw|fwd?)\s*:\s*)?(?:auto(?:matic)?[ -]?(?:reply|response|antwort|answer|respuesta|r[ée]ponse)|"
     r"auto:|out of (?:the )?office|vacation|on vacation|away from (?:the )?office|abwesenheit|"
     r"absence|autoreply|i am (?:away|out)|r[ée]ponse automatique|risposta automatica|"
     r"ausser haus|out of office|fuera de la oficina|congés)",
     re.IGNORECASE,
 )
-_BODY_RE = re.compile(
+_BODY_RE = lazy_re(
     r"out of (?:the )?office|on (?:vacation|holiday|leave)|away from (?:my|the) (?:desk|office|email)|"
     r"limited access to (?:my )?e-?mail|i (?:am|will be) (?:currently )?(?:away|out)|auto(?:matic|mated)? reply|"
     r"i'?ll (?:respond|reply|get back)|will (?:respond|reply) (?:to your (?:message|email) )?(?:as soon|when|upon)",

@@ -9,22 +9,23 @@ it with their own markers. Scanning is bounded (``MAX_LINES``) and uses simple r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+
+from .lazy import lazy_re
 
 from .common import ADDR_RE, first_address, is_daemon
 from .view import ParsedView, parse_fields
 
 MAX_LINES = 400
-_HEADERISH_RE = re.compile(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|X-[A-Za-z-]+|MIME-Version)\s*:", re.IGNORECASE)
+_HEADERISH_RE = lazy_re(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|X-[A-Za-z-]+|MIME-Version)\s*:", re.IGNORECASE)
 # A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)".
-_ENTRY_RE = re.compile(
+_ENTRY_RE = lazy_re(
     r"^\s*(?:[-*>•]\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
     r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z]))",
     re.IGNORECASE,
 )
-_RCPT_TO_RE = re.compile(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
+_RCPT_TO_RE = lazy_re(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
 # Sentences that name the failed recipient inline.
-_FAILED_TO_RE = re.compile(
+_FAILED_TO_RE = lazy_re(
     r"\b(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
     r"delivery (?:has )?failed (?:to|for)|failed (?:recipient|to deliver to)|could not reach|"
     r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
@@ -34,20 +35,24 @@ _FAILED_TO_RE = re.compile(
 )
 
 
-@dataclass
 class Entry:
-    address: str
-    lines: list[str] = field(default_factory=list)
-    strong: bool = True
-    index: int = 0  # line number of the entry in report_lines()
+    """One recipient named in a text bounce, with the lines that explain it."""
+
+    __slots__ = ("address", "lines", "strong", "index")
+
+    def __init__(self, address: str, lines: list[str] | None = None, strong: bool = True, index: int = 0) -> None:
+        self.address = address
+        self.lines: list[str] = [] if lines is None else lines
+        self.strong = strong
+        self.index = index  # line number of the entry in report_lines()
 
 
-_ORIG_HEADER_RE = re.compile(
+_ORIG_HEADER_RE = lazy_re(
     r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|MIME-Version|Date|From|To|Subject|"
     r"Content-Type|X-[A-Za-z-]+|Reply-To|User-Agent|Sender)\s*:", re.IGNORECASE)
-_ORIG_ANCHOR_RE = re.compile(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|MIME-Version|Date|From)\s*:",
+_ORIG_ANCHOR_RE = lazy_re(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|MIME-Version|Date|From)\s*:",
                              re.IGNORECASE)
-_RULE_RE = re.compile(r"^[\W_]*$")
+_RULE_RE = lazy_re(r"^[\W_]*$")
 
 
 def report_lines(view: ParsedView) -> list[str]:

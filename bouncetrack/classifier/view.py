@@ -10,6 +10,8 @@ undecodable input.
 from __future__ import annotations
 
 import re
+
+from .lazy import lazy_re
 from email.message import Message
 from email.parser import BytesParser
 
@@ -21,12 +23,12 @@ MAX_PARTS = 200
 
 Fields = dict[str, str]
 
-_FIELD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9-]{0,60})[ \t]*:[ \t]*(.*)$")
-_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]{1,40})\?([bBqQ])\?([^?\s]{0,2000})\?=")
+_FIELD_RE = lazy_re(r"^([A-Za-z][A-Za-z0-9-]{0,60})[ \t]*:[ \t]*(.*)$")
+_ENCODED_WORD_RE = lazy_re(r"=\?([^?\s]{1,40})\?([bBqQ])\?([^?\s]{0,2000})\?=")
 
 # Lines that start the copy of the original message in non-MIME bounces (qmail, Exim,
 # Sendmail-era MTAs, webmail providers). Matched case-insensitively against stripped lines.
-ORIGINAL_MARKERS = re.compile(
+ORIGINAL_MARKERS = lazy_re(
     r"^[-=*_>\s\[(]*(?:"
     r"below this line is a copy of the message"
     r"|(?:the |a |this is a )?(?:copy of )?(?:the |your )?(?:original|returned|unsent|undelivered|rejected) "
@@ -72,7 +74,7 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-_SURROGATE_RE = re.compile("[\udc80-\udcff]")
+_SURROGATE_RE = lazy_re("[\udc80-\udcff]")
 
 
 def clean_header(v: object) -> str:
@@ -186,10 +188,10 @@ def _payload_text(part: Message) -> str:
     return text
 
 
-_TAG_RE = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]{0,500}>", re.IGNORECASE)
-_ANYTAG_RE = re.compile(r"<[^<>]{0,2000}>")
+_TAG_RE = lazy_re(r"<(?:br|p|div|tr|li|h\d)\b[^>]{0,500}>", re.IGNORECASE)
+_ANYTAG_RE = lazy_re(r"<[^<>]{0,2000}>")
 _ENTITY = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
-_ENTITY_RE = re.compile(r"&(?:lt|gt|amp|nbsp|quot|#39);")
+_ENTITY_RE = lazy_re(r"&(?:lt|gt|amp|nbsp|quot|#39);")
 
 
 def html_to_text(html: str) -> str:

@@ -7,15 +7,19 @@ The JSON shape is Amazon's documented notification content: ``notificationType``
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
+
+from ..lazy import lazy_re
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..common import make_recipient, strip_diag_type
 from ..model import BOUNCE, COMPLAINT, DELIVERY_REPORT, RecipientResult, Report
 from ..view import ParsedView
 
-_FROM_RE = re.compile(r"amazonses|amazonaws|no-reply@sns", re.IGNORECASE)
+_FROM_RE = lazy_re(r"amazonses|amazonaws|no-reply@sns", re.IGNORECASE)
 
 
 class AmazonSES:
@@ -26,6 +30,8 @@ class AmazonSES:
             _FROM_RE.search(view.from_[:200]) and "{" in view.body[:4096])
 
     def _json(self, view: ParsedView) -> dict[str, Any] | None:
+        import json  # only for the rare SES notification
+
         body = view.body
         i = body.find("{")
         if not 0 <= i < 8192:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Protocol
+
+from ..lazy import LazyRe, lazy_re
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # the pipe process need not import typing: at run time a plain base class
+    Protocol = object
 
 from ..common import data_phase, first_address, make_recipient
 from ..model import BOUNCE, RecipientResult, Report
@@ -21,7 +28,7 @@ class Detector(Protocol):
     def detect(self, view: ParsedView) -> Report | None: ...
 
 
-BOUNCE_SUBJECT_RE = re.compile(
+BOUNCE_SUBJECT_RE = lazy_re(
     r"undeliver|undelivered|delivery (?:status|failure|failed|problem|notification|report)|"
     r"returned (?:mail|to sender)|failure notice|mail delivery|non-?delivery|\bbounce|"
     r"could not be delivered|not delivered|delivery has failed|rejected|mail system error|"
@@ -29,12 +36,12 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"delivery notification|mail failure|nondeliverable|permanent error|delayed mail|delivery delayed",
     re.IGNORECASE,
 )
-DAEMON_FROM_RE = re.compile(
+DAEMON_FROM_RE = lazy_re(
     r"mailer-daemon|post_?master|mail delivery (?:sub)?system|maildelivery|mail-daemon|"
     r"mail administrator|\bdaemon\b|bounce|delivery", re.IGNORECASE,
 )
 # Phrases of a failure report, scanned in the report text when headers do not say so.
-FAILURE_BODY_RE = re.compile(
+FAILURE_BODY_RE = lazy_re(
     r"could not be delivered|couldn'?t be delivered|undeliverable|delivery (?:to the following|has )?failed|"
     r"permanent (?:fatal )?error|following address(?:\(?es\)?)? failed|unable to deliver|"
     r"wasn'?t able to deliver|was not delivered|not (?:be )?delivered|delivery failure|"
@@ -42,7 +49,7 @@ FAILURE_BODY_RE = re.compile(
     r"requested action not taken|error message below|invalid (?:user|recipient) address",
     re.IGNORECASE,
 )
-TEMP_RE = re.compile(
+TEMP_RE = lazy_re(
     r"temporar(?:y|ily) (?:error|failure|problem)|will (?:continue|retry|keep trying|try again)|"
     r"still trying|delivery (?:is |has been )?delayed|not yet been delivered|this is (?:just )?a warning",
     re.IGNORECASE,
@@ -69,12 +76,12 @@ class TextDetector:
     """
 
     name = "text"
-    from_re: re.Pattern[str] | None = None
-    subject_re: re.Pattern[str] | None = None
+    from_re: LazyRe | None = None
+    subject_re: LazyRe | None = None
     header_names: tuple[str, ...] = ()
-    body_re: re.Pattern[str] | None = None
+    body_re: LazyRe | None = None
     # Temporary failure ("will retry") detection scope.
-    status_hint_re: re.Pattern[str] | None = None
+    status_hint_re: LazyRe | None = None
 
     def matches(self, view: ParsedView) -> bool:
         if self.from_re is not None and self.from_re.search(view.from_[:300]):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from .base import TextDetector
 
 
 class Courier(TextDetector):
     name = "courier"
-    body_re = re.compile(r"This is a delivery status notification from|Courier mail server at", re.IGNORECASE)
+    body_re = lazy_re(r"This is a delivery status notification from|Courier mail server at", re.IGNORECASE)

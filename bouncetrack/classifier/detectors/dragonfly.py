@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from ..text import Entry, text_after
 from ..view import ParsedView
 from .base import TextDetector
@@ -11,7 +13,7 @@ from .base import TextDetector
 
 class DragonFly(TextDetector):
     name = "dragonfly"
-    body_re = re.compile(r"This is the DragonFly Mail Agent|There was an error delivering your mail to", re.IGNORECASE)
+    body_re = lazy_re(r"This is the DragonFly Mail Agent|There was an error delivering your mail to", re.IGNORECASE)
 
     def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
         # the remote reply follows the sentence naming the recipient, after a blank line

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from ..text import Entry, text_after
 from ..view import ParsedView
 from .base import TextDetector
 
-_REMOTE_RE = re.compile(r"Remote Server (?:at \S+ )?returned '([^']{1,500})'", re.IGNORECASE)
+_REMOTE_RE = lazy_re(r"Remote Server (?:at \S+ )?returned '([^']{1,500})'", re.IGNORECASE)
 
 
 class Exchange(TextDetector):
     name = "exchange"
     header_names = ("x-ms-exchange-message-is-ndr", "x-ms-embedded-report")
-    body_re = re.compile(r"did not reach the following recipient|Delivery has failed to these recipients|"
+    body_re = lazy_re(r"did not reach the following recipient|Delivery has failed to these recipients|"
                          r"Diagnostic information for administrators|Your message couldn't be delivered",
                          re.IGNORECASE)
 

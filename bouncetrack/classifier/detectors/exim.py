@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from ..common import ADDR_RE
 from ..text import Entry, entries
 from ..view import ParsedView
@@ -13,8 +15,8 @@ from .base import TextDetector
 class Exim(TextDetector):
     name = "exim"
     header_names = ("x-failed-recipients",)
-    subject_re = re.compile(r"^Mail delivery failed|^Warning: message .{1,40} delayed|^Mail failure", re.IGNORECASE)
-    body_re = re.compile(r"This message was created automatically by mail delivery software", re.IGNORECASE)
+    subject_re = lazy_re(r"^Mail delivery failed|^Warning: message .{1,40} delayed|^Mail failure", re.IGNORECASE)
+    body_re = lazy_re(r"This message was created automatically by mail delivery software", re.IGNORECASE)
 
     def entries(self, view: ParsedView) -> list[Entry]:
         ents = entries(view)

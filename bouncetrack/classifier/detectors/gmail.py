@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from ..text import Entry
 from ..view import ParsedView
 from .base import TextDetector
 
-_DETAILS_RE = re.compile(r"Technical details of (?:permanent|temporary) failure:\s*(.{1,1500})", re.IGNORECASE | re.DOTALL)
-_REMOTE_RE = re.compile(r"The response (?:from the remote server|was):\s*(.{1,800})", re.IGNORECASE | re.DOTALL)
+_DETAILS_RE = lazy_re(r"Technical details of (?:permanent|temporary) failure:\s*(.{1,1500})", re.IGNORECASE | re.DOTALL)
+_REMOTE_RE = lazy_re(r"The response (?:from the remote server|was):\s*(.{1,800})", re.IGNORECASE | re.DOTALL)
 
 
 class Gmail(TextDetector):
     name = "gmail"
-    from_re = re.compile(r"mailer-daemon@(?:googlemail|google)\.com", re.IGNORECASE)
-    body_re = re.compile(r"Technical details of (?:permanent|temporary) failure|Google tried to deliver your message",
+    from_re = lazy_re(r"mailer-daemon@(?:googlemail|google)\.com", re.IGNORECASE)
+    body_re = lazy_re(r"Technical details of (?:permanent|temporary) failure|Google tried to deliver your message",
                          re.IGNORECASE)
 
     def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from .base import TextDetector
 
 
 class MessagingServer(TextDetector):
     name = "messagingserver"
-    body_re = re.compile(r"This report relates to a message you sent|Your message cannot be delivered to the following recipients",
+    body_re = lazy_re(r"This report relates to a message you sent|Your message cannot be delivered to the following recipients",
                          re.IGNORECASE)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from .base import TextDetector
 
 
 class OpenSMTPD(TextDetector):
     name = "opensmtpd"
-    body_re = re.compile(r"please DO NOT REPLY to this e-?mail|An error has occurred while attempting to deliver",
+    body_re = lazy_re(r"please DO NOT REPLY to this e-?mail|An error has occurred while attempting to deliver",
                          re.IGNORECASE)

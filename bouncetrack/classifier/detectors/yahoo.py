@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+from ..lazy import lazy_re
+
 from .base import TextDetector
 
 
 class Yahoo(TextDetector):
     name = "yahoo"
-    from_re = re.compile(r"@(?:\S+\.)?yahoo(?:inc)?\.(?:com|co\.\w+|\w+)", re.IGNORECASE)
-    body_re = re.compile(r"Sorry, we were unable to deliver your message to the following address", re.IGNORECASE)
+    from_re = lazy_re(r"@(?:\S+\.)?yahoo(?:inc)?\.(?:com|co\.\w+|\w+)", re.IGNORECASE)
+    body_re = lazy_re(r"Sorry, we were unable to deliver your message to the following address", re.IGNORECASE)
