@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Milter overhead: SMTP acceptance throughput through the private Postfix, with and without the milter.
+
+One :class:`~bouncetrack.harness.stack.Stack` (private Postfix + the milter + fake MX
+on loopback; needs root) serves both sides of the comparison. The milter runs the
+whole time; between rounds only Postfix's ``smtpd_milters`` is switched
+(``postconf -c DIR -e`` + ``postfix reload``), so both sides share the very same
+Postfix instance, queue, processes' binaries, page cache and client. Rounds
+alternate (baseline, milter, baseline, milter, …) and the median of each side is
+compared: the 2-core machine is noisy, and alternation makes both sides see the
+same noise. Each round is checked: every message got 250 after DATA, and the
+store grew by exactly one row per message with the milter and by none without it
+(proof that the reload took effect).
+
+Load: ``-n`` messages (default 600) from ``info@tracked.test`` (a tracked domain:
+the milter rewrites the sender and writes the store) to ``ok-N@remote.test``
+(accepted), over ``--threads`` concurrent SMTP connections (default 4), each
+sending its share in sequence on one connection (``--mode session``), or one
+connection per message (``--mode per-message``). Measured: from the first MAIL
+FROM to the last 250 after DATA over all threads (acceptance, not delivery).
+
+Delivery: by default (``--delivery hold``) every message is put on hold by
+``smtpd_data_restrictions = check_client_access static:HOLD`` (both sides alike),
+so the queue manager, the SMTP client and the fake MX stay idle and take no CPU
+away from acceptance; the queue is emptied between rounds. ``--delivery deliver``
+lets Postfix deliver to the fake MX as in production and waits for the queue to
+drain between rounds (delivery shares the 2 cores with acceptance, so the ratio is
+diluted towards 1: hold is the stricter measure).
+
+``--reference`` adds two more sides to every round, served by
+:mod:`bench._ref_milter` on the same Postfix: ``trivial`` (a pymilter negotiating
+the same protocol and changing nothing) and ``actions`` (the same plus the
+modifications a tracked message gets, with constant values): they show how much of
+the overhead is pymilter and the protocol, how much the rewrite itself, and how
+much bouncetrack's own Python.
+
+The milter logs at ``--log-level`` (default INFO, as in production; the Stack's
+default is DEBUG). Target (issue 3): with milter ≥ 0.85 × without.
+
+    python bench/milter_overhead.py [-n 600] [--threads 4] [--rounds 5]
+        [--mode session|per-message] [--delivery hold|deliver] [--log-level INFO] [--reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import smtplib
+import sqlite3
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import write_result  # noqa: E402
+
+SENDER = "info@tracked.test"
+TARGET = 0.85
+
+
+@dataclass
+class Round:
+    side: str  # "baseline" | "milter" | "trivial" | "actions"
+    seconds: float
+    messages: int
+    failures: int
+    stored: int  # rows the milter added to the store during the round
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+def _messages(n: int, offset: int) -> list[tuple[str, bytes]]:
+    from bouncetrack.harness.stack import make_message
+
+    out = []
+    for i in range(offset, offset + n):
+        rcpt = f"ok-{i}@remote.test"
+        out.append((rcpt, make_message(SENDER, [rcpt], subject=f"bench {i}")))
+    return out
+
+
+class Client:
+    """``threads`` SMTP clients against ``host:port``; times one batch of messages."""
+
+    def __init__(self, host: str, port: int, threads: int, mode: str) -> None:
+        self.host, self.port, self.threads, self.mode = host, port, threads, mode
+
+    def run(self, batch: list[tuple[str, bytes]]) -> tuple[float, int, list[str]]:
+        """Send ``batch``; return (seconds first MAIL FROM → last 250, failures, errors)."""
+        shares = [batch[i :: self.threads] for i in range(self.threads)]
+        starts: list[float] = []
+        ends: list[float] = []
+        failures: list[int] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(self.threads)
+
+        def transaction(s: smtplib.SMTP, rcpt: str, data: bytes) -> bool:
+            code, _ = s.mail(SENDER)
+            if code != 250:
+                return False
+            code, _ = s.rcpt(rcpt)
+            if code not in (250, 251):
+                s.rset()
+                return False
+            code, msg = s.data(data)
+            if code != 250:
+                with lock:
+                    errors.append(f"DATA {code} {msg.decode(errors='replace')}")
+            return code == 250
+
+        def worker(share: list[tuple[str, bytes]]) -> None:
+            bad = 0
+            first = last = 0.0
+            try:
+                if self.mode == "session":
+                    with smtplib.SMTP(self.host, self.port, timeout=30) as s:
+                        s.ehlo("bench.harness.test")
+                        barrier.wait()
+                        first = time.perf_counter()
+                        for rcpt, data in share:
+                            bad += not transaction(s, rcpt, data)
+                        last = time.perf_counter()
+                else:
+                    barrier.wait()
+                    first = time.perf_counter()
+                    for rcpt, data in share:
+                        with smtplib.SMTP(self.host, self.port, timeout=30) as s:
+                            s.ehlo("bench.harness.test")
+                            bad += not transaction(s, rcpt, data)
+                    last = time.perf_counter()
+            except (smtplib.SMTPException, OSError, threading.BrokenBarrierError) as exc:
+                barrier.abort()
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                bad = len(share)
+            with lock:
+                if first:
+                    starts.append(first)
+                    ends.append(last or time.perf_counter())
+                failures.append(bad)
+
+        ts = [threading.Thread(target=worker, args=(sh,)) for sh in shares]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        seconds = (max(ends) - min(starts)) if starts else float("nan")
+        return seconds, sum(failures), errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("-n", type=int, default=600, help="messages per round (default 600)")
+    ap.add_argument("--threads", type=int, default=4, help="concurrent SMTP connections (default 4)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per side, alternating (default 5)")
+    ap.add_argument("--mode", choices=("session", "per-message"), default="session",
+                    help="session: one connection per thread, many messages each; "
+                         "per-message: a new connection for every message")
+    ap.add_argument("--delivery", choices=("hold", "deliver"), default="hold")
+    ap.add_argument("--log-level", default="INFO", help="the milter's log level (default INFO)")
+    ap.add_argument("--warmup", type=int, default=100, help="messages per side before timing")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time reference pymilters (trivial; trivial + the same actions)")
+    ap.add_argument("--name", default="milter_overhead", help="result file name (bench/results/NAME.json)")
+    a = ap.parse_args()
+
+    from bouncetrack.harness.stack import Stack, unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        raise SystemExit(f"cannot run: {why}")
+
+    extra = {}
+    if a.delivery == "hold":
+        extra["smtpd_data_restrictions"] = "check_client_access static:HOLD"
+
+    sides = ["baseline", "milter", *(["trivial", "actions"] if a.reference else [])]
+    rounds: list[Round] = []
+    refs: list[subprocess.Popen[bytes]] = []
+    with Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra) as st:
+        pf = st.postfix
+        client = Client(pf.host, pf.port, a.threads, a.mode)
+        milters = {"baseline": "", "milter": f"unix:{st.milter_socket}"}
+        if a.reference:
+            # A world-readable copy, run as the milter user like the real one.
+            ref_py = st.lib / "ref_milter.py"
+            shutil.copyfile(Path(__file__).with_name("_ref_milter.py"), ref_py)
+            ref_py.chmod(0o644)
+            for mode in ("trivial", "actions"):
+                sock = st.run_dir / f"ref-{mode}.sock"
+                refs.append(subprocess.Popen(
+                    [st.python, str(ref_py), str(sock), mode], user=st.user, group=st.user,
+                    extra_groups=[], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True))
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                            s.connect(str(sock))
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline or refs[-1].poll() is not None:
+                            raise SystemExit(f"reference milter {mode} did not start")
+                        time.sleep(0.05)
+                milters[mode] = f"unix:{sock}"
+
+        def stored() -> int:
+            if not st.db_path.exists():
+                return 0
+            with sqlite3.connect(f"file:{st.db_path}?mode=ro", uri=True, timeout=10) as db:
+                return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+        def settle() -> None:
+            """Empty the queue so no earlier round's work overlaps the next."""
+            if a.delivery == "deliver":
+                pf.wait_queue_empty(timeout=300)
+            pf.delete_all()
+
+        def switch(side: str) -> None:
+            pf.postconf("-e", f"smtpd_milters={milters[side]}")
+            pf.reload()
+            # Old smtpd processes finish and exit; give the master a moment, then
+            # make sure a fresh connection gets the new configuration.
+            time.sleep(0.5)
+            seconds, bad, errs = client.run(_messages(a.threads * 2, 0))
+            if bad:
+                raise SystemExit(f"probe after switching to {side} failed: {errs}\n{st.logs()[-4000:]}")
+
+        offset = 0
+        for side in [*sides[1:], "baseline"]:  # warm every path (imports, page cache, WAL)
+            switch(side)
+            client.run(_messages(a.warmup, offset))
+            offset += a.warmup
+            settle()
+
+        order = [s for _ in range(a.rounds) for s in sides]
+        current = "baseline"  # the warm-up left it there
+        for i, side in enumerate(order):
+            if side != current:
+                switch(side)
+                current = side
+            settle()
+            batch = _messages(a.n, offset)
+            offset += a.n
+            before = stored()
+            seconds, bad, errs = client.run(batch)
+            added = stored() - before
+            r = Round(side, seconds, a.n, bad, added, errs[:5])
+            rounds.append(r)
+            expected = a.n if side == "milter" else 0
+            check = "ok" if (added == expected and not bad) else f"MISMATCH (store +{added}, expected +{expected})"
+            print(f"round {i // len(sides) + 1:2d} {side:8s} {r.rate:7.1f} msg/s  {seconds:6.2f} s  "
+                  f"failures {bad}  store +{added}  {check}", flush=True)
+            if bad or added != expected:
+                print("\n".join(errs[:5]), file=sys.stderr)
+        settle()
+        for proc in refs:
+            proc.kill()
+            proc.wait()
+
+    base = [r.rate for r in rounds if r.side == "baseline"]
+    milt = [r.rate for r in rounds if r.side == "milter"]
+    base_med, milt_med = statistics.median(base), statistics.median(milt)
+    ratio = milt_med / base_med
+    # Pairwise ratios (each milter round against the baseline round just before it).
+    pairs = [rounds[i + 1].rate / rounds[i].rate for i in range(0, len(rounds) - 1, len(sides))]
+    refs_med = {k: statistics.median([r.rate for r in rounds if r.side == k]) for k in sides[2:]}
+    failures = sum(r.failures for r in rounds)
+    verified = all(r.stored == (r.messages if r.side == "milter" else 0) for r in rounds)
+    print(f"\n{a.n} messages x {a.rounds} rounds per side, {a.threads} connections, mode {a.mode}, "
+          f"delivery {a.delivery}, milter log level {a.log_level}, order per round {'/'.join(sides)}")
+    print(f"without milter  median {base_med:7.1f} msg/s  (rounds: {', '.join(f'{x:.0f}' for x in base)})")
+    print(f"with milter     median {milt_med:7.1f} msg/s  (rounds: {', '.join(f'{x:.0f}' for x in milt)})")
+    for ref, med in refs_med.items():
+        print(f"reference {ref:7s} median {med:7.1f} msg/s  ratio {med / base_med:.3f}")
+    print(f"ratio (median with / median without) {ratio:.3f}  target >= {TARGET}  "
+          f"pairwise median {statistics.median(pairs):.3f}  failures {failures}  "
+          f"store check {'ok' if verified else 'FAILED'}")
+    path = write_result(
+        a.name,
+        {
+            "messages_per_round": a.n,
+            "rounds_per_side": a.rounds,
+            "threads": a.threads,
+            "mode": a.mode,
+            "delivery": a.delivery,
+            "milter_log_level": a.log_level,
+            "comparison": "same Stack; smtpd_milters switched by postconf -e + postfix reload; "
+                          f"rounds alternate {'/'.join(sides)}",
+            "without_milter_msg_per_s": {"median": base_med, "rounds": base},
+            "with_milter_msg_per_s": {"median": milt_med, "rounds": milt},
+            "ratio_median": ratio,
+            "ratio_pairwise": pairs,
+            "reference_msg_per_s": {k: {"median": m, "ratio": m / base_med} for k, m in refs_med.items()},
+            "target_ratio": TARGET,
+            "meets_target": ratio >= TARGET,
+            "failures": failures,
+            "store_check": verified,
+            "rounds": [{"side": r.side, "seconds": r.seconds, "msg_per_s": r.rate, "failures": r.failures,
+                        "store_added": r.stored} for r in rounds],
+        },
+    )
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
