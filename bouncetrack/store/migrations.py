@@ -145,6 +145,113 @@ MIGRATIONS: tuple[Migration, ...] = (
         "index messages by Message-ID (send API looks up what the milter recorded)",
         ("CREATE INDEX messages_message_id ON messages (message_id)",),
     ),
+    # --- metrics (issue 5, Prometheus; owner: metrics) -------------------------
+    # /metrics reads these small tables instead of a GROUP BY over events,
+    # messages and outbox at every scrape. Triggers keep them up to date in the
+    # writer's own transaction, whoever the writer is, so the counts are exactly
+    # as durable as the rows (they survive restarts); each table is backfilled
+    # from the rows already stored. NULLs become '' so that they fit a primary
+    # key. The counts only grow: retention deleting rows leaves them alone.
+    (
+        3,
+        "metric counters: events, tracked messages, deliveries, pipe runs",
+        (
+            """
+            CREATE TABLE metric_event_counts (
+                domain        TEXT NOT NULL,
+                type          TEXT NOT NULL,
+                reason        TEXT NOT NULL,
+                hard          INTEGER NOT NULL,
+                token_status  TEXT NOT NULL,
+                feedback_type TEXT NOT NULL,
+                count         INTEGER NOT NULL,
+                PRIMARY KEY (domain, type, reason, hard, token_status, feedback_type)
+            ) WITHOUT ROWID
+            """,
+            """
+            CREATE TRIGGER metric_events_insert AFTER INSERT ON events BEGIN
+                INSERT INTO metric_event_counts
+                    (domain, type, reason, hard, token_status, feedback_type, count)
+                VALUES (coalesce(NEW.domain, ''), NEW.type, NEW.reason, NEW.hard,
+                        NEW.token_status, coalesce(NEW.feedback_type, ''), 1)
+                ON CONFLICT (domain, type, reason, hard, token_status, feedback_type)
+                DO UPDATE SET count = count + 1;
+            END
+            """,
+            """
+            INSERT INTO metric_event_counts
+                (domain, type, reason, hard, token_status, feedback_type, count)
+            SELECT coalesce(domain, ''), type, reason, hard, token_status,
+                   coalesce(feedback_type, ''), count(*)
+            FROM events GROUP BY 1, 2, 3, 4, 5, 6
+            """,
+            """
+            CREATE TABLE metric_message_counts (
+                domain TEXT NOT NULL PRIMARY KEY,
+                count  INTEGER NOT NULL
+            ) WITHOUT ROWID
+            """,
+            """
+            CREATE TRIGGER metric_messages_insert AFTER INSERT ON messages BEGIN
+                INSERT INTO metric_message_counts (domain, count) VALUES (NEW.sender_domain, 1)
+                ON CONFLICT (domain) DO UPDATE SET count = count + 1;
+            END
+            """,
+            """
+            INSERT INTO metric_message_counts (domain, count)
+            SELECT sender_domain, count(*) FROM messages GROUP BY sender_domain
+            """,
+            # Outbox outcomes: delivered / dead when a job enters that state,
+            # retry when a failed attempt leaves it pending (WorkerStats'
+            # delivered/dead/retried, but summed over every worker, durably).
+            """
+            CREATE TABLE metric_delivery_counts (
+                channel TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                count   INTEGER NOT NULL,
+                PRIMARY KEY (channel, outcome)
+            ) WITHOUT ROWID
+            """,
+            """
+            CREATE TRIGGER metric_outbox_settled AFTER UPDATE OF state ON outbox
+            WHEN NEW.state IN ('delivered', 'dead') AND NEW.state IS NOT OLD.state BEGIN
+                INSERT INTO metric_delivery_counts (channel, outcome, count)
+                VALUES (NEW.channel, NEW.state, 1)
+                ON CONFLICT (channel, outcome) DO UPDATE SET count = count + 1;
+            END
+            """,
+            """
+            CREATE TRIGGER metric_outbox_retry AFTER UPDATE OF attempts ON outbox
+            WHEN NEW.attempts > OLD.attempts AND NEW.state = 'pending' BEGIN
+                INSERT INTO metric_delivery_counts (channel, outcome, count)
+                VALUES (NEW.channel, 'retry', 1)
+                ON CONFLICT (channel, outcome) DO UPDATE SET count = count + 1;
+            END
+            """,
+            """
+            INSERT INTO metric_delivery_counts (channel, outcome, count)
+            SELECT channel, outcome, n FROM (
+                SELECT channel, state AS outcome, count(*) AS n FROM outbox
+                WHERE state IN ('delivered', 'dead') GROUP BY channel, state
+                UNION ALL
+                SELECT channel, 'retry', sum(attempts) - count(*) FILTER (WHERE state = 'dead')
+                FROM outbox WHERE attempts > 0 GROUP BY channel
+            ) WHERE n > 0
+            """,
+            # The bounce pipe, one row per (outcome, duration bucket): `le` is
+            # the bucket's upper bound (not cumulative), seconds_sum the total.
+            # Upserted by store_report in the report's own transaction.
+            """
+            CREATE TABLE metric_pipe_runs (
+                outcome     TEXT NOT NULL,
+                le          REAL NOT NULL,
+                count       INTEGER NOT NULL,
+                seconds_sum REAL NOT NULL,
+                PRIMARY KEY (outcome, le)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]
