@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 from .lazy import lazy_re
 
 from . import providers, reasons
@@ -110,7 +114,7 @@ def make_recipient(
     preset: str | None = None,
     diag_type: str = "SMTP",
     family: str | None = None,
-    hosts: str = "",
+    hosts: str | Callable[[], str] = "",
 ) -> RecipientResult:
     diag = " ".join(diagnostic.split())[:1000] if diagnostic else None
     field_status = clean_status(status)
@@ -135,6 +139,8 @@ def make_recipient(
             if not preset or preset in reasons.RETRY:
                 # the receiving provider's own codes (cf. Sisimai's rhost step)
                 domain = address.rsplit("@", 1)[-1] if address and "@" in address else ""
+                if not isinstance(hosts, str):
+                    hosts = hosts()  # the Received chain, read only when needed
                 prov = providers.provider_of(domain, (hosts + " " + (remote_mta or "") + " " + (diag or "")).lower())
                 if prov is not None:
                     preset = providers.provider_reason(prov, diag or "", status or "", command or "") or preset

@@ -155,19 +155,34 @@ _COMMAND_WORDS = (("does not like recipient", "RCPT"), ("sender was rejected", "
 # --- phrase tests ---------------------------------------------------------------------------
 
 
+# reason -> (exclude, contains, ordered), filled from ``phrases`` on first use
+_TABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, ...], ...]]] = {}
+
+
+def _load_phrases() -> None:
+    from .phrases import CONTAINS, EXCLUDE, ORDERED  # data, loaded on first use
+
+    for r in set(CONTAINS) | set(ORDERED) | set(EXCLUDE):
+        _TABLE[r] = (EXCLUDE.get(r, ()), CONTAINS.get(r, ()), ORDERED.get(r, ()))
+
+
 def included(reason: str, low: str) -> bool:
     """Does the lower-cased text carry a phrase of ``reason`` (``phrases.py``)?"""
     if not low:
         return False
-    from .phrases import CONTAINS, EXCLUDE, ORDERED  # data, loaded on first use
-
-    for x in EXCLUDE.get(reason, ()):
+    table = _TABLE.get(reason)
+    if table is None:
+        if not _TABLE:
+            _load_phrases()
+        table = _TABLE.get(reason, ((), (), ()))
+    exclude, contains, ordered = table
+    for x in exclude:
         if x in low:
             return False
-    for s in CONTAINS.get(reason, ()):
+    for s in contains:
         if s in low:
             return True
-    for seq in ORDERED.get(reason, ()):
+    for seq in ordered:
         pos = 0
         for s in seq:
             i = low.find(s, pos)

@@ -63,9 +63,8 @@ def detect(view: ParsedView) -> Report | None:
     # The command a failure answered is often only in the human-readable part
     # ("... (in reply to RCPT TO command)"): the fallback for every recipient.
     report_cmd = find_command(view.report_text[:20000])
-    from .detectors import family_of  # the MTA family whose fixed texts may name the reason
-
-    family = family_of(view)
+    # Exim marks its reports with X-Failed-Recipients; its fixed texts then name the reason
+    family = "exim" if "x-failed-recipients" in view.headers else None
     results: list[RecipientResult] = []
     seen: set[str] = set()
     for b in rcpts:
@@ -91,7 +90,7 @@ def detect(view: ParsedView) -> Report | None:
             addr, action=action, status=status, diagnostic=diag, remote_mta=remote,
             original_recipient=orig, in_data=in_data or data_phase(diag or ""),
             command=find_command(diag) or report_cmd, diag_type=_diag_type(b.get("diagnostic-code")),
-            hosts=view.hosts(), family=family,
+            hosts=view.hosts, family=family,
         ))
     if not results:
         return None

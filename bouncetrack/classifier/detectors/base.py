@@ -147,7 +147,7 @@ class TextDetector:
             diag = self.diagnostic(view, e)
             out.append(make_recipient(
                 addr, status=self.status_hint(view, diag), diagnostic=diag, temporary=temp,
-                in_data=data_phase(diag), family=self.name, hosts=view.hosts(),
+                in_data=data_phase(diag), family=self.name, hosts=view.hosts,
                 preset=self.preset(view, diag),
             ))
         return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name)
