@@ -37,6 +37,9 @@ _FAMILY: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
                      "Delay reason: ", "has been frozen", "was frozen on arrival by ")),
         ("mailererror", ("pipe to |",)),
     ),
+    "opensmtpd": (
+        ("hostunknown", ("Invalid domain name", "Domain does not exist")),
+    ),
     "imailserver": (
         ("userunknown", ("Unknown user",)),
         ("hostunknown", ("Unknown host",)),
@@ -75,7 +78,6 @@ _ANY_FAMILY: tuple[tuple[str, tuple[str, ...]], ...] = (
     # OpenSMTPD
     ("expired", ("Envelope expired",)),
     ("securityerror", ("Could not retrieve credentials",)),
-    ("hostunknown", ("Invalid domain name", "Domain does not exist")),
     ("networkerror", ("Address family mismatch on destination MXs", "All routes to destination blocked",
                       "bad DNS lookup error code", "Could not retrieve source address", "Loop detected",
                       "Network error on destination MXs", "No valid route to remote MX",
@@ -87,6 +89,8 @@ _ANY_FAMILY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mailboxfull", ("User mailbox exceeds allowed size",)),
     ("virusdetected", ("Requested action not taken: virus detected",)),
     ("spamdetected", ("Blacklisted URL in message",)),
+    # Yahoo's reply for an address it does not have, relayed by anyone
+    ("userunknown", ("dd This user doesn't have a ",)),
     # Gmail's own notices
     ("expired", ("DNS Error: Could not contact DNS servers",
                  "Delivery to the following recipient has been delayed",
@@ -130,6 +134,7 @@ _HOSTS: dict[str, tuple[str, ...]] = {
     "aol": (".mail.aol.com", ".mx.aol.com"),
     "apple": (".mail.icloud.com", ".apple.com", ".me.com"),
     "cox": ("cox.net",),
+    "facebook": (".facebook.com",),
     "franceptt": (".laposte.net", ".orange.fr", ".wanadoo.fr"),
     "google": ("aspmx.l.google.com", "gmail-smtp-in.l.google.com", "googlemail.com"),
     "kddi": (".ezweb.ne.jp", "msmx.au.com"),
@@ -223,6 +228,16 @@ _FRANCEPTT_CODES = {
     "505": "systemerror", "506": "spamdetected", "510": "blocked", "514": "mesgtoobig",
     "517": "authfailure", "630": "policyviolation", "999": "blocked",
 }
+# Facebook's documented response codes ("RCP-P2", "POL-P1", ...)
+_FACEBOOK_CODES = {
+    "POL-P7": "authfailure", "POL-P1": "blocked", "POL-P2": "blocked", "POL-P3": "blocked",
+    "POL-P4": "blocked", "POL-T1": "blocked", "POL-T2": "blocked", "POL-T3": "blocked",
+    "MSG-P2": "contenterror", "RCP-P2": "filtered", "RCP-P3": "filtered", "MSG-P1": "mesgtoobig",
+    "INT-P2": "mesgtoobig", "MSG-P3": "notcompliantrfc", "DNS-P1": "rejected", "DNS-P2": "rejected",
+    "DNS-T1": "rejected", "DNS-P3": "requireptr", "DNS-T2": "requireptr", "POL-P6": "spamdetected",
+    "RCP-T4": "suspend", "RCP-T1": "systemerror", "CON-T1": "toomanyconn", "CON-T2": "toomanyconn",
+    "CON-T3": "toomanyconn", "CON-T4": "toomanyconn", "MSG-T1": "toomanyconn",
+}
 # Cox "AUP#CXBL" style codes
 _COX_CODES = {
     "CXBL": "blocked", "CXDNS": "requireptr", "CXSNDR": "authfailure", "CXSMTP": "rejected",
@@ -290,9 +305,14 @@ def provider_reason(provider: str, diag: str, status: str, command: str) -> str 
             "blocked" if _aup(diag).startswith("IPBL") else "spamdetected" if _aup(diag).startswith("URLBL") else None)
         if r:
             return r
+    elif provider == "facebook":
+        for code, reason in _FACEBOOK_CODES.items():
+            if code in diag:
+                return reason
     elif provider == "spectrum":
-        code = _aup(diag)[:4]
-        if code.isdigit():
+        digits = "".join(c if c.isdigit() else " " for c in _aup(diag)).split()
+        code = digits[0] if digits else ""
+        if len(code) == 4:
             n = int(code)
             for lo, hi, reason in _SPECTRUM_RANGES:
                 if lo <= n <= hi:
