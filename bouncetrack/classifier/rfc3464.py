@@ -83,9 +83,10 @@ def detect(view: ParsedView) -> Report | None:
             continue
         seen.add(key)
         # Many MTAs put the real reason only in the human-readable part.
-        text_diag = diagnostic_for(view, addr)
-        if text_diag and (not diag or len(diag) < 12 or diag.lower() in ("unknown", "none")):
-            diag = (diag + " " + text_diag) if diag else text_diag
+        if not diag or len(diag) < 12 or diag.lower() in ("unknown", "none"):
+            text_diag = diagnostic_for(view, addr)  # read the body only when the field says nothing
+            if text_diag:
+                diag = (diag + " " + text_diag) if diag else text_diag
         results.append(make_recipient(
             addr, action=action, status=status, diagnostic=diag, remote_mta=remote,
             original_recipient=orig, in_data=in_data or data_phase(diag or ""),
