@@ -1,0 +1,506 @@
+"""The send endpoint's pure half: JSON request → MIME message + SMTP envelope.
+
+No I/O here: :mod:`bouncetrack.api.send` validates the caller's domains, hands
+the :class:`Submission` built by :func:`compose` to the local Postfix over SMTP,
+and looks up what the milter recorded.
+
+What we put on the wire (the same for tracked and untracked domains; the milter,
+not the API, decides, exactly as for an SMTP client):
+
+- ``MAIL FROM:<envelope>`` (the ``from`` address when ``envelope`` is absent),
+  with ``RET=<dsn.ret>`` when given.
+- ``RCPT TO:<r> [NOTIFY=<dsn.notify>] ORCPT=rfc822;<r>`` for every recipient: ORCPT
+  names the recipient as the caller gave it (RFC 3461 §4.2), so every DSN says
+  whom it is about.
+- ``bounce`` travels as a ``Return-Path:`` header, the spec's equivalence between
+  the REST field and the SMTP header ("bounce" = "Return-Path"). The milter moves
+  it into the envelope for an untracked domain and deletes it for a tracked one;
+  either way it never reaches the recipient (RFC 5321 §4.4 reserves the header for
+  the final delivery MTA).
+- With tracking on for the sender domain the milter replaces the envelope sender
+  by the VERP address and RET/NOTIFY/ENVID by its own; what we sent is ignored.
+
+The message: ``multipart/alternative`` (text/plain + text/html) when both bodies
+are given; an HTML-only request gets a text/plain alternative derived from the
+HTML (:func:`html_to_text`: spam filters penalise HTML-only mail and text-only
+clients deserve something readable); a text-only request is a single text/plain
+part. Bodies are quoted-printable or base64 (7-bit clean), headers RFC 2047
+encoded where needed, so the submission needs neither 8BITMIME nor SMTPUTF8.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email import policy as email_policy
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from html.parser import HTMLParser
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import esmtp
+
+#: Postfix's default ``smtpd_recipient_limit``: more RCPTs per transaction get 452.
+MAX_RECIPIENTS = 1000
+MAX_HEADER_CHARS = 2000
+MAX_BODY_CHARS = 10_000_000
+
+# RFC 5322 §3.2.3 dot-atom: the local parts we accept (quoted local parts are not).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
+
+# What we build with: CRLF line ends (SMTP) and 7-bit transfer encodings only.
+_POLICY = email_policy.SMTP.clone(cte_type="7bit")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _no_ctl(value: str) -> str:
+    # Header injection: a CR or LF would start a new header field (RFC 5322 §2.2).
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain CR or LF (header fields are one line)")
+    if _CTL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def addr_spec(value: str) -> str:
+    """Validate one bare address (``a@b.example`` or ``<a@b.example>``); return it bare.
+
+    ASCII only (no SMTPUTF8), a dot-atom local part (RFC 5322 §3.2.3) and a
+    hostname or address-literal domain (RFC 5321 §4.1.2). Raise ValueError.
+    """
+    _no_ctl(value)
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    if not text.isascii():
+        raise ValueError(f"{value!r}: non-ASCII addresses (SMTPUTF8) are not supported; use the xn-- form of the domain")
+    local, sep, domain = text.rpartition("@")
+    if not sep or not local or not domain:
+        raise ValueError(f"{value!r} is not an email address (local@domain)")
+    if not _DOT_ATOM.match(local) or len(local) > 64:  # RFC 5321 §4.5.3.1.1
+        raise ValueError(f"{value!r}: invalid local part")
+    parsed = esmtp.parse_address(text)
+    if parsed is None or "." not in parsed.domain and not parsed.domain.startswith("["):
+        raise ValueError(f"{value!r}: invalid domain")
+    return f"{local}@{parsed.domain}"
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One header address: optional display name + a validated addr-spec."""
+
+    name: str
+    address: str
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    def header(self) -> HeaderAddress:
+        return HeaderAddress(display_name=self.name, addr_spec=self.address)
+
+
+def mailboxes(value: str) -> tuple[Mailbox, ...]:
+    """Parse ``"Name <a@b>, c@d"`` (RFC 5322 §3.4 address-list); raise ValueError."""
+    _no_ctl(value)
+    if not value.strip():
+        raise ValueError("must not be empty")
+    header: Any = email_policy.default.header_factory("To", value)
+    if header.defects:
+        raise ValueError(f"{value!r} is not a valid address list: {header.defects[0]}")
+    out = []
+    for addr in header.addresses:
+        out.append(Mailbox(str(addr.display_name), addr_spec(str(addr.addr_spec))))
+    if not out:
+        raise ValueError(f"{value!r} holds no address")
+    return tuple(out)
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+# --------------------------------------------------------------------------- request
+
+
+_NOTIFY_DOC = (
+    "RCPT TO NOTIFY (RFC 3461 §4.1) for every recipient: `NEVER` alone, or a comma list "
+    "of `SUCCESS`, `FAILURE`, `DELAY` without spaces. Only used when bounce tracking is "
+    "disabled for the sender domain; omitted: the server's default (failures and delays), "
+    "or the domain's configured DSN default."
+)
+_RET_DOC = (
+    "MAIL FROM RET (RFC 3461 §4.3): `HDRS` (headers only) or `FULL` (the whole message) "
+    "in a failure notice. Only used when bounce tracking is disabled."
+)
+
+
+class DsnOptions(BaseModel):
+    """Delivery Status Notification options (ignored when bounce tracking is enabled)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notify: str | None = Field(default=None, description=_NOTIFY_DOC, examples=["FAILURE,DELAY", "NEVER"])
+    ret: str | None = Field(default=None, description=_RET_DOC, examples=["HDRS"])
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return ",".join(esmtp.parse_notify(value))
+        except esmtp.DsnSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("ret")
+    @classmethod
+    def _ret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return esmtp.parse_ret(value)
+        except esmtp.DsnSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class SendRequest(BaseModel):
+    """One message to send (the spec's REST API JSON, plus `cc`, `subject`, `text`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "envelope": "info@example.com",
+                    "recipient": "recipient@example.com",
+                    "from": "info@example.com",
+                    "to": "recipient@example.com",
+                    "subject": "Hello",
+                    "html": "This is example content.",
+                    "dsn": {"notify": "FAILURE", "ret": "HDRS"},
+                }
+            ]
+        },
+    )
+
+    envelope: str | None = Field(
+        default=None,
+        description=(
+            "Envelope sender (SMTP MAIL FROM): where bounces go when bounce tracking is "
+            "disabled. Defaults to the `from` address. Ignored (replaced by a VERP "
+            "address) when tracking is enabled for its domain, which decides tracking. "
+            "Its domain must be one of the access token's domains."
+        ),
+        examples=["info@example.com"],
+        max_length=MAX_HEADER_CHARS,
+    )
+    recipient: str | list[str] = Field(
+        description=(
+            f"Envelope recipient(s) (SMTP RCPT TO): one address or a list of 1 to "
+            f"{MAX_RECIPIENTS}. The message goes to exactly these addresses; `to` and `cc` "
+            "are only headers."
+        ),
+        examples=["recipient@example.com"],
+    )
+    from_: str = Field(
+        alias="from",
+        description=(
+            "The From header: `info@example.com` or `Name <info@example.com>`. Its "
+            "domain must be one of the access token's domains."
+        ),
+        examples=["Info <info@example.com>"],
+        max_length=MAX_HEADER_CHARS,
+    )
+    to: str | list[str] = Field(
+        description="The To header: one or more addresses, optionally with display names.",
+        examples=["recipient@example.com"],
+    )
+    cc: str | list[str] | None = Field(
+        None, description="The Cc header (header only: list these in `recipient` too to deliver to them)."
+    )
+    subject: str | None = Field(default=None, description="The Subject header (one line).", max_length=MAX_HEADER_CHARS)
+    html: str | None = Field(
+        default=None,
+        description=(
+            "HTML body. With `text` the message is multipart/alternative; alone, a "
+            "text/plain alternative is derived from it. At least one of `html`, `text`."
+        ),
+        max_length=MAX_BODY_CHARS,
+    )
+    text: str | None = Field(default=None, description="Plain-text body.", max_length=MAX_BODY_CHARS)
+    bounce: str | None = Field(
+        default=None,
+        description=(
+            "Bounce address: sent as a Return-Path header, which the server moves into the "
+            "envelope (MAIL FROM) when bounce tracking is disabled, so bounces go here "
+            "instead of to `envelope`. Ignored when tracking is enabled. Its domain must "
+            "be one of the access token's domains."
+        ),
+        examples=["bounce@example.com"],
+        max_length=MAX_HEADER_CHARS,
+    )
+    dsn: DsnOptions | None = Field(
+        None, description="DSN options; ignored when bounce tracking is enabled for the sender domain."
+    )
+
+    @field_validator("envelope", "bounce")
+    @classmethod
+    def _envelope_address(cls, value: str | None) -> str | None:
+        return None if value is None else addr_spec(value)
+
+    @field_validator("recipient")
+    @classmethod
+    def _recipients(cls, value: str | list[str]) -> list[str]:
+        items = _as_list(value)
+        if not items:
+            raise ValueError("at least one recipient is required")
+        if len(items) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients per message, got {len(items)}")
+        out: list[str] = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            try:
+                address = addr_spec(item)
+            except ValueError as exc:
+                raise ValueError(f"item {i}: {exc}") from None
+            if address.lower() not in seen:  # one RCPT per address
+                seen.add(address.lower())
+                out.append(address)
+        return out
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        boxes = mailboxes(value)
+        if len(boxes) != 1:
+            raise ValueError("exactly one From address is required")
+        return value
+
+    @field_validator("to", "cc")
+    @classmethod
+    def _address_lists(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return None
+        items = _as_list(value)
+        if not items:
+            raise ValueError("at least one address is required")
+        for i, item in enumerate(items):
+            try:
+                mailboxes(item)
+            except ValueError as exc:
+                raise ValueError(f"item {i}: {exc}" if isinstance(value, list) else str(exc)) from None
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\r" in value or "\n" in value:
+            raise ValueError("must not contain CR or LF (header fields are one line)")
+        if _CTL.search(value.replace("\t", " ")):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("html", "text")
+    @classmethod
+    def _body(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    # --- derived values (valid after validation) ---------------------------------
+    @property
+    def recipients(self) -> list[str]:
+        return _as_list(self.recipient)
+
+    @property
+    def from_mailbox(self) -> Mailbox:
+        return mailboxes(self.from_)[0]
+
+    @property
+    def mail_from(self) -> str:
+        """The envelope sender we submit with: ``envelope``, else the From address."""
+        return self.envelope or self.from_mailbox.address
+
+    def sender_fields(self) -> list[tuple[str, str]]:
+        """(field name, domain) of every address that must be in the token's domains."""
+        out = [("from", self.from_mailbox.domain), ("envelope", self.mail_from.rpartition("@")[2].lower())]
+        if self.bounce:
+            out.append(("bounce", self.bounce.rpartition("@")[2].lower()))
+        return out
+
+
+def cross_field_errors(request: SendRequest) -> list[dict[str, Any]]:
+    """Rules spanning fields, in FastAPI's 422 error shape (``loc`` names the field)."""
+    errors: list[dict[str, Any]] = []
+    if not request.html and not request.text:
+        for name in ("html", "text"):
+            errors.append({
+                "type": "missing",
+                "loc": ("body", name),
+                "msg": "either html or text is required (a message needs a body)",
+                "input": None,
+            })
+    return errors
+
+
+# --------------------------------------------------------------------------- message
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Everything one SMTP transaction needs."""
+
+    mail_from: str
+    mail_options: tuple[str, ...]  # e.g. ("RET=FULL",)
+    recipients: tuple[str, ...]
+    rcpt_options: dict[str, tuple[str, ...]]  # per recipient: NOTIFY, ORCPT
+    message: bytes  # CRLF line ends, 7-bit
+    message_id: str  # the Message-ID header, with angle brackets
+
+
+def compose(request: SendRequest, *, now: datetime | None = None, message_id: str | None = None) -> Submission:
+    """Build the MIME message and the SMTP envelope for a validated request."""
+    sender = request.from_mailbox
+    msgid = message_id or make_msgid(domain=sender.domain)
+    msg = EmailMessage(policy=_POLICY)
+    if request.bounce:
+        # The spec: "bounce" is the Return-Path header; the milter turns it into
+        # the envelope sender (untracked) or removes it (tracked).
+        msg["Return-Path"] = f"<{request.bounce}>"
+    msg["From"] = sender.header()
+    msg["To"] = _header_list(request.to)
+    if request.cc:
+        msg["Cc"] = _header_list(request.cc)
+    if request.subject is not None:
+        msg["Subject"] = request.subject
+    msg["Date"] = format_datetime(now or datetime.now(timezone.utc))  # RFC 5322 §3.3
+    msg["Message-ID"] = msgid
+    msg["MIME-Version"] = "1.0"
+    text = request.text if request.text else html_to_text(request.html or "")
+    msg.set_content(_crlf_free(text))
+    if request.html:
+        msg.add_alternative(_crlf_free(request.html), subtype="html")
+        for part in msg.iter_parts():
+            del part["MIME-Version"]  # RFC 2045 §4: top level only; the email package adds it per part
+
+    mail_options: list[str] = []
+    notify: str | None = None
+    if request.dsn is not None:
+        if request.dsn.ret:
+            mail_options.append(f"RET={request.dsn.ret}")  # RFC 3461 §4.3
+        notify = request.dsn.notify
+    rcpt_options: dict[str, tuple[str, ...]] = {}
+    for rcpt in request.recipients:
+        opts = [f"NOTIFY={notify}"] if notify else []  # RFC 3461 §4.1
+        opts.append(f"ORCPT={esmtp.orcpt_for(rcpt)}")  # RFC 3461 §4.2
+        rcpt_options[rcpt] = tuple(opts)
+    return Submission(
+        mail_from=request.mail_from,
+        mail_options=tuple(mail_options),
+        recipients=tuple(request.recipients),
+        rcpt_options=rcpt_options,
+        message=msg.as_bytes(policy=_POLICY),
+        message_id=msgid,
+    )
+
+
+def _header_list(value: str | list[str]) -> tuple[HeaderAddress, ...]:
+    return tuple(box.header() for item in _as_list(value) for box in mailboxes(item))
+
+
+def _crlf_free(text: str) -> str:
+    # The email package writes the policy's CRLF itself; bare CRs would survive.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# --------------------------------------------------------------------------- html → text
+
+_BLOCK = frozenset({
+    "address", "article", "aside", "blockquote", "div", "dl", "dt", "dd", "fieldset", "figure",
+    "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav",
+    "ol", "p", "pre", "section", "table", "tr", "ul",
+})
+_SKIP = frozenset({"script", "style", "head", "title", "template", "noscript"})
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+        self._pre = 0
+        self._href: list[str | None] = []
+        self._link_text: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            self._skip += 1
+        elif tag == "br":
+            self.parts.append("\n")
+        elif tag in _BLOCK:
+            self.parts.append("\n\n" if tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6", "table") else "\n")
+            if tag == "li":
+                self.parts.append("- ")
+            if tag == "pre":
+                self._pre += 1
+        elif tag == "a":
+            self._href.append(dict(attrs).get("href"))
+            self._link_text.append(len(self.parts))
+        elif tag in ("td", "th"):
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in ("br", "hr") and tag in _BLOCK | _SKIP | {"a"}:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag in _BLOCK and tag != "li":
+            if tag == "pre":
+                self._pre = max(0, self._pre - 1)
+            self.parts.append("\n\n" if tag in ("p", "h1", "h2", "h3", "h4", "h5", "h6", "table") else "\n")
+        elif tag == "a" and self._href:
+            href = self._href.pop()
+            start = self._link_text.pop()
+            shown = "".join(self.parts[start:]).strip()
+            if href and href.startswith(("http://", "https://", "mailto:")) and href.removeprefix("mailto:") != shown:
+                self.parts.append(f" ({href})" if shown else href)
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._pre:
+            self.parts.append(data)
+        else:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text rendering of an HTML body (for the text/plain alternative)."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.parts).split("\n")]
+    text = "\n".join(lines)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return text + "\n" if text else "\n"
+
+
+def domains_outside(fields: Iterable[tuple[str, str]], allowed: Iterable[str]) -> list[tuple[str, str]]:
+    """The (field, domain) pairs whose domain is not in ``allowed`` (exact, case-insensitive)."""
+    allow = {d.lower() for d in allowed}
+    return [(name, domain) for name, domain in fields if domain.lower() not in allow]
