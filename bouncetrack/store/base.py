@@ -129,3 +129,80 @@ class Store(Protocol):
     def purge_raw_before(self, cutoff: float, batch: int = 1000) -> int: ...
 
     def close(self) -> None: ...
+
+
+# =============================================================================
+# Dashboard aggregates (issue 5, dashboard section; owner: dashboard).
+#
+# Read-only queries behind the server-rendered dashboard. They are a separate
+# protocol, not part of :class:`Store`, so that a store without them (a future
+# PostgreSQL one) still satisfies the core interface; the dashboard checks for
+# :class:`DashboardStore` at run time. Every query takes the caller's domain
+# scope explicitly: ``domains=()`` selects nothing, there is no "all domains".
+# =============================================================================
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Filters of the dashboard's event list (all optional except the scope)."""
+
+    domains: tuple[str, ...]  # sender domains the caller may see; () selects nothing
+    start: float | None = None  # received_at >= start
+    end: float | None = None  # received_at < end
+    type: str | None = None
+    hard: bool | None = None
+    reason: str | None = None
+    recipient_contains: str | None = None  # case-insensitive substring of recipient
+
+
+@dataclass(frozen=True)
+class DailyCount:
+    """Events of one type and severity received on one UTC day."""
+
+    day: str  # "YYYY-MM-DD" (UTC)
+    type: str
+    hard: bool
+    count: int
+
+
+@dataclass(frozen=True)
+class JobView:
+    """An outbox job with the event fields the outbox page shows."""
+
+    job: OutboxJob
+    domain: str | None
+    recipient: str | None
+    event_type: str | None
+
+
+class DashboardStore(Protocol):
+    def dashboard_sent(self, domains: Sequence[str], start: float, end: float) -> tuple[int, int]:
+        """(messages, recipients) the milter recorded with ``start <= created_at < end``."""
+        ...
+
+    def dashboard_daily(self, domains: Sequence[str], start: float, end: float) -> list[DailyCount]: ...
+
+    def dashboard_top_reasons(
+        self, domains: Sequence[str], start: float, end: float, limit: int = 10
+    ) -> list[tuple[str, int]]: ...
+
+    def dashboard_top_recipient_domains(
+        self, domains: Sequence[str], start: float, end: float, limit: int = 10
+    ) -> list[tuple[str, int]]: ...
+
+    def dashboard_events(
+        self,
+        query: EventQuery,
+        *,
+        before_pk: int | None = None,
+        after_pk: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[int, BounceEvent]]:
+        """Events newest first as (events.id, event); keyset pages on events.id."""
+        ...
+
+    def dashboard_jobs(self, domains: Sequence[str], kind: str, limit: int = 100) -> list[JobView]: ...
+
+    def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]: ...
+
+    def dashboard_job(self, job_id: int) -> JobView | None: ...

@@ -28,6 +28,9 @@ from typing import Any, Generator, Iterator, Sequence
 from . import migrations
 from .base import (
     BounceEvent,
+    DailyCount,
+    EventQuery,
+    JobView,
     MessageRecord,
     OutboxJob,
     RecipientRecord,
@@ -544,6 +547,174 @@ class SQLiteStore:
         return stats
 
 
+    # =========================================================================
+    # Dashboard aggregates (issue 5, dashboard section; owner: dashboard).
+    # Implements base.DashboardStore: read-only queries for the server-rendered
+    # dashboard. Every query is scoped to the caller's sender domains
+    # (``domains=()`` selects nothing). Helpers: _dash_* at the end of the module.
+    # =========================================================================
+
+    def dashboard_sent(self, domains: Sequence[str], start: float, end: float) -> tuple[int, int]:
+        """(messages, recipients) the milter recorded with ``start <= created_at < end``."""
+        if not domains:
+            return 0, 0
+        with self._read("counting sent messages") as conn:
+            row = conn.execute(
+                "SELECT count(DISTINCT m.id), count(r.id) FROM messages m "
+                "LEFT JOIN recipients r ON r.message_pk = m.id "
+                f"WHERE m.sender_domain IN ({_dash_marks(domains)}) "
+                "AND m.created_at >= ? AND m.created_at < ?",
+                (*domains, start, end),
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def dashboard_daily(self, domains: Sequence[str], start: float, end: float) -> list[DailyCount]:
+        """Events per UTC day, type and severity, oldest day first."""
+        if not domains:
+            return []
+        with self._read("counting events per day") as conn:
+            rows = conn.execute(
+                "SELECT strftime('%Y-%m-%d', received_at, 'unixepoch') AS day, type, hard, count(*) "
+                f"FROM events WHERE domain IN ({_dash_marks(domains)}) "
+                "AND received_at >= ? AND received_at < ? "
+                "GROUP BY day, type, hard ORDER BY day, type, hard",
+                (*domains, start, end),
+            ).fetchall()
+        return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in rows]
+
+    def dashboard_top_reasons(
+        self, domains: Sequence[str], start: float, end: float, limit: int = 10
+    ) -> list[tuple[str, int]]:
+        """The most frequent reasons among bounces (hard and soft), most frequent first."""
+        return self._dash_top("reason", domains, start, end, limit)
+
+    def dashboard_top_recipient_domains(
+        self, domains: Sequence[str], start: float, end: float, limit: int = 10
+    ) -> list[tuple[str, int]]:
+        """The recipient domains that bounced most, most frequent first."""
+        return self._dash_top(
+            "lower(substr(recipient, instr(recipient, '@') + 1))",
+            domains,
+            start,
+            end,
+            limit,
+            extra="AND instr(recipient, '@') > 0",
+        )
+
+    def _dash_top(
+        self,
+        expr: str,
+        domains: Sequence[str],
+        start: float,
+        end: float,
+        limit: int,
+        extra: str = "",
+    ) -> list[tuple[str, int]]:
+        if not domains or limit <= 0:
+            return []
+        with self._read("ranking bounces") as conn:
+            rows = conn.execute(
+                f"SELECT {expr} AS k, count(*) AS n FROM events "
+                f"WHERE domain IN ({_dash_marks(domains)}) AND received_at >= ? AND received_at < ? "
+                f"AND type = 'bounce' {extra} GROUP BY k ORDER BY n DESC, k LIMIT ?",
+                (*domains, start, end, limit),
+            ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def dashboard_events(
+        self,
+        query: EventQuery,
+        *,
+        before_pk: int | None = None,
+        after_pk: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[int, BounceEvent]]:
+        """Events newest first as (events.id, event).
+
+        Keyset pagination on ``events.id`` (stable while new events arrive):
+        ``before_pk`` gives the next (older) page, ``after_pk`` the previous
+        (newer) one; both pages come back newest first.
+        """
+        if not query.domains or limit <= 0:
+            return []
+        where = [f"domain IN ({_dash_marks(query.domains)})"]
+        params: list[Any] = list(query.domains)
+        for clause, value in (
+            ("received_at >= ?", query.start),
+            ("received_at < ?", query.end),
+            ("type = ?", query.type),
+            ("hard = ?", None if query.hard is None else int(query.hard)),
+            ("reason = ?", query.reason),
+            ("id < ?", before_pk),
+            ("id > ?", after_pk),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if query.recipient_contains:
+            # instr, not LIKE: the user's text has no wildcards. SQLite's lower()
+            # folds ASCII only, so the needle is folded the same way.
+            where.append("instr(lower(coalesce(recipient, '')), ?) > 0")
+            params.append(_dash_ascii_lower(query.recipient_contains))
+        order = "ASC" if after_pk is not None and before_pk is None else "DESC"
+        params.append(limit)
+        with self._read("listing events") as conn:
+            rows = conn.execute(
+                f"SELECT id, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                f"ORDER BY id {order} LIMIT ?",
+                params,
+            ).fetchall()
+        out = [(int(r[0]), _event_from_row(r[1:])) for r in rows]
+        if order == "ASC":
+            out.reverse()
+        return out
+
+    def dashboard_jobs(self, domains: Sequence[str], kind: str, limit: int = 100) -> list[JobView]:
+        """Outbox jobs of one kind, newest first: ``pending`` (not yet tried),
+        ``failed`` (pending, tried and failed at least once), ``dead``, ``delivered``."""
+        if not domains or limit <= 0:
+            return []
+        cond = _DASH_JOB_KINDS[kind]
+        with self._read("listing outbox jobs") as conn:
+            rows = conn.execute(
+                f"SELECT {_DASH_JOB_COLUMNS}, e.domain, e.recipient, e.type "
+                "FROM outbox o JOIN events e ON e.event_id = o.event_id "
+                f"WHERE e.domain IN ({_dash_marks(domains)}) AND {cond} "
+                "ORDER BY o.id DESC LIMIT ?",
+                (*domains, limit),
+            ).fetchall()
+        return [_dash_job_view(r) for r in rows]
+
+    def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]:
+        """Number of jobs of each kind (keys as :meth:`dashboard_jobs`) in scope."""
+        counts = {kind: 0 for kind in _DASH_JOB_KINDS}
+        if not domains:
+            return counts
+        cases = " ".join(f"WHEN {cond} THEN '{kind}'" for kind, cond in _DASH_JOB_KINDS.items())
+        with self._read("counting outbox jobs") as conn:
+            for kind, n in conn.execute(
+                f"SELECT CASE {cases} END AS kind, count(*) "
+                "FROM outbox o JOIN events e ON e.event_id = o.event_id "
+                f"WHERE e.domain IN ({_dash_marks(domains)}) GROUP BY kind",
+                tuple(domains),
+            ).fetchall():
+                if kind in counts:
+                    counts[kind] = int(n)
+        return counts
+
+    def dashboard_job(self, job_id: int) -> JobView | None:
+        """One job with its event's domain (for scoping a replay); None if unknown."""
+        with self._read("reading an outbox job") as conn:
+            row = conn.execute(
+                f"SELECT {_DASH_JOB_COLUMNS}, e.domain, e.recipient, e.type "
+                "FROM outbox o LEFT JOIN events e ON e.event_id = o.event_id WHERE o.id = ?",
+                (job_id,),
+            ).fetchone()
+        return None if row is None else _dash_job_view(row)
+
+    # ---------------------------------------------- end of dashboard aggregates
+
+
 def _message_with_recipients(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageRecord:
     """A ``messages`` row (``_MESSAGE_COLUMNS``) with its recipients in RCPT order."""
     rcpts = conn.execute(
@@ -592,3 +763,29 @@ def _job_from_row(
         updated_at=row[9] if updated_at is None else updated_at,
         lease_until=row[10] if lease_until is None else lease_until,
     )
+
+
+# =============================================================================
+# Dashboard aggregates: module-level helpers (owner: dashboard).
+# =============================================================================
+
+_DASH_JOB_COLUMNS = ", ".join("o." + c.strip() for c in _JOB_COLUMNS.split(","))
+_DASH_JOB_KINDS = {
+    "pending": "o.state = 'pending' AND o.attempts = 0",
+    "failed": "o.state = 'pending' AND o.attempts > 0",
+    "dead": "o.state = 'dead'",
+    "delivered": "o.state = 'delivered'",
+}
+_DASH_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def _dash_marks(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def _dash_ascii_lower(text: str) -> str:
+    return text.translate(_DASH_ASCII_LOWER)
+
+
+def _dash_job_view(row: Sequence[Any]) -> JobView:
+    return JobView(job=_job_from_row(row[:11]), domain=row[11], recipient=row[12], event_type=row[13])
