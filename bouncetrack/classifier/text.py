@@ -24,6 +24,10 @@ _ENTRY_RE = lazy_re(
     re.IGNORECASE,
 )
 _RCPT_TO_RE = lazy_re(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
+# A Sendmail session transcript names each failed recipient as "550 <addr>... text" (its
+# savemail.c/usersmtp.c wording; V5 sendmail prefixes "554 " to a quoted "550 ...").
+_TRANSCRIPT_RE = lazy_re(
+    r"^\s*(?:<<<\s*)?[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s+)?<(" + ADDR_RE.pattern + r")>\.\.\.")
 # Sentences that name the failed recipient inline.
 _FAILED_TO_RE = lazy_re(
     r"\b(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
@@ -108,6 +112,11 @@ def _excluded(view: ParsedView) -> set[str]:
     return ex
 
 
+def _own_to(view: ParsedView) -> set[str]:
+    a = first_address(view.headers.get("to"))
+    return {a.lower()} if a else set()
+
+
 def entries(view: ParsedView) -> list[Entry]:
     """Recipient entries with their diagnostic lines, in order of appearance."""
     cached = view._cache.get("entries")
@@ -117,6 +126,9 @@ def entries(view: ParsedView) -> list[Entry]:
     found: dict[str, Entry] = {}
     order: list[Entry] = []
     cur: Entry | None = None
+    # Session transcript lines (">>> MAIL From:", "<<< 550 ...") seen before any recipient
+    # is named: they explain the first one named after them (Sendmail's transcript order).
+    pending: list[str] = []
     for idx, line in enumerate(report_lines(view)):
         s = line.strip()
         if not s:
@@ -129,12 +141,13 @@ def entries(view: ParsedView) -> list[Entry]:
             m = _ENTRY_RE.match(line)
             addr = None
             strong = False
+            whole = False  # keep the whole line: it names the SMTP command or the reply
             if m is not None:
                 addr, strong = m.group(1), True
             else:
-                m2 = _RCPT_TO_RE.search(line)
+                m2 = _RCPT_TO_RE.search(line) or _TRANSCRIPT_RE.match(line)
                 if m2 is not None:
-                    addr, strong = m2.group(1), True
+                    addr, strong, whole = m2.group(1), True, True
                 else:
                     m3 = _FAILED_TO_RE.search(line)
                     if m3 is not None:
@@ -148,11 +161,17 @@ def entries(view: ParsedView) -> list[Entry]:
                         cur.strong = True
                     cur.lines.append(s)
                     continue
-                if key not in ex and not is_daemon(addr):
+                # The bounce's own To/From name the sender, unless the address stands as an
+                # entry of its own (a message sent to oneself bounces too).
+                if (key not in ex or (strong and key in _own_to(view) and s.lstrip("<\"'-*> ").lower().startswith(key))) \
+                        and not is_daemon(addr):
                     e = Entry(addr, [], strong, idx)
                     rest = s[s.lower().find(key) + len(key):].lstrip(">\"' :;,.").strip()
-                    if rest and not strong:
+                    if whole or (rest and not strong):
                         rest = s
+                    if whole and pending:
+                        e.lines.extend(pending)
+                        pending = []
                     if rest:
                         e.lines.append(rest)
                     found[key] = e
@@ -168,6 +187,8 @@ def entries(view: ParsedView) -> list[Entry]:
                         break
         if cur is not None:
             cur.lines.append(s)
+        elif s.startswith((">>> ", "<<< ")) and len(pending) < 8:
+            pending.append(s)
     strong_entries = [e for e in order if e.strong]
     result = strong_entries if strong_entries else order
     view._cache["entries"] = result
