@@ -102,6 +102,8 @@ class Config:
     default: DomainPolicy
     api_listen: str = "127.0.0.1:8025"
     log_level: str = "INFO"
+    # metrics (issue 5): host:port of the milter's own Prometheus endpoint; None = off.
+    milter_metrics_listen: str | None = None
 
     def policy_for(self, domain: str) -> DomainPolicy:
         """The policy for a sender domain; the ``default`` entry when not listed."""

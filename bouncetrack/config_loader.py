@@ -96,6 +96,7 @@ TOP_KEYS = (
     "milter_socket",
     "api_listen",
     "log_level",
+    "milter_metrics_listen",  # metrics (issue 5)
     "pipe",
     "outbox",
     "domains",
@@ -500,6 +501,11 @@ def _listen(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     return value
 
 
+def _optional_listen(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+    """host:port, or null for "off" (metrics, issue 5)."""
+    return None if _is_null(node) else _listen(ctx, node, key)
+
+
 def _log_level(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     value = _str(ctx, node, key).upper()
     if value not in _LOG_LEVELS:
@@ -538,6 +544,8 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
     milter_socket = _field(ctx, top, "milter_socket", "", _socket, Path(DEFAULT_MILTER_SOCKET))
     api_listen = _field(ctx, top, "api_listen", "", _listen, "127.0.0.1:8025")
     log_level = _field(ctx, top, "log_level", "", _log_level, "INFO")
+    # metrics (issue 5): the milter's Prometheus port; absent or null = off.
+    milter_metrics_listen = _field(ctx, top, "milter_metrics_listen", "", _optional_listen, None)
     pipe = _field(ctx, top, "pipe", "", lambda c, n, k: _pipe(c, n, k, verp_prefix), PipeConfig())
     outbox = _field(ctx, top, "outbox", "", _outbox, OutboxConfig())
     no_domains: tuple[dict[str, DomainPolicy], DomainPolicy] = ({}, DomainPolicy(name="default"))
@@ -561,6 +569,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
         default=default,
         api_listen=api_listen,
         log_level=log_level,
+        milter_metrics_listen=milter_metrics_listen,
     )
 
 

@@ -350,9 +350,16 @@ def _nice_ceiling(value: int) -> int:
     return 10 * exp  # pragma: no cover
 
 
+def _tick_divisions(top_value: int) -> int:
+    """Grid lines for a 1/2/5 × 10^k axis top: steps of 1/5, 1/4 (for 2×) or whole units."""
+    if top_value <= 2:
+        return top_value
+    return 4 if str(top_value).startswith("2") else 5
+
+
 def build_chart(days: Sequence[date], daily: Sequence[DailyCount]) -> Chart:
     """Stacked bars of events per day and series, laid out for an inline SVG."""
-    width, height, left, top, right, bottom = 760, 240, 44, 12, 8, 28
+    width, height, left, top, right, bottom = 1100, 260, 44, 12, 8, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     per_day: dict[str, dict[str, int]] = {d.isoformat(): {} for d in days}
     for row in daily:
@@ -391,7 +398,8 @@ def build_chart(days: Sequence[date], daily: Sequence[DailyCount]) -> Chart:
                 segments=tuple(segments),
             )
         )
-    ticks = tuple((v, round(top + plot_h - v * scale, 2)) for v in sorted({0, top_value // 2, top_value}))
+    step = top_value // _tick_divisions(top_value)
+    ticks = tuple((v, round(top + plot_h - v * scale, 2)) for v in range(0, top_value + 1, step))
     return Chart(width, height, left, top, plot_w, plot_h, top_value, ticks, tuple(bars))
 
 
@@ -694,6 +702,7 @@ def outbox_page(
             "counts": dash.dashboard_job_counts(session.domains),
             "replayed": replayed,
             "limit": OUTBOX_LIMIT,
+            "now": time.time(),
         },
         session=session,
     )

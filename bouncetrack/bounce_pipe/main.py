@@ -57,8 +57,19 @@ def parse_argv(argv: list[str]) -> tuple[str, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     started = time.time()
+    code = _main(argv, started)
+    if code == EX_TEMPFAIL:
+        # Metrics (issue 5): a run that failed cannot count itself in the store
+        # (often the store is what failed); log it best-effort for /metrics.
+        from ..metrics.pipe_tempfail import note_tempfail
+
+        note_tempfail(time.time() - started)
+    return code
+
+
+def _main(argv: list[str] | None, started: float) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     # A first deadline before the configuration is read; replaced by the
     # configured one below. pipe(8)'s own limit (1000 s) would bounce the bounce.

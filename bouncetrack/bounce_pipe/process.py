@@ -43,7 +43,7 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
         delivery = Delivery(recipient, sender, token, token_status, started, key)
         events = _events(report, delivery, message)
         jobs = _jobs(config, events, message, raw)
-        outcome = store.store_report(events, raw, jobs, key)
+        outcome = store.store_report(events, raw, jobs, key, pipe_started=started)  # counts the run (metrics)
     finally:
         store.close()
     what = "stored" if outcome.stored else "already stored (retry)"

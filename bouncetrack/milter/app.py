@@ -63,6 +63,9 @@ class Shared:
         self._store_lock = threading.Lock()
         self.decisions: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
+        # metrics (issue 5): called with the seconds record_message took, when set
+        # (bouncetrack.metrics.milter sets it when milter_metrics_listen is on).
+        self.record_observer: Callable[[float], None] | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -78,6 +81,16 @@ class Shared:
                 self._store = None
 
     def record(self, message: MessageRecord) -> int:
+        observer = self.record_observer
+        if observer is None:
+            return self._record(message)
+        started = time.perf_counter()  # metrics (issue 5): lock wait + store write
+        try:
+            return self._record(message)
+        finally:
+            observer(time.perf_counter() - started)
+
+    def _record(self, message: MessageRecord) -> int:
         with self._store_lock:
             if self._store is None:
                 self._store = self._store_factory(self._runtime.config)
@@ -92,6 +105,11 @@ class Shared:
     def count(self, why: str) -> None:
         with self._counter_lock:
             self.decisions[why] += 1
+
+    def decision_counts(self) -> dict[str, int]:
+        """A consistent copy of the decision counters (metrics, issue 5)."""
+        with self._counter_lock:
+            return dict(self.decisions)
 
     def close(self) -> None:
         with self._store_lock:

@@ -59,11 +59,25 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
             return
         if new_config.milter_socket != shared.runtime.config.milter_socket:
             log.warning("milter_socket changed: takes effect at the next restart")
+        if new_config.milter_metrics_listen != shared.runtime.config.milter_metrics_listen:
+            log.warning("milter_metrics_listen changed: takes effect at the next restart")
         shared.swap(Runtime(new_config, new_keyring))
         log.info("configuration reloaded from %s", config_path)
 
     if control_fd is not None:
         threading.Thread(target=_control_loop, args=(control_fd, reload, _milter.stop), daemon=True).start()
+
+    # metrics (issue 5): served from this process (the libmilter child, where the
+    # counters are), never from the supervisor; a restarted child binds it anew.
+    stop_metrics: Callable[[], None] | None = None
+    if config.milter_metrics_listen:
+        from ..metrics.milter import serve
+
+        try:
+            stop_metrics = serve(shared, config.milter_metrics_listen)
+            log.info("milter metrics on http://%s/metrics", config.milter_metrics_listen)
+        except OSError as exc:  # mail flow matters more than its metrics
+            log.error("milter metrics port %s: %s; running without it", config.milter_metrics_listen, exc)
 
     socket_path = config.milter_socket
     socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +92,8 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
         Milter.runmilter(MILTER_NAME, f"unix:{socket_path}", timeout=600)
     finally:
         shared.close()
+        if stop_metrics is not None:
+            stop_metrics()
     log.info("milter stopped; decisions: %s", dict(shared.decisions))
     return 0
 

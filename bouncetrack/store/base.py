@@ -94,6 +94,53 @@ class StoreOutcome:
     event_ids: tuple[str, ...] = field(default_factory=tuple)
 
 
+# =============================================================================
+# Metrics (issue 5, Prometheus section; owner: metrics).
+#
+# Counters kept by the store (migration 3: tables filled by triggers, and the
+# pipe's runs upserted by store_report in the report's transaction), read by
+# the API's /metrics collector at scrape time. A separate protocol, like the
+# dashboard's: the collector checks for :class:`MetricsStore` at run time.
+# =============================================================================
+
+# Upper bounds (seconds) of the pipe-duration histogram buckets. Stored rows
+# name their bucket by this bound, so changing it only affects new runs.
+PIPE_DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf")
+)
+
+
+def pipe_bucket(seconds: float) -> float:
+    """The upper bound of the histogram bucket ``seconds`` falls into."""
+    for bound in PIPE_DURATION_BUCKETS:
+        if seconds <= bound:
+            return bound
+    return PIPE_DURATION_BUCKETS[-1]
+
+
+@dataclass(frozen=True)
+class MetricCounts:
+    """Everything /metrics reads from the store in one call (cheap: small tables)."""
+
+    # (domain or "", type, reason, hard, token_status, feedback_type or "", count)
+    events: tuple[tuple[str, str, str, bool, str, str, int], ...]
+    messages: tuple[tuple[str, int], ...]  # (sender domain, messages recorded)
+    deliveries: tuple[tuple[str, str, int], ...]  # (channel, delivered|retry|dead, count)
+    pipe_runs: tuple[tuple[str, float, int, float], ...]  # (outcome, le, count, seconds_sum)
+    outbox_pending: int
+    outbox_due: int
+    outbox_leased: int
+    outbox_dead: int
+    outbox_oldest_pending_age: float  # seconds; 0 when nothing is pending
+
+
+class MetricsStore(Protocol):
+    def metric_counts(self, now: float) -> MetricCounts: ...
+
+
+# ============================================================ end of metrics
+
+
 class Store(Protocol):
     # --- milter side
     def record_message(self, message: MessageRecord) -> int: ...
@@ -109,6 +156,8 @@ class Store(Protocol):
         raw: bytes,
         jobs: Sequence[OutboxJob],
         dedupe_key: str,
+        *,
+        pipe_started: float | None = None,  # metrics: count this pipe run (issue 5)
     ) -> StoreOutcome: ...
 
     def raw_report(self, event_id: str) -> bytes | None: ...

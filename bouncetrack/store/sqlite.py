@@ -37,6 +37,7 @@ from .base import (
     StoreOutcome,
     StoreUnavailable,
 )
+from .base import MetricCounts, pipe_bucket  # metrics (issue 5)
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -324,12 +325,17 @@ class SQLiteStore:
         raw: bytes,
         jobs: Sequence[OutboxJob],
         dedupe_key: str,
+        *,
+        pipe_started: float | None = None,
     ) -> StoreOutcome:
         """Raw report, events and outbox jobs in ONE transaction, idempotently.
 
         A ``dedupe_key`` already stored means a retry of a report stored
         earlier (Postfix redelivering after a crash or a lost exit status):
         nothing is written and the first delivery's event ids are returned.
+
+        ``pipe_started`` (metrics): when the pipe began; the run is counted as
+        ``stored`` or ``duplicate`` with its duration, in this transaction.
         """
         # Hash and compress before taking the write lock: keep it short.
         digest = hashlib.sha256(raw).hexdigest()
@@ -344,6 +350,8 @@ class SQLiteStore:
                 ids = conn.execute(
                     "SELECT event_id FROM events WHERE raw_pk = ? ORDER BY id", (row[0],)
                 ).fetchall()
+                if pipe_started is not None:  # metrics (issue 5)
+                    self._count_pipe_run(conn, "duplicate", pipe_started)
                 return StoreOutcome(stored=False, event_ids=tuple(r[0] for r in ids))
             raw_pk = conn.execute(
                 "INSERT INTO raw_reports (dedupe_key, sha256, size, compressed, received_at) "
@@ -374,6 +382,8 @@ class SQLiteStore:
                     for j in jobs
                 ],
             )
+            if pipe_started is not None:  # metrics (issue 5)
+                self._count_pipe_run(conn, "stored", pipe_started)
         return StoreOutcome(stored=True, event_ids=tuple(e.event_id for e in events))
 
     def raw_report(self, event_id: str) -> bytes | None:
@@ -545,6 +555,56 @@ class SQLiteStore:
         stats["leased"] = leased
         stats["oldest_pending_age"] = max(0.0, now - oldest) if oldest is not None else 0.0
         return stats
+
+    # =========================================================================
+    # Metrics (issue 5, Prometheus section; owner: metrics). Implements
+    # base.MetricsStore. The counter tables are kept by triggers (migration 3);
+    # reading them costs a few small scans, whatever the number of events.
+    # =========================================================================
+
+    def _count_pipe_run(self, conn: sqlite3.Connection, outcome: str, started: float) -> None:
+        seconds = max(0.0, time.time() - started)
+        conn.execute(
+            "INSERT INTO metric_pipe_runs (outcome, le, count, seconds_sum) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (outcome, le) DO UPDATE SET count = count + 1, "
+            "seconds_sum = seconds_sum + excluded.seconds_sum",
+            (outcome, pipe_bucket(seconds), seconds),
+        )
+
+    def metric_counts(self, now: float) -> MetricCounts:
+        """The metric counters and the outbox gauges (pending/dead use outbox_state_next)."""
+        with self._read("reading metric counters") as conn:
+            events = conn.execute(
+                "SELECT domain, type, reason, hard, token_status, feedback_type, count "
+                "FROM metric_event_counts"
+            ).fetchall()
+            messages = conn.execute("SELECT domain, count FROM metric_message_counts").fetchall()
+            deliveries = conn.execute(
+                "SELECT channel, outcome, count FROM metric_delivery_counts"
+            ).fetchall()
+            runs = conn.execute(
+                "SELECT outcome, le, count, seconds_sum FROM metric_pipe_runs"
+            ).fetchall()
+            pending, due, leased, oldest = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= ?1), "
+                "count(*) FILTER (WHERE lease_until > ?1), min(created_at) "
+                "FROM outbox WHERE state = 'pending'",
+                (now,),
+            ).fetchone()
+            (dead,) = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
+        return MetricCounts(
+            events=tuple((r[0], r[1], r[2], bool(r[3]), r[4], r[5], int(r[6])) for r in events),
+            messages=tuple((r[0], int(r[1])) for r in messages),
+            deliveries=tuple((r[0], r[1], int(r[2])) for r in deliveries),
+            pipe_runs=tuple((r[0], float(r[1]), int(r[2]), float(r[3])) for r in runs),
+            outbox_pending=int(pending),
+            outbox_due=int(due),
+            outbox_leased=int(leased),
+            outbox_dead=int(dead),
+            outbox_oldest_pending_age=max(0.0, now - oldest) if oldest is not None else 0.0,
+        )
+
+    # ============================================================ end of metrics
 
 
     # =========================================================================
