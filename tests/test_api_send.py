@@ -17,6 +17,9 @@ from typing import Any, Iterator
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from bouncetrack.api import send as send_mod
 from bouncetrack.api.app import ApiContext
@@ -161,6 +164,33 @@ def test_compose_to_accepts_lists_and_display_names() -> None:
     assert msg["To"].addresses[2].display_name == "Doe, J"
 
 
+_ADDRISH = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"[ -~]{0,10}<?[a-z.]{0,5}@[a-z.\[\]0-9:]{0,12}>?[ -~]{0,5}", fullmatch=True),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frm=_ADDRISH, to=st.one_of(_ADDRISH, st.lists(_ADDRISH, max_size=3)), env=st.one_of(st.none(), _ADDRISH),
+       rcpt=st.one_of(_ADDRISH, st.lists(_ADDRISH, max_size=3)), subject=st.one_of(st.none(), st.text(max_size=30)),
+       html=st.one_of(st.none(), st.text(max_size=60)), notify=st.one_of(st.none(), st.text(max_size=20)))
+def test_any_input_is_valid_or_a_validation_error_never_a_crash_or_injection(
+        frm: str, to: str | list[str], env: str | None, rcpt: str | list[str], subject: str | None,
+        html: str | None, notify: str | None) -> None:
+    raw = {"from": frm, "to": to, "cc": to, "recipient": rcpt, "envelope": env, "subject": subject,
+           "html": html, "text": "t", "dsn": {"notify": notify}}
+    try:
+        request = SendRequest.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError:
+        return  # -> 422
+    message = compose(request).message
+    assert message.isascii()
+    head = message.split(b"\r\n\r\n", 1)[0]
+    names = {line.split(b":", 1)[0] for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")}
+    assert names <= {b"From", b"To", b"Cc", b"Subject", b"Date", b"Message-ID", b"MIME-Version",
+                     b"Content-Type", b"Content-Transfer-Encoding"}, head
+
+
 def test_html_to_text_empty() -> None:
     assert html_to_text("") == "\n" and html_to_text("<script>x</script>") == "\n"
 
@@ -225,6 +255,7 @@ def loc_of(r: Any) -> list[tuple[str, ...]]:
     ({"to": "Friend <friend@remote.test>\nBcc: victim@x.test"}, ("body", "to"), "CR or LF"),
     ({"to": ["ok@remote.test", "<<bad"]}, ("body", "to"), "item 1"),
     ({"cc": "cc@@remote.test"}, ("body", "cc"), ""),
+    ({"to": "0@"}, ("body", "to"), "not a valid address list"),  # the stdlib parser raised IndexError
     ({"subject": "Hi\r\nBcc: victim@x.test"}, ("body", "subject"), "CR or LF"),
     ({"subject": "Hi\nthere"}, ("body", "subject"), "CR or LF"),
     ({"html": None, "text": None}, ("body", "html"), "either html or text"),

@@ -113,7 +113,11 @@ def mailboxes(value: str) -> tuple[Mailbox, ...]:
     _no_ctl(value)
     if not value.strip():
         raise ValueError("must not be empty")
-    header: Any = email_policy.default.header_factory("To", value)
+    try:
+        header: Any = email_policy.default.header_factory("To", value)
+    except (IndexError, ValueError, TypeError, AttributeError):
+        # The stdlib parser has crashed on some malformed lists (e.g. "a@"): invalid.
+        raise ValueError(f"{value!r} is not a valid address list") from None
     if header.defects:
         raise ValueError(f"{value!r} is not a valid address list: {header.defects[0]}")
     out = []
