@@ -24,6 +24,16 @@ CASES: dict[str, tuple[str, list[tuple[str | None, str, str | None, bool]]]] = {
     "vacation.eml": ("auto_reply", [("frank@corp.example.net", "vacation", None, False)]),
     "exim-text.eml": ("bounce", [("gina@gone.example.net", "userunknown", "5.1.1", True)]),
     "qmail-text.eml": ("bounce", [("henry@full.example.net", "mailboxfull", "5.2.2", False)]),
+    # Sendmail transcript naming two recipients as "554 <addr>... reply"
+    "sendmail-transcript.eml": ("bounce", [("ann@far.example.net", "hostunknown", "5.1.2", True),
+                                           ("ben@other.example.net", "hostunknown", "5.1.2", True)]),
+    # a mailing list (fml) refusing a post from a non-member: the list is the recipient
+    "fml-notmember.eml": ("bounce", [("club@lists.example.org", "rejected", "5.7.1", False)]),
+    # a relay's notice naming nobody, the real DSN attached
+    "wrapped-dsn.eml": ("bounce", [("carl@dest.example.net", "userunknown", "5.1.1", True)]),
+    # a complaint whose original names no recipient: Sisimai's ".invalid" placeholder
+    "arf-undisclosed.eml": ("complaint", [("undisclosed-recipient-in-headers@libsisimai.org.invalid",
+                                           "feedback", None, False)]),
     "plain.eml": ("not_bounce", []),
     "garbage.eml": ("not_bounce", []),
 }

@@ -47,15 +47,31 @@ def classify_view(view: ParsedView, depth: int) -> Report:
             r = rfc3834.detect(view)
             if r is not None:
                 return r
+    guess: Report | None = None  # a text bounce naming no recipient: the original's To
     for det in FAMILIES:
         if det.matches(view):
             r = det.detect(view)
             if r is not None and r.recipients:
-                return r
-    if bouncy:
+                if not r.guessed:
+                    return r
+                guess = guess or r
+                break
+    if bouncy and guess is None:
         r = GENERIC.detect(view)
         if r is not None and r.recipients:
-            return r
+            if not r.guessed:
+                return r
+            guess = r
+    if guess is not None:
+        # A relay that wraps the bounce it received ("the following addresses had permanent
+        # errors" with no address, the real report attached): the attached one names them.
+        if depth < MAX_NESTING:
+            for sub in view.nested[:3]:
+                if isinstance(sub, Message):
+                    r = classify_view(ParsedView(sub, depth + 1), depth + 1)
+                    if r.kind != NOT_BOUNCE and r.recipients and not r.guessed:
+                        return r
+        return guess
     if not DAEMON_FROM_RE.search(view.from_[:300]) and rfc3834.matches(view):
         r = rfc3834.detect(view)
         if r is not None:

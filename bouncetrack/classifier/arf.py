@@ -6,13 +6,17 @@ import re
 
 from .lazy import lazy_re
 
-from .common import ADDR_RE, first_address
+from .common import first_address
 from .model import COMPLAINT, RecipientResult, Report
 from .view import ParsedView
 
 # Non-ARF complaint notices some providers send (plain text feedback-loop reports).
 _COMPLAINT_SUBJECT_RE = lazy_re(
     r"\b(?:complaint|abuse report|spam report|feedback.loop|fbl)\b", re.IGNORECASE)
+
+
+# The placeholder recipient of a complaint that names none (Sisimai's convention).
+UNDISCLOSED_RECIPIENT = "undisclosed-recipient-in-headers@libsisimai.org.invalid"
 
 
 def matches(view: ParsedView) -> bool:
@@ -47,8 +51,10 @@ def detect(view: ParsedView) -> Report | None:
             if addr:
                 break
     if addr is None:
-        m = ADDR_RE.search(fb.get("original-mail-from", "") or "")
-        addr = None if m is None else None
+        # Nothing names the complaining recipient (the original said "To: <Undisclosed
+        # Recipients>"): report Sisimai's placeholder, an RFC 2606 ".invalid" address that
+        # can never match a real recipient, rather than none.
+        addr = UNDISCLOSED_RECIPIENT
     rp = orig.get("return-path") or fb.get("original-mail-from")
     rcpt = RecipientResult(
         address=addr, action=None, status=None, reason="feedback", hard=False,

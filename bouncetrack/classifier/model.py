@@ -102,7 +102,7 @@ class RecipientResult(_Frozen):
 
 class Report(_Frozen):
     __slots__ = ("kind", "recipients", "detector", "original_message_id", "original_return_path",
-                 "original_headers", "envelope_id")
+                 "original_headers", "envelope_id", "guessed")
 
     kind: str
     recipients: tuple[RecipientResult, ...]
@@ -112,6 +112,7 @@ class Report(_Frozen):
     original_return_path: str | None  # used to find the VERP token of complaints
     original_headers: dict[str, str]  # a few, lower-case keys
     envelope_id: str | None  # RFC 3464 Original-Envelope-Id (our ENVID = token)
+    guessed: bool  # the report names no recipient: taken from the original's headers
 
     def __init__(
         self,
@@ -122,6 +123,7 @@ class Report(_Frozen):
         original_return_path: str | None = None,
         original_headers: dict[str, str] | None = None,
         envelope_id: str | None = None,
+        guessed: bool = False,
     ) -> None:
         s = object.__setattr__
         s(self, "kind", kind)
@@ -131,6 +133,7 @@ class Report(_Frozen):
         s(self, "original_return_path", original_return_path)
         s(self, "original_headers", {} if original_headers is None else original_headers)
         s(self, "envelope_id", envelope_id)
+        s(self, "guessed", guessed)
 
     __hash__ = None  # type: ignore[assignment]
 

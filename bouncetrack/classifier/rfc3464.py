@@ -38,7 +38,10 @@ def _diag_type(value: str | None) -> str:
 
 def ds_blocks_from_text(view: ParsedView) -> list[Fields]:
     """A delivery-status mis-typed as text/plain or pasted into the body."""
-    body = view.body
+    return _blocks_in(view.body)
+
+
+def _blocks_in(body: str) -> list[Fields]:
     low = body.lower()
     i = low.find("final-recipient:")
     if i < 0:
@@ -56,6 +59,11 @@ def detect(view: ParsedView) -> Report | None:
         extra = ds_blocks_from_text(view)
         if extra:
             blocks = blocks + extra
+    epilogue = getattr(view.msg, "epilogue", None)
+    if blocks and isinstance(epilogue, str) and "inal-Recipient:" in epilogue[:65536]:
+        # A second report stored after the first one's closing boundary (two notices in one
+        # mbox file): its per-recipient blocks are recipients too.
+        blocks = blocks + [b for b in _blocks_in(epilogue[:65536]) if "final-recipient" in b]
     per_msg, rcpts = _recipient_blocks(blocks)
     if not rcpts:
         return None

@@ -14,6 +14,7 @@ from .domino import Domino
 from .dragonfly import DragonFly
 from .exchange import Exchange
 from .exim import Exim
+from .fml import FML
 from .gmail import Gmail
 from .messagingserver import MessagingServer
 from .opensmtpd import OpenSMTPD
@@ -25,7 +26,7 @@ from .yahoo import Yahoo
 from ..view import ParsedView
 
 FAMILIES: list[Detector] = [
-    AmazonSES(), GoogleGroups(), Qmail(), Exim(), Gmail(), Exchange(), DragonFly(), Postfix(), Sendmail(),
+    AmazonSES(), GoogleGroups(), FML(), Qmail(), Exim(), Gmail(), Exchange(), DragonFly(), Postfix(), Sendmail(),
     Yahoo(), Courier(), Domino(), OpenSMTPD(), MessagingServer(),
 ]
 GENERIC = GenericText()

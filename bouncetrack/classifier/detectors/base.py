@@ -137,7 +137,8 @@ class TextDetector:
     def detect(self, view: ParsedView) -> Report | None:
         ents = self.entries(view)
         pairs: list[tuple[str, Entry | None]] = [(e.address, e) for e in ents]
-        if not pairs:
+        guessed = not pairs
+        if guessed:
             pairs = [(a, None) for a in self.fallback_addresses(view)]
         if not pairs:
             return None
@@ -150,7 +151,7 @@ class TextDetector:
                 in_data=data_phase(diag), family=self.name, hosts=view.hosts,
                 preset=self.preset(view, diag),
             ))
-        return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name)
+        return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name, guessed=guessed)
 
 
 class GenericText(TextDetector):
