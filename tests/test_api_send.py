@@ -203,6 +203,9 @@ def test_missing_and_wrong_token_401(client: TestClient) -> None:
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r2 = client.post("/v1/send?access_token=nope", json=body())
     assert r2.status_code == 401 and r2.json() == r.json()
+    # No token: 401 before the body is looked at (no validation details for strangers).
+    r3 = client.post("/v1/send", json={"recipient": []})
+    assert r3.status_code == 401 and r3.json() == r.json()
 
 
 @pytest.mark.parametrize("field,over", [
