@@ -146,6 +146,8 @@ def make_recipient(
                     preset = providers.provider_reason(prov, diag or "", status or "", command or "") or preset
             reason = reasons.decide(diag, status, reply_code, command=command, action=action,
                                     preset=preset, diag_type=diag_type)
+    # Sisimai's hard-bounce test reads the status the report gave, not one inferred here
+    evidence = (status or "") + " " + (diag or "")
     if status is None:
         if temporary is None and action == "delayed":
             temporary = True
@@ -157,7 +159,7 @@ def make_recipient(
         action=action,
         status=status,
         reason=reason,
-        hard=reasons.is_hard(reason, (status or "") + " " + (diag or "")),
+        hard=reasons.is_hard(reason, evidence),
         reply_code=reply_code,
         diagnostic=diag,
         remote_mta=remote_mta,

@@ -73,6 +73,11 @@ def detect(view: ParsedView) -> Report | None:
     report_cmd = find_command(view.report_text[:20000])
     # Exim marks its reports with X-Failed-Recipients; its fixed texts then name the reason
     family = "exim" if "x-failed-recipients" in view.headers else None
+    # OpenSMTPD's Status fields are only ever "X.0.0": its text ("addr: reason") is the
+    # report (cf. Sisimai's OpenSMTPD module, which reads the text and not the fields).
+    generic_status = False
+    if family is None and "please DO NOT REPLY to this" in view.report_text[:3000]:
+        family, generic_status = "opensmtpd", True
     results: list[RecipientResult] = []
     seen: set[str] = set()
     for b in rcpts:
@@ -82,6 +87,8 @@ def detect(view: ParsedView) -> Report | None:
         addr = first_address(b.get("final-recipient")) or orig or first_address(b.get("x-actual-recipient"))
         action = b.get("action")  # RFC 3464 §2.3.3
         status = b.get("status")  # RFC 3464 §2.3.4
+        if generic_status and status and status.strip()[1:] == ".0.0":
+            status = None
         diag = strip_diag_type(b.get("diagnostic-code"))  # RFC 3464 §2.3.6
         remote = strip_diag_type(b.get("remote-mta"))  # RFC 3464 §2.3.5
         if addr is None:

@@ -201,6 +201,14 @@ def diagnostic_for(view: ParsedView, addr: str) -> str | None:
     for e in entries(view):
         if e.address.lower() == key:
             return " ".join(e.lines)[:1000] or None
+    if is_daemon(addr):
+        # "postmaster@..." is never an entry of its own; the report may still explain it
+        # on an "addr: text" line (OpenSMTPD, Postfix)
+        for line in report_lines(view):
+            s = line.strip()
+            if s.lower().lstrip("<").startswith(key):
+                rest = s[s.lower().find(key) + len(key):].lstrip(">\"' :;,.").strip()
+                return rest[:1000] or None
     return None
 
 
