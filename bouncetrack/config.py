@@ -88,6 +88,14 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API (issue 5; download section, owner: download API)."""
+
+    # Longest start..end range one download request may cover (400 beyond).
+    max_range_days: int = 366
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     bounce_domain: str  # lower-case
@@ -102,6 +110,7 @@ class Config:
     default: DomainPolicy
     api_listen: str = "127.0.0.1:8025"
     log_level: str = "INFO"
+    api: ApiConfig = field(default_factory=ApiConfig)  # the HTTP API (issue 5)
     # metrics (issue 5): host:port of the milter's own Prometheus endpoint; None = off.
     milter_metrics_listen: str | None = None
 

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from bouncetrack.config import (
+    ApiConfig,
     Config,
     ConfigError,
     ConfigProblem,
@@ -100,12 +101,14 @@ TOP_KEYS = (
     "pipe",
     "outbox",
     "domains",
+    "api",  # the HTTP API (issue 5)
 )
 PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses")
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
 DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn")
 WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
 DSN_KEYS = ("notify", "ret")
+API_KEYS = ("max_range_days",)  # the HTTP API (issue 5)
 
 
 class _Invalid(Exception):
@@ -548,6 +551,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
     milter_metrics_listen = _field(ctx, top, "milter_metrics_listen", "", _optional_listen, None)
     pipe = _field(ctx, top, "pipe", "", lambda c, n, k: _pipe(c, n, k, verp_prefix), PipeConfig())
     outbox = _field(ctx, top, "outbox", "", _outbox, OutboxConfig())
+    api = _field(ctx, top, "api", "", _api, ApiConfig())
     no_domains: tuple[dict[str, DomainPolicy], DomainPolicy] = ({}, DomainPolicy(name="default"))
     domains, default = _field(
         ctx, top, "domains", "", lambda c, n, k: _domains(c, n, k, bounce_domain), no_domains
@@ -569,6 +573,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
         default=default,
         api_listen=api_listen,
         log_level=log_level,
+        api=api,
         milter_metrics_listen=milter_metrics_listen,
     )
 
@@ -599,6 +604,16 @@ def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
                 out.append(local)
         feedback = tuple(out)
     return PipeConfig(deadline_seconds=deadline, raw_retention_days=retention, feedback_addresses=feedback)
+
+
+def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:
+    """The HTTP API section (issue 5; download section, owner: download API)."""
+    if _is_null(node):
+        return ApiConfig()
+    e = _entries(ctx, node, key, API_KEYS)
+    d = ApiConfig()
+    days = _field(ctx, e, "max_range_days", key, lambda c, n, k: _int(c, n, k, 1, 3660), d.max_range_days)
+    return ApiConfig(max_range_days=days)
 
 
 def _outbox(ctx: _Ctx, node: yaml.Node, key: str) -> OutboxConfig:

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import __version__
 from .config import (
+    ApiConfig,
     Config,
     DomainPolicy,
     DsnDefaults,
@@ -46,6 +47,7 @@ _NESTED: dict[str, type] = {
     "DomainPolicy": DomainPolicy,
     "DsnDefaults": DsnDefaults,
     "WebhookConfig": WebhookConfig,
+    "ApiConfig": ApiConfig,
 }
 
 

@@ -73,6 +73,35 @@ class BounceEvent:
     sent_at: float | None = None  # when the original message was recorded
 
 
+# =============================================================================
+# Queries for the API (issue 5, download section; owner: download API).
+# What a download request selects; the Store methods are at the end of Store.
+# =============================================================================
+
+
+@dataclass(frozen=True)
+class DownloadQuery:
+    """The events a download request selects: scope, time range, filters.
+
+    ``domains`` is the token's scope (or the part of it the caller asked for);
+    it is never empty and there is no "all domains". Times are UTC epoch
+    seconds, ``start <= received_at < end``. ``types`` empty means any type;
+    asking for "unknown" also matches stored types the event schema does not
+    know (event_to_json reports those as "unknown").
+    """
+
+    domains: tuple[str, ...]
+    start: float
+    end: float
+    types: tuple[str, ...] = ()
+    hard: bool | None = None  # None: both; True: hard only; False: soft only
+    reason: str | None = None
+    recipient_domain: str | None = None  # lower-case ASCII domain of the recipient address
+
+
+# ====================================================== end of download section
+
+
 @dataclass(frozen=True)
 class OutboxJob:
     event_id: str
@@ -178,6 +207,23 @@ class Store(Protocol):
     def purge_raw_before(self, cutoff: float, batch: int = 1000) -> int: ...
 
     def close(self) -> None: ...
+
+    # --- queries for the API (issue 5, download section; owner: download API) --
+    # Keyset pagination on events.id (ids only grow: pages never shift while
+    # new events arrive); ``after_id`` is the last id of the previous page.
+    # ``fmt`` "json": the text of event_to_json(event) per row; "csv": one CSV
+    # record (no line end) with event_to_json's keys as columns, formula-safe.
+    def events_page(
+        self, query: DownloadQuery, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, BounceEvent]]: ...
+    def iter_events(self, query: DownloadQuery, after_id: int = 0) -> Iterator[tuple[int, BounceEvent]]: ...
+    def rendered_page(
+        self, query: DownloadQuery, fmt: str, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str]]: ...
+    def iter_rendered(
+        self, query: DownloadQuery, fmt: str, after_id: int = 0, batch: int = 2000
+    ) -> Iterator[list[tuple[int, str]]]: ...
+    # --- end of download section
 
 
 # =============================================================================
