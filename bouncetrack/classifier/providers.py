@@ -40,9 +40,14 @@ _FAMILY: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "opensmtpd": (
         ("hostunknown", ("Invalid domain name", "Domain does not exist")),
     ),
+    # IMail Server's own texts (cf. Sisimai's IMailServer module)
     "imailserver": (
-        ("userunknown", ("Unknown user",)),
+        ("userunknown", ("Unknown user", "Invalid final delivery userid")),
         ("hostunknown", ("Unknown host",)),
+        ("mailboxfull", ("User mailbox exceeds allowed size",)),
+        ("virusdetected", ("Requested action not taken: virus detected",)),
+        ("spamdetected", ("Blacklisted URL in message",)),
+        ("expired", ("Delivery failed ",)),
     ),
 }
 

@@ -16,6 +16,9 @@ from .exchange import Exchange
 from .exim import Exim
 from .fml import FML
 from .gmail import Gmail
+from .imailserver import IMailServer
+from .interscanmss import InterScanMSS
+from .mailmarshal import MailMarshal
 from .messagingserver import MessagingServer
 from .opensmtpd import OpenSMTPD
 from .postfix import Postfix
@@ -26,7 +29,7 @@ from .yahoo import Yahoo
 from ..view import ParsedView
 
 FAMILIES: list[Detector] = [
-    AmazonSES(), GoogleGroups(), FML(), Qmail(), Exim(), Gmail(), Exchange(), DragonFly(), Postfix(), Sendmail(),
+    AmazonSES(), GoogleGroups(), FML(), IMailServer(), InterScanMSS(), MailMarshal(), Qmail(), Exim(), Gmail(), Exchange(), DragonFly(), Postfix(), Sendmail(),
     Yahoo(), Courier(), Domino(), OpenSMTPD(), MessagingServer(),
 ]
 GENERIC = GenericText()
