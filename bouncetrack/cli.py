@@ -49,7 +49,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     # api: the HTTP API
     "api": ("bouncetrack.api.cli:api_command", "Serve the HTTP API."),
     # doctor: DNS / Postfix wiring checks
-    "doctor": ("bouncetrack.doctor:doctor_command", "Check DNS and Postfix wiring for the configured domains."),
+    "doctor": ("bouncetrack.doctor.cli:doctor_command", "Check config, milter, Postfix wiring, pipe user, store and DNS."),
+    # install / uninstall: wire bouncetrack into an existing Postfix (bouncetrack/install.py)
+    "install": ("bouncetrack.install:install_command", "Wire bouncetrack into Postfix's main.cf/master.cf (backup, idempotent)."),
+    "uninstall": ("bouncetrack.install:uninstall_command", "Undo `bouncetrack install` (restore main.cf and master.cf)."),
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}

@@ -1,16 +1,33 @@
 #!/bin/sh
-# main.cf changes for bouncetrack, as postconf -e commands. Review, then run as root.
-# If you already use milters, append ours to your list instead of replacing it.
+# main.cf changes for bouncetrack, as postconf -e commands: what `bouncetrack install`
+# applies (it does this for you, idempotently, with a backup; `bouncetrack install
+# --dry-run` shows the exact diff for your main.cf). Review, then run as root.
+# Replace bounce.example.com by your bounce domain and C by your config dir (/etc/postfix).
 set -e
-postconf -e 'smtpd_milters = unix:/run/bouncetrack/milter.sock'
-postconf -e 'non_smtpd_milters = unix:/run/bouncetrack/milter.sock'   # sendmail(1)/pickup mail too
-postconf -e 'milter_protocol = 6'
-# Never lose mail: milter down => 451 4.7.1 to the client, which retries.
-postconf -e 'milter_default_action = tempfail'
+C=/etc/postfix
+SOCK=/run/bouncetrack/milter.sock
+# Per-milter settings (Postfix >= 3.0): OUR milter tempfails when down (451 4.7.1, the
+# client retries, no mail lost) and speaks protocol 6, without changing the global
+# milter_default_action/milter_protocol your other milters rely on.
+OURS="{ unix:$SOCK, default_action=tempfail, protocol=6 }"
+# APPEND to your existing milters (never replace them; an empty element is ignored). smtpd: mail over SMTP;
+# non_smtpd: sendmail(1)/pickup mail.
+postconf -c $C -e "smtpd_milters = $(postconf -c $C -h smtpd_milters), $OURS"
+postconf -c $C -e "non_smtpd_milters = $(postconf -c $C -h non_smtpd_milters), $OURS"
 # Postfix drops Return-Path headers before milters see them by default; the milter needs
-# to see it (spec: a Return-Path header names the bounce address) and removes it itself.
-postconf -e 'message_drop_headers = bcc, content-length, resent-bcc'
-# Mail for the bounce domain goes to the bounce pipe, one recipient per run.
-postconf -e 'transport_maps = hash:/etc/postfix/transport'
-postconf -e 'relay_domains = $relay_domains, bounce.example.com'
-postconf -e 'bouncepipe_destination_recipient_limit = 1'
+# to see it (a Return-Path header names the bounce address) and removes it itself.
+# (Your effective list without return-path; the default is shown.)
+postconf -c $C -e 'message_drop_headers = bcc, content-length, resent-bcc'
+# Mail for the bounce domain goes to the bounce pipe: our own map, FIRST in the list so
+# no wildcard of yours shadows it (see ./transport).
+postconf -c $C -e "transport_maps = texthash:$C/bouncetrack_transport, $(postconf -c $C -h transport_maps)"
+# Accept mail for the bounce domain (added to the effective value, which may be
+# $mydestination on old compatibility levels: keep it).
+postconf -c $C -e "relay_domains = $(postconf -c $C -h relay_domains), bounce.example.com"
+# One recipient per pipe run, so ${recipient} is one address.
+postconf -c $C -e 'bouncepipe_destination_recipient_limit = 1'
+# The master.cf entry (see ./master.cf):
+postconf -c $C -M -e 'bouncepipe/unix=bouncepipe unix - n n - 10 pipe flags=Rq user=bouncetrack size=10240000 argv=/opt/bouncetrack/venv/bin/bouncetrack pipe --config /etc/bouncetrack/config.yaml ${recipient} ${sender}'
+# Only valid VERP addresses are accepted for the bounce domain at SMTP time: the milter
+# refuses the others at RCPT (550 5.1.1), so no main.cf restriction is needed for that.
+postfix -c $C check

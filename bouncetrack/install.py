@@ -1,0 +1,451 @@
+"""``bouncetrack install`` / ``uninstall``: wire bouncetrack into an existing Postfix.
+
+What changes is decided by :mod:`bouncetrack.postfix_wiring` (pure); this module reads
+the current values with ``postconf -c DIR`` and writes with ``postconf -c DIR -e`` /
+``-M -e`` / ``-X`` / ``-M -X`` (Postfix's own editor: it keeps comments, order and the
+operator's other lines), writes our transport map file and runs ``postmap`` for
+indexed map types.
+
+Safety and reversibility:
+
+- Idempotent: the plan is computed from the effective values; when nothing differs,
+  nothing is written (no backup either) and the command says so.
+- Backup once: before the first change ``main.cf`` and ``master.cf`` are copied to
+  ``main.cf.bouncetrack-backup-<UTC time>`` (same for master.cf). A state file
+  ``bouncetrack-install.json`` in the config directory records the backups, the old
+  explicit value of every parameter we changed (or that it was not set), the old
+  ``bouncepipe`` entry, the files we created and the SHA-256 of main.cf/master.cf right
+  after our last change.
+- ``uninstall``: when a file is still exactly as install left it, the backup is copied
+  back byte for byte. When the operator edited it since, the revert is semantic:
+  parameters still holding our value get their old value back (or are removed when they
+  were not set), and from values the operator changed since only our element is taken
+  out (our milter, our transport map, the bounce domain); the ``bouncepipe`` entry is
+  removed (or its old version restored). Then our map files and the state file go;
+  the backups stay.
+- ``--dry-run`` applies the same steps to a temporary copy and prints the unified diff.
+
+Postfix is not reloaded: the command prints the ``postfix reload`` to run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+
+from . import postfix_wiring as wiring
+from .config import Config
+
+POSTCONF = "/usr/sbin/postconf"
+POSTMAP = "/usr/sbin/postmap"
+POSTFIX = "/usr/sbin/postfix"
+SERVICE_KEY = f"{wiring.SERVICE}/unix"
+STATE_VERSION = 1
+
+Echo = Callable[[str], None]
+
+
+class InstallError(RuntimeError):
+    """Install/uninstall cannot proceed; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# postconf
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MAIL_CONFIG", None)  # -c DIR must win
+    return env
+
+
+def run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=_env(), check=False, timeout=60)
+    if check and proc.returncode != 0:
+        raise InstallError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def _parse_postconf(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            out[name.strip()] = value.strip()
+        elif line.rstrip().endswith(" ="):
+            out[line.rstrip()[:-2].strip()] = ""
+    return out
+
+
+def main_values(config_dir: Path) -> dict[str, str]:
+    """Effective main.cf values (defaults included, ``$name`` not expanded)."""
+    values = _parse_postconf(run([POSTCONF, "-c", str(config_dir)]).stdout)
+    values.update(explicit_values(config_dir))
+    return values
+
+
+def explicit_values(config_dir: Path) -> dict[str, str]:
+    """Only what main.cf sets explicitly (``postconf -n``)."""
+    return _parse_postconf(run([POSTCONF, "-c", str(config_dir), "-n"]).stdout)
+
+
+def master_entry(config_dir: Path, key: str = SERVICE_KEY) -> str | None:
+    proc = run([POSTCONF, "-c", str(config_dir), "-M", key], check=False)
+    line = proc.stdout.strip()
+    return line or None
+
+
+def postfix_check(config_dir: Path) -> tuple[bool, str]:
+    proc = run([POSTFIX, "-c", str(config_dir), "check"], check=False)
+    return proc.returncode == 0, (proc.stderr + proc.stdout).strip()
+
+
+# ---------------------------------------------------------------------------
+# What to install
+
+
+def wanted_for(
+    config: Config,
+    config_dir: Path,
+    *,
+    bouncetrack_bin: str | None = None,
+    map_type: str = "texthash",
+    current: dict[str, str] | None = None,
+) -> wiring.Wanted:
+    current = current if current is not None else main_values(config_dir)
+    try:
+        size = int(current.get("message_size_limit", "0") or 0)
+    except ValueError:
+        size = 0
+    return wiring.Wanted(
+        bounce_domain=config.bounce_domain,
+        milter_socket=str(config.milter_socket),
+        config_path=str(Path(config.path).resolve()),
+        bouncetrack_bin=bouncetrack_bin or default_bouncetrack_bin(),
+        config_dir=str(config_dir.resolve()),
+        map_type=map_type,
+        size_limit=size or None,
+    )
+
+
+def default_bouncetrack_bin() -> str:
+    """The ``bouncetrack`` script next to the running interpreter (the venv's)."""
+    return str(Path(sys.executable).parent / "bouncetrack")
+
+
+# ---------------------------------------------------------------------------
+# State file
+
+
+@dataclass
+class State:
+    backups: dict[str, str] = field(default_factory=dict)  # "main.cf" -> backup file name
+    main: dict[str, dict[str, str | None]] = field(default_factory=dict)  # name -> {"old", "new"}
+    master_old: str | None = None
+    master_new: str | None = None
+    master_changed: bool = False
+    files: list[str] = field(default_factory=list)  # created by us, relative to the config dir
+    installed_sha256: dict[str, str] = field(default_factory=dict)
+    restorable: dict[str, bool] = field(default_factory=dict)  # backup still byte-exact candidate
+    wanted: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config_dir: Path) -> "State | None":
+        path = config_dir / wiring.STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise InstallError(f"{path}: unreadable install state ({exc}); restore from the backups by hand") from None
+        data.pop("version", None)
+        return cls(**data)
+
+    def save(self, config_dir: Path) -> None:
+        path = config_dir / wiring.STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": STATE_VERSION, **self.__dict__}, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+
+
+def _sha(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# ---------------------------------------------------------------------------
+# Applying (to the real directory, or to a temporary copy for --dry-run)
+
+
+def _write_transport(target_dir: Path, w: wiring.Wanted, text: str, *, postmap: bool) -> list[str]:
+    path = target_dir / wiring.TRANSPORT_FILE
+    path.write_text(text)
+    path.chmod(0o644)
+    created = [wiring.TRANSPORT_FILE]
+    if w.map_type != "texthash":
+        if postmap:
+            run([POSTMAP, "-c", str(target_dir), f"{w.map_type}:{path}"])
+        suffix = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}.get(w.map_type)
+        if suffix:
+            created.append(wiring.TRANSPORT_FILE + suffix)
+    return created
+
+
+def _apply(target_dir: Path, w: wiring.Wanted, p: wiring.Plan, *, postmap: bool) -> list[str]:
+    created = _write_transport(target_dir, w, p.transport_text, postmap=postmap)
+    if p.main:
+        run([POSTCONF, "-c", str(target_dir), "-e", *(f"{k}={v}" for k, v in p.main.items())])
+    if p.master is not None:
+        run([POSTCONF, "-c", str(target_dir), "-M", "-e", f"{SERVICE_KEY}={p.master}"])
+    return created
+
+
+def _copy_for_dry_run(config_dir: Path, tmp: Path) -> None:
+    for name in ("main.cf", "master.cf", wiring.TRANSPORT_FILE):
+        src = config_dir / name
+        if src.exists():
+            shutil.copy2(src, tmp / name)
+
+
+def _diff(before_dir: Path, after_dir: Path, names: Sequence[str], label_dir: Path) -> str:
+    out: list[str] = []
+    for name in names:
+        a = (before_dir / name).read_text().splitlines(keepends=True) if (before_dir / name).exists() else []
+        b = (after_dir / name).read_text().splitlines(keepends=True) if (after_dir / name).exists() else []
+        out.extend(difflib.unified_diff(a, b, f"{label_dir / name} (now)", f"{label_dir / name} (after)"))
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------
+# install
+
+
+def install(
+    config: Config,
+    config_dir: Path,
+    *,
+    dry_run: bool = False,
+    bouncetrack_bin: str | None = None,
+    map_type: str = "texthash",
+    echo: Echo = print,
+) -> bool:
+    """Wire bouncetrack in. Returns True when something changed (or would change)."""
+    config_dir = config_dir.resolve()
+    if not (config_dir / "main.cf").is_file() or not (config_dir / "master.cf").is_file():
+        raise InstallError(f"{config_dir} has no main.cf and master.cf: not a Postfix config directory")
+    current = main_values(config_dir)
+    w = wanted_for(config, config_dir, bouncetrack_bin=bouncetrack_bin, map_type=map_type, current=current)
+    if not Path(w.bouncetrack_bin).exists():
+        echo(f"warning: {w.bouncetrack_bin} does not exist (use --bouncetrack-bin); pipe(8) would fail")
+    cur_master = master_entry(config_dir)
+    p = wiring.plan(current, cur_master, w)
+    transport_path = config_dir / wiring.TRANSPORT_FILE
+    transport_ok = transport_path.exists() and transport_path.read_text() == p.transport_text
+    if p.empty and transport_ok:
+        echo(f"nothing to change: {config_dir} is already wired for bouncetrack")
+        return False
+
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="bouncetrack-install-") as tmpname:
+            tmp = Path(tmpname)
+            _copy_for_dry_run(config_dir, tmp)
+            _apply(tmp, w, p, postmap=False)
+            echo(_diff(config_dir, tmp, ["main.cf", "master.cf", wiring.TRANSPORT_FILE], config_dir).rstrip("\n"))
+        if w.map_type != "texthash":
+            echo(f"(then: postmap {w.transport_map})")
+        echo("dry run: nothing written")
+        return True
+
+    explicit = explicit_values(config_dir)
+    state = State.load(config_dir)
+    if state is None:
+        state = State()
+        stamp = _stamp()
+        for name in ("main.cf", "master.cf"):
+            backup = f"{name}.bouncetrack-backup-{stamp}"
+            shutil.copy2(config_dir / name, config_dir / backup)
+            state.backups[name] = backup
+            state.restorable[name] = True
+            echo(f"backup: {config_dir / backup}")
+    else:
+        # Edited since our last change: a byte-exact restore would lose those edits.
+        for name in ("main.cf", "master.cf"):
+            if _sha(config_dir / name) != state.installed_sha256.get(name):
+                state.restorable[name] = False
+    for name, value in p.main.items():
+        entry = state.main.setdefault(name, {"old": explicit.get(name)})
+        entry["new"] = value
+    if p.master is not None:
+        if not state.master_changed:
+            state.master_old = cur_master
+            state.master_changed = True
+        state.master_new = p.master
+    state.wanted = dict(w.__dict__)
+    # Save first: an interrupted install can still be undone.
+    state.save(config_dir)
+
+    created = _apply(config_dir, w, p, postmap=True)
+    for f in created:
+        if f not in state.files:
+            state.files.append(f)
+    for name in ("main.cf", "master.cf"):
+        state.installed_sha256[name] = _sha(config_dir / name)
+    state.save(config_dir)
+
+    for name, value in p.main.items():
+        echo(f"main.cf: {name} = {value}")
+    if p.master is not None:
+        echo(f"master.cf: {p.master}")
+    if not transport_ok:
+        echo(f"transport map: {w.transport_map} ({w.bounce_domain} -> {wiring.SERVICE}:)")
+    ok, text = postfix_check(config_dir)
+    if not ok:
+        raise InstallError(f"postfix check failed after install:\n{text}\nundo with: bouncetrack uninstall --postfix-dir {config_dir}")
+    echo(f"postfix check: ok. Apply with: postfix{_c(config_dir)} reload")
+    return True
+
+
+def _c(config_dir: Path) -> str:
+    return "" if str(config_dir) == "/etc/postfix" else f" -c {config_dir}"
+
+
+# ---------------------------------------------------------------------------
+# uninstall
+
+
+def _revert_into(target: Path, state: State, real: Path, echo: Echo) -> None:
+    """Undo our changes in ``target`` (the real directory or a dry-run copy of it)."""
+    w = wiring.Wanted(**state.wanted) if state.wanted else None
+    # main.cf
+    if state.restorable.get("main.cf") and _sha(target / "main.cf") == state.installed_sha256.get("main.cf"):
+        _restore_bytes(real / state.backups["main.cf"], target / "main.cf")
+        echo(f"main.cf: restored byte for byte from {state.backups['main.cf']}")
+    elif state.main:
+        if w is None:
+            raise InstallError("install state lacks the installed settings; restore from the backups by hand")
+        current = main_values(target)
+        set_args: list[str] = []
+        remove: list[str] = []
+        for name, entry in state.main.items():
+            value = wiring.revert_value(name, current.get(name, ""), entry.get("new") or "", entry.get("old"), w)
+            if value is None:
+                remove.append(name)
+            elif value != current.get(name, ""):
+                set_args.append(f"{name}={value}")
+        if set_args:
+            run([POSTCONF, "-c", str(target), "-e", *set_args])
+        if remove:
+            run([POSTCONF, "-c", str(target), "-X", *remove])
+        echo(f"main.cf: changed since install; reverted our settings ({', '.join(state.main)})")
+    # master.cf
+    if state.restorable.get("master.cf") and _sha(target / "master.cf") == state.installed_sha256.get("master.cf"):
+        _restore_bytes(real / state.backups["master.cf"], target / "master.cf")
+        echo(f"master.cf: restored byte for byte from {state.backups['master.cf']}")
+    elif state.master_changed:
+        if state.master_old is None:
+            if master_entry(target) is not None:
+                run([POSTCONF, "-c", str(target), "-M", "-X", SERVICE_KEY])
+            echo(f"master.cf: changed since install; removed the {SERVICE_KEY} entry")
+        else:
+            run([POSTCONF, "-c", str(target), "-M", "-e", f"{SERVICE_KEY}={state.master_old}"])
+            echo(f"master.cf: changed since install; restored the old {SERVICE_KEY} entry")
+
+
+def _restore_bytes(backup: Path, dest: Path) -> None:
+    if not backup.is_file():
+        raise InstallError(f"backup {backup} is missing; cannot restore {dest.name}")
+    data = backup.read_bytes()
+    with open(dest, "wb") as f:  # in place: keeps the file's owner, mode and inode
+        f.write(data)
+
+
+def uninstall(config_dir: Path, *, dry_run: bool = False, echo: Echo = print) -> bool:
+    """Undo ``install``. Returns True when something changed (or would change)."""
+    config_dir = config_dir.resolve()
+    state = State.load(config_dir)
+    if state is None:
+        echo(f"nothing to undo: no {wiring.STATE_FILE} in {config_dir} (bouncetrack install was not run here)")
+        return False
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="bouncetrack-uninstall-") as tmpname:
+            tmp = Path(tmpname)
+            _copy_for_dry_run(config_dir, tmp)
+            _revert_into(tmp, state, config_dir, lambda s: None)
+            for f in state.files:
+                (tmp / f).unlink(missing_ok=True)
+            echo(_diff(config_dir, tmp, ["main.cf", "master.cf", wiring.TRANSPORT_FILE], config_dir).rstrip("\n"))
+        echo("dry run: nothing written")
+        return True
+    _revert_into(config_dir, state, config_dir, echo)
+    for f in state.files:
+        (config_dir / f).unlink(missing_ok=True)
+        echo(f"removed {config_dir / f}")
+    (config_dir / wiring.STATE_FILE).unlink()
+    echo(f"kept the backups: {', '.join(state.backups.values())}")
+    ok, text = postfix_check(config_dir)
+    echo(f"postfix check: {'ok' if ok else 'FAILED: ' + text}. Apply with: postfix{_c(config_dir)} reload")
+    return True
+
+
+# ---------------------------------------------------------------------------
+# click commands (registered in bouncetrack.cli.LAZY_COMMANDS)
+
+def _load(path: str) -> Config:
+    from .config import ConfigError
+    from .config_loader import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for prob in exc.problems:
+            click.echo(str(prob), err=True)
+        raise SystemExit(1) from None
+
+
+@click.command("install")
+@click.option("--postfix-dir", default="/etc/postfix", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Postfix configuration directory (main.cf, master.cf).")
+@click.option("--config", "config_file", default="/etc/bouncetrack/config.yaml", show_default=True,
+              help="bouncetrack YAML configuration (bounce domain, milter socket).")
+@click.option("--dry-run", is_flag=True, help="Print the diff, change nothing.")
+@click.option("--bouncetrack-bin", default=None, help="The bouncetrack program pipe(8) runs [default: next to this Python].")
+@click.option("--map-type", type=click.Choice(["texthash", "hash", "lmdb", "cdb"]), default="texthash", show_default=True,
+              help="Type of the transport map file we manage (hash/lmdb/cdb: postmap is run).")
+def install_command(postfix_dir: Path, config_file: str, dry_run: bool, bouncetrack_bin: str | None, map_type: str) -> None:
+    """Wire bouncetrack into Postfix (milter, bounce pipe, transport), with a backup."""
+    config = _load(config_file)
+    try:
+        install(config, postfix_dir, dry_run=dry_run, bouncetrack_bin=bouncetrack_bin, map_type=map_type, echo=click.echo)
+    except (InstallError, wiring.WiringError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("uninstall")
+@click.option("--postfix-dir", default="/etc/postfix", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Postfix configuration directory.")
+@click.option("--dry-run", is_flag=True, help="Print the diff, change nothing.")
+def uninstall_command(postfix_dir: Path, dry_run: bool) -> None:
+    """Undo `bouncetrack install` (restore main.cf and master.cf)."""
+    try:
+        uninstall(postfix_dir, dry_run=dry_run, echo=click.echo)
+    except InstallError as exc:
+        raise click.ClickException(str(exc)) from None

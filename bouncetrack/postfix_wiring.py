@@ -1,0 +1,282 @@
+"""What bouncetrack needs in an existing Postfix's main.cf and master.cf (pure).
+
+:mod:`bouncetrack.install` reads the current settings with ``postconf`` and applies
+what :func:`plan` returns with ``postconf -e`` / ``postconf -M``; ``bouncetrack
+doctor`` calls :func:`plan` too and reports every pending change as a problem. No
+I/O here, so both agree on what "wired" means and the rules are unit-tested.
+
+Decisions (see ``conf/postfix/README.md``):
+
+- Milters: our socket is *appended* to ``smtpd_milters`` and ``non_smtpd_milters``;
+  the operator's milters stay, in their order. Our entry uses Postfix's per-milter
+  settings (Postfix >= 3.0, postconf(5) "smtpd_milters")::
+
+      { unix:/run/bouncetrack/milter.sock, default_action=tempfail, protocol=6 }
+
+  so that "milter down => 451, mail retried" and protocol 6 hold for *our* milter
+  without changing the global ``milter_default_action`` / ``milter_protocol`` that the
+  operator's other milters rely on (both are Postfix's defaults anyway). An entry for
+  our socket already present in another form (plain ``unix:...``) is replaced in place.
+- ``message_drop_headers``: the effective list without ``return-path`` (the milter
+  must see Return-Path; it removes the header itself).
+- Transport: a map file we own (``bouncetrack_transport`` in the config directory,
+  one line ``<bounce domain> bouncepipe:``) is put *first* in ``transport_maps`` so no
+  wildcard of the operator's maps can shadow it; it names only the bounce domain.
+- ``relay_domains``: the effective value plus the bounce domain (never replaced:
+  the default ``$mydestination`` of old compatibility levels is kept literally).
+- ``bouncepipe_destination_recipient_limit = 1``: one recipient per pipe run.
+- master.cf ``bouncepipe/unix``: pipe(8) as the unprivileged pipe user, flags ``Rq``
+  (R: Return-Path header, q: quote the address), ``size=`` the message size limit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+SERVICE = "bouncepipe"
+TRANSPORT_FILE = "bouncetrack_transport"
+STATE_FILE = "bouncetrack-install.json"
+PIPE_USER = "bouncetrack"
+PIPE_MAXPROC = 10
+PIPE_FLAGS = "Rq"
+
+#: main.cf parameters install may change (also what doctor looks at).
+MAIN_PARAMS = (
+    "smtpd_milters",
+    "non_smtpd_milters",
+    "message_drop_headers",
+    "transport_maps",
+    "relay_domains",
+    f"{SERVICE}_destination_recipient_limit",
+)
+
+
+class WiringError(ValueError):
+    """The wanted configuration cannot be written (e.g. a path with white space)."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What to wire, from the bouncetrack config and the install options."""
+
+    bounce_domain: str
+    milter_socket: str  # absolute path, without "unix:"
+    config_path: str  # absolute path of the bouncetrack YAML file
+    bouncetrack_bin: str  # absolute path of the venv's `bouncetrack` script
+    config_dir: str  # Postfix config directory (holds our transport map)
+    map_type: str = "texthash"  # texthash (no postmap needed), hash or lmdb (postmap)
+    pipe_user: str = PIPE_USER
+    size_limit: int | None = None  # bytes; None: no size= attribute
+
+    @property
+    def transport_path(self) -> str:
+        return f"{self.config_dir.rstrip('/')}/{TRANSPORT_FILE}"
+
+    @property
+    def transport_map(self) -> str:
+        return f"{self.map_type}:{self.transport_path}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Changes needed: main.cf values (name -> new value), the master.cf entry or None
+    when it is already right, and the transport map file's text."""
+
+    main: dict[str, str]
+    master: str | None
+    transport_text: str
+
+    @property
+    def empty(self) -> bool:
+        return not self.main and self.master is None
+
+
+# ---------------------------------------------------------------------------
+# Postfix list values
+
+
+def split_list(value: str) -> list[str]:
+    """A Postfix list (comma and/or white space separated) into its elements.
+
+    ``{ ... }`` groups stay one element (postconf(5): per-milter settings, Postfix >= 3.0).
+    """
+    items: list[str] = []
+    buf: list[str] = []
+    depth = 0
+    for ch in value:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(0, depth - 1)
+        if depth == 0 and (ch == "," or ch.isspace()):
+            if buf:
+                items.append("".join(buf))
+                buf = []
+            continue
+        buf.append(ch)
+    if buf:
+        items.append("".join(buf))
+    return [i.strip() for i in items if i.strip()]
+
+
+def join_list(items: list[str]) -> str:
+    return ", ".join(items)
+
+
+def milter_entry(socket_path: str) -> str:
+    """Our smtpd_milters element (per-milter settings: see the module docstring)."""
+    return f"{{ unix:{socket_path}, default_action=tempfail, protocol=6 }}"
+
+
+def milter_target(item: str) -> tuple[str, dict[str, str]]:
+    """The address of one milter list element and its per-milter settings."""
+    inner = item.strip()
+    if inner.startswith("{") and inner.endswith("}"):
+        parts = [p.strip() for p in inner[1:-1].split(",") if p.strip()]
+        if not parts:
+            return "", {}
+        settings = {}
+        for p in parts[1:]:
+            k, _, v = p.partition("=")
+            settings[k.strip()] = v.strip()
+        return parts[0], settings
+    return inner, {}
+
+
+def _is_ours(item: str, socket_path: str) -> bool:
+    target, _ = milter_target(item)
+    return target in (f"unix:{socket_path}", socket_path)
+
+
+def with_milter(value: str, socket_path: str) -> str:
+    """``value`` with our milter appended (or an existing entry of it normalised in place)."""
+    items = split_list(value)
+    mine = milter_entry(socket_path)
+    out: list[str] = []
+    placed = False
+    for item in items:
+        if _is_ours(item, socket_path):
+            if not placed:
+                out.append(mine)
+                placed = True
+            continue
+        out.append(item)
+    if not placed:
+        out.append(mine)
+    return join_list(out)
+
+
+def without_milter(value: str, socket_path: str) -> str:
+    return join_list([i for i in split_list(value) if not _is_ours(i, socket_path)])
+
+
+def find_milter(value: str, socket_path: str) -> str | None:
+    """Our element in a milter list, or None."""
+    for item in split_list(value):
+        if _is_ours(item, socket_path):
+            return item
+    return None
+
+
+def effective_milter_settings(item: str, main: Mapping[str, str]) -> dict[str, str]:
+    """default_action and protocol that apply to one milter element (its own or global)."""
+    _, own = milter_target(item)
+    return {
+        "default_action": own.get("default_action", main.get("milter_default_action", "tempfail")),
+        "protocol": own.get("protocol", main.get("milter_protocol", "6")),
+    }
+
+
+def with_item(value: str, item: str, *, first: bool = False) -> str:
+    items = split_list(value)
+    if any(i.lower() == item.lower() for i in items):
+        return join_list(items)
+    return join_list([item, *items] if first else [*items, item])
+
+
+def without_item(value: str, item: str) -> str:
+    return join_list([i for i in split_list(value) if i.lower() != item.lower()])
+
+
+def drop_headers_without_return_path(value: str) -> str:
+    return without_item(value, "return-path")
+
+
+# ---------------------------------------------------------------------------
+# master.cf
+
+
+def master_entry(w: Wanted) -> str:
+    """The ``bouncepipe`` service line (one logical line, as ``postconf -M`` prints it)."""
+    for what, path in (("config file", w.config_path), ("bouncetrack program", w.bouncetrack_bin)):
+        if re.search(r"\s", path) or "$" in path:
+            raise WiringError(f"the {what} path {path!r} contains white space or '$'; pipe(8) argv cannot hold it")
+    size = f" size={w.size_limit}" if w.size_limit else ""
+    return (
+        f"{SERVICE} unix - n n - {PIPE_MAXPROC} pipe flags={PIPE_FLAGS} user={w.pipe_user}{size} "
+        f"argv={w.bouncetrack_bin} pipe --config {w.config_path} ${{recipient}} ${{sender}}"
+    )
+
+
+def same_master_entry(a: str | None, b: str | None) -> bool:
+    """Equal up to white space (postconf -M folds and aligns the columns)."""
+    if a is None or b is None:
+        return a is b
+    return a.split() == b.split()
+
+
+def transport_text(w: Wanted) -> str:
+    return (
+        "# Managed by `bouncetrack install`: mail for the bounce domain goes to the bounce pipe.\n"
+        f"{w.bounce_domain} {SERVICE}:\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# The plan
+
+
+def desired_main(current: Mapping[str, str], w: Wanted) -> dict[str, str]:
+    """Every parameter of :data:`MAIN_PARAMS` as it should be, from the effective values."""
+    return {
+        "smtpd_milters": with_milter(current.get("smtpd_milters", ""), w.milter_socket),
+        "non_smtpd_milters": with_milter(current.get("non_smtpd_milters", ""), w.milter_socket),
+        "message_drop_headers": drop_headers_without_return_path(
+            current.get("message_drop_headers", "bcc, content-length, resent-bcc, return-path")
+        ),
+        "transport_maps": with_item(current.get("transport_maps", ""), w.transport_map, first=True),
+        "relay_domains": with_item(current.get("relay_domains", ""), w.bounce_domain),
+        f"{SERVICE}_destination_recipient_limit": "1",
+    }
+
+
+def plan(current: Mapping[str, str], current_master: str | None, w: Wanted) -> Plan:
+    """What to change, given the effective main.cf values and the current master.cf entry."""
+    want = desired_main(current, w)
+    changes = {k: v for k, v in want.items() if split_list(current.get(k, "")) != split_list(v)}
+    entry = master_entry(w)
+    return Plan(
+        main=changes,
+        master=None if same_master_entry(current_master, entry) else entry,
+        transport_text=transport_text(w),
+    )
+
+
+def revert_value(name: str, current: str, installed: str, old: str | None, w: Wanted) -> str | None:
+    """The value to put back on uninstall when main.cf changed since install.
+
+    Returns the old explicit value (None: remove the parameter) when ``current`` is still
+    what install wrote; otherwise only our element is taken out of the operator's newer
+    value (milters, transport map, bounce domain), and ``current`` stays otherwise.
+    """
+    if split_list(current) == split_list(installed):
+        return old
+    if name in ("smtpd_milters", "non_smtpd_milters"):
+        return without_milter(current, w.milter_socket)
+    if name == "transport_maps":
+        return without_item(current, w.transport_map)
+    if name == "relay_domains":
+        return without_item(current, w.bounce_domain)
+    return current
