@@ -136,7 +136,12 @@ def make_recipient(
                 command = "DATA"
             if preset is None and diag:
                 preset = providers.family_reason(family or "", diag)
-            if not preset or preset in reasons.RETRY:
+            if (not preset or preset in reasons.RETRY) and diag and command in (None, "DATA"):
+                # a local delivery agent's own verdict decides (Sisimai's LDA step)
+                lda = providers.local_agent_reason(diag.lower())
+                if lda is not None:
+                    reason = lda
+            if reason is None and (not preset or preset in reasons.RETRY):
                 # the receiving provider's own codes (cf. Sisimai's rhost step)
                 domain = address.rsplit("@", 1)[-1] if address and "@" in address else ""
                 if not isinstance(hosts, str):
@@ -144,8 +149,9 @@ def make_recipient(
                 prov = providers.provider_of(domain, (hosts + " " + (remote_mta or "") + " " + (diag or "")).lower())
                 if prov is not None:
                     preset = providers.provider_reason(prov, diag or "", status or "", command or "") or preset
-            reason = reasons.decide(diag, status, reply_code, command=command, action=action,
-                                    preset=preset, diag_type=diag_type)
+            if reason is None:
+                reason = reasons.decide(diag, status, reply_code, command=command, action=action,
+                                        preset=preset, diag_type=diag_type)
     # Sisimai's hard-bounce test reads the status the report gave, not one inferred here
     evidence = (status or "") + " " + (diag or "")
     if status is None:

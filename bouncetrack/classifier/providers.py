@@ -132,6 +132,63 @@ def family_reason(family: str, text: str) -> str | None:
     return None
 
 
+# --- local delivery agents -------------------------------------------------------------------
+
+# The agent that refused a local delivery names itself ("mail.local: ", "procmail: ") and
+# words the failure its own way (dovecot deliver.c, mail.local.c, ...; cf. Sisimai's LDA
+# tables). Lower-case: (agent markers, ((reason, texts), ...)).
+_LOCAL_AGENTS: tuple[tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
+    (("your message to <",), (  # dovecot: "Your message to <%t> was automatically rejected:"
+        ("mailboxfull", ("not enough disk space", "quota exceeded")),
+        ("userunknown", ("mailbox doesn't exist: ",)),
+    )),
+    (("mail.local: ",), (
+        ("mailboxfull", ("disc quota exceeded", "mailbox full or quota exceeded")),
+        ("systemerror", ("temporary file write error",)),
+        ("userunknown", (": invalid mailbox path", ": unknown user:", ": user missing home directory",
+                         ": user unknown")),
+    )),
+    (("procmail: ", "/procmail "), (
+        ("mailboxfull", ("quota exceeded while writing", "user over quota")),
+        ("systemerror", ("service unavailable",)),
+        ("systemfull", ("no space left to finish writing",)),
+    )),
+    (("maildrop: ",), (
+        ("mailboxfull", ("maildir over quota.",)),
+        ("userunknown", ("cannot find system user", "invalid user specified.")),
+    )),
+    (("vdelivermail: ",), (  # vpopmail
+        ("filtered", ("user does not exist, but will deliver to ",)),
+        ("mailboxfull", ("domain is over quota", "user is over quota")),
+        ("suspend", ("account is locked email bounced",)),
+        ("userunknown", ("sorry, no mailbox here by that name.",)),
+    )),
+    (("vdeliver: ",), (  # vmailmgr
+        ("mailboxfull", ("delivery failed due to system quota violation",)),
+        ("userunknown", ("invalid or unknown base user or domain", "invalid or unknown virtual user",
+                         "user name does not refer to a virtual user")),
+    )),
+)
+
+
+def local_agent_reason(low: str) -> str | None:
+    """The reason a local delivery agent's own message names (lower-cased text).
+
+    An agent that names itself but says nothing known failed as a program: ``mailererror``.
+    """
+    for markers, table in _LOCAL_AGENTS:
+        if not any(m in low for m in markers):
+            continue
+        if markers[0] == "your message to <" and "> was automatically rejected:" not in low:
+            continue
+        for reason, texts in table:
+            for t in texts:
+                if t in low:
+                    return reason
+        return "mailererror"
+    return None
+
+
 # --- receiving providers --------------------------------------------------------------------
 
 # provider -> host name suffixes (remote MTA, recipient domain, Received chain)

@@ -197,6 +197,8 @@ def included(reason: str, low: str) -> bool:
 # Reasons that a format-specific table may propose but the general rules may still refine.
 RETRY = frozenset({"undefined", "onhold", "systemerror", "securityerror", "expired",
                    "networkerror", "hostunknown", "userunknown"})
+_IN_REPLY = {"RCPT": " (in reply to rcpt to command)", "MAIL": " (in reply to mail from command)",
+             "DATA": " (in reply to end of data command)"}
 _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
 
 # First pass: status code and command weighed against phrases, in this order.
@@ -355,6 +357,10 @@ def decide(
     low = " ".join(diagnostic.lower().split())[:4000] if diagnostic else ""
     if command is None and diagnostic:
         command = find_command(diagnostic)
+    if low and command in _IN_REPLY and "in reply to" not in low:
+        # Postfix words the phase as "(in reply to RCPT TO command)"; phrases collected
+        # from its reports carry it, so a reply known to answer RCPT reads the same way.
+        low += _IN_REPLY[command]
     f = _Fact(low, status, reply_code or "", command or "", preset)
     diag_type = (diag_type or "SMTP").upper()
     if diag_type in ("SMTP", ""):
