@@ -55,6 +55,7 @@ from .pagination import (
     decode_cursor,
     encode_cursor,
     negotiate,
+    parse_bound,
     parse_range,
 )
 
@@ -62,6 +63,12 @@ DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
 STREAM_BATCH = 2000  # rows per database fetch and per response chunk (~1 MB)
 DEFAULT_MAX_RANGE_DAYS = 366
+# The shape of a date or timestamp (documented in the OpenAPI schema and checked
+# first); pagination.parse_bound then checks the calendar and the time zone.
+DATE_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?([Zz]|[+-][0-9]{2}:?[0-9]{2})?)?$"
+)
 
 EventType = Literal["bounce", "complaint", "delay", "delivered", "auto_reply", "unknown"]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
@@ -166,10 +173,12 @@ _CSV_NDJSON_BODY = {"schema": {"type": "string"}}
 def download_bounces(
     request: Request,
     start_date: str = Path(
+        pattern=DATE_PATTERN,
         description="First day `YYYY-MM-DD` (from 00:00:00Z) or an ISO 8601 timestamp with Z or offset.",
         examples=["2026-01-01"],
     ),
     end_date: str = Path(
+        pattern=DATE_PATTERN,
         description="Last day `YYYY-MM-DD` (its whole day included) or an ISO 8601 timestamp "
         "with Z or offset (inclusive).",
         examples=["2026-01-31"],
@@ -355,9 +364,13 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     loc = [p for p in first.get("loc", ()) if isinstance(p, str) and p not in ("query", "path", "header")]
     parameter = loc[0] if loc else None
     message = str(first.get("msg", "invalid value"))
-    allowed = FORMATS if parameter == "format" else None
-    if allowed:
-        message += f" (one of {', '.join(allowed)})"
+    if parameter == "format":
+        message += f" (one of {', '.join(FORMATS)})"
+    elif parameter in ("start_date", "end_date"):  # say what a date looks like, not the regex
+        try:
+            parse_bound(parameter, str(first.get("input", "")))
+        except ParamError as exc:
+            message = exc.message
     return _error(400, f"{parameter or 'request'}: {message}", parameter)
 
 
