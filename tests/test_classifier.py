@@ -49,6 +49,27 @@ def test_sample(name: str) -> None:
     assert got == want
 
 
+@pytest.mark.parametrize("diag,reason", [
+    ("mail.local: unknown user: alice 554 <alice@example.net>... Service unavailable", "userunknown"),
+    ("procmail: Quota exceeded while writing \"/var/mail/alice\"", "mailboxfull"),
+    ("maildrop: maildir over quota.", "mailboxfull"),
+])
+def test_local_delivery_agent(diag: str, reason: str) -> None:
+    from bouncetrack.classifier.common import make_recipient
+
+    assert make_recipient("alice@example.net", status="5.5.0", diagnostic=diag).reason == reason
+
+
+def test_reply_to_rcpt_reads_as_postfix_words() -> None:
+    # "Recipient address rejected." answered to RCPT TO is about the address
+    r = classify_reason("550 <a@example.net>: Recipient address rejected. (in reply to RCPT TO command)",
+                        "5.0.0", "550")
+    assert r == "userunknown"
+    from bouncetrack.classifier.reasons import decide
+
+    assert decide("550 <a@example.net>: Recipient address rejected.", "5.0.0", "550", command="RCPT") == "userunknown"
+
+
 def test_dsn_details() -> None:
     rep = classify((SAMPLES / "dsn-failed-userunknown.eml").read_bytes())
     r = rep.recipients[0]
