@@ -198,6 +198,7 @@ _HOSTS: dict[str, tuple[str, ...]] = {
     "cox": ("cox.net",),
     "facebook": (".facebook.com",),
     "franceptt": (".laposte.net", ".orange.fr", ".wanadoo.fr"),
+    "godaddy": ("smtp.secureserver.net", "mailstore1.secureserver.net"),
     "google": ("aspmx.l.google.com", "gmail-smtp-in.l.google.com", "googlemail.com"),
     "kddi": (".ezweb.ne.jp", "msmx.au.com"),
     "messagelabs": (".messagelabs.com",),
@@ -238,6 +239,15 @@ _PHRASES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     ),
     "franceptt": (
         ("authfailure", ("spf/dns de votre nom de domaine",)),
+    ),
+    "godaddy": (
+        ("blocked", ("rbl reject", "www.spamhaus.org/query/bl?ip=")),
+        ("expired", ("has been in the queue too long", "delivery timeout")),
+        ("mailboxfull", ("account storage limit",)),
+        ("spamdetected", ("message rejected for spam or virus content",)),
+        ("suspend", ("account disabled",)),
+        ("systemerror", ("message is looping",)),
+        ("userunknown", ("recipient not found", "account does not exist")),
     ),
     "kddi": (
         # au/KDDI: "550 : User unknown" is its filter, "550 <addr>: User unknown" the address
@@ -299,6 +309,14 @@ _FACEBOOK_CODES = {
     "DNS-T1": "rejected", "DNS-P3": "requireptr", "DNS-T2": "requireptr", "POL-P6": "spamdetected",
     "RCP-T4": "suspend", "RCP-T1": "systemerror", "CON-T1": "toomanyconn", "CON-T2": "toomanyconn",
     "CON-T3": "toomanyconn", "CON-T4": "toomanyconn", "MSG-T1": "toomanyconn",
+}
+# GoDaddy's documented "IBnnn" reply labels (its help page "fix rejected email with a bounce error")
+_GODADDY_CODES = {
+    "IB401": "securityerror", "IB501": "notcompliantrfc", "IB502": "notcompliantrfc", "IB506": "rejected",
+    "IB508": "authfailure", "IB108": "requireptr", "IB212": "spamdetected", "IB705": "virusdetected",
+    "IB605": "toomanyconn", "IB007": "toomanyconn", "IB101": "speeding", "IB110": "blocked",
+    "IB111": "blocked", "IB112": "blocked", "IB113": "blocked", "IB504": "speeding", "IB510": "speeding",
+    "IB607": "speeding", "IB103": "badreputation", "IB104": "blocked", "IB105": "blocked", "IB106": "blocked",
 }
 # Cox "AUP#CXBL" style codes
 _COX_CODES = {
@@ -367,6 +385,12 @@ def provider_reason(provider: str, diag: str, status: str, command: str) -> str 
             "blocked" if _aup(diag).startswith("IPBL") else "spamdetected" if _aup(diag).startswith("URLBL") else None)
         if r:
             return r
+    elif provider == "godaddy":
+        i = diag.find(" IB")
+        if i >= 0:
+            r = _GODADDY_CODES.get(diag[i + 1 : i + 6])
+            if r:
+                return r
     elif provider == "facebook":
         for code, reason in _FACEBOOK_CODES.items():
             if code in diag:
