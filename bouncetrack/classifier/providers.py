@@ -40,6 +40,12 @@ _FAMILY: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "opensmtpd": (
         ("hostunknown", ("Invalid domain name", "Domain does not exist")),
     ),
+    # au/KDDI EZweb notices (cf. Sisimai's EZweb module)
+    "ezweb": (
+        ("suspend", ("The user(s) account is disabled.", "The user(s) account is temporarily limited.")),
+        ("mailboxfull", ("The user(s) account is temporarily over quota",)),
+        ("expired", ("Your message was not delivered within ",)),
+    ),
     # IMail Server's own texts (cf. Sisimai's IMailServer module)
     "imailserver": (
         ("userunknown", ("Unknown user", "Invalid final delivery userid")),

@@ -78,6 +78,14 @@ def detect(view: ParsedView) -> Report | None:
     generic_status = False
     if family is None and "please DO NOT REPLY to this" in view.report_text[:3000]:
         family, generic_status = "opensmtpd", True
+    # au (KDDI) EZweb states the account's condition in a line above the recipients
+    # ("The user(s) account is disabled."): it explains every recipient of the notice
+    preamble = ""
+    mid = view.headers.get("message-id", "")
+    if family is None and (mid.endswith(".ezweb.ne.jp>") or mid.endswith(".au.com>")):
+        family = "ezweb"
+        preamble = " ".join(ln.strip() for ln in view.report_text[:2000].split("\n")
+                            if ln.startswith("The user(s) ") or ln.startswith("Your message "))
     results: list[RecipientResult] = []
     seen: set[str] = set()
     for b in rcpts:
@@ -102,6 +110,8 @@ def detect(view: ParsedView) -> Report | None:
             text_diag = diagnostic_for(view, addr)  # read the body only when the field says nothing
             if text_diag:
                 diag = (diag + " " + text_diag) if diag else text_diag
+        if preamble:
+            diag = (preamble + " " + (diag or "")).strip()
         results.append(make_recipient(
             addr, action=action, status=status, diagnostic=diag, remote_mta=remote,
             original_recipient=orig, in_data=in_data or data_phase(diag or ""),
