@@ -23,6 +23,7 @@ from bouncetrack.api.app import ApiContext
 from bouncetrack.config_loader import load_config
 from bouncetrack.harness.fakemx import Transaction
 from bouncetrack.tokens import hash_api_token
+from tests.storeview import rows
 
 pytestmark = pytest.mark.postfix
 
@@ -72,16 +73,7 @@ def post(client: TestClient, token: str, **body: Any) -> Any:
 
 
 def events(stack: Any) -> list[sqlite3.Row]:
-    if not stack.db_path.exists():
-        return []
-    db = sqlite3.connect(stack.db_path)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM events ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    return rows(stack.db_path)
 
 
 def new_events(stack: Any, before: int, count: int, timeout: float = 30) -> list[sqlite3.Row]:

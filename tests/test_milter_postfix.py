@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bouncetrack.harness.fakemx import Transaction
+from tests.storeview import rows
 
 pytestmark = pytest.mark.postfix
 
@@ -35,16 +36,7 @@ def clean(stack: Any) -> None:
 
 
 def events(stack: Any) -> list[sqlite3.Row]:
-    if not stack.db_path.exists():
-        return []
-    db = sqlite3.connect(stack.db_path)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM events ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    return rows(stack.db_path)
 
 
 def new_events(stack: Any, before: int, count: int, timeout: float = 30) -> list[sqlite3.Row]:

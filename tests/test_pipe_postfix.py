@@ -17,6 +17,7 @@ from bouncetrack.config_loader import load_config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
 from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+from tests.storeview import rows
 
 pytestmark = pytest.mark.postfix
 
@@ -35,16 +36,7 @@ def clean(stack: Any) -> None:
 
 
 def events(stack: Any) -> list[sqlite3.Row]:
-    if not stack.db_path.exists():
-        return []
-    db = sqlite3.connect(stack.db_path, timeout=30)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM events ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    return rows(stack.db_path)
 
 
 def wait_events(stack: Any, predicate: Any, timeout: float = 30, flush: bool = True) -> list[sqlite3.Row]:
