@@ -243,3 +243,13 @@ def test_store_directory_unwritable_exits_75(config: Config, tmp_path: Path) -> 
         cwd=ROOT,
     )
     assert proc.returncode == 75, proc.stderr
+
+
+def test_complaint_that_names_nobody_is_not_flagged(config: Config) -> None:
+    verp, _ = record(config, "complainer@isp.test")
+    report = mailgen.arf("fbl@bounce.test", verp, "complainer@isp.test").replace(
+        b"To: complainer@isp.test\n", b"To: undisclosed-recipients:;\n")
+    assert run_pipe(config, "fbl@bounce.test", report).returncode == 0
+    (event,) = events(config)
+    assert event["type"] == "complaint" and event["recipient"] == "complainer@isp.test"
+    assert event["flagged"] == 0

@@ -84,7 +84,12 @@ def _norm(address: str | None) -> str | None:
     text = address.strip()
     if ";" in text and text.split(";", 1)[0].strip().lower() in ("rfc822", "utf-8", "x-unknown"):
         text = text.split(";", 1)[1]
-    return esmtp.strip_path(text).strip('"').lower() or None
+    address = esmtp.strip_path(text).strip('"').lower()
+    # RFC 6761 §6.4: ".invalid" never names a mailbox; classifiers use it for
+    # "the report names nobody" (e.g. an ARF report that redacted the recipient).
+    if not address or address.endswith(".invalid"):
+        return None
+    return address
 
 
 def _match(result: RecipientResult, recipients: tuple[RecipientRecord, ...]) -> RecipientRecord | None:
