@@ -165,6 +165,9 @@ class Stack:
     ``domains``: extra YAML ``domains:`` entries (name → mapping) merged over the
     defaults (``tracked.test`` tracking, ``untracked.test`` not, ``default`` not).
     ``config_extra``: top-level YAML keys added to the generated configuration.
+    ``pipe_wrapper``: a script staged as ``lib/<its name>`` and run in front of the real
+    pipe: pipe(8) runs ``PYTHON lib/<wrapper> *pipe_wrapper_args -- <the pipe's argv>``
+    (fault injection: the wrapper may kill the pipe at a random point).
     """
 
     def __init__(
@@ -183,6 +186,8 @@ class Stack:
         routes: Mapping[str, str] | None = None,
         postfix_extra: Mapping[str, str] | None = None,
         python: str | None = None,
+        pipe_wrapper: Path | str | None = None,
+        pipe_wrapper_args: Sequence[str] = (),
         user: str = DEFAULT_USER,
         log_level: str = "DEBUG",
         keep: bool = False,
@@ -194,6 +199,8 @@ class Stack:
             tempfile.mkdtemp(prefix="bouncetrack-", dir="/var/tmp"))
         self.with_milter = with_milter
         self.pipe_mode: PipeMode = pipe
+        self.pipe_wrapper = Path(pipe_wrapper) if pipe_wrapper is not None else None
+        self.pipe_wrapper_args = list(pipe_wrapper_args)
         self.bounce_domain = bounce_domain
         self.python = python or default_python()
         self.user = user
@@ -269,6 +276,10 @@ class Stack:
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)
         stage(self.lib, python=self.python)
+        if self.pipe_wrapper is not None:
+            staged = self.lib / self.pipe_wrapper.name
+            shutil.copyfile(self.pipe_wrapper, staged)
+            staged.chmod(0o644)
         for d, owner, group, mode in (
             (self.state_dir, uid, gid, 0o750),
             (self.run_dir, uid, postfix_gid, 0o750),
@@ -309,8 +320,13 @@ class Stack:
 
     def pipe_argv(self) -> list[str]:
         if self.pipe_mode == "files":
-            return [self.python, str(self.lib / "filespipe.py"), str(self.spool_dir)]
-        return [self.python, str(self.lib / "bt.py"), "pipe", "--config", str(self.config_path)]
+            argv = [self.python, str(self.lib / "filespipe.py"), str(self.spool_dir)]
+        else:
+            argv = [self.python, str(self.lib / "bt.py"), "pipe", "--config", str(self.config_path)]
+        if self.pipe_wrapper is not None:
+            argv = [self.python, str(self.lib / self.pipe_wrapper.name), *self.pipe_wrapper_args,
+                    "--", *argv]
+        return argv
 
     def close(self) -> None:
         """Stop everything; idempotent and never raises."""
