@@ -1,0 +1,359 @@
+"""``bouncetrack doctor``: one line per check, OK / WARN / FAIL / SKIP, exit 1 on FAIL.
+
+Probes (I/O) are here; verdicts are in :mod:`.checks`, DNS in :mod:`.dnscheck`.
+
+Checks, in order:
+
+1. config: the YAML file loads and validates (everything else needs it).
+2. milter socket: connect to the unix socket and do the milter negotiation
+   (SMFIC_OPTNEG); the answer must be a milter's, asking for CHGFROM (ours does).
+3. postfix: effective main.cf values and the ``bouncepipe`` master.cf entry
+   (``postconf -c DIR``), and the bounce domain's route as Postfix looks it up
+   (``postmap -q`` on each transport map, first hit wins).
+4. pipe user: exists; as that user (``runuser``): the interpreter runs and imports the
+   pipe, the config and the VERP key are readable.
+5. store: as the pipe user, the SQLite store opens read-write and takes a write lock
+   (``BEGIN IMMEDIATE``), and its directory is writable (for -wal/-shm).
+6. DNS (dnspython): MX of the bounce domain points at this host; SPF of the bounce
+   domain authorises this host; DMARC alignment of each tracked sender domain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+
+from .. import postfix_wiring as wiring
+from ..config import Config, ConfigError
+from .checks import FAIL, OK, SKIP, WARN, Result, exit_code, postfix_results
+
+# Milter protocol (libmilter's mfdef.h).
+SMFIC_OPTNEG = b"O"
+SMFIC_QUIT = b"Q"
+SMFI_V6_PROT = 0x1FFFFF
+SMFIF_CHGFROM = 0x40
+
+
+# ---------------------------------------------------------------------------
+# 1. config
+
+
+def check_config(path: str) -> tuple[Result, Config | None]:
+    from ..config_loader import load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return Result("config", FAIL, f"{path}: " + "; ".join(str(p) for p in exc.problems),
+                      f"fix the file (bouncetrack check-config {path})"), None
+    return Result("config", OK, f"{path} is valid (bounce domain {config.bounce_domain})"), config
+
+
+# ---------------------------------------------------------------------------
+# 2. milter
+
+
+def milter_negotiate(path: str, timeout: float = 5.0) -> tuple[int, int, int]:
+    """Send SMFIC_OPTNEG as an MTA would; return the milter's (version, actions, protocol)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        body = SMFIC_OPTNEG + struct.pack(">III", 6, 0x1FF, SMFI_V6_PROT)
+        s.sendall(struct.pack(">I", len(body)) + body)
+        head = _recv(s, 4)
+        (length,) = struct.unpack(">I", head)
+        if not 13 <= length <= 1 << 16:
+            raise ValueError(f"unexpected reply length {length}")
+        reply = _recv(s, length)
+        if reply[:1] != SMFIC_OPTNEG:
+            raise ValueError(f"unexpected reply command {reply[:1]!r}")
+        version, actions, protocol = struct.unpack(">III", reply[1:13])
+        try:
+            s.sendall(struct.pack(">I", 1) + SMFIC_QUIT)
+        except OSError:
+            pass
+        return version, actions, protocol
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ValueError("connection closed during negotiation")
+        buf += chunk
+    return buf
+
+
+def check_milter(config: Config) -> Result:
+    path = str(config.milter_socket)
+    name = "milter socket"
+    fix = "start the milter (systemctl start bouncetrack-milter) and check its log"
+    if not os.path.exists(path):
+        return Result(name, FAIL, f"{path} does not exist: Postfix tempfails every message (451)", fix)
+    try:
+        version, actions, _ = milter_negotiate(path)
+    except PermissionError as exc:
+        return Result(name, FAIL, f"{path}: {exc}", "run doctor as root, or check the socket's mode (0660 or looser)")
+    except (OSError, ValueError) as exc:
+        return Result(name, FAIL, f"{path} does not answer the milter negotiation: {exc}", fix)
+    if not actions & SMFIF_CHGFROM:
+        return Result(name, WARN, f"{path} answers (milter protocol {version}) but does not ask for CHGFROM: "
+                      "not the bouncetrack milter?", "check smtpd_milters and milter_socket")
+    parent = Path(path).parent
+    try:
+        st = parent.stat()
+        group = _group_name(st.st_gid)
+        if group != "postfix" and not st.st_mode & 0o001:
+            return Result(name, WARN, f"answers, but {parent} is group {group} mode {st.st_mode & 0o777:o}: "
+                          "the postfix user may not reach the socket",
+                          f"chgrp postfix {parent}; chmod 0750 {parent} (RuntimeDirectory in the systemd unit)")
+    except OSError:
+        pass
+    return Result(name, OK, f"{path} answers the milter negotiation (protocol {version}, CHGFROM requested)")
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+# ---------------------------------------------------------------------------
+# 3. postfix
+
+
+def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Result]:
+    from ..install import InstallError, main_values, master_entry
+
+    if not (postfix_dir / "main.cf").is_file():
+        return [Result("postfix", SKIP, f"no {postfix_dir}/main.cf (pass --postfix-dir)")]
+    if shutil.which("postconf") is None and not os.path.exists("/usr/sbin/postconf"):
+        return [Result("postfix", SKIP, "postconf is not installed")]
+    try:
+        main = main_values(postfix_dir)
+        master = master_entry(postfix_dir)
+    except InstallError as exc:
+        return [Result("postfix", FAIL, str(exc), "fix main.cf/master.cf (postfix check)")]
+    lookup = transport_lookup(postfix_dir, main.get("transport_maps", ""), config.bounce_domain)
+    return postfix_results(
+        main, master, bounce_domain=config.bounce_domain, milter_socket=str(config.milter_socket),
+        config_path=str(Path(config.path).resolve()), pipe_user=pipe_user, transport_lookup=lookup,
+        config_dir=str(postfix_dir),
+    )
+
+
+def transport_lookup(postfix_dir: Path, maps: str, domain: str) -> str | None:
+    """What transport_maps give for ``domain`` (first map with an answer), as Postfix does."""
+    for m in wiring.split_list(maps):
+        if m.startswith("$"):
+            continue
+        proc = subprocess.run(["/usr/sbin/postmap", "-c", str(postfix_dir), "-q", domain, m],
+                              capture_output=True, text=True, check=False, timeout=30)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout.strip()
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 4./5. pipe user, config and store access
+
+_AS_USER = r"""
+import json, os, sys
+cfg, secret, db = sys.argv[1:4]
+res = {"python": sys.executable}
+try:
+    import bouncetrack.bounce_pipe.main  # noqa: F401
+    res["import"] = "ok"
+except Exception as exc:
+    res["import"] = repr(exc)
+for key, path in (("config", cfg), ("secret", secret)):
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        res[key] = "ok"
+    except OSError as exc:
+        res[key] = str(exc)
+if db:
+    if not os.path.exists(db):
+        d = os.path.dirname(db)
+        res["store"] = "missing" if os.access(d, os.X_OK) else "cannot enter directory " + d
+    else:
+        try:
+            import sqlite3
+            con = sqlite3.connect("file:" + db + "?mode=rw", uri=True, timeout=5)
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+            con.close()
+            res["store"] = "ok" if os.access(os.path.dirname(db), os.W_OK) else "dir-not-writable"
+        except Exception as exc:
+            res["store"] = str(exc)
+print(json.dumps(res))
+"""
+
+
+def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]:
+    try:
+        pwd.getpwnam(pipe_user)
+    except KeyError:
+        return [Result("pipe user", FAIL, f"user {pipe_user} does not exist: pipe(8) cannot run the bounce pipe",
+                       f"useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {pipe_user} "
+                       "(or systemd-sysusers systemd/bouncetrack.sysusers.conf)")]
+    if os.geteuid() != 0:
+        return [Result("pipe user", SKIP, f"{pipe_user} exists; run doctor as root to test access as that user")]
+    db = config.store_url[len("sqlite:///"):] if config.store_url.startswith("sqlite:///") else ""
+    argv = ["runuser", "-u", pipe_user, "--", python, "-c", _AS_USER,
+            str(Path(config.path).resolve()), str(config.secret_file), db]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [Result("pipe user", FAIL, f"cannot run {python} as {pipe_user}: {exc}", "check runuser and the interpreter")]
+    try:
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return [Result("pipe user", FAIL, f"{python} does not run as {pipe_user}: "
+                       f"{(proc.stderr or proc.stdout).strip()[-300:]}",
+                       "the interpreter and the code must be readable by that user (a venv outside /root, "
+                       "built from /usr/bin/python3)")]
+    out: list[Result] = []
+    if res.get("import") != "ok":
+        out.append(Result("pipe user", FAIL, f"as {pipe_user}, {python} cannot import the pipe: {res.get('import')}",
+                          "install bouncetrack where that user can read it (e.g. /opt/bouncetrack/venv)"))
+    else:
+        out.append(Result("pipe user", OK, f"{pipe_user} runs {python} and imports the pipe"))
+    for key, path, what in (("config", config.path, "config file"), ("secret", config.secret_file, "VERP key")):
+        if res.get(key) == "ok":
+            out.append(Result(f"pipe reads {what}", OK, f"{path} is readable by {pipe_user}"))
+        else:
+            out.append(Result(f"pipe reads {what}", FAIL, f"{pipe_user} cannot read {path}: {res.get(key)} "
+                              "(the pipe exits 75, bounces stay queued)",
+                              f"make {path} and its directories readable by {pipe_user} "
+                              f"({'chown ' + pipe_user + ' and mode 0600' if key == 'secret' else 'e.g. mode 0644'})"))
+    if not db:
+        out.append(Result("store", SKIP, f"{config.store_url.split('://')[0]} store: not checked by doctor"))
+    elif res.get("store") == "ok":
+        out.append(Result("store", OK, f"{db} is writable by {pipe_user}"))
+    elif res.get("store") == "missing":
+        out.append(Result("store", WARN, f"{db} does not exist yet", "start the milter once (it creates the store)"))
+    elif res.get("store") == "dir-not-writable":
+        out.append(Result("store", FAIL, f"{pipe_user} cannot write {Path(db).parent} (SQLite needs it for -wal/-shm)",
+                          f"chown {pipe_user} {Path(db).parent}"))
+    else:
+        out.append(Result("store", FAIL, f"{pipe_user} cannot write {db}: {res.get('store')}",
+                          f"chown {pipe_user}: {db}*; a locked store means a long transaction elsewhere"))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 6. DNS
+
+
+def local_addresses() -> list[str]:
+    """This host's global (non-loopback, non-link-local) addresses."""
+    import ipaddress
+
+    found: list[str] = []
+    try:
+        proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10, check=False)
+        for iface in json.loads(proc.stdout or "[]"):
+            for info in iface.get("addr_info", []):
+                found.append(str(info.get("local", "")))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        try:
+            found = [str(i[4][0]) for i in socket.getaddrinfo(socket.gethostname(), None)]
+        except OSError:
+            found = []
+    out = []
+    for a in found:
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            continue
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified) and a not in out:
+            out.append(a)
+    return out
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``1.2.3.4``, ``1.2.3.4:5353``, ``::1``, ``[::1]:5353`` -> (address, port)."""
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else 53
+    if spec.count(":") == 1:
+        host, _, port = spec.partition(":")
+        return host, int(port)
+    return spec, 53
+
+
+def check_dns(config: Config, nameserver: str | None, expect_ips: Sequence[str]) -> list[Result]:
+    from .dnscheck import DnsPythonResolver, dns_results
+
+    host, port = parse_nameserver(nameserver) if nameserver else (None, 53)
+    expected = list(expect_ips) or local_addresses()
+    return dns_results(DnsPythonResolver(host, port), config, expected, explicit_expected=bool(expect_ips))
+
+
+# ---------------------------------------------------------------------------
+# The command
+
+
+def run_checks(config_path: str, *, postfix_dir: Path | None, pipe_user: str, python: str,
+               nameserver: str | None, expect_ips: Sequence[str], dns: bool = True,
+               echo: Callable[[str], None] = print) -> list[Result]:
+    results: list[Result] = []
+
+    def emit(rs: list[Result]) -> None:
+        for r in rs:
+            results.append(r)
+            echo(r.line())
+
+    first, config = check_config(config_path)
+    emit([first])
+    if config is None:
+        return results
+    emit([check_milter(config)])
+    if postfix_dir is not None:
+        emit(check_postfix(config, postfix_dir, pipe_user))
+    emit(check_pipe_user(config, pipe_user, python))
+    if dns:
+        emit(check_dns(config, nameserver, expect_ips))
+    return results
+
+
+@click.command("doctor")
+@click.option("--config", "config_file", default="/etc/bouncetrack/config.yaml", show_default=True,
+              help="bouncetrack YAML configuration.")
+@click.option("--postfix-dir", default="/etc/postfix", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Postfix configuration directory to check.")
+@click.option("--pipe-user", default=wiring.PIPE_USER, show_default=True, help="User pipe(8) runs the bounce pipe as.")
+@click.option("--python", default=sys.executable, show_default=True, help="Interpreter the pipe runs with.")
+@click.option("--nameserver", default=None, help="DNS server IP[:port] (default: the system's resolvers).")
+@click.option("--expect-ip", "expect_ips", multiple=True,
+              help="This host's public address(es) for the MX/SPF checks (default: local addresses).")
+@click.option("--no-dns", is_flag=True, help="Skip the DNS checks.")
+def doctor_command(config_file: str, postfix_dir: Path, pipe_user: str, python: str, nameserver: str | None,
+                   expect_ips: tuple[str, ...], no_dns: bool) -> None:
+    """Check config, milter, Postfix wiring, pipe user, store and DNS.
+
+    One line per check: OK, WARN (works, but fragile or not fully checked), FAIL (with
+    how to fix it) or SKIP. Exit status 1 when anything FAILs.
+    """
+    results = run_checks(config_file, postfix_dir=postfix_dir, pipe_user=pipe_user, python=python,
+                         nameserver=nameserver, expect_ips=expect_ips, dns=not no_dns, echo=click.echo)
+    counts = {v: sum(r.verdict == v for r in results) for v in (OK, WARN, FAIL, SKIP)}
+    click.echo(", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    raise SystemExit(exit_code(results))
