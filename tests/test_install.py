@@ -278,3 +278,55 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     problems = [line for line in (proc.stderr + proc.stdout).splitlines()
                 if "bouncetrack" in line or "Unknown" in line or "Failed" in line]
     assert proc.returncode == 0 and not problems, proc.stderr + proc.stdout
+
+
+# --- end to end: a Postfix wired only by `install` tracks mail and pipes bounces -------------
+
+
+@pytest.mark.postfix
+def test_installed_wiring_tracks_and_pipes_through_real_postfix(make_stack: object) -> None:
+    import sqlite3
+    from typing import Any
+
+    from bouncetrack.install import install, uninstall
+    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+
+    program = "/opt/bouncetrack/venv/bin/bouncetrack"
+    if not os.path.exists(program):
+        pytest.skip(f"{program} does not exist")
+    st: Any = make_stack(with_milter=True, pipe="real")  # type: ignore[operator]
+    pf = st.postfix
+    # Strip the harness's own wiring: no milter, no bounce pipe, no route for the bounce domain.
+    pf.milter_socket, pf.pipe_argv = None, None
+    pf.routes = {k: v for k, v in pf.routes.items() if k != st.bounce_domain}
+    pf.write()
+    assert "bouncepipe" not in pf.postconf("-M")
+    config = load_config(st.config_path)
+    install(config, pf.config_dir, bouncetrack_bin=program, echo=lambda s: None)
+    pf.reload()
+
+    r = st.send("info@tracked.test", ["unknown-e2e@remote.test"])
+    assert r.accepted, r
+
+    def event() -> Any:
+        if not st.db_path.exists():
+            return None
+        db = sqlite3.connect(st.db_path, timeout=10)
+        try:
+            return db.execute("SELECT token_status, recipient, type FROM events").fetchall() or None
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            db.close()
+
+    rows = st.wait_for(event, 40, flush_every=2.0)
+    assert rows == [("valid", "unknown-e2e@remote.test", "bounce")]
+    assert "relay=bouncepipe" in pf.log_text()
+
+    good = verp_address(config, mint(load_keyring(config, create=False), new_token_id()))
+    forged = good[:2] + ("a" if good[2] != "a" else "b") + good[3:]
+    r = st.send("", [forged, f"fbl@{config.bounce_domain}"])
+    assert r.rcpts[forged][0] == 550 and r.rcpts[f"fbl@{config.bounce_domain}"][0] == 250
+
+    uninstall(pf.config_dir, echo=lambda s: None)
+    assert "bouncepipe" not in pf.postconf("-M")
