@@ -57,6 +57,22 @@ class DsnDefaults:
 
 
 @dataclass(frozen=True)
+class SuppressionPolicy:
+    """The suppression list of one sender domain (issue 6).
+
+    The pipe always records hard bounces, complaints and repeated soft bounces
+    on the list; ``policy`` says what the milter does with a listed recipient:
+    ``reject`` (550 5.1.1 at RCPT time), ``drop`` (removed silently at the end of
+    the message; a message left with no recipient is discarded) or ``off``.
+    """
+
+    policy: str = "off"  # "reject" | "drop" | "off"
+    soft_bounce_limit: int = 3  # this many soft bounces ...
+    soft_bounce_days: float = 7.0  # ... within this many days suppress; limit 0 = never
+    expire_days: float | None = 365.0  # entries the pipe adds expire after this; None = never
+
+
+@dataclass(frozen=True)
 class DomainPolicy:
     """What to do for mail whose envelope sender is in one domain."""
 
@@ -66,6 +82,7 @@ class DomainPolicy:
     webhook: WebhookConfig | None = None
     api_token_hashes: tuple[str, ...] = ()  # "sha256:<hex>" of each API token
     dsn: DsnDefaults = field(default_factory=DsnDefaults)
+    suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)  # issue 6
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from bouncetrack.config import (
     DsnDefaults,
     OutboxConfig,
     PipeConfig,
+    SuppressionPolicy,
     WebhookConfig,
 )
 
@@ -105,10 +106,12 @@ TOP_KEYS = (
 )
 PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses")
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
-DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn")
+DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression")
 WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
 DSN_KEYS = ("notify", "ret")
 API_KEYS = ("max_range_days",)  # the HTTP API (issue 5)
+SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days")  # issue 6
+SUPPRESSION_POLICIES = ("reject", "drop", "off")
 
 
 class _Invalid(Exception):
@@ -641,7 +644,8 @@ def _domains(
     e = _entries(ctx, node, key, None)
     policies: dict[str, DomainPolicy] = {}
     seen: dict[str, tuple[str, yaml.Node]] = {}  # lower-case name -> (as written, key node)
-    for raw, (knode, vnode) in e.items():
+    # "default" first: the other domains' suppression keys inherit from it (issue 6).
+    for raw, (knode, vnode) in sorted(e.items(), key=lambda kv: kv[0].lower() != "default"):
         dkey = _join(key, raw)
         name = "default" if raw.lower() == "default" else _domain_name(raw)
         if name is None:
@@ -658,7 +662,7 @@ def _domains(
             continue
         seen[name] = (raw, knode)
         try:
-            policy = _policy(ctx, vnode, dkey, name, bounce_domain)
+            policy = _policy(ctx, vnode, dkey, name, bounce_domain, default.suppression)
         except _Invalid:
             continue
         if name == "default":
@@ -675,9 +679,16 @@ def _domains(
     return policies, default
 
 
-def _policy(ctx: _Ctx, node: yaml.Node, key: str, name: str, bounce_domain: str | None) -> DomainPolicy:
+def _policy(
+    ctx: _Ctx,
+    node: yaml.Node,
+    key: str,
+    name: str,
+    bounce_domain: str | None,
+    base_suppression: SuppressionPolicy = SuppressionPolicy(),
+) -> DomainPolicy:
     if _is_null(node):
-        return DomainPolicy(name=name)
+        return DomainPolicy(name=name, suppression=base_suppression)
     e = _entries(ctx, node, key, DOMAIN_KEYS)
     tracking = _field(ctx, e, "tracking", key, _bool, False)
     forward = _field(ctx, e, "forward", key, _email, None)
@@ -706,7 +717,55 @@ def _policy(ctx: _Ctx, node: yaml.Node, key: str, name: str, bounce_domain: str 
                 )
         hashes = tuple(out)
     dsn = _field(ctx, e, "dsn", key, _dsn, DsnDefaults())
-    return DomainPolicy(name=name, tracking=tracking, forward=forward, webhook=webhook, api_token_hashes=hashes, dsn=dsn)
+    suppression = _field(
+        ctx, e, "suppression", key, lambda c, n, k: _suppression(c, n, k, base_suppression), base_suppression
+    )
+    return DomainPolicy(
+        name=name,
+        tracking=tracking,
+        forward=forward,
+        webhook=webhook,
+        api_token_hashes=hashes,
+        dsn=dsn,
+        suppression=suppression,
+    )
+
+
+def _suppression(ctx: _Ctx, node: yaml.Node, key: str, base: SuppressionPolicy) -> SuppressionPolicy:
+    """A domain's ``suppression:`` block (issue 6); keys left out come from ``base``.
+
+    ``base`` is the ``default`` entry's block (built-in defaults for ``default``
+    itself), so ``default: {suppression: {...}}`` sets them for every domain.
+    """
+    if _is_null(node):
+        return base
+    e = _entries(ctx, node, key, SUPPRESSION_KEYS)
+    policy = _field(ctx, e, "policy", key, _suppression_policy, base.policy)
+    limit = _field(
+        ctx, e, "soft_bounce_limit", key, lambda c, n, k: _int(c, n, k, 0, 1000), base.soft_bounce_limit
+    )
+    days = _field(
+        ctx, e, "soft_bounce_days", key, lambda c, n, k: _number(c, n, k, 0, 3660, True), base.soft_bounce_days
+    )
+    expire = _field(ctx, e, "expire_days", key, _expire_days, base.expire_days)
+    return SuppressionPolicy(policy=policy, soft_bounce_limit=limit, soft_bounce_days=days, expire_days=expire)
+
+
+def _suppression_policy(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    # YAML 1.1 reads a bare `off` as the boolean false: take it as the word meant.
+    if isinstance(node, yaml.ScalarNode) and _value(ctx, node) is False:
+        return "off"
+    value = _str(ctx, node, key).lower()
+    if value not in SUPPRESSION_POLICIES:
+        raise ctx.fail(node, key, f"unknown suppression policy {value!r} (one of {', '.join(SUPPRESSION_POLICIES)})")
+    return value
+
+
+def _expire_days(ctx: _Ctx, node: yaml.Node, key: str) -> float | None:
+    """Days until an entry the pipe adds expires; null = never."""
+    if _is_null(node):
+        return None
+    return _number(ctx, node, key, 0, 36600, True)
 
 
 def _webhook(ctx: _Ctx, node: yaml.Node, key: str) -> WebhookConfig:

@@ -34,6 +34,7 @@ from .config import (
     DsnDefaults,
     OutboxConfig,
     PipeConfig,
+    SuppressionPolicy,
     WebhookConfig,
 )
 
@@ -48,6 +49,7 @@ _NESTED: dict[str, type] = {
     "DsnDefaults": DsnDefaults,
     "WebhookConfig": WebhookConfig,
     "ApiConfig": ApiConfig,
+    "SuppressionPolicy": SuppressionPolicy,  # issue 6
 }
 
 

@@ -13,7 +13,7 @@ import time
 
 from ..classifier.model import COMPLAINT, Report
 from ..config import Config
-from ..store.base import BounceEvent, MessageRecord, OutboxJob
+from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate
 from ..tokens import KeyRing
 from . import attribution
 from .attribution import Delivery
@@ -43,7 +43,10 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
         delivery = Delivery(recipient, sender, token, token_status, started, key)
         events = _events(report, delivery, message)
         jobs = _jobs(config, events, message, raw)
-        outcome = store.store_report(events, raw, jobs, key, pipe_started=started)  # counts the run (metrics)
+        suppress = _suppress(config, events)  # issue 6: written in the report's transaction
+        outcome = store.store_report(
+            events, raw, jobs, key, pipe_started=started, suppress=suppress
+        )  # counts the run (metrics)
     finally:
         store.close()
     what = "stored" if outcome.stored else "already stored (retry)"
@@ -113,6 +116,15 @@ def _events(report: Report, delivery: Delivery, message: MessageRecord | None) -
     except Exception:
         # A bug in attribution must not lose the bounce: store it unattributed.
         return attribution.build_events(Report(kind="not_bounce"), delivery, None)
+
+
+def _suppress(config: Config, events: list[BounceEvent]) -> list[SuppressionCandidate]:
+    from ..suppression import candidates
+
+    try:
+        return candidates(config, events, time.time())
+    except Exception:  # a bug in the rules must not lose the bounce: store it unsuppressed
+        return []
 
 
 def _jobs(config: Config, events: list[BounceEvent], message: MessageRecord | None, raw: bytes) -> list[OutboxJob]:

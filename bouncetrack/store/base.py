@@ -187,6 +187,7 @@ class Store(Protocol):
         dedupe_key: str,
         *,
         pipe_started: float | None = None,  # metrics: count this pipe run (issue 5)
+        suppress: Sequence["SuppressionCandidate"] = (),  # suppression list (issue 6), same transaction
     ) -> StoreOutcome: ...
 
     def raw_report(self, event_id: str) -> bytes | None: ...
@@ -301,3 +302,111 @@ class DashboardStore(Protocol):
     def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]: ...
 
     def dashboard_job(self, job_id: int) -> JobView | None: ...
+
+
+# =============================================================================
+# Suppression list (issue 6, suppression section; owner: suppression).
+#
+# One list per sender domain of (domain, lower-cased recipient address). The
+# pipe adds to it inside store_report's transaction (``suppress=``); the CLI
+# and the API list, add and remove; the milter keeps an in-memory index fed by
+# the change feed (``seq`` grows with every insert, update and removal, and a
+# removal keeps its row as a tombstone so that the feed carries it).
+# =============================================================================
+
+# Why an address is on the list (``Suppression.reason``).
+REASON_HARD_BOUNCE = "hard_bounce"
+REASON_COMPLAINT = "complaint"
+REASON_SOFT_BOUNCES = "soft_bounces"
+REASON_MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """One entry of a domain's suppression list."""
+
+    domain: str  # sender domain, lower-case
+    address: str  # recipient address, lower-case
+    reason: str  # REASON_* or an operator's text
+    source_event_id: str | None  # the event that put it there; None when added by hand
+    created_at: float
+    expires_at: float | None  # None: never expires
+    removed_at: float | None = None  # set when removed (CLI/API); the row stays as a tombstone
+    id: int | None = None  # set by the store
+
+    def active(self, now: float) -> bool:
+        return self.removed_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True)
+class SuppressionCandidate:
+    """What the pipe asks store_report to put on the list (pure rules: bouncetrack.suppression).
+
+    With ``soft_bounce_limit`` > 0 the entry is written only when the store
+    counts at least that many soft bounces of (domain, address) received since
+    ``soft_since`` (this report's events included: they are inserted first).
+    An entry already active is kept (its expiry only ever moves later); a
+    removed or expired one is put back.
+    """
+
+    domain: str
+    address: str
+    reason: str
+    source_event_id: str
+    created_at: float
+    expires_at: float | None
+    soft_bounce_limit: int = 0
+    soft_since: float = 0.0
+
+
+@dataclass(frozen=True)
+class SuppressionChange:
+    """One row of the change feed the milter's index follows (``seq`` order)."""
+
+    seq: int
+    domain: str
+    address: str
+    removed: bool
+    expires_at: float | None
+
+
+class SuppressionStore(Protocol):
+    def suppressions(
+        self,
+        domains: Sequence[str],
+        now: float,
+        *,
+        address: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        include_inactive: bool = False,
+    ) -> list[Suppression]:
+        """Entries of ``domains`` (``()`` selects nothing) in id order, keyset on id."""
+        ...
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        """Put entries on the list by hand (replacing what is there); returns how many."""
+        ...
+
+    def remove_suppressions(self, domains: Sequence[str], addresses: Sequence[str], now: float) -> int:
+        """Remove active entries (tombstones); returns how many were active."""
+        ...
+
+    def suppression_seq(self) -> int:
+        """The newest change number (0 when the list was never written)."""
+        ...
+
+    def suppression_keys(self, now: float, batch: int = 10000) -> Iterator[list[tuple[str, str]]]:
+        """Every active (domain, address), in batches (the milter's full load)."""
+        ...
+
+    def suppression_changes(self, after_seq: int, limit: int = 10000) -> list[SuppressionChange]:
+        """Changes with seq > ``after_seq``, in seq order."""
+        ...
+
+    def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]:
+        """(domain, address) of entries whose expires_at is in (after, until], not removed."""
+        ...
+
+
+# ========================================================= end of suppression

@@ -263,6 +263,46 @@ MIGRATIONS: tuple[Migration, ...] = (
         "index events by (domain, id, received_at) for the download API",
         ("CREATE INDEX events_domain_id ON events (domain, id, received_at)",),
     ),
+    # --- suppression list (issue 6; owner: suppression) ---------------------------
+    # One row per (sender domain, lower-cased recipient). A removal keeps the row
+    # (removed_at set) so that `seq`, bumped by every insert/update/removal, is a
+    # change feed the milters follow incrementally; expiry needs no write (the
+    # milters query suppressions_expires for entries that expired since their
+    # last look). source_event_id is not a foreign key: retention may delete
+    # events, and a cascade check per deleted event over a million rows is not
+    # worth it. events_soft_bounces counts one recipient's recent soft bounces
+    # (the pipe's N-within-D-days rule) without touching other events; it is
+    # partial, so it costs nothing for hard bounces, complaints and the rest.
+    (
+        5,
+        "suppression list per sender domain; soft-bounce index on events",
+        (
+            """
+            CREATE TABLE suppressions (
+                id              INTEGER PRIMARY KEY,
+                domain          TEXT NOT NULL,
+                address         TEXT NOT NULL,
+                reason          TEXT NOT NULL,
+                source_event_id TEXT,
+                created_at      REAL NOT NULL,
+                expires_at      REAL,
+                removed_at      REAL,
+                seq             INTEGER NOT NULL,
+                UNIQUE (domain, address)
+            )
+            """,
+            "CREATE INDEX suppressions_seq ON suppressions (seq)",
+            "CREATE INDEX suppressions_domain_id ON suppressions (domain, id)",
+            """
+            CREATE INDEX suppressions_expires ON suppressions (expires_at)
+                WHERE expires_at IS NOT NULL AND removed_at IS NULL
+            """,
+            """
+            CREATE INDEX events_soft_bounces ON events (domain, lower(recipient), received_at)
+                WHERE type = 'bounce' AND hard = 0 AND flagged = 0
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

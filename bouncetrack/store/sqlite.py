@@ -39,6 +39,7 @@ from .base import (
     StoreUnavailable,
 )
 from .base import MetricCounts, pipe_bucket  # metrics (issue 5)
+from .base import Suppression, SuppressionCandidate, SuppressionChange  # suppression (issue 6)
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -328,6 +329,7 @@ class SQLiteStore:
         dedupe_key: str,
         *,
         pipe_started: float | None = None,
+        suppress: Sequence[SuppressionCandidate] = (),
     ) -> StoreOutcome:
         """Raw report, events and outbox jobs in ONE transaction, idempotently.
 
@@ -337,6 +339,10 @@ class SQLiteStore:
 
         ``pipe_started`` (metrics): when the pipe began; the run is counted as
         ``stored`` or ``duplicate`` with its duration, in this transaction.
+
+        ``suppress`` (issue 6): recipients to put on their domain's suppression
+        list, written after the events (the soft-bounce rule counts them) in
+        this transaction; a duplicate writes nothing (the first run did).
         """
         # Hash and compress before taking the write lock: keep it short.
         digest = hashlib.sha256(raw).hexdigest()
@@ -383,6 +389,10 @@ class SQLiteStore:
                     for j in jobs
                 ],
             )
+            if suppress:  # suppression list (issue 6)
+                from . import sqlite_suppression
+
+                sqlite_suppression.apply_candidates(conn, suppress, now)
             if pipe_started is not None:  # metrics (issue 5)
                 self._count_pipe_run(conn, "stored", pipe_started)
         return StoreOutcome(stored=True, event_ids=tuple(e.event_id for e in events))
@@ -702,6 +712,77 @@ class SQLiteStore:
         )
 
     # ============================================================ end of metrics
+
+    # =========================================================================
+    # Suppression list (issue 6, suppression section; owner: suppression).
+    # Implements base.SuppressionStore; the SQL is in sqlite_suppression.
+    # =========================================================================
+
+    def suppressions(
+        self,
+        domains: Sequence[str],
+        now: float,
+        *,
+        address: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        include_inactive: bool = False,
+    ) -> list[Suppression]:
+        from . import sqlite_suppression as sup
+
+        with self._read("listing suppressions") as conn:
+            return sup.select(conn, domains, now, address, after_id, limit, include_inactive)
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        from . import sqlite_suppression as sup
+
+        if not entries:
+            return 0
+        with self._write("adding suppressions") as conn:
+            return sup.add(conn, entries)
+
+    def remove_suppressions(self, domains: Sequence[str], addresses: Sequence[str], now: float) -> int:
+        from . import sqlite_suppression as sup
+
+        with self._write("removing suppressions") as conn:
+            return sup.remove(conn, domains, addresses, now)
+
+    def suppression_seq(self) -> int:
+        from . import sqlite_suppression as sup
+
+        with self._read("reading the suppression change number") as conn:
+            return sup.current_seq(conn)
+
+    def suppression_keys(self, now: float, batch: int = 10000) -> Iterator[list[tuple[str, str]]]:
+        """Active entries in batches; the lock is held per batch, never across a yield."""
+        from . import sqlite_suppression as sup
+
+        with self._read("loading suppressions") as conn:
+            batches = sup.keys(conn, now, batch)
+        try:
+            while True:
+                with self._read("loading suppressions"):
+                    rows = next(batches, None)
+                if rows is None:
+                    return
+                yield rows
+        finally:
+            with self._lock:
+                batches.close()
+
+    def suppression_changes(self, after_seq: int, limit: int = 10000) -> list[SuppressionChange]:
+        from . import sqlite_suppression as sup
+
+        with self._read("reading suppression changes") as conn:
+            return sup.changes(conn, after_seq, limit)
+
+    def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]:
+        from . import sqlite_suppression as sup
+
+        with self._read("reading expired suppressions") as conn:
+            return sup.expiring(conn, after, until)
+
+    # ========================================================= end of suppression
 
 
     # =========================================================================

@@ -1,0 +1,129 @@
+"""Suppression list rules (issue 6): pure functions, no I/O.
+
+Who goes on the list (the pipe asks :func:`candidates`, the store writes them in
+the report's transaction):
+
+- a hard bounce (``event.hard``) or a spam complaint, attributed to a message we
+  sent (token valid, recipient known, not ``flagged``: a report naming someone
+  else than the token's recipient must not suppress either of them);
+- a soft bounce, when the recipient has had ``soft_bounce_limit`` soft bounces
+  (this one included) within ``soft_bounce_days`` at the same sender domain; the
+  store counts them (``events_soft_bounces``), so the rule sees every pipe run.
+
+Entries expire ``expire_days`` after they are (re)written; ``None`` never. The
+list is per sender domain: a recipient that bounced mail of example.com is not
+suppressed for example.org. Addresses are compared lower-cased (local part
+included: in practice no mailbox differs by case alone).
+
+What the milter does with a listed recipient is the domain's ``policy``
+(:func:`verdict`): ``reject``, ``drop`` or ``off``. The pipe records entries
+whatever the policy, so that turning a policy on takes effect at once.
+
+The pipe imports this module: standard library and the config model only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Sequence
+
+from ..config import Config
+from ..esmtp import parse_address
+from ..store.base import (
+    REASON_COMPLAINT,
+    REASON_HARD_BOUNCE,
+    REASON_SOFT_BOUNCES,
+    BounceEvent,
+    SuppressionCandidate,
+)
+
+REJECT = "reject"
+DROP = "drop"
+OFF = "off"
+POLICIES = (REJECT, DROP, OFF)
+
+DAY = 86400.0
+
+
+def normalize_address(raw: str) -> str | None:
+    """``<Jane.Doe@Example.COM.>`` → ``jane.doe@example.com``; None when malformed or empty."""
+    address = parse_address(raw)
+    if address is None:
+        return None
+    return f"{address.local.lower()}@{address.domain}"
+
+
+def normalize_domain(raw: str) -> str:
+    return raw.strip().rstrip(".").lower()
+
+
+def key_hash(domain: str, address: str) -> int:
+    """The 64-bit key of (domain, address) in the milter's index (both already normalized).
+
+    BLAKE2b, not Python's ``hash()``: stable across processes and restarts, and
+    spread evenly (a false hit among a million entries has probability ~1e-13).
+    """
+    digest = hashlib.blake2b(f"{domain}\0{address}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def candidates(config: Config, events: Sequence[BounceEvent], now: float) -> list[SuppressionCandidate]:
+    """What one report's events put on the list (see the module doc)."""
+    out: list[SuppressionCandidate] = []
+    seen: set[tuple[str, str]] = set()
+    for event in events:
+        if event.domain is None or event.recipient is None or event.flagged or event.token_status != "valid":
+            continue
+        address = normalize_address(event.recipient)
+        if address is None:
+            continue
+        domain = normalize_domain(event.domain)
+        rules = config.policy_for(domain).suppression
+        limit = 0
+        since = 0.0
+        if event.type == "complaint":
+            reason = REASON_COMPLAINT
+        elif event.type == "bounce" and event.hard:
+            reason = REASON_HARD_BOUNCE
+        elif event.type == "bounce" and rules.soft_bounce_limit > 0:
+            reason = REASON_SOFT_BOUNCES
+            limit = rules.soft_bounce_limit
+            since = event.received_at - rules.soft_bounce_days * DAY
+        else:
+            continue
+        if (domain, address) in seen:
+            continue
+        seen.add((domain, address))
+        out.append(
+            SuppressionCandidate(
+                domain=domain,
+                address=address,
+                reason=reason,
+                source_event_id=event.event_id,
+                created_at=now,
+                expires_at=None if rules.expire_days is None else now + rules.expire_days * DAY,
+                soft_bounce_limit=limit,
+                soft_since=since,
+            )
+        )
+    return out
+
+
+def verdict(
+    config: Config, sender_domain: str | None, recipient: str, listed: Callable[[str, str], bool]
+) -> str | None:
+    """REJECT or DROP when the milter must act on ``recipient``, else None.
+
+    ``sender_domain`` None (null or malformed sender, or our own bounce domain)
+    is never checked; neither is a domain whose policy is ``off`` (no lookup at
+    all). ``listed(domain, address)`` is the in-memory index's membership test.
+    """
+    if sender_domain is None:
+        return None
+    policy = config.policy_for(sender_domain).suppression.policy
+    if policy == OFF:
+        return None
+    address = normalize_address(recipient)
+    if address is None or not listed(sender_domain, address):
+        return None
+    return policy
