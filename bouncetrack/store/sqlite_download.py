@@ -35,18 +35,28 @@ def _iso(col: str) -> str:
 
     iso_utc: ``whole = floor(ts)``, ``millis = round((ts - whole) * 1000)`` with
     Python's round-half-even, carry into the next second at 1000. SQLite's
-    ``round`` rounds halves away from zero, so the rounding is spelled out:
-    ``f = trunc(x)``, ``d = x - f`` (exact), ``f + (d > .5 or d = .5 and f odd)``.
+    ``round`` rounds halves away from zero (after adding 0.5 in floating
+    point), so the rounding is spelled out: ``f = trunc(x)``, ``d = x - f``
+    (exact), ``f + (d > .5) + (d = .5 and f odd)``. The result is kept as
+    integer milliseconds so the carry needs no branch. SQLite evaluates a
+    repeated subexpression each time, and this runs twice a row: the common
+    case (ts >= 0, where CAST truncation is the floor) is kept short.
     """
-    whole = f"(CAST({col} AS INTEGER) - ({col} < CAST({col} AS INTEGER)))"
-    x = f"(({col} - {whole}) * 1000.0)"
-    f = f"CAST({x} AS INTEGER)"
-    r = f"({f} + ({x} - {f} > 0.5 OR ({x} - {f} = 0.5 AND {f} % 2 = 1)))"
-    carry = f"({r} >= 1000)"
+
+    def millis(whole: str) -> str:
+        x = f"(({col} - {whole}) * 1000.0)"
+        f = f"CAST({x} AS INTEGER)"
+        return f"({whole} * 1000 + {f} + ({x} - {f} > 0.5) + ({x} - {f} = 0.5 AND {f} % 2 = 1))"
+
+    trunc = f"CAST({col} AS INTEGER)"
+    floor = f"({trunc} - ({col} < {trunc}))"  # CAST truncates toward zero
+    # Integer ms back to seconds: m / 1000.0 * 1000 lands within far less than
+    # half a millisecond of m, and strftime rounds to the nearest ms: %f shows
+    # exactly m's milliseconds, with no second evaluation of m.
     return (
-        f"CASE WHEN {col} IS NULL THEN NULL ELSE "
-        f"strftime('%Y-%m-%dT%H:%M:%S', {whole} + {carry}, 'unixepoch') "
-        f"|| printf('.%03dZ', {r} - 1000 * {carry}) END"
+        f"CASE WHEN {col} IS NULL THEN NULL "
+        f"WHEN {col} >= 0 THEN strftime('%Y-%m-%dT%H:%M:%fZ', {millis(trunc)} / 1000.0, 'unixepoch') "
+        f"ELSE strftime('%Y-%m-%dT%H:%M:%fZ', {millis(floor)} / 1000.0, 'unixepoch') END"
     )
 
 
@@ -110,10 +120,16 @@ def _csv_value(kind: str, sql: str) -> str:
         return f"CASE WHEN {sql} THEN 'true' ELSE 'false' END"
     if kind in ("word", "time"):
         return f"coalesce({sql}, '')"  # our own vocabulary / digits: nothing to quote
-    starts = ", ".join("char(%d)" % ord(c) if c in "\t\r" else f"'{c}'" for c in CSV_FORMULA_PREFIXES)
-    neutral = f"CASE WHEN substr({sql}, 1, 1) IN ({starts}) THEN '''' || {sql} ELSE {sql} END"
-    # RFC 4180 §2: every text field quoted, inner quotes doubled; NULL is an empty field.
-    return f"CASE WHEN {sql} IS NULL THEN '' ELSE '\"' || replace({neutral}, '\"', '\"\"') || '\"' END"
+    starts = ", ".join(str(ord(c)) for c in CSV_FORMULA_PREFIXES)
+    neutral = f"CASE WHEN unicode({sql}) IN ({starts}) THEN '''' || {sql} ELSE {sql} END"
+    # RFC 4180 §2: every text field quoted, inner quotes doubled; NULL is an
+    # empty field. replace() only when there is a quote (it copies the value);
+    # not printf's %w, which would cut a value at a NUL.
+    return (
+        f"CASE WHEN {sql} IS NULL THEN '' "
+        f"WHEN instr({sql}, '\"') THEN '\"' || replace({neutral}, '\"', '\"\"') || '\"' "
+        f"ELSE '\"' || {neutral} || '\"' END"
+    )
 
 
 RENDER_SQL: dict[str, str] = {
