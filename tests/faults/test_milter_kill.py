@@ -1,0 +1,58 @@
+"""Fault: ``kill -9`` of the milter during a burst (issue 7).
+
+Expected outcome: Postfix's ``milter_default_action = tempfail`` answers 4xx while the
+milter is gone (also to transactions it was in the middle of); the clients, retrying
+like real MTAs, get their messages accepted once the milter is back
+(``start_milter``). Every message is tracked (none slips through untracked while the
+milter was down), and each rejecting recipient yields exactly one stored bounce,
+attributed to its message. A message the killed milter had recorded but Postfix then
+refused leaves an orphan ``messages`` row without events: harmless, by design.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from .reconcile import assert_reconciled, wait_stored
+from .sending import burst
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
+
+STACK_OPTIONS = {"with_milter": True, "pipe": "real"}
+N = 48
+
+
+def test_milter_killed_twice_during_a_burst_loses_and_doubles_nothing(stack: Any) -> None:
+    rcpts = [f"unknown-mk{i}@remote.test" for i in range(N)]
+    first = threading.Event()
+    kills: list[float] = []
+
+    def killer() -> None:
+        first.wait(30)
+        for _ in range(2):
+            time.sleep(0.2)
+            stack.kill_milter()  # SIGKILL to the supervisor and its libmilter child
+            kills.append(time.monotonic())
+            time.sleep(1.0)
+            stack.start_milter()
+
+    t = threading.Thread(target=killer)
+    t.start()
+    deliveries = burst(stack, "info@tracked.test", rcpts, threads=4, deadline_seconds=90, started=first,
+                       pace=0.15)
+    t.join()
+    assert len(kills) == 2
+    assert all(d.accepted for d in deliveries), [d.attempts[-1] for d in deliveries if not d.accepted]
+    tempfailed = [d for d in deliveries if d.tempfails]
+    assert tempfailed, "the kills should have tempfailed some transactions"
+    # Never accepted untracked: every transaction the fake MX saw had the VERP sender.
+    senders = {tx.mail_from for r in rcpts for tx in stack.fakemx.for_rcpt(r)}
+    assert senders and all(s.startswith("b+") and s.endswith("@bounce.test") for s in senders), senders
+    sent = [d.sent for d in deliveries]
+    wait_stored(stack, sent, 60)
+    result = assert_reconciled(stack.db_path, sent)
+    print(f"milter kill: {len(tempfailed)} of {N} messages got a 4xx and were retried; {result.summary()}")
