@@ -33,6 +33,9 @@ DECISIONS = (
     "tempfail-store",
     "tempfail-error",
     "rejected-invalid-verp",  # RCPT at the bounce domain with an invalid token (issue 6)
+    "rejected-suppressed",  # RCPT refused: on the domain's suppression list, policy reject (issue 6)
+    "dropped-suppressed",  # recipient removed at eom: suppression list, policy drop (issue 6)
+    "discarded-suppressed",  # message discarded: every recipient dropped (issue 6)
 )
 RECORD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -16,9 +16,10 @@ from typing import Any, Callable, TypeVar
 
 import Milter
 
-from .. import esmtp, replies
+from .. import esmtp, replies, suppression
 from ..config import Config
 from ..store.base import MessageRecord, RecipientRecord, Store, StoreUnavailable
+from ..suppression.index import SuppressionIndex
 from ..tokens import KeyRing, mint, new_token_id
 from . import policy
 from .bounce_rcpt import accept_bounce_rcpt
@@ -29,6 +30,7 @@ log = logging.getLogger("bouncetrack.milter")
 CONTINUE: int = Milter.CONTINUE
 TEMPFAIL: int = Milter.TEMPFAIL
 REJECT: int = Milter.REJECT
+DISCARD: int = Milter.DISCARD
 _F = TypeVar("_F", bound=Callable[..., int])
 noreply: Callable[[_F], _F] = Milter.noreply
 
@@ -68,6 +70,9 @@ class Shared:
         # metrics (issue 5): called with the seconds record_message took, when set
         # (bouncetrack.metrics.milter sets it when milter_metrics_listen is on).
         self.record_observer: Callable[[float], None] | None = None
+        # suppression lists (issue 6): looked up at RCPT time, no I/O; kept in step
+        # with the store by a SuppressionRefresher (runner.py starts it).
+        self.suppression = SuppressionIndex()
 
     @property
     def runtime(self) -> Runtime:
@@ -132,6 +137,9 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         self.sender: str | None = None
         self.sender_params: tuple[str, ...] = ()
         self.recipients: list[policy.Recipient] = []
+        self.dropped: list[str] = []  # recipient paths to remove at eom (suppression "drop")
+        self._sender_domain: str | None = None
+        self._sender_domain_known = False
         self.return_paths: list[str] = []
         self.message_id: str | None = None
 
@@ -139,7 +147,9 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     # envfrom and header never refuse anything: @noreply saves the MTA a round trip per
     # call (the milter overhead target of issue 3). envrcpt must answer: it refuses
     # invalid VERP recipients at the bounce domain before Postfix queues them (issue 6,
-    # bounce_rcpt.py); that costs one round trip per RCPT on the unix socket.
+    # bounce_rcpt.py) and suppressed recipients of a domain whose policy is "reject"
+    # (issue 6, bouncetrack/suppression); that costs one round trip per RCPT on the
+    # unix socket, whatever the policy (@noreply cannot be chosen per call).
 
     @noreply
     def envfrom(self, sender: str, *params: str) -> int:
@@ -153,20 +163,43 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         runtime = self.shared.runtime
         try:
             accepted = accept_bounce_rcpt(runtime.config, runtime.keyring, to, time.time())
+            action = suppression.verdict(
+                runtime.config, self._sender_domain_of(runtime.config), to, self.shared.suppression.contains
+            )
         except Exception:
             log.exception("recipient check failed, tempfailing recipient")
             return self._tempfail(replies.MILTER_FAILURE)
         if not accepted:
             # Only this recipient is refused; the others of the transaction go on.
             self.shared.count("rejected-invalid-verp")
-            reply = replies.INVALID_VERP
-            try:
-                self.setreply(reply.code, reply.status, reply.text)
-            except Exception:
-                log.debug("setreply failed", exc_info=True)
-            return REJECT
+            return self._reject(replies.INVALID_VERP)
+        if action == suppression.REJECT:
+            self.shared.count("rejected-suppressed")
+            return self._reject(replies.SUPPRESSED)
+        if action == suppression.DROP:
+            # Accepted, then removed at eom: the client never learns (policy "drop").
+            self.shared.count("dropped-suppressed")
+            self.dropped.append(to)
+            return CONTINUE
         self.recipients.append(policy.Recipient(to, tuple(params)))
         return CONTINUE
+
+    def _sender_domain_of(self, config: Config) -> str | None:
+        """The sender's domain for the suppression lists; None for the null sender,
+        a malformed one and our own bounce domain (bounces are never suppressed)."""
+        if not self._sender_domain_known:
+            address = esmtp.parse_address(self.sender or "")
+            domain = address.domain if address is not None else None
+            self._sender_domain = None if domain == config.bounce_domain else domain
+            self._sender_domain_known = True
+        return self._sender_domain
+
+    def _reject(self, reply: replies.Reply) -> int:
+        try:
+            self.setreply(reply.code, reply.status, reply.text)
+        except Exception:
+            log.debug("setreply failed", exc_info=True)
+        return REJECT
 
     @noreply
     def header(self, name: str, value: str) -> int:
@@ -200,6 +233,11 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
 
     def _eom(self) -> int:
         runtime = self.shared.runtime
+        if self.dropped and not self.recipients:
+            # Every recipient was suppressed with policy "drop": nothing is left to
+            # send, so the message goes nowhere (Postfix tells the client 250).
+            self.shared.count("discarded-suppressed")
+            return DISCARD
         envelope = policy.Envelope(
             sender=self.sender if self.sender is not None else "<>",
             sender_params=self.sender_params,
@@ -230,6 +268,8 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         # Delete from the last occurrence so that indices stay valid (1-based).
         for index in range(decision.delete_return_path, 0, -1):
             self.chgheader("Return-Path", index, "")
+        for path in self.dropped:  # suppression policy "drop" (issue 6)
+            self.delrcpt(path)
         return CONTINUE
 
     def _message_record(

@@ -50,6 +50,13 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
 
     config, keyring = load_runtime(config_path)
     shared = Shared(Runtime(config, keyring), lambda c: open_store(c.store_url, timeout=5.0))
+    # Suppression lists (issue 6): first load before listening, then a background refresh.
+    from ..suppression.index import SuppressionRefresher
+
+    refresher = SuppressionRefresher(
+        shared.suppression, lambda: shared.runtime.config, lambda c: open_store(c.store_url, timeout=5.0)
+    )
+    refresher.start()
 
     def reload() -> None:
         try:
@@ -91,6 +98,7 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     try:
         Milter.runmilter(MILTER_NAME, f"unix:{socket_path}", timeout=600)
     finally:
+        refresher.stop()
         shared.close()
         if stop_metrics is not None:
             stop_metrics()
