@@ -9,7 +9,8 @@ the server's peak RSS (VmHWM from /proc/PID/status; a fresh server per export,
 so each peak is that export's). The baseline, in the same run and on the same
 file: a bare ``SELECT * FROM events`` in this process, fetched in the same
 batches and thrown away. Rounds alternate baseline / NDJSON / CSV (the machine
-is noisy: all see the same noise); medians are reported.
+is noisy: all see the same noise); medians are reported, the ratio as the
+median of each round's export / that round's baseline.
 
 Targets (issue 5): export under 10 s, server RSS under 150 MB, at most 3x the
 bare SELECT. The figures are printed and written to bench/results/export.json;
@@ -203,9 +204,11 @@ def main() -> None:
     for fmt in ("ndjson", "csv"):
         secs = med(fmt, "seconds")
         peak = max(x["rss_peak_mb"] for x in runs[fmt])
-        ratio = secs / bare
+        # Each export against the baseline of its own round (the machine is
+        # shared and noisy); the median of those ratios.
+        ratio = statistics.median(x["seconds"] / b["seconds"] for x, b in zip(runs[fmt], runs["bare"]))
         ok = secs < TARGET_SECONDS and peak < TARGET_RSS_MB and ratio <= TARGET_RATIO
-        out[fmt] = {"seconds_median": secs, "rows_per_s": a.n / secs, "ratio_to_bare": ratio,
+        out[fmt] = {"seconds_median": secs, "rows_per_s": a.n / secs, "ratio_to_bare_median": ratio,
                     "rss_peak_mb_max": peak, "bytes": runs[fmt][0]["bytes"], "meets_targets": ok, "runs": runs[fmt]}
         print(f"{fmt:<6} export over HTTP    {secs:6.2f} s  {a.n / secs:>10,.0f} rows/s  "
               f"{runs[fmt][0]['bytes'] / 1e6:5.0f} MB  peak RSS {peak:5.1f} MB  "
