@@ -53,6 +53,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     # install / uninstall: wire bouncetrack into an existing Postfix (bouncetrack/install.py)
     "install": ("bouncetrack.install:install_command", "Wire bouncetrack into Postfix's main.cf/master.cf (backup, idempotent)."),
     "uninstall": ("bouncetrack.install:uninstall_command", "Undo `bouncetrack install` (restore main.cf and master.cf)."),
+    # suppression: the per-domain suppression lists by hand (bouncetrack/suppression/cli.py, issue 6)
+    "suppression": ("bouncetrack.suppression.cli:suppression", "List, add and remove suppressed recipients."),
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}

@@ -161,7 +161,7 @@ def test_refresher_follows_additions_removals_and_expiry(make_shared: Any) -> No
         Suppression("tracked.test", "b@remote.test", "manual", None, now, None),
         Suppression("tracked.test", "soon@remote.test", "manual", None, now, now + 1.0),
     ])
-    assert store.remove_suppressions(["tracked.test"], ["a@remote.test"], now) == 1  # type: ignore[attr-defined]
+    assert store.remove_suppressions(["tracked.test"], ["a@remote.test"], now) == [("tracked.test", "a@remote.test")]  # type: ignore[attr-defined]
     refresher.step()
     assert not index.contains("tracked.test", "a@remote.test")
     assert index.contains("tracked.test", "b@remote.test") and index.contains("tracked.test", "soon@remote.test")

@@ -44,19 +44,20 @@ def context(request: Request) -> ApiContext:
 
 
 def create_app(config: Config, *, store_factory: Callable[[Config], Store] | None = None) -> FastAPI:
-    from . import dashboard, download, metrics, send
+    from . import dashboard, download, metrics, send, suppression
 
     ctx = ApiContext(config) if store_factory is None else ApiContext(config, store_factory)
     app = FastAPI(
         title="bouncetrack",
         version=_version(),
-        description="Bounce and complaint tracking for Postfix: download API, send endpoint, dashboard.",
+        description="Bounce and complaint tracking for Postfix: download API, send endpoint, suppression lists, dashboard.",
     )
     app.state.ctx = ctx
     app.include_router(download.router)
     app.include_router(send.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    app.include_router(suppression.router)  # issue 6: /v1/suppressions
     dashboard.mount_static(app)
     return app
 

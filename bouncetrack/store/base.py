@@ -373,7 +373,7 @@ class SuppressionChange:
 class SuppressionStore(Protocol):
     def suppressions(
         self,
-        domains: Sequence[str],
+        domains: Sequence[str] | None,
         now: float,
         *,
         address: str | None = None,
@@ -381,15 +381,19 @@ class SuppressionStore(Protocol):
         limit: int = 1000,
         include_inactive: bool = False,
     ) -> list[Suppression]:
-        """Entries of ``domains`` (``()`` selects nothing) in id order, keyset on id."""
+        """Entries of ``domains`` (``()`` selects nothing, None every domain: CLI only)
+        in id order, keyset on id; active ones unless ``include_inactive``."""
         ...
 
     def add_suppressions(self, entries: Sequence[Suppression]) -> int:
         """Put entries on the list by hand (replacing what is there); returns how many."""
         ...
 
-    def remove_suppressions(self, domains: Sequence[str], addresses: Sequence[str], now: float) -> int:
-        """Remove active entries (tombstones); returns how many were active."""
+    def remove_suppressions(
+        self, domains: Sequence[str] | None, addresses: Sequence[str], now: float
+    ) -> list[tuple[str, str]]:
+        """Remove active entries (tombstones); returns the (domain, address) removed.
+        ``domains=None``: at every domain (CLI only)."""
         ...
 
     def suppression_seq(self) -> int:

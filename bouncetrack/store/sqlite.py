@@ -720,7 +720,7 @@ class SQLiteStore:
 
     def suppressions(
         self,
-        domains: Sequence[str],
+        domains: Sequence[str] | None,
         now: float,
         *,
         address: str | None = None,
@@ -741,7 +741,9 @@ class SQLiteStore:
         with self._write("adding suppressions") as conn:
             return sup.add(conn, entries)
 
-    def remove_suppressions(self, domains: Sequence[str], addresses: Sequence[str], now: float) -> int:
+    def remove_suppressions(
+        self, domains: Sequence[str] | None, addresses: Sequence[str], now: float
+    ) -> list[tuple[str, str]]:
         from . import sqlite_suppression as sup
 
         with self._write("removing suppressions") as conn:

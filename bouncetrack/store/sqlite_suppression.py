@@ -108,38 +108,51 @@ def add(conn: sqlite3.Connection, entries: Sequence[Suppression]) -> int:
     return len(entries)
 
 
-def remove(conn: sqlite3.Connection, domains: Sequence[str], addresses: Sequence[str], now: float) -> int:
-    if not domains or not addresses:
-        return 0
+def remove(
+    conn: sqlite3.Connection, domains: Sequence[str] | None, addresses: Sequence[str], now: float
+) -> list[tuple[str, str]]:
+    """Tombstone the active entries; ``domains=None``: at every domain (a full scan, for the CLI)."""
+    if domains is not None and not domains:
+        return []
     seq = int(conn.execute(_NEXT_SEQ).fetchone()[0])
-    removed = 0
-    for domain in domains:
-        for address in addresses:
-            n = conn.execute(
-                "UPDATE suppressions SET removed_at = ?, seq = ? "
-                "WHERE domain = ? AND address = ? AND removed_at IS NULL "
-                "AND (expires_at IS NULL OR expires_at > ?)",
-                (now, seq, domain, address, now),
-            ).rowcount
-            if n:
-                removed += n
-                seq += 1
-    return removed
+    active = "removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+    targets: list[tuple[str, str]] = []
+    for address in addresses:
+        if domains is None:
+            rows = conn.execute(
+                f"SELECT domain, address FROM suppressions WHERE address = ? AND {active}", (address, now)
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                f"SELECT domain, address FROM suppressions WHERE domain IN ({', '.join('?' for _ in domains)}) "
+                f"AND address = ? AND {active}",
+                (*domains, address, now),
+            ).fetchall()
+        targets.extend((r[0], r[1]) for r in rows)
+    for i, (domain, address) in enumerate(targets):
+        conn.execute(
+            "UPDATE suppressions SET removed_at = ?, seq = ? WHERE domain = ? AND address = ?",
+            (now, seq + i, domain, address),
+        )
+    return targets
 
 
 def select(
     conn: sqlite3.Connection,
-    domains: Sequence[str],
+    domains: Sequence[str] | None,
     now: float,
     address: str | None,
     after_id: int,
     limit: int,
     include_inactive: bool,
 ) -> list[Suppression]:
-    if not domains or limit <= 0:
+    if (domains is not None and not domains) or limit <= 0:
         return []
-    where = [f"domain IN ({', '.join('?' for _ in domains)})", "id > ?"]
-    params: list[Any] = [*domains, after_id]
+    where = ["id > ?"]
+    params: list[Any] = [after_id]
+    if domains is not None:
+        where.append(f"domain IN ({', '.join('?' for _ in domains)})")
+        params.extend(domains)
     if address is not None:
         where.append("address = ?")
         params.append(address)

@@ -1,0 +1,281 @@
+"""The suppression list API (issue 6): ``GET/POST /v1/suppressions``, ``DELETE /v1/suppressions/{address}``.
+
+Who sees what: like the download API, the access token (``?access_token=`` or
+``Authorization: Bearer``) is checked first (:func:`bouncetrack.api.auth.require_token`)
+and scopes everything to the token's sender domains. ``domain=`` narrows the scope;
+naming a domain outside it is a 403, never an empty result.
+
+- ``GET`` lists active entries (``state=all`` adds expired and removed ones), in
+  the order they were first listed, a page of ``limit`` (keyset ``cursor``).
+- ``POST`` puts addresses on one domain's list by hand (``domain`` may be left out
+  when the token covers one domain); an existing entry is replaced.
+- ``DELETE /v1/suppressions/{address}`` removes the address from every domain in
+  scope (or ``domain=``); 404 when it was listed nowhere.
+
+The milter sees a change within its refresh interval (a few seconds). Errors are
+JSON ``{"detail": "...", "parameter": "..."}`` like the download API's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Coroutine, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
+
+from ..events import iso_utc
+from ..store.base import REASON_MANUAL, Suppression, SuppressionStore, StoreUnavailable
+from ..suppression import normalize_address, normalize_domain
+from .app import ApiContext, context
+from .auth import Principal, require_token
+from .download import ErrorBody
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
+MAX_ADD = 1000
+DAY = 86400.0
+
+
+class SuppressionOut(BaseModel):
+    """One entry of a sender domain's suppression list."""
+
+    domain: str = Field(description="Sender domain whose mail the entry applies to.")
+    address: str = Field(description="Recipient address, lower-case.")
+    reason: str = Field(description="hard_bounce, complaint, soft_bounces, manual, or the text given when added.")
+    source_event_id: str | None = Field(description="The event that listed it; null when added by hand.")
+    created_at: str = Field(description="When it was listed (ISO 8601 UTC).")
+    expires_at: str | None = Field(description="When it stops applying (ISO 8601 UTC); null: never.")
+    removed_at: str | None = Field(description="When it was removed (only with state=all).")
+    active: bool = Field(description="Applies now: not removed, not expired.")
+
+
+class SuppressionPage(BaseModel):
+    suppressions: list[SuppressionOut]
+    count: int
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class SuppressionAdd(BaseModel):
+    """Addresses to put on one domain's list."""
+
+    addresses: list[str] = Field(min_length=1, max_length=MAX_ADD, description="Recipient addresses.")
+    domain: str | None = Field(
+        default=None, max_length=253, description="Sender domain; may be left out when the token covers one domain."
+    )
+    reason: str = Field(default=REASON_MANUAL, min_length=1, max_length=200)
+    expire_days: float | None = Field(
+        default=None, gt=0, le=36600, description="Days until the entries expire; null: never."
+    )
+
+
+class SuppressionAdded(BaseModel):
+    added: int
+    suppressions: list[SuppressionOut]
+
+
+class SuppressionRemoved(BaseModel):
+    removed: int
+    domains: list[str] = Field(description="Domains whose list held the address.")
+
+
+class _ParamError(Exception):
+    def __init__(self, status: int, detail: str, parameter: str | None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.parameter = status, detail, parameter
+
+
+class _ErrorsAre400(APIRoute):
+    """Validation errors are 400 naming the parameter (the download API's convention)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                errors = exc.errors()
+                first = errors[0] if errors else {}
+                loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body")]
+                parameter = loc[0] if loc else None
+                where = ".".join(loc) or "request"
+                return _error(400, f"{where}: {first.get('msg', 'invalid value')}", parameter)
+
+        return route
+
+
+router = APIRouter(route_class=_ErrorsAre400, tags=["suppression"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A parameter is invalid; `parameter` names it."},
+    401: {"model": ErrorBody, "description": "Missing or invalid access token."},
+    403: {"model": ErrorBody, "description": "`domain` names a domain outside the token's scope."},
+    503: {"model": ErrorBody, "description": "The store is unavailable; retry later."},
+    "4XX": {"model": ErrorBody, "description": "Any other client error."},
+}
+
+
+@router.get(
+    "/v1/suppressions",
+    summary="List suppressed recipients",
+    response_model=SuppressionPage,
+    responses=_ERRORS,
+)
+def list_suppressions(
+    access_token: str | None = Query(None, description="API token (or send `Authorization: Bearer <token>`)."),
+    domain: list[str] | None = Query(None, description="Only these sender domains (repeatable), in the token's scope."),
+    address: str | None = Query(None, min_length=3, max_length=320, description="Only this recipient address."),
+    state: Literal["active", "all"] = Query("active", description="`all` adds expired and removed entries."),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Entries per page."),
+    cursor: str | None = Query(None, max_length=20, pattern=r"^[0-9]+$", description="`next_cursor` of the previous page."),
+    principal: Principal = Depends(require_token),
+    ctx: ApiContext = Depends(context),
+) -> Response:
+    del access_token  # read by require_token; declared for the OpenAPI document
+    try:
+        domains = _scope(principal, domain)
+        wanted = _address(address, "address") if address is not None else None
+        now = time.time()
+        rows = _store(ctx).suppressions(
+            domains, now, address=wanted, after_id=int(cursor or 0), limit=limit + 1,
+            include_inactive=state == "all",
+        )
+    except _ParamError as exc:
+        return _error(exc.status, exc.detail, exc.parameter)
+    except StoreUnavailable:
+        return _unavailable()
+    page = rows[:limit]
+    more = len(rows) > limit
+    body = SuppressionPage(
+        suppressions=[_out(s, now) for s in page],
+        count=len(page),
+        next_cursor=str(page[-1].id) if more and page else None,
+    )
+    return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+
+
+@router.post(
+    "/v1/suppressions",
+    summary="Suppress recipients by hand",
+    status_code=201,
+    response_model=SuppressionAdded,
+    responses=_ERRORS,
+)
+def add_suppressions(
+    body: SuppressionAdd,
+    access_token: str | None = Query(None, description="API token (or send `Authorization: Bearer <token>`)."),
+    principal: Principal = Depends(require_token),
+    ctx: ApiContext = Depends(context),
+) -> Response:
+    del access_token
+    try:
+        if body.domain is None:
+            if len(principal.domains) != 1:
+                raise _ParamError(400, "domain: the token covers several domains; name one", "domain")
+            domain = principal.domains[0]
+        else:
+            (domain,) = _scope(principal, [body.domain])
+        addresses = [_address(a, f"addresses[{i}]") for i, a in enumerate(body.addresses)]
+        now = time.time()
+        expires = None if body.expire_days is None else now + body.expire_days * DAY
+        entries = [
+            Suppression(domain=domain, address=a, reason=body.reason, source_event_id=None,
+                        created_at=now, expires_at=expires)
+            for a in dict.fromkeys(addresses)
+        ]
+        _store(ctx).add_suppressions(entries)
+    except _ParamError as exc:
+        return _error(exc.status, exc.detail, exc.parameter)
+    except StoreUnavailable:
+        return _unavailable()
+    out = SuppressionAdded(added=len(entries), suppressions=[_out(e, now) for e in entries])
+    return JSONResponse(out.model_dump(), status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@router.delete(
+    "/v1/suppressions/{address}",
+    summary="Remove a recipient from the suppression lists",
+    response_model=SuppressionRemoved,
+    responses={**_ERRORS, 404: {"model": ErrorBody, "description": "The address is on no list in scope."}},
+)
+def remove_suppression(
+    address: str = Path(min_length=3, max_length=320, description="Recipient address."),
+    access_token: str | None = Query(None, description="API token (or send `Authorization: Bearer <token>`)."),
+    domain: list[str] | None = Query(None, description="Only these sender domains (repeatable), in the token's scope."),
+    principal: Principal = Depends(require_token),
+    ctx: ApiContext = Depends(context),
+) -> Response:
+    del access_token
+    try:
+        domains = _scope(principal, domain)
+        wanted = _address(address, "address")
+        removed = _store(ctx).remove_suppressions(domains, [wanted], time.time())
+    except _ParamError as exc:
+        return _error(exc.status, exc.detail, exc.parameter)
+    except StoreUnavailable:
+        return _unavailable()
+    if not removed:
+        return _error(404, f"{wanted} is not suppressed for {', '.join(domains)}", "address")
+    out = SuppressionRemoved(removed=len(removed), domains=sorted({d for d, _ in removed}))
+    return JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _scope(principal: Principal, asked: list[str] | None) -> tuple[str, ...]:
+    if not asked:
+        return principal.domains
+    out = []
+    for raw in asked:
+        name = normalize_domain(raw)
+        if name not in principal.domains:
+            raise _ParamError(403, f"domain {raw!r} is not covered by this token", "domain")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+def _address(raw: str, parameter: str) -> str:
+    address = normalize_address(raw)
+    if address is None or len(address) > 320:
+        raise _ParamError(400, f"{parameter}: not an email address: {raw[:100]!r}", parameter)
+    return address
+
+
+def _store(ctx: ApiContext) -> SuppressionStore:
+    store: Any = ctx.store()
+    if not hasattr(store, "suppression_changes"):
+        raise StoreUnavailable("this store has no suppression list")
+    typed: SuppressionStore = store
+    return typed
+
+
+def _out(s: Suppression, now: float) -> SuppressionOut:
+    return SuppressionOut(
+        domain=s.domain,
+        address=s.address,
+        reason=s.reason,
+        source_event_id=s.source_event_id,
+        created_at=iso_utc(s.created_at) or "",
+        expires_at=iso_utc(s.expires_at) if s.expires_at is not None else None,
+        removed_at=iso_utc(s.removed_at) if s.removed_at is not None else None,
+        active=s.active(now),
+    )
+
+
+def _error(status: int, detail: str, parameter: str | None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "parameter": parameter}, status_code=status,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _unavailable() -> JSONResponse:
+    response = _error(503, "the store is unavailable; retry later", None)
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+__all__ = ["router", "SuppressionOut", "SuppressionPage", "SuppressionAdd"]

@@ -1,0 +1,147 @@
+"""``bouncetrack suppression list|add|remove``: the suppression lists by hand (issue 6).
+
+An operator's tool, so unlike the API it is not scoped: without ``--domain`` it
+lists, or removes from, every domain's list. The milter picks changes up within
+its refresh interval (a few seconds); nothing needs reloading.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..store.base import REASON_MANUAL, Suppression
+from . import normalize_address, normalize_domain
+
+DAY = 86400.0
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _open(config_file: str) -> Any:
+    from ..config import ConfigError
+    from ..config_loader import load_config
+    from ..store import StoreUnavailable, open_store
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(1) from None
+    try:
+        return open_store(config.store_url)
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _addresses(raw: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    bad: list[str] = []
+    for a in raw:
+        n = normalize_address(a)
+        if n is None:
+            bad.append(a)
+        else:
+            out.append(n)
+    if bad:
+        raise click.ClickException(f"not an email address: {', '.join(bad)}")
+    return list(dict.fromkeys(out))
+
+
+_config = click.option("--config", "config_file", required=True, help="YAML configuration.")
+
+
+@click.group("suppression")
+def suppression() -> None:
+    """List, add and remove suppressed recipients (per sender domain)."""
+
+
+@suppression.command("list")
+@_config
+@click.option("--domain", "domains", multiple=True, help="Only this sender domain (repeatable); default: all.")
+@click.option("--all", "include_inactive", is_flag=True, help="Also expired and removed entries.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many lines.")
+@click.argument("addresses", nargs=-1)
+def list_command(
+    config_file: str, domains: tuple[str, ...], include_inactive: bool, limit: int | None, addresses: tuple[str, ...]
+) -> None:
+    """Print entries: domain, address, reason, listed, expires, state, source event (tab-separated)."""
+    store = _open(config_file)
+    wanted = _addresses(addresses) if addresses else [None]
+    scope = [normalize_domain(d) for d in domains] or None
+    now = time.time()
+    shown = 0
+    try:
+        for address in wanted:
+            after = 0
+            while limit is None or shown < limit:
+                rows: list[Suppression] = store.suppressions(
+                    scope, now, address=address, after_id=after, limit=1000, include_inactive=include_inactive
+                )
+                for s in rows:
+                    if limit is not None and shown >= limit:
+                        break
+                    state = "active" if s.active(now) else ("removed" if s.removed_at is not None else "expired")
+                    click.echo("\t".join(
+                        (s.domain, s.address, s.reason, _iso(s.created_at), _iso(s.expires_at), state,
+                         s.source_event_id or "-")
+                    ))
+                    shown += 1
+                if len(rows) < 1000:
+                    break
+                after = rows[-1].id or 0
+    finally:
+        store.close()
+    if shown == 0:
+        click.echo("no entries", err=True)
+
+
+@suppression.command("add")
+@_config
+@click.option("--domain", required=True, help="Sender domain whose list gets the addresses.")
+@click.option("--reason", default=REASON_MANUAL, show_default=True, help="Why (free text).")
+@click.option("--expire-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Expire after this many days (default: never).")
+@click.argument("addresses", nargs=-1, required=True)
+def add_command(config_file: str, domain: str, reason: str, expire_days: float | None, addresses: tuple[str, ...]) -> None:
+    """Suppress ADDRESS… for mail from --domain (replaces an existing entry)."""
+    wanted = _addresses(addresses)
+    store = _open(config_file)
+    now = time.time()
+    expires = None if expire_days is None else now + expire_days * DAY
+    try:
+        n = store.add_suppressions(
+            [Suppression(normalize_domain(domain), a, reason, None, now, expires) for a in wanted]
+        )
+    finally:
+        store.close()
+    click.echo(f"added {n} to {normalize_domain(domain)} (expires {_iso(expires)})")
+
+
+@suppression.command("remove")
+@_config
+@click.option("--domain", "domains", multiple=True, help="Only from this sender domain (repeatable); default: all.")
+@click.argument("addresses", nargs=-1, required=True)
+def remove_command(config_file: str, domains: tuple[str, ...], addresses: tuple[str, ...]) -> None:
+    """Remove ADDRESS… from the lists (exit 1 when none of them was listed)."""
+    wanted = _addresses(addresses)
+    store = _open(config_file)
+    try:
+        removed = store.remove_suppressions([normalize_domain(d) for d in domains] or None, wanted, time.time())
+    finally:
+        store.close()
+    for domain, address in removed:
+        click.echo(f"removed {address} from {domain}")
+    missing = set(wanted) - {a for _, a in removed}
+    for address in sorted(missing):
+        click.echo(f"not listed: {address}", err=True)
+    if not removed:
+        sys.exit(1)

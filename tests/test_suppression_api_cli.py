@@ -1,0 +1,189 @@
+"""Suppression lists by hand (issue 6): the CLI and the API (token-scoped), on a real SQLite file."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from bouncetrack.api.app import create_app
+from bouncetrack.cli import build_cli
+from bouncetrack.config import Config
+from bouncetrack.config_loader import load_config
+from bouncetrack.store import open_store
+from bouncetrack.store.base import Suppression
+from bouncetrack.tokens import hash_api_token
+
+DAY = 86400.0
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    path = tmp_path / "bouncetrack.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            bounce_domain: bounce.test
+            secret_file: {tmp_path}/verp.key
+            store: sqlite:///{tmp_path}/bt.db
+            domains:
+              a.test: {{tracking: true, api_tokens: ["{hash_api_token('tok-a')}", "{hash_api_token('tok-ab')}"]}}
+              b.test: {{tracking: true, api_tokens: ["{hash_api_token('tok-ab')}"]}}
+              c.test: {{tracking: true}}
+            """
+        )
+    )
+    return load_config(path)
+
+
+def seed(config: Config) -> None:
+    store = open_store(config.store_url)
+    now = time.time()
+    store.add_suppressions([  # type: ignore[attr-defined]
+        Suppression("a.test", "x@remote.test", "hard_bounce", "ev1", now, now + 30 * DAY),
+        Suppression("b.test", "x@remote.test", "complaint", "ev2", now, None),
+        Suppression("c.test", "x@remote.test", "manual", None, now, None),
+        Suppression("a.test", "old@remote.test", "manual", None, now - 10 * DAY, now - DAY),
+    ])
+    store.close()
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def cli(config: Config, *args: str) -> Any:
+    return CliRunner().invoke(build_cli(), ["suppression", *args[:1], "--config", str(config.path), *args[1:]])
+
+
+def test_cli_add_list_remove(config: Config) -> None:
+    r = cli(config, "add", "--domain", "A.test", "--reason", "asked to", "--expire-days", "2", "Y@Remote.test", "z@remote.test")
+    assert r.exit_code == 0, r.output
+    assert "added 2 to a.test" in r.output
+    r = cli(config, "list")
+    assert r.exit_code == 0
+    lines = [line.split("\t") for line in r.output.strip().splitlines()]
+    assert [(f[0], f[1], f[2], f[5]) for f in lines] == [
+        ("a.test", "y@remote.test", "asked to", "active"), ("a.test", "z@remote.test", "asked to", "active")]
+    r = cli(config, "remove", "y@remote.test", "nobody@remote.test")
+    assert r.exit_code == 0 and "removed y@remote.test from a.test" in r.output
+    assert "not listed: nobody@remote.test" in r.output
+    assert [line.split("\t")[1] for line in cli(config, "list").output.strip().splitlines()] == ["z@remote.test"]
+    r = cli(config, "list", "--all", "y@remote.test")
+    assert r.output.split("\t")[5] == "removed"
+    assert cli(config, "remove", "y@remote.test").exit_code == 1  # already gone
+    assert cli(config, "add", "--domain", "a.test", "not-an-address").exit_code == 1
+
+
+def test_cli_remove_scoped_by_domain_and_expired_entries_hidden(config: Config) -> None:
+    seed(config)
+    listed = cli(config, "list", "--domain", "a.test").output
+    assert "x@remote.test" in listed and "old@remote.test" not in listed  # expired
+    assert "\texpired\t" in cli(config, "list", "--all", "--domain", "a.test", "old@remote.test").output
+    r = cli(config, "remove", "--domain", "b.test", "x@remote.test")
+    assert r.exit_code == 0 and r.output.strip() == "removed x@remote.test from b.test"
+    domains = sorted(line.split("\t")[0] for line in cli(config, "list", "x@remote.test").output.strip().splitlines())
+    assert domains == ["a.test", "c.test"]
+
+
+# ------------------------------------------------------------------------ API
+
+
+@pytest.fixture()
+def client(config: Config) -> Iterator[TestClient]:
+    seed(config)
+    with TestClient(create_app(config)) as c:
+        yield c
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_api_requires_a_token(client: TestClient) -> None:
+    assert client.get("/v1/suppressions").status_code == 401
+    assert client.get("/v1/suppressions", headers=auth("wrong")).status_code == 401
+    assert client.post("/v1/suppressions", json={"addresses": ["a@b.test"]}).status_code == 401
+    assert client.delete("/v1/suppressions/x@remote.test").status_code == 401
+
+
+def test_api_list_is_scoped_to_the_token(client: TestClient) -> None:
+    r = client.get("/v1/suppressions", headers=auth("tok-a"))
+    assert r.status_code == 200
+    body = r.json()
+    assert [(s["domain"], s["address"], s["reason"], s["active"]) for s in body["suppressions"]] == [
+        ("a.test", "x@remote.test", "hard_bounce", True)]
+    assert body["suppressions"][0]["source_event_id"] == "ev1" and body["suppressions"][0]["expires_at"].endswith("Z")
+    both = client.get("/v1/suppressions", headers=auth("tok-ab")).json()
+    assert sorted(s["domain"] for s in both["suppressions"]) == ["a.test", "b.test"]  # never c.test
+    r = client.get("/v1/suppressions", headers=auth("tok-a"), params={"domain": "c.test"})
+    assert r.status_code == 403 and r.json()["parameter"] == "domain"
+    every = client.get("/v1/suppressions", headers=auth("tok-a"), params={"state": "all"}).json()
+    assert {s["address"]: s["active"] for s in every["suppressions"]} == {"x@remote.test": True, "old@remote.test": False}
+    one = client.get("/v1/suppressions", headers=auth("tok-ab"), params={"address": "X@Remote.TEST", "domain": "b.test"})
+    assert [s["domain"] for s in one.json()["suppressions"]] == ["b.test"]
+
+
+def test_api_pages_with_a_cursor(client: TestClient) -> None:
+    for i in range(5):
+        assert client.post("/v1/suppressions", headers=auth("tok-a"), json={"addresses": [f"p{i}@remote.test"]}).status_code == 201
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/v1/suppressions", headers=auth("tok-a"), params=params).json()
+        seen += [s["address"] for s in body["suppressions"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["x@remote.test", *[f"p{i}@remote.test" for i in range(5)]]
+    assert client.get("/v1/suppressions", headers=auth("tok-a"), params={"cursor": "x1"}).status_code == 400
+
+
+def test_api_add(client: TestClient, config: Config) -> None:
+    r = client.post("/v1/suppressions", headers=auth("tok-a"),
+                    json={"addresses": ["New@Remote.test", "new@remote.test"], "reason": "user asked", "expire_days": 10})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["added"] == 1 and body["suppressions"][0]["address"] == "new@remote.test"
+    store = open_store(config.store_url)
+    (entry,) = store.suppressions(["a.test"], time.time(), address="new@remote.test")  # type: ignore[attr-defined]
+    assert entry.reason == "user asked" and entry.expires_at == pytest.approx(time.time() + 10 * DAY, abs=60)
+    store.close()
+    # Several domains in scope: name one; outside the scope: 403; bad input: 400 naming it.
+    r = client.post("/v1/suppressions", headers=auth("tok-ab"), json={"addresses": ["n@remote.test"]})
+    assert r.status_code == 400 and r.json()["parameter"] == "domain"
+    assert client.post("/v1/suppressions", headers=auth("tok-ab"),
+                       json={"addresses": ["n@remote.test"], "domain": "B.test"}).status_code == 201
+    assert client.post("/v1/suppressions", headers=auth("tok-a"),
+                       json={"addresses": ["n@remote.test"], "domain": "c.test"}).status_code == 403
+    r = client.post("/v1/suppressions", headers=auth("tok-a"), json={"addresses": ["ok@remote.test", "broken"]})
+    assert r.status_code == 400 and r.json()["parameter"] == "addresses[1]"
+    r = client.post("/v1/suppressions", headers=auth("tok-a"), json={"addresses": []})
+    assert r.status_code == 400 and r.json()["parameter"] == "addresses"
+
+
+def test_api_delete_is_scoped(client: TestClient, config: Config) -> None:
+    r = client.delete("/v1/suppressions/X@remote.test", headers=auth("tok-a"))
+    assert r.status_code == 200 and r.json() == {"removed": 1, "domains": ["a.test"]}
+    assert client.delete("/v1/suppressions/x@remote.test", headers=auth("tok-a")).status_code == 404
+    r = client.delete("/v1/suppressions/x@remote.test", headers=auth("tok-ab"))
+    assert r.json() == {"removed": 1, "domains": ["b.test"]}
+    store = open_store(config.store_url)
+    left = store.suppressions(None, time.time(), address="x@remote.test")  # type: ignore[attr-defined]
+    assert [s.domain for s in left] == ["c.test"]  # outside every token's scope: untouched
+    store.close()
+    assert client.delete("/v1/suppressions/x@remote.test", headers=auth("tok-a"),
+                         params={"domain": "c.test"}).status_code == 403
+
+
+def test_openapi_documents_the_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths["/v1/suppressions"]) == {"get", "post"}
+    assert "delete" in paths["/v1/suppressions/{address}"]
+    schema = paths["/v1/suppressions"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/SuppressionPage")
