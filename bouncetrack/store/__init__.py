@@ -15,7 +15,15 @@ def open_store(url: str, *, timeout: float = 10.0) -> Store:
 
         return SQLiteStore.from_url(url, timeout=timeout)
     if url.startswith(("postgresql:", "postgres:")):
-        raise StoreUnavailable("the PostgreSQL store is not built yet (issue 6)")
+        # psycopg is imported here only: the SQLite pipe never loads it.
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise StoreUnavailable(
+                f"the PostgreSQL store needs psycopg 3 (pip install 'psycopg[binary]'): {exc}"
+            ) from exc
+
+        return PostgresStore.from_url(url, timeout=timeout)
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///path or postgresql://…")
 
 
