@@ -1,0 +1,76 @@
+"""Fault: SIGHUP configuration reloads of the milter during traffic (issue 7).
+
+While four clients send, another thread rewrites the configuration (alternating
+between two valid versions that differ in a domain that is not being sent from) and
+SIGHUPs the milter every 0.15 s, ~20 times.
+
+Expected outcome: no transaction is tempfailed or lost because of a reload (the
+supervisor validates, the libmilter child swaps its configuration between
+messages); decisions stay consistent: every message from ``tracked.test`` leaves
+with a VERP sender, every message from ``untracked.test`` with its own; each tracked
+bounce is stored exactly once and attributed. The milter process is never restarted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from .reconcile import assert_reconciled, wait_stored
+from .sending import burst
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
+
+STACK_OPTIONS = {"with_milter": True, "pipe": "real"}
+N = 40
+
+
+def test_sighup_storm_during_traffic(stack: Any) -> None:
+    original = stack.config_path.read_text()
+    variant = original + "\n# reload variant\n"
+    variant = variant.replace("domains:\n", "domains:\n  reload-only.test:\n    tracking: true\n", 1)
+    assert variant != original
+    pid = stack._milter.pid
+    stop = threading.Event()
+    hups = 0
+
+    def hupper() -> None:
+        nonlocal hups
+        while not stop.is_set() and hups < 40:
+            stack.config_path.write_text(variant if hups % 2 == 0 else original)
+            stack.reload_milter()
+            hups += 1
+            time.sleep(0.15)
+
+    t = threading.Thread(target=hupper)
+    t.start()
+    try:
+        tracked = burst(stack, "info@tracked.test", [f"unknown-hup{i}@remote.test" for i in range(N)],
+                        threads=3, pace=0.05)
+        untracked = burst(stack, "info@untracked.test", [f"ok-hup{i}@remote.test" for i in range(N // 4)],
+                          threads=2, pace=0.05)
+    finally:
+        stop.set()
+        t.join()
+        stack.config_path.write_text(original)
+        stack.reload_milter()
+    assert hups >= 10
+    assert stack.milter_running() and stack._milter.pid == pid
+    assert all(d.accepted and d.tempfails == 0 for d in tracked + untracked), \
+        [d.attempts[-1] for d in tracked + untracked if not d.accepted or d.tempfails]
+    for d in tracked:
+        txs = stack.fakemx.wait_for(lambda f, r=d.sent.recipient: f.for_rcpt(r), 20)
+        assert all(tx.mail_from.startswith("b+") for tx in txs), d.sent.recipient
+    for d in untracked:
+        txs = stack.fakemx.wait_for(lambda f, r=d.sent.recipient: f.for_rcpt(r), 20)
+        assert all(tx.mail_from == "info@untracked.test" for tx in txs), d.sent.recipient
+    sent = [d.sent for d in tracked]
+    wait_stored(stack, sent, 60)
+    result = assert_reconciled(stack.db_path, sent)
+    log = stack.milter_log_text()
+    assert "reload refused" not in log and log.count("configuration reloaded") >= hups // 2, log[-3000:]
+    print(f"SIGHUP storm: {hups} reloads during {len(tracked) + len(untracked)} messages, no tempfail; "
+          f"{result.summary()}")
