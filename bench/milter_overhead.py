@@ -37,8 +37,16 @@ much bouncetrack's own Python.
 The milter logs at ``--log-level`` (default INFO, as in production; the Stack's
 default is DEBUG). Target (issue 3): with milter ≥ 0.85 × without.
 
+``--suppressed N`` (issue 6): tracked.test gets suppression policy ``reject`` and its
+list N entries (written to the store, then the milter is restarted so that it loads
+them as at a real start; ``0``: the policy with an empty list). Every RCPT then
+goes through the index lookup (all misses: the bench's recipients are not listed,
+the common case; a hit costs the same). The milter child's RSS (VmRSS, VmHWM) is
+reported after the rounds. Compare ``--suppressed 1000000`` with ``--suppressed 0``.
+
     python bench/milter_overhead.py [-n 600] [--threads 4] [--rounds 5]
         [--mode session|per-message] [--delivery hold|deliver] [--log-level INFO] [--reference]
+        [--suppressed N]
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -158,6 +167,50 @@ class Client:
         return seconds, sum(failures), errors
 
 
+def _fill_suppressions(st: object, n: int) -> dict[str, object]:
+    """Put n addresses on tracked.test's list, then restart the milter so it loads them."""
+    from bouncetrack.store import open_store
+    from bouncetrack.store.base import Suppression
+
+    stack: Any = st
+    store: Any = open_store(f"sqlite:///{stack.db_path}", timeout=60)
+    started = time.perf_counter()
+    now = time.time()
+    for first in range(0, n, 100_000):
+        store.add_suppressions([
+            Suppression("tracked.test", f"listed{i}@remote{i % 97}.test", "hard_bounce", None, now, None)
+            for i in range(first, min(n, first + 100_000))
+        ])
+    store.close()
+    fill = time.perf_counter() - started
+    stack.kill_milter()
+    started = time.perf_counter()
+    stack.start_milter(timeout=120)  # the socket appears once the index is loaded
+    start = time.perf_counter() - started
+    print(f"suppression list: {n} entries written in {fill:.1f} s; milter restarted in {start:.1f} s", flush=True)
+    return {"fill_seconds": fill, "milter_start_seconds": start}
+
+
+def _milter_rss(st: object) -> dict[str, object]:
+    """VmRSS/VmHWM of the milter child (the libmilter process holding the index)."""
+    stack: Any = st
+    parent = stack._milter.pid
+    out: dict[str, object] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == str(parent):
+            out["vmrss_mb"] = int(fields["VmRSS"].split()[0]) / 1024
+            out["vmhwm_mb"] = int(fields["VmHWM"].split()[0]) / 1024
+    for line in stack.milter_log_text().splitlines():
+        if "suppression index loaded" in line:
+            out["load_line"] = line.split("suppression index loaded:", 1)[1].strip()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("-n", type=int, default=600, help="messages per round (default 600)")
@@ -172,6 +225,8 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true",
                     help="also time reference pymilters (trivial; trivial + the same actions)")
     ap.add_argument("--name", default="milter_overhead", help="result file name (bench/results/NAME.json)")
+    ap.add_argument("--suppressed", type=int, default=None, metavar="N",
+                    help="suppression policy reject for tracked.test with N listed addresses (issue 6)")
     a = ap.parse_args()
 
     from bouncetrack.harness.stack import Stack, unavailable_reason
@@ -187,8 +242,14 @@ def main() -> None:
     sides = ["baseline", "milter", *(["trivial", "actions"] if a.reference else [])]
     rounds: list[Round] = []
     refs: list[subprocess.Popen[bytes]] = []
-    with Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra) as st:
+    domains = None
+    if a.suppressed is not None:
+        domains = {"tracked.test": {"tracking": True, "suppression": {"policy": "reject"}}}
+    milter_memory: dict[str, object] = {}
+    with Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra, domains=domains) as st:
         pf = st.postfix
+        if a.suppressed is not None:
+            milter_memory.update(_fill_suppressions(st, a.suppressed))
         client = Client(pf.host, pf.port, a.threads, a.mode)
         milters = {"baseline": "", "milter": f"unix:{st.milter_socket}"}
         if a.reference:
@@ -267,6 +328,10 @@ def main() -> None:
         for proc in refs:
             proc.kill()
             proc.wait()
+        if a.suppressed is not None:
+            milter_memory.update(_milter_rss(st))
+            print(f"milter child with {a.suppressed} suppressed: VmRSS {milter_memory['vmrss_mb']:.1f} MB, "
+                  f"VmHWM {milter_memory['vmhwm_mb']:.1f} MB, index load {milter_memory.get('load_line', '?')}")
 
     base = [r.rate for r in rounds if r.side == "baseline"]
     milt = [r.rate for r in rounds if r.side == "milter"]
@@ -308,6 +373,8 @@ def main() -> None:
             "store_check": verified,
             "rounds": [{"side": r.side, "seconds": r.seconds, "msg_per_s": r.rate, "failures": r.failures,
                         "store_added": r.stored} for r in rounds],
+            "suppressed": a.suppressed,
+            "milter_memory": milter_memory,
         },
     )
     print(f"written {path}")
