@@ -10,9 +10,9 @@ headers prepended to it:
   encoded) so a crafted bounce cannot inject header lines.
 * ``Auto-Submitted: auto-generated`` (RFC 3834 §5): no vacation responder or
   other automaton should answer it.
-* ``X-Bouncetrack-Forwarded: 1``: loop detection. The pipe refuses to process a
-  message carrying it (a forward address that itself bounces back to a VERP
-  address must not be forwarded again).
+* ``X-Bouncetrack-Forwarded: 1``: loop detection. The pipe still stores a
+  message carrying it but never queues it for forwarding (a forward address
+  that itself bounces back to a VERP address must not be forwarded again).
 
 Headers of those names already in the original are removed first: a forged
 ``X-Bounce-Type: bounce`` inside a bounce must not reach the mailbox filter,
