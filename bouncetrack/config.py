@@ -113,6 +113,27 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long events and tracked messages are kept (issue 6, retention).
+
+    ``bouncetrack purge`` (and the worker, once a day, with ``automatic``) deletes events older than
+    ``events_days`` (with their delivered/dead outbox jobs; an event whose
+    delivery is still pending stays) and messages older than ``messages_days``
+    that no remaining event references (with their recipients). None keeps them
+    forever. Raw report bodies follow ``pipe.raw_retention_days``.
+
+    ``automatic`` lets the worker run that purge once a day; off by default, so
+    that an upgrade never starts deleting stored events by itself (the same
+    reasoning as the suppression policy's built-in ``off``).
+    """
+
+    events_days: int | None = 730
+    messages_days: int | None = 730
+    batch_size: int = 1000  # rows per short transaction
+    automatic: bool = False  # the worker purges daily
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     bounce_domain: str  # lower-case
@@ -130,6 +151,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)  # the HTTP API (issue 5)
     # metrics (issue 5): host:port of the milter's own Prometheus endpoint; None = off.
     milter_metrics_listen: str | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)  # issue 6
 
     def policy_for(self, domain: str) -> DomainPolicy:
         """The policy for a sender domain; the ``default`` entry when not listed."""

@@ -51,6 +51,7 @@ from bouncetrack.config import (
     DsnDefaults,
     OutboxConfig,
     PipeConfig,
+    RetentionConfig,
     SuppressionPolicy,
     WebhookConfig,
 )
@@ -103,6 +104,7 @@ TOP_KEYS = (
     "outbox",
     "domains",
     "api",  # the HTTP API (issue 5)
+    "retention",  # events and messages retention (issue 6)
 )
 PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses")
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
@@ -112,6 +114,11 @@ DSN_KEYS = ("notify", "ret")
 API_KEYS = ("max_range_days",)  # the HTTP API (issue 5)
 SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days")  # issue 6
 SUPPRESSION_POLICIES = ("reject", "drop", "off")
+RETENTION_KEYS = ("events_days", "messages_days", "batch_size", "automatic")  # issue 6
+# A bounce can arrive days after the message (Postfix keeps retrying for
+# maximal_queue_lifetime, 5 days by default; other MTAs similar): a message
+# purged before then would leave its late bounce unattributed.
+MIN_MESSAGES_DAYS = 7
 
 
 class _Invalid(Exception):
@@ -555,6 +562,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
     pipe = _field(ctx, top, "pipe", "", lambda c, n, k: _pipe(c, n, k, verp_prefix), PipeConfig())
     outbox = _field(ctx, top, "outbox", "", _outbox, OutboxConfig())
     api = _field(ctx, top, "api", "", _api, ApiConfig())
+    retention = _field(ctx, top, "retention", "", _retention, RetentionConfig())
     no_domains: tuple[dict[str, DomainPolicy], DomainPolicy] = ({}, DomainPolicy(name="default"))
     domains, default = _field(
         ctx, top, "domains", "", lambda c, n, k: _domains(c, n, k, bounce_domain), no_domains
@@ -578,6 +586,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
         log_level=log_level,
         api=api,
         milter_metrics_listen=milter_metrics_listen,
+        retention=retention,
     )
 
 
@@ -617,6 +626,25 @@ def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:
     d = ApiConfig()
     days = _field(ctx, e, "max_range_days", key, lambda c, n, k: _int(c, n, k, 1, 3660), d.max_range_days)
     return ApiConfig(max_range_days=days)
+
+
+def _retention(ctx: _Ctx, node: yaml.Node, key: str) -> RetentionConfig:
+    """The ``retention:`` section (issue 6): days to keep events and messages, null = forever."""
+    if _is_null(node):
+        return RetentionConfig()
+    e = _entries(ctx, node, key, RETENTION_KEYS)
+    d = RetentionConfig()
+
+    def days(minimum: int) -> Callable[[_Ctx, yaml.Node, str], int | None]:
+        def parse(c: _Ctx, n: yaml.Node, k: str) -> int | None:
+            return None if _is_null(n) else _int(c, n, k, minimum, 36600)
+        return parse
+
+    events = _field(ctx, e, "events_days", key, days(1), d.events_days)
+    messages = _field(ctx, e, "messages_days", key, days(MIN_MESSAGES_DAYS), d.messages_days)
+    batch = _field(ctx, e, "batch_size", key, lambda c, n, k: _int(c, n, k, 1, 10000), d.batch_size)
+    automatic = _field(ctx, e, "automatic", key, _bool, d.automatic)
+    return RetentionConfig(events_days=events, messages_days=messages, batch_size=batch, automatic=automatic)
 
 
 def _outbox(ctx: _Ctx, node: yaml.Node, key: str) -> OutboxConfig:

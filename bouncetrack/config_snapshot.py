@@ -34,6 +34,7 @@ from .config import (
     DsnDefaults,
     OutboxConfig,
     PipeConfig,
+    RetentionConfig,
     SuppressionPolicy,
     WebhookConfig,
 )
@@ -50,6 +51,7 @@ _NESTED: dict[str, type] = {
     "WebhookConfig": WebhookConfig,
     "ApiConfig": ApiConfig,
     "SuppressionPolicy": SuppressionPolicy,  # issue 6
+    "RetentionConfig": RetentionConfig,  # issue 6, retention
 }
 
 

@@ -43,14 +43,15 @@ import signal
 import smtplib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Callable
 
 import httpx
 
 from ..config import Config
-from ..store.base import OutboxJob, Store, StoreUnavailable
+from .. import retention
+from ..store.base import OutboxJob, PurgeCounts, Store, StoreUnavailable
 from . import smtp as smtp_forward
 from . import webhook
 from .backoff import Random, next_delay
@@ -62,6 +63,8 @@ SMTP_TIMEOUT = 20.0  # per SMTP operation
 # Raw reports past their retention are dropped by the worker, at most this often; the
 # events stay (the pipe keeps them, retention of events is issue 6's `purge`).
 PURGE_INTERVAL = 3600.0
+# Events and messages past `retention:` (bouncetrack.retention), at most this often.
+RETENTION_INTERVAL = 86400.0
 
 
 @dataclass
@@ -72,6 +75,8 @@ class WorkerStats:
     skipped: int = 0  # left for a later claim (lease too short, stop requested)
     store_errors: int = 0
     raw_purged: int = 0  # raw reports dropped past pipe.raw_retention_days
+    events_purged: int = 0  # events deleted past retention.events_days
+    messages_purged: int = 0  # messages deleted past retention.messages_days
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class Worker:
         self.lease_seconds = wanted
         self.stats = WorkerStats()
         self._next_purge = 0.0
+        self._next_retention = 0.0
 
     def maybe_purge_raw(self) -> int:
         """Drop raw reports older than ``pipe.raw_retention_days`` (hourly, in batches)."""
@@ -140,6 +146,27 @@ class Worker:
             log.info("dropped %d raw report(s) older than %d days", purged, self.config.pipe.raw_retention_days)
         self.stats.raw_purged += purged
         return purged
+
+    def maybe_purge_retention(self) -> PurgeCounts | None:
+        """Delete events and messages past ``retention:`` (daily, in batches) when
+        ``retention.automatic`` is on; None when not due. Raw bodies are
+        :meth:`maybe_purge_raw`'s (hourly, always)."""
+        now = self.clock()
+        if not self.config.retention.automatic or now < self._next_retention:
+            return None
+        self._next_retention = now + RETENTION_INTERVAL
+        cut = replace(retention.cutoffs(self.config, now), raw_before=None)
+        counts = retention.purge(self.store, cut, self.config.retention.batch_size)
+        if counts.events or counts.messages:
+            log.info(
+                "retention: deleted %d event(s) (%d delivery job(s), %d report row(s)), "
+                "%d message(s) (%d recipient(s)); kept %d old event(s) with a pending delivery",
+                counts.events, counts.outbox_jobs, counts.reports, counts.messages,
+                counts.recipients, counts.events_kept_pending,
+            )
+        self.stats.events_purged += counts.events
+        self.stats.messages_purged += counts.messages
+        return counts
 
     def close(self) -> None:
         if self._own_client:
@@ -297,6 +324,10 @@ def run_worker(
                     worker.maybe_purge_raw()  # housekeeping only when idle
                 except StoreUnavailable as exc:
                     log.warning("raw retention purge skipped: %s", exc)
+                try:
+                    worker.maybe_purge_retention()  # daily, also only when idle
+                except StoreUnavailable as exc:
+                    log.warning("retention purge skipped: %s", exc)
                 if once:
                     break
                 wait(poll_interval)

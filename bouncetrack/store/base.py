@@ -118,6 +118,24 @@ class OutboxJob:
 
 
 @dataclass(frozen=True)
+class PurgeCounts:
+    """Rows a retention purge deletes (or, for a dry run, would delete), per kind."""
+
+    events: int = 0
+    outbox_jobs: int = 0  # delivered or dead jobs of those events
+    reports: int = 0  # raw_reports rows (dedupe key and any body) no remaining event references
+    messages: int = 0
+    recipients: int = 0
+    raw_bodies: int = 0  # compressed bodies dropped past pipe.raw_retention_days (row kept)
+    events_kept_pending: int = 0  # past the cutoff but kept: a delivery is still pending
+
+    def __add__(self, other: "PurgeCounts") -> "PurgeCounts":
+        return PurgeCounts(
+            *(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__)
+        )
+
+
+@dataclass(frozen=True)
 class StoreOutcome:
     stored: bool  # False: duplicate, already stored earlier (idempotent retry)
     event_ids: tuple[str, ...] = field(default_factory=tuple)
@@ -206,6 +224,22 @@ class Store(Protocol):
 
     # --- retention: drop raw bodies received before cutoff, keep events; returns count
     def purge_raw_before(self, cutoff: float, batch: int = 1000) -> int: ...
+
+    # --- retention of events and messages (issue 6, retention section; owner: retention).
+    # Cutoffs are epoch seconds (rows strictly older go); None leaves that kind alone.
+    # Every purge works in batches of ``batch`` rows, one short transaction each.
+    # An event with a pending outbox job is never deleted (nor its job); its
+    # delivered/dead jobs go with it. A message goes only when no remaining event
+    # references it (its recipients go with it); a raw_reports row only when no
+    # remaining event references it and it was received before the events cutoff.
+    # Metric counters are cumulative: deleting rows never lowers them (no delete
+    # triggers; the outbox gauges count what is left).
+    def purge_counts(
+        self, events_before: float | None, messages_before: float | None, raw_before: float | None
+    ) -> "PurgeCounts": ...
+    def purge_events_before(self, cutoff: float, batch: int = 1000) -> "PurgeCounts": ...
+    def purge_messages_before(self, cutoff: float, batch: int = 1000) -> "PurgeCounts": ...
+    # --- end of retention section
 
     def close(self) -> None: ...
 

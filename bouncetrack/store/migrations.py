@@ -303,6 +303,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # --- retention (issue 6; owner: retention) ----------------------------------
+    # `bouncetrack purge` walks old messages and raw reports in (time, id) order in
+    # batches; without these indexes every batch would scan the table. Events already
+    # have events_received_at. No delete triggers: the metric counters are
+    # cumulative totals and a purge must not lower them.
+    (
+        6,
+        "index messages and raw reports by age for retention purges",
+        (
+            "CREATE INDEX messages_created_at ON messages (created_at)",
+            "CREATE INDEX raw_reports_received_at ON raw_reports (received_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

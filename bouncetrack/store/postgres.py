@@ -55,6 +55,7 @@ from .base import (
     MessageRecord,
     MetricCounts,
     OutboxJob,
+    PurgeCounts,
     RecipientRecord,
     StoreOutcome,
     StoreUnavailable,
@@ -68,6 +69,26 @@ RAW_COMPRESSION_LEVEL = 6
 _FETCH_BATCH = 500
 _MAX_ERROR_LEN = 4000
 _INSERT_CHUNK = 1000  # events per INSERT statement (bind parameters stay below 65535)
+
+# --- retention (issue 6; owner: retention): the counts of SQLiteStore.purge_counts
+_NEVER = -1.0e300  # a cutoff older than any row: "keep this kind"
+_PENDING = "EXISTS (SELECT 1 FROM outbox p WHERE p.event_id = e.event_id AND p.state = 'pending')"
+_REMAINS = f"(e.received_at >= %(ecut)s OR {_PENDING})"
+_GONE_MESSAGES = (
+    "SELECT m.id FROM messages m WHERE m.created_at < %(mcut)s AND NOT EXISTS "
+    f"(SELECT 1 FROM events e WHERE e.message_pk = m.id AND {_REMAINS})"
+)
+_RETENTION_COUNTS = (
+    f"SELECT count(*) FROM events e WHERE e.received_at < %(ecut)s AND NOT {_PENDING}",
+    "SELECT count(*) FROM outbox o JOIN events e ON e.event_id = o.event_id "
+    f"WHERE e.received_at < %(ecut)s AND NOT {_PENDING}",
+    "SELECT count(*) FROM raw_reports r WHERE r.received_at < %(ecut)s AND NOT EXISTS "
+    f"(SELECT 1 FROM events e WHERE e.raw_pk = r.id AND {_REMAINS})",
+    f"SELECT count(*) FROM ({_GONE_MESSAGES}) g",
+    f"SELECT count(*) FROM recipients WHERE message_pk IN ({_GONE_MESSAGES})",
+    "SELECT count(*) FROM raw_reports WHERE compressed IS NOT NULL AND received_at < %(rcut)s",
+    f"SELECT count(*) FROM events e WHERE e.received_at < %(ecut)s AND {_PENDING}",
+)
 
 _EVENT_FIELDS = (
     "event_id",
@@ -541,6 +562,120 @@ class PostgresStore:
             total += n
             if n < batch:
                 return total
+
+    # =========================================================================
+    # Retention (issue 6, retention section; owner: retention). Implements the
+    # retention methods of base.Store like SQLiteStore: keyset walks in (time,
+    # id) order, each batch deleted by id in its own short transaction (row
+    # locks on one batch only, bounded by the store's statement/lock timeouts).
+    # No delete triggers exist, so the metric counters stay as they are.
+    # =========================================================================
+
+    def purge_counts(
+        self, events_before: float | None, messages_before: float | None, raw_before: float | None
+    ) -> PurgeCounts:
+        """What a purge with these cutoffs would delete (dry run), in one snapshot."""
+        p = {"ecut": _NEVER if events_before is None else events_before,
+             "mcut": _NEVER if messages_before is None else messages_before,
+             "rcut": _NEVER if raw_before is None else raw_before}
+        counts: list[int] = []
+        with self._read("counting what retention would purge") as conn:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                for sql in _RETENTION_COUNTS:
+                    row = conn.execute(sql.encode(), p).fetchone()
+                    counts.append(int(row[0]) if row else 0)
+        return PurgeCounts(*counts)
+
+    def purge_events_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
+        """Delete events received before ``cutoff`` with their settled jobs, then raw
+        report rows received before ``cutoff`` that no event references.
+
+        A job a concurrent ``replay_job`` turns pending is not deleted (the
+        DELETE re-checks the row's state after waiting for its lock) and keeps
+        its event (the events DELETE, a new statement, sees it).
+        """
+        batch = max(1, batch)
+        events = jobs = kept = reports = 0
+        last: tuple[float, int] = (_NEVER, 0)
+        while True:
+            with self._write("purging events") as conn:
+                rows = conn.execute(
+                    "SELECT id, event_id, received_at FROM events "
+                    "WHERE received_at < %s AND (received_at, id) > (%s, %s) "
+                    "ORDER BY received_at, id LIMIT %s",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][2]), int(rows[-1][0]))
+                    ids = [int(r[0]) for r in rows]
+                    jobs += conn.execute(
+                        "DELETE FROM outbox o USING events e WHERE e.id = ANY(%s) "
+                        "AND o.event_id = e.event_id AND o.state <> 'pending' AND NOT EXISTS "
+                        "(SELECT 1 FROM outbox p WHERE p.event_id = e.event_id AND p.state = 'pending')",
+                        (ids,),
+                    ).rowcount
+                    n = conn.execute(
+                        "DELETE FROM events e WHERE e.id = ANY(%s) AND NOT EXISTS "
+                        "(SELECT 1 FROM outbox o WHERE o.event_id = e.event_id)",
+                        (ids,),
+                    ).rowcount
+                    events += n
+                    kept += len(rows) - n
+            if len(rows) < batch:
+                break
+        last = (_NEVER, 0)
+        while True:
+            with self._write("purging raw reports") as conn:
+                rows = conn.execute(
+                    "SELECT id, received_at FROM raw_reports "
+                    "WHERE received_at < %s AND (received_at, id) > (%s, %s) "
+                    "ORDER BY received_at, id LIMIT %s",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][1]), int(rows[-1][0]))
+                    reports += conn.execute(
+                        "DELETE FROM raw_reports r WHERE r.id = ANY(%s) AND NOT EXISTS "
+                        "(SELECT 1 FROM events e WHERE e.raw_pk = r.id)",
+                        ([int(r[0]) for r in rows],),
+                    ).rowcount
+            if len(rows) < batch:
+                break
+        return PurgeCounts(events=events, outbox_jobs=jobs, reports=reports, events_kept_pending=kept)
+
+    def purge_messages_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
+        """Delete messages recorded before ``cutoff`` that no event references, with
+        their recipients."""
+        batch = max(1, batch)
+        messages = recipients = 0
+        last: tuple[float, int] = (_NEVER, 0)
+        while True:
+            with self._write("purging messages") as conn:
+                rows = conn.execute(
+                    "SELECT id, created_at FROM messages "
+                    "WHERE created_at < %s AND (created_at, id) > (%s, %s) "
+                    "ORDER BY created_at, id LIMIT %s",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][1]), int(rows[-1][0]))
+                    free = conn.execute(
+                        "SELECT m.id FROM messages m WHERE m.id = ANY(%s) AND NOT EXISTS "
+                        "(SELECT 1 FROM events e WHERE e.message_pk = m.id) FOR UPDATE",
+                        ([int(r[0]) for r in rows],),
+                    ).fetchall()
+                    if free:
+                        ids = [int(r[0]) for r in free]
+                        recipients += conn.execute(
+                            "DELETE FROM recipients WHERE message_pk = ANY(%s)", (ids,)).rowcount
+                        messages += conn.execute(
+                            "DELETE FROM messages WHERE id = ANY(%s)", (ids,)).rowcount
+            if len(rows) < batch:
+                break
+        return PurgeCounts(messages=messages, recipients=recipients)
+
+    # ========================================================== end of retention
 
     # ----------------------------------------------------------------- outbox
 

@@ -9,7 +9,7 @@ the previous version.
 Version 1 is the whole schema of SQLite migrations 1-5 at once (messages,
 recipients, raw reports, events, outbox; the Message-ID index; the metric
 counters; the download index; the suppression list). Later changes get a new
-version here *and* in the SQLite list.
+version here *and* in the SQLite list (version 2 = SQLite 6).
 
 Several nodes start at once against a fresh database (milters, pipes and
 workers on every Postfix node): each migration transaction first takes the
@@ -271,6 +271,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             CREATE INDEX events_soft_bounces ON events (domain, lower(recipient), received_at)
                 WHERE type = 'bounce' AND NOT hard AND NOT flagged
             """,
+        ),
+    ),
+    # --- SQLite migration 6: retention (issue 6; owner: retention) -------------
+    # No delete triggers on purpose: the metric counters are cumulative totals,
+    # a purge must not lower them.
+    (
+        2,
+        "index messages and raw reports by age for retention purges",
+        (
+            "CREATE INDEX messages_created_at ON messages (created_at, id)",
+            "CREATE INDEX raw_reports_received_at ON raw_reports (received_at, id)",
         ),
     ),
 )

@@ -40,6 +40,7 @@ from .base import (
 )
 from .base import MetricCounts, pipe_bucket  # metrics (issue 5)
 from .base import Suppression, SuppressionCandidate, SuppressionChange  # suppression (issue 6)
+from .base import PurgeCounts  # retention (issue 6)
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -65,6 +66,34 @@ _UNAVAILABLE_WORDS = ("locked", "busy", "disk", "readonly", "read-only", "unable
 RAW_COMPRESSION_LEVEL = 6
 _FETCH_BATCH = 500
 _MAX_ERROR_LEN = 4000
+
+# --- retention (issue 6; owner: retention) ----------------------------------
+_NEVER = -1.0e300  # a cutoff older than any row: "keep this kind"
+_MAX_BATCH = 10000  # rowids bound per statement (SQLite allows 32766 variables)
+# One count per PurgeCounts field, in field order. An event *remains* after a
+# purge if it is not older than :ecut or has a pending job; messages and raw
+# report rows go only when no remaining event references them.
+_PENDING = "EXISTS (SELECT 1 FROM outbox p WHERE p.event_id = e.event_id AND p.state = 'pending')"
+_REMAINS = f"(e.received_at >= :ecut OR {_PENDING})"
+_GONE_MESSAGES = (
+    "SELECT m.id FROM messages m WHERE m.created_at < :mcut AND NOT EXISTS "
+    f"(SELECT 1 FROM events e WHERE e.message_pk = m.id AND {_REMAINS})"
+)
+_RETENTION_COUNTS = (
+    f"SELECT count(*) FROM events e WHERE e.received_at < :ecut AND NOT {_PENDING}",
+    "SELECT count(*) FROM outbox o JOIN events e ON e.event_id = o.event_id "
+    f"WHERE e.received_at < :ecut AND NOT {_PENDING}",
+    "SELECT count(*) FROM raw_reports r WHERE r.received_at < :ecut AND NOT EXISTS "
+    f"(SELECT 1 FROM events e WHERE e.raw_pk = r.id AND {_REMAINS})",
+    f"SELECT count(*) FROM ({_GONE_MESSAGES})",
+    f"SELECT count(*) FROM recipients WHERE message_pk IN ({_GONE_MESSAGES})",
+    "SELECT count(*) FROM raw_reports WHERE compressed IS NOT NULL AND received_at < :rcut",
+    f"SELECT count(*) FROM events e WHERE e.received_at < :ecut AND {_PENDING}",
+)
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 _EVENT_FIELDS = (
     "event_id",
@@ -563,6 +592,115 @@ class SQLiteStore:
             total += n
             if n < batch:
                 return total
+
+    # =========================================================================
+    # Retention (issue 6, retention section; owner: retention). Implements the
+    # retention methods of base.Store: keyset walks in (time, rowid) order, each
+    # batch of rowids deleted in its own short IMMEDIATE transaction so that
+    # pipes and the milter wait at most one batch. No delete triggers exist, so
+    # the metric counters (cumulative totals) are left as they are.
+    # =========================================================================
+
+    def purge_counts(
+        self, events_before: float | None, messages_before: float | None, raw_before: float | None
+    ) -> PurgeCounts:
+        """What a purge with these cutoffs would delete (dry run), in one read snapshot."""
+        p = {"ecut": _NEVER if events_before is None else events_before,
+             "mcut": _NEVER if messages_before is None else messages_before,
+             "rcut": _NEVER if raw_before is None else raw_before}
+        with self._read("counting what retention would purge") as conn:
+            conn.execute("BEGIN")  # one snapshot (WAL: readers never block writers)
+            try:
+                counts = [int(conn.execute(sql, p).fetchone()[0]) for sql in _RETENTION_COUNTS]
+            finally:
+                conn.execute("COMMIT")
+        return PurgeCounts(*counts)
+
+    def purge_events_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
+        """Delete events received before ``cutoff`` with their settled jobs, then raw
+        report rows received before ``cutoff`` that no event references."""
+        batch = max(1, min(batch, _MAX_BATCH))
+        events = jobs = kept = reports = 0
+        last: tuple[float, int] = (_NEVER, 0)
+        while True:
+            with self._write("purging events") as conn:
+                rows = conn.execute(
+                    "SELECT id, event_id, received_at FROM events "
+                    "WHERE received_at < ? AND (received_at, id) > (?, ?) "
+                    "ORDER BY received_at, id LIMIT ?",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][2]), int(rows[-1][0]))
+                    marks = _marks(len(rows))
+                    pending = {r[0] for r in conn.execute(
+                        f"SELECT DISTINCT event_id FROM outbox WHERE state = 'pending' "
+                        f"AND event_id IN ({marks})", [r[1] for r in rows])}
+                    gone = [r for r in rows if r[1] not in pending]
+                    kept += len(rows) - len(gone)
+                    if gone:
+                        marks = _marks(len(gone))
+                        jobs += conn.execute(
+                            f"DELETE FROM outbox WHERE event_id IN ({marks})", [r[1] for r in gone]
+                        ).rowcount
+                        events += conn.execute(
+                            f"DELETE FROM events WHERE id IN ({marks})", [r[0] for r in gone]
+                        ).rowcount
+            if len(rows) < batch:
+                break
+        last = (_NEVER, 0)
+        while True:
+            with self._write("purging raw reports") as conn:
+                rows = conn.execute(
+                    "SELECT id, received_at FROM raw_reports "
+                    "WHERE received_at < ? AND (received_at, id) > (?, ?) "
+                    "ORDER BY received_at, id LIMIT ?",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][1]), int(rows[-1][0]))
+                    ids = [r[0] for r in rows]
+                    reports += conn.execute(
+                        f"DELETE FROM raw_reports WHERE id IN ({_marks(len(ids))}) AND NOT EXISTS "
+                        "(SELECT 1 FROM events e WHERE e.raw_pk = raw_reports.id)",
+                        ids,
+                    ).rowcount
+            if len(rows) < batch:
+                break
+        return PurgeCounts(events=events, outbox_jobs=jobs, reports=reports, events_kept_pending=kept)
+
+    def purge_messages_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
+        """Delete messages recorded before ``cutoff`` that no event references, with
+        their recipients."""
+        batch = max(1, min(batch, _MAX_BATCH))
+        messages = recipients = 0
+        last: tuple[float, int] = (_NEVER, 0)
+        while True:
+            with self._write("purging messages") as conn:
+                rows = conn.execute(
+                    "SELECT id, created_at FROM messages "
+                    "WHERE created_at < ? AND (created_at, id) > (?, ?) "
+                    "ORDER BY created_at, id LIMIT ?",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][1]), int(rows[-1][0]))
+                    ids = [r[0] for r in rows]
+                    used = {r[0] for r in conn.execute(
+                        f"SELECT DISTINCT message_pk FROM events WHERE message_pk IN ({_marks(len(ids))})",
+                        ids)}
+                    free = [i for i in ids if i not in used]
+                    if free:
+                        marks = _marks(len(free))
+                        recipients += conn.execute(
+                            f"DELETE FROM recipients WHERE message_pk IN ({marks})", free).rowcount
+                        messages += conn.execute(
+                            f"DELETE FROM messages WHERE id IN ({marks})", free).rowcount
+            if len(rows) < batch:
+                break
+        return PurgeCounts(messages=messages, recipients=recipients)
+
+    # ========================================================== end of retention
 
     # ----------------------------------------------------------------- outbox
 
