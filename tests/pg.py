@@ -94,6 +94,11 @@ class Cluster:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"initdb failed: {proc.stdout}{proc.stderr}")
+        self.start_server()
+
+    def start_server(self) -> None:
+        """``pg_ctl start`` on the initialised data directory (also after :meth:`stop_server`)."""
+        data = os.path.join(self.directory, "data")
         opts = (
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -110,6 +115,14 @@ class Cluster:
             except OSError:
                 pass
             raise RuntimeError(f"pg_ctl start failed: {proc.stdout}{proc.stderr}{log}")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode``: the server goes away (sessions terminated), data kept;
+        :meth:`start_server` brings it back on the same port (fault tests: a restart)."""
+        data = os.path.join(self.directory, "data")
+        proc = self._as_postgres(os.path.join(self.bindir, "pg_ctl"), "-D", data, "-m", mode, "-w", "stop")
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {proc.stdout}{proc.stderr}")
 
     def stop(self) -> None:
         if self._stopped:

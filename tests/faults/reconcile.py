@@ -1,7 +1,8 @@
 """The one reconciliation every fault case ends with.
 
 Given what a case sent (one :class:`Sent` per message to a rejecting recipient) it
-reads the store the way an operator would (plain SQL, no product code) and, when a
+reads the store the way an operator would (plain SQL, no product code; the SQLite file
+or a ``postgresql://`` URL) and, when a
 webhook receiver is given, what that receiver accepted. It reports:
 
 * ``lost``: a sent message with no stored bounce event for its recipient;
@@ -72,7 +73,10 @@ class Reconciliation:
         return "\n".join(parts)
 
 
-def _query(db_path: Path, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+def _query(db_path: Path | str, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    """Rows by column name; ``db_path`` is the SQLite file or a ``postgresql://`` URL."""
+    if isinstance(db_path, str):
+        return _query_pg(db_path, sql, args)
     if not db_path.exists():
         return []
     db = sqlite3.connect(db_path, timeout=30)
@@ -85,19 +89,30 @@ def _query(db_path: Path, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Ro
         db.close()
 
 
-def bounce_events(db_path: Path, recipients: Iterable[str], event_type: str = "bounce") -> list[sqlite3.Row]:
+def _query_pg(url: str, sql: str, args: Sequence[Any]) -> list[Any]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    try:
+        with psycopg.connect(url, connect_timeout=10, row_factory=dict_row) as conn:
+            return conn.execute(sql.replace("?", "%s").encode(), args).fetchall()
+    except (psycopg.OperationalError, psycopg.errors.UndefinedTable):
+        return []  # server down or schema not there yet: nothing stored as far as we can see
+
+
+def bounce_events(db_path: Path | str, recipients: Iterable[str], event_type: str = "bounce") -> list[Any]:
     wanted = {r.lower() for r in recipients}
     return [e for e in _query(db_path, "SELECT * FROM events WHERE type = ? ORDER BY id", (event_type,))
             if (e["recipient"] or "").lower() in wanted]
 
 
-def stored_count(db_path: Path, sent: Sequence[Sent], event_type: str = "bounce") -> int:
+def stored_count(db_path: Path | str, sent: Sequence[Sent], event_type: str = "bounce") -> int:
     """How many of ``sent`` have at least one event (for waiting)."""
     have = {(e["recipient"] or "").lower() for e in bounce_events(db_path, (s.recipient for s in sent), event_type)}
     return sum(1 for s in sent if s.recipient.lower() in have)
 
 
-def reconcile(db_path: Path, sent: Sequence[Sent], receiver: WebhookReceiver | None = None,
+def reconcile(db_path: Path | str, sent: Sequence[Sent], receiver: WebhookReceiver | None = None,
               event_type: str = "bounce", other_cases: Collection[str] = ()) -> Reconciliation:
     """``other_cases``: webhook ids a shared receiver accepted for earlier cases."""
     by_rcpt = {s.recipient.lower(): s for s in sent}
@@ -147,18 +162,21 @@ def reconcile(db_path: Path, sent: Sequence[Sent], receiver: WebhookReceiver | N
     return result
 
 
-def wait_stored(stack: Any, sent: Sequence[Sent], timeout: float = 60.0, event_type: str = "bounce") -> None:
+def wait_stored(stack: Any, sent: Sequence[Sent], timeout: float = 60.0, event_type: str = "bounce",
+                db: Path | str | None = None) -> None:
     """Wait (flushing Postfix's deferred queue) until every sent recipient has an event,
-    then until Postfix's queue is empty, so late duplicates would have arrived too."""
+    then until Postfix's queue is empty, so late duplicates would have arrived too.
+    ``db``: the store to read when it is not the stack's SQLite file (a PostgreSQL URL)."""
+    where = db if db is not None else stack.db_path
     try:
-        stack.wait_for(lambda: stored_count(stack.db_path, sent, event_type) >= len(sent), timeout)
+        stack.wait_for(lambda: stored_count(where, sent, event_type) >= len(sent), timeout)
         stack.wait_for(lambda: not stack.postfix.queue(), timeout)
     except TimeoutError:
         pass  # the reconciliation below says what is missing
     time.sleep(0.5)
 
 
-def assert_reconciled(db_path: Path, sent: Sequence[Sent], receiver: WebhookReceiver | None = None,
+def assert_reconciled(db_path: Path | str, sent: Sequence[Sent], receiver: WebhookReceiver | None = None,
                       event_type: str = "bounce", other_cases: Collection[str] = ()) -> Reconciliation:
     result = reconcile(db_path, sent, receiver, event_type, other_cases)
     assert result.ok, result.details()

@@ -15,7 +15,14 @@ Expected outcome:
   filesystem filled): SQLite answers "database or disk is full", the pipe exits 75,
   Postfix keeps the bounces; after the filler is removed all are stored exactly once.
   Skipped when this machine does not allow ``mount -t tmpfs``.
-* **PostgreSQL restarted mid-run**: not yet; the PostgreSQL backend is being built.
+* **PostgreSQL restarted mid-run** (the store is a database on a private cluster
+  of its own, ``tests.pg``): messages queued while it is up (greylisted); then a
+  stream of new mail to rejecting recipients from retrying clients while the server
+  is stopped (``pg_ctl stop -m fast``, at least 3 s) and started again. While it is
+  down the milter answers 4xx (the clients resend), the queued messages bounce and
+  every pipe run exits 75 (Postfix keeps the bounces). Afterwards the milter and
+  the pipe reconnect by themselves: every message accepted, every bounce stored
+  exactly once and attributed to its message.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +140,80 @@ def disk_full_case(st: Any, state: Path) -> None:
     print(f"disk full: {len(pipe_deferrals(st)) - before} pipe runs deferred (exit 75); {result.summary()}")
 
 
-def test_postgresql_restart_mid_run() -> None:
-    pytest.skip("PostgreSQL restart mid-run: not yet - the PostgreSQL store backend is being built "
-                "(issue 7 fault suite; add it here with the same reconciliation once it lands)")
+def test_postgresql_restart_mid_run(make_stack: Any) -> None:
+    from tests import pg
+
+    reason = pg.unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = pg.start_cluster()  # its own cluster: restarting it disturbs no other test
+    try:
+        url = cluster.create_database()
+        st = make_stack(with_milter=True, pipe="real",
+                        config_extra={"store": url, "pipe": {"deadline_seconds": 3}})
+        try:
+            postgresql_restart_case(st, cluster, url)
+        finally:
+            # The stack is closed after the test by make_stack: make sure the server is up
+            # (a failure mid-outage) so that nothing waits on it meanwhile.
+            if not _pg_up(url):
+                cluster.start_server()
+    finally:
+        cluster.stop()
+
+
+def _pg_up(url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def postgresql_restart_case(st: Any, cluster: Any, url: str) -> None:
+    # Phase 1: messages recorded (PostgreSQL up) and queued, the fake MX greylisting them.
+    verdict = {"reply": "451 4.7.1 greylisted, try again later"}
+    st.fakemx.rule = lambda a: (verdict["reply"].replace("{addr}", a) if a.startswith("unknown-pgq")
+                                else "550 5.1.1 <%s>: Recipient address rejected: User unknown" % a
+                                if a.startswith("unknown-pgs") else None)
+    queued = [f"unknown-pgq{i}@remote.test" for i in range(N)]
+    first = burst(st, "info@tracked.test", queued, threads=4)
+    assert all(d.accepted for d in first)
+    st.fakemx.wait_for(lambda f: all(f.for_rcpt(r) for r in queued), 30)
+    before = len(pipe_deferrals(st))
+
+    # Phase 2: a stream of new mail to rejecting recipients while the server restarts.
+    stream_rcpts = [f"unknown-pgs{i}@remote.test" for i in range(N)]
+    started = threading.Event()
+    stream: list[Any] = []
+    sender = threading.Thread(target=lambda: stream.extend(burst(
+        st, "info@tracked.test", stream_rcpts, threads=3, deadline_seconds=90, started=started, pace=0.2)))
+    sender.start()
+    try:
+        assert started.wait(30)
+        cluster.stop_server("fast")  # terminates every session; the port refuses connections
+        down = time.monotonic()
+        # The queued messages bounce now: every pipe run finds the store down and exits 75.
+        verdict["reply"] = "550 5.1.1 <{addr}>: Recipient address rejected: User unknown"
+        st.postfix.flush()
+        st.wait_for(lambda: len(pipe_deferrals(st)) - before >= N, 60)
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - down)))  # at least 3 s of outage
+        assert st.postfix.queue(), "the bounces must still be in Postfix's queue"
+        cluster.start_server()
+    finally:
+        sender.join(120)
+    outage = time.monotonic() - down
+    assert all(d.accepted for d in stream), [d.attempts[-1] for d in stream if not d.accepted]
+    tempfailed = [d for d in stream if d.tempfails]
+    assert tempfailed, "the milter should have answered 4xx while PostgreSQL was down"
+    assert any(d.attempts[0].codes and 400 <= d.attempts[0].codes[-1] < 500 for d in tempfailed)
+
+    # Phase 3: everything recovers (milter and pipe reconnect): each bounce stored once.
+    sent = [d.sent for d in first] + [d.sent for d in stream]
+    wait_stored(st, sent, 60, db=url)
+    result = assert_reconciled(url, sent)
+    deferred = len(pipe_deferrals(st)) - before
+    print(f"postgresql restart: down {outage:.1f} s, {deferred} pipe runs deferred (exit 75), "
+          f"{len(tempfailed)} of {N} streamed messages got a 4xx and were retried; {result.summary()}")
