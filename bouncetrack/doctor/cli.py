@@ -13,7 +13,10 @@ Checks, in order:
 4. pipe user: exists; as that user (``runuser``): the interpreter runs and imports the
    pipe, the config and the VERP key are readable.
 5. store: as the pipe user, the SQLite store opens read-write and takes a write lock
-   (``BEGIN IMMEDIATE``), and its directory is writable (for -wal/-shm).
+   (``BEGIN IMMEDIATE``), and its directory is writable (for -wal/-shm). A
+   PostgreSQL store (``postgresql://``): connect with the pipe's store timeout,
+   then, in a transaction that is rolled back, insert a row into raw_reports (the
+   pipe's first write), or create a table when the schema does not exist yet.
 6. DNS (dnspython): MX of the bounce domain points at this host; SPF of the bounce
    domain authorises this host; DMARC alignment of each tracked sender domain.
 """
@@ -243,7 +246,9 @@ def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]
                               "(the pipe exits 75, bounces stay queued)",
                               f"make {path} and its directories readable by {pipe_user} "
                               f"({'chown ' + pipe_user + ' and mode 0600' if key == 'secret' else 'e.g. mode 0644'})"))
-    if not db:
+    if _is_postgres(config.store_url):
+        pass  # check_pg_store, from doctor's own process (a network connection, not file modes)
+    elif not db:
         out.append(Result("store", SKIP, f"{config.store_url.split('://')[0]} store: not checked by doctor"))
     elif res.get("store") == "ok":
         out.append(Result("store", OK, f"{db} is writable by {pipe_user}"))
@@ -256,6 +261,58 @@ def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]
         out.append(Result("store", FAIL, f"{pipe_user} cannot write {db}: {res.get('store')}",
                           f"chown {pipe_user}: {db}*; a locked store means a long transaction elsewhere"))
     return out
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def check_pg_store(config: Config) -> Result:
+    """5. (PostgreSQL) the store answers and takes a write, in a rolled-back transaction.
+
+    The connect, statement and lock timeouts are the pipe's (its store timeout at
+    the configured deadline), so a server too slow for the pipe fails here too.
+    """
+    import math
+
+    from ..store.postgres import redact
+
+    url = config.store_url
+    name = redact(url)
+    timeout = max(1.0, min(10.0, config.pipe.deadline_seconds - 1))  # as bounce_pipe.process
+    try:
+        import psycopg
+        from psycopg import errors as pg_errors
+    except ImportError as exc:
+        return Result("store", FAIL, f"{name}: psycopg 3 is not installed ({exc})",
+                      "pip install 'psycopg[binary]' into bouncetrack's venv")
+    ms = max(1, int(timeout * 1000))
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(2, math.ceil(timeout)),
+                               application_name="bouncetrack-doctor")
+    except psycopg.Error as exc:
+        return Result("store", FAIL, f"cannot connect to {name} within {timeout:g}s: {str(exc).strip()}",
+                      "is the server running and reachable? check the URL, pg_hba.conf and the password")
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}".encode())
+            if conn.execute("SELECT to_regclass('raw_reports') IS NOT NULL").fetchone() == (True,):
+                conn.execute(
+                    "INSERT INTO raw_reports (dedupe_key, sha256, size, compressed, received_at) "
+                    "VALUES (%s, '', 0, NULL, 0)", (f"doctor-probe-{os.getpid()}",))
+                return Result("store", OK, f"{name} accepts writes (probe rolled back)")
+            conn.execute("CREATE TABLE bouncetrack_doctor_probe (x integer)")
+        return Result("store", WARN, f"{name}: schema not created yet (the database accepts it)",
+                      "start the milter once (it creates the tables)")
+    except psycopg.Error as exc:
+        hint = "grant the store's user INSERT/UPDATE/DELETE on bouncetrack's tables (CREATE on a fresh database)"
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+            hint = "the URL names a read-only server (a replica?): point it at the primary"
+        elif isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+            hint = f"a write waited more than {timeout:g}s: a long transaction elsewhere holds a lock"
+        return Result("store", FAIL, f"{name} refuses a write: {str(exc).strip()}", hint)
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------------------
@@ -329,6 +386,8 @@ def run_checks(config_path: str, *, postfix_dir: Path | None, pipe_user: str, py
     if postfix_dir is not None:
         emit(check_postfix(config, postfix_dir, pipe_user))
     emit(check_pipe_user(config, pipe_user, python))
+    if _is_postgres(config.store_url):
+        emit([check_pg_store(config)])
     if dns:
         emit(check_dns(config, nameserver, expect_ips))
     return results
