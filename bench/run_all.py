@@ -6,8 +6,9 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 ``bench/results/NAME.json`` itself. Then ``bench/results/REPORT.md`` and its PNGs
 (``bench/results/*.png``, matplotlib, Agg) are generated from those files.
 
-Benchmarks (in order): ``milter_overhead``, ``classify``, ``pipe``, ``export`` (when
-``bench/export.py`` exists), ``webhook``, ``soak --short``. Every figure compares
+Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
+list), ``suppression_lookup``, ``classify``, ``pipe``, ``export``, ``webhook``, ``soak
+--short``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
 
@@ -40,13 +41,22 @@ LOGS = RESULTS / "logs"  # per-benchmark output of the last run (git-ignored)
 
 # name -> (script, arguments, result files it writes)
 PLAN: list[tuple[str, str, list[str], list[str]]] = [
-    ("milter_overhead", "milter_overhead.py", ["-n", "300", "--rounds", "3", "--warmup", "50"], ["milter_overhead"]),
-    ("classify", "classify.py", ["--rounds", "5"], ["classify"]),
-    ("pipe", "pipe.py", ["-n", "80"], ["pipe"]),
+    ("milter_overhead", "milter_overhead.py", ["-n", "400", "--rounds", "5", "--warmup", "50"], ["milter_overhead"]),
+    # The same with the suppression list on (issue 6): policy reject, 1M listed addresses.
+    ("milter_overhead_suppressed", "milter_overhead.py",
+     ["-n", "400", "--rounds", "3", "--warmup", "50", "--suppressed", "1000000",
+      "--name", "milter_overhead_suppressed_1m"], ["milter_overhead_suppressed_1m"]),
+    ("suppression_lookup", "suppression_lookup.py", ["-n", "1000000", "--lookups", "100000"], ["suppression_lookup"]),
+    ("classify", "classify.py", ["--rounds", "7"], ["classify"]),
+    ("pipe", "pipe.py", ["-n", "150"], ["pipe"]),
     ("export", "export.py", ["-n", "1000000", "--rounds", "1"], ["export"]),
-    ("webhook", "webhook.py", ["-n", "300", "--rounds", "3"], ["webhook"]),
+    ("webhook", "webhook.py", ["-n", "1000", "--rounds", "5"], ["webhook"]),
     ("soak", "soak.py", ["--short"], ["soak-short"]),
 ]
+
+
+KNOWN = ("milter_overhead", "milter_overhead_suppressed_1m", "suppression_lookup", "classify", "pipe", "export",
+         "webhook", "soak-short", "soak")
 
 
 def machine() -> dict[str, Any]:
@@ -118,7 +128,10 @@ class Plots:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from matplotlib.ticker import FuncFormatter
+
         self.plt = plt
+        self.formatter = FuncFormatter
         plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "figure.dpi": 100,
                              "axes.grid": True, "grid.alpha": 0.3})
 
@@ -131,12 +144,13 @@ class Plots:
 
     def bars(self, d: dict[str, Any], name: str, title: str, labels: list[str], values: list[float],
              rounds: list[list[float]] | None, unit: str, ratio_text: str,
-             target: tuple[float, str] | None = None, colors: list[str] | None = None) -> str:
+             target: tuple[float, str] | None = None, colors: list[str] | None = None,
+             fmt: str = "{:,.0f}") -> str:
         fig, ax = self.plt.subplots(figsize=(9, 5))
         colors = colors or ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c"][: len(labels)]
         bars = ax.bar(labels, values, color=colors, width=0.55)
         for b, v in zip(bars, values):
-            ax.annotate(f"{v:,.0f}", (b.get_x() + b.get_width() / 2, v / 2), ha="center", va="center",
+            ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, v / 2), ha="center", va="center",
                         fontsize=12, fontweight="bold", color="white",
                         bbox={"boxstyle": "round", "facecolor": "black", "alpha": 0.35, "linewidth": 0})
         if rounds:
@@ -148,6 +162,7 @@ class Plots:
         if rounds or target:
             ax.legend(loc="upper right", fontsize=9)
         ax.set_ylabel(unit)
+        ax.yaxis.set_major_formatter(self.formatter(lambda v, _: f"{v:,.0f}"))
         ax.set_ylim(0, max([*values, *(x for r in (rounds or []) for x in r), target[0] if target else 0]) * 1.22)
         ax.set_title(f"{title}\n{ratio_text}", fontsize=11)
         return self.save(fig, d, name)
@@ -174,8 +189,7 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
         for arr, c, lab in ((bare_ms, "#9e9e9e", "bare"), (pipe_ms, "#1f77b4", "pipe")):
             xs = np.sort(arr)
             ax2.plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=c, linewidth=2, label=lab)
-        ax2.set_xscale("log")
-        ax2.set_xlabel("ms (log)")
+        ax2.set_xlabel("wall time per run (ms)")
         ax2.set_ylabel("fraction of runs ≤ x")
         ax2.legend(fontsize=9)
         ax2.set_title("CDF")
@@ -203,6 +217,31 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
             f"ratio with / without = {d['ratio_median']:.2f} (target ≥ {d['target_ratio']}); "
             f"store check {'ok' if d.get('store_check') else 'FAILED'}",
             target=(d["target_ratio"] * base["median"], f"target: {d['target_ratio']} × baseline"))]
+
+    d = results.get("milter_overhead_suppressed_1m")
+    if d:
+        base, milt = d["without_milter_msg_per_s"], d["with_milter_msg_per_s"]
+        mem = d.get("milter_memory", {})
+        figs["milter_overhead_suppressed_1m"] = [p.bars(
+            d, "milter_throughput_suppressed.png",
+            f"The same with the suppression list on: {d.get('suppressed', 0):,} listed addresses, policy reject",
+            ["without milter\n(baseline)", "with milter +\nsuppression index"], [base["median"], milt["median"]],
+            [base["rounds"], milt["rounds"]], "messages/s (median of rounds)",
+            f"ratio with / without = {d['ratio_median']:.2f} (target ≥ {d['target_ratio']}); milter child RSS "
+            f"{mem.get('vmrss_mb', float('nan')):.0f} MB (peak {mem.get('vmhwm_mb', float('nan')):.0f} MB)",
+            target=(d["target_ratio"] * base["median"], f"target: {d['target_ratio']} × baseline"))]
+
+    d = results.get("suppression_lookup")
+    if d and "per_recipient_us" in d:
+        u = d["per_recipient_us"]
+        figs["suppression_lookup"] = [p.bars(
+            d, "suppression_lookup.png",
+            f"Suppression verdict per recipient (what envrcpt does), index of {d['entries']:,} entries",
+            ["empty index\n(baseline)", f"{d['entries']:,}: not listed", f"{d['entries']:,}: listed"],
+            [u["empty_miss_us"], u["full_miss_us"], u["full_hit_us"]], None, "µs per recipient",
+            f"ratio to the empty index: miss {u['full_miss_us'] / u['empty_miss_us']:.2f}×, hit "
+            f"{u['full_hit_us'] / u['empty_miss_us']:.2f}×; index {d['index_memory_mb']:.1f} MB "
+            f"(a Python set of the same keys: {d['python_set_of_ints_mb']:.0f} MB)", fmt="{:.1f} µs")]
 
     d = results.get("classify")
     if d:
@@ -293,26 +332,35 @@ def soak_plots(p: Plots, d: dict[str, Any], suffix: str) -> list[str]:
     fig.suptitle(f"End-to-end latency CDF, {title_mode} (no baseline: absolute times)", fontsize=12)
     out.append(p.save(fig, d, f"{suffix}_latency_cdf.png"))
 
-    # Memory over time.
-    fig, ax = plt.subplots(figsize=(11, 6.2))
+    # Memory over time: the product's processes (checked) above, the harness's below.
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
     rss = s["rss"]
     t = [x["t"] for x in rss]
-    names = [k for k in rss[0]["rss_mb"] if k != "postfix all processes"] if rss else []
     growth = d["memory"]["growth_check"]
+    checked = d["memory"]["checked"]
+    names = [k for k in (rss[0]["rss_mb"] if rss else {}) if k in checked]
     for k in names:
         ys = [x["rss_mb"].get(k) for x in rss]
         g = growth.get(k, {})
         tag = "" if "growth_mb" not in g else f" ({g['growth_mb']:+.1f} MB first→last third)"
         ax.plot(t, ys, linewidth=2, label=f"{k}{tag}")
     shade_faults(ax, d)
-    ax.set_xlabel("seconds since the first message")
     ax.set_ylabel("RSS (MB)")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+    ax.set_ylim(0, max([v for x in rss for k, v in x["rss_mb"].items() if k in checked and v] or [1]) * 1.3)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     verdict = "no growth" if d["memory"]["no_growth"] else "GROWTH"
-    ax.set_title(f"RSS of the long-running processes, {title_mode}, every {d['params']['sample_every_s']:g} s: "
-                 f"{verdict}\ngrowth = last third of samples > first third by max(2 MB, 10 %); the driver "
-                 "(fake MX + receiver) keeps every record and is not checked", fontsize=10)
+    ax.set_title(f"RSS of bouncetrack's and Postfix's long-running processes, {title_mode}, every "
+                 f"{d['params']['sample_every_s']:g} s: {verdict}\n(growth = mean of the last third of samples "
+                 "above the first third's by more than max(2 MB, 10 %))", fontsize=10)
+    drv = "driver (fake MX, receiver)"
+    axh.plot(t, [x["rss_mb"].get(drv) for x in rss], color="#7f7f7f", linewidth=2, label=drv)
+    shade_faults(axh, d)
+    axh.set_ylabel("RSS (MB)")
+    axh.set_ylim(bottom=0)
+    axh.set_xlabel("seconds since the first message")
+    axh.set_title("harness (not checked): the driver keeps every SMTP transaction and webhook request for the "
+                  "reconciliation", fontsize=9)
+    axh.legend(handles=axh.lines[:1], fontsize=8, loc="upper left")
     out.append(p.save(fig, d, f"{suffix}_memory.png"))
 
     # Throughput over time.
@@ -352,8 +400,8 @@ def soak_section(d: dict[str, Any], figs: list[str], heading: str) -> list[str]:
     for k in ("messages_sent", "messages_recorded_by_milter", "expected_events", "stored_events", "lost",
               "duplicated", "misattributed", "unexpected", "webhook_jobs", "webhook_job_states", "webhooks_lost",
               "webhooks_unknown_ids", "webhook_duplicates_as_retries", "webhook_duplicates_unexplained",
-              "postfix_queue_left", "ok"):
-        v = r[k]
+              "webhook_idempotency_key_mismatch", "postfix_queue_left", "ok"):
+        v = r.get(k, "–")
         L.append(f"| {k.replace('_', ' ')} | **{v}** |" if k in ("lost", "duplicated", "ok") else
                  f"| {k.replace('_', ' ')} | {v} |")
     L += ["", f"Throughput: **{th['sent_msg_per_s']:.2f} msg/s** sent (target {th['target_msg_per_s']:g}), "
@@ -404,6 +452,18 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
         L.append(f"| milter overhead | {d['with_milter_msg_per_s']['median']:.0f} msg/s with the milter | "
                  f"{d['without_milter_msg_per_s']['median']:.0f} msg/s without | {d['ratio_median']:.2f} | ≥ "
                  f"{d['target_ratio']} | {'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
+    d = results.get("milter_overhead_suppressed_1m")
+    if d:
+        L.append(f"| milter overhead, {d.get('suppressed', 0):,} suppressed | {d['with_milter_msg_per_s']['median']:.0f}"
+                 f" msg/s with the milter | {d['without_milter_msg_per_s']['median']:.0f} msg/s without | "
+                 f"{d['ratio_median']:.2f} | ≥ {d['target_ratio']} | "
+                 f"{'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
+    d = results.get("suppression_lookup")
+    if d and "per_recipient_us" in d:
+        u = d["per_recipient_us"]
+        L.append(f"| suppression lookup, {d['entries']:,} entries | miss {u['full_miss_us']:.1f} µs, hit "
+                 f"{u['full_hit_us']:.1f} µs per recipient; index {d['index_memory_mb']:.1f} MB | empty index "
+                 f"{u['empty_miss_us']:.1f} µs | {u['full_miss_us'] / u['empty_miss_us']:.2f}× | – | – |")
     d = results.get("classify")
     if d:
         L.append(f"| classifier | {d['messages_per_second']:,.0f} msg/s | "
@@ -454,6 +514,11 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
          "sides, `smtpd_milters` switched by `postconf -e` + reload, rounds alternate; mail is held, so delivery "
          "takes no CPU from acceptance. Each round checked: the store grew by one row per message with the milter "
          "and none without."),
+        ("milter_overhead_suppressed_1m", "Throughput with the suppression list on (issue 6)",
+         "As above, with `--suppressed 1000000`: tracked.test under policy reject with a million listed addresses "
+         "(none of the benchmark's recipients), the milter restarted so it loads the index (owner: suppression)."),
+        ("suppression_lookup", "Suppression lookup cost",
+         "In one process: the per-recipient verdict against the loaded index vs an empty one (owner: suppression)."),
         ("classify", "Classifier rate vs parsing alone",
          "All corpus samples in memory; best round of each, interleaved. Baseline: `BytesParser().parsebytes`."),
         ("export", "Download API export",
@@ -484,6 +549,16 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
         if "soak" in results:
             L += soak_section(results["soak"], figs.get("soak", []),
                               "Full soak (`bench/soak.py`, run separately; its own date)")
+    others = sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in (*KNOWN, "run_all"))
+    if others:
+        L += ["## Other result files", "", "Found in `bench/results/` but not run by `run_all.py` (as found; "
+              "check their dates):", "", "| file | taken | figures |", "|---|---|---|"]
+        for name in others:
+            o = load(name) or {}
+            scal = [f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in o.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)][:8]
+            L.append(f"| {name}.json | {o.get('taken_at', '?')} | {', '.join(scal)} |")
+        L.append("")
     path = RESULTS / "REPORT.md"
     path.write_text("\n".join(L) + "\n")
     return path
@@ -514,8 +589,7 @@ def main() -> int:
                                      "machine": machine(), "seconds": time.time() - t0,
                                      "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                                     indent=2) + "\n")
-    results = {n: d for n in ("milter_overhead", "classify", "pipe", "export", "webhook", "soak-short", "soak")
-               if (d := load(n)) is not None}
+    results = {n: d for n in KNOWN if (d := load(n)) is not None}
     figs = plot_all(Plots(), results)
     path = write_report(results, figs, runs, command, machine())
     print(f"written {path} with {sum(len(v) for v in figs.values())} figures")

@@ -652,6 +652,7 @@ def analyse(a: Any, msgs: list[Msg], expected: list[tuple[Msg, Expect]], events:
             bad_dupes.append({"event_id": k, "accepted": c, "attempts_failed": attempts_by_event.get(k, 0),
                               "same_key": same_key, "same_body": same_body})
     statuses = Counter(r.status for r in requests)
+    key_mismatch = sum(1 for r in requests if r.verified and r.webhook_id and r.idempotency_key != r.webhook_id)
 
     recon = {
         "messages_sent": len(sent),
@@ -671,6 +672,7 @@ def analyse(a: Any, msgs: list[Msg], expected: list[tuple[Msg, Expect]], events:
         "webhooks_unknown_ids": len(unknown_ids),
         "webhook_duplicates_as_retries": sum(c - 1 for c in dup_ids.values()),
         "webhook_duplicates_unexplained": len(bad_dupes),
+        "webhook_idempotency_key_mismatch": key_mismatch,
         "postfix_queue_left": queue_left,
         "details": {"lost": lost[:20], "duplicated": duplicated[:20], "misattributed": misattributed[:20],
                     "unexpected": unexpected[:20], "webhooks_lost": webhooks_lost[:20],
@@ -680,7 +682,7 @@ def analyse(a: Any, msgs: list[Msg], expected: list[tuple[Msg, Expect]], events:
         len(sent) == len(msgs) and n_messages_stored == len(sent) and not lost and not duplicated
         and not misattributed and not unexpected and not no_job and not job_dupes
         and states.get("pending", 0) == 0 and states.get("dead", 0) == 0
-        and not webhooks_lost and not unknown_ids and not bad_dupes and queue_left == 0
+        and not webhooks_lost and not unknown_ids and not bad_dupes and not key_mismatch and queue_left == 0
     )
 
     # Latency by kind.
