@@ -59,9 +59,21 @@ def snapshot(store: Any) -> tuple[Any, ...]:
 
 
 def counters(store: Any) -> tuple[Any, ...]:
+    """The cumulative counters: as the store keeps them, and as a /metrics scrape shows them."""
+    from prometheus_client import generate_latest
+
+    from bouncetrack.metrics.collector import build_registry
+
     m = store.metric_counts(time.time())
+    config = load_config_text("bounce_domain: bounces.example.org\n"
+                              "domains: {example.com: {tracking: true}}\n", "m.yaml")
+    text = generate_latest(build_registry(lambda: config, lambda: store, process_metrics=False,
+                                          tempfail_dir="/nonexistent")).decode()
+    scraped = sorted(line for line in text.splitlines()
+                     if line.split("{")[0].split(" ")[0].endswith(("_total", "_bucket", "_count")))
+    assert any(line.startswith("bouncetrack_events_total") for line in scraped), text
     return (sorted(m.events), sorted(m.messages), sorted(m.deliveries),
-            sorted((o, le, c) for o, le, c, _s in m.pipe_runs))
+            sorted((o, le, c) for o, le, c, _s in m.pipe_runs), scraped)
 
 
 def test_dry_run_then_purge(store: Any) -> None:
