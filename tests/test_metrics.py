@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -37,6 +36,7 @@ from bouncetrack.store import open_store
 from bouncetrack.store import migrations
 from bouncetrack.tokens import load_keyring
 from tests import mailgen
+from tests.configkit import write_config
 from tests.test_milter_policy import make_config
 from tests.test_milter_testctx import feed
 from tests.test_pipe import record, run_pipe
@@ -49,14 +49,9 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture()
 def config(tmp_path: Path) -> Config:
-    path = tmp_path / "bouncetrack.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            bounce_domain: bounce.test
-            secret_file: {tmp_path}/verp.key
-            store: sqlite:///{tmp_path}/bt.db
-            milter_socket: {tmp_path}/milter.sock
+    return write_config(
+        tmp_path,
+        f"""\
             pipe: {{deadline_seconds: 8}}
             domains:
               tracked.test:
@@ -67,10 +62,8 @@ def config(tmp_path: Path) -> Config:
                 tracking: true
               default:
                 tracking: true
-            """
-        )
+        """,
     )
-    return load_config(path)
 
 
 def cache_dir(config: Config) -> Path:

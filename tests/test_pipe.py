@@ -10,32 +10,26 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
 from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
 from tests import mailgen
+from tests.configkit import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def config(tmp_path: Path) -> Config:
-    path = tmp_path / "bouncetrack.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            bounce_domain: bounce.test
-            secret_file: {tmp_path}/verp.key
-            store: sqlite:///{tmp_path}/bt.db
-            milter_socket: {tmp_path}/milter.sock
+    return write_config(
+        tmp_path,
+        f"""\
             pipe: {{deadline_seconds: 8}}
             domains:
               tracked.test:
@@ -44,10 +38,8 @@ def config(tmp_path: Path) -> Config:
                 webhook: {{url: "http://127.0.0.1:9/hook", secret: whsec_c2VjcmV0}}
               other.test:
                 tracking: true
-            """
-        )
+        """,
     )
-    return load_config(path)
 
 
 def record(config: Config, *recipients: str, domain: str = "tracked.test") -> tuple[str, MessageRecord]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,31 +13,25 @@ from fastapi.testclient import TestClient
 from bouncetrack.api.app import create_app
 from bouncetrack.cli import build_cli
 from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import Suppression
 from bouncetrack.tokens import hash_api_token
+from tests.configkit import write_config
 
 DAY = 86400.0
 
 
 @pytest.fixture()
 def config(tmp_path: Path) -> Config:
-    path = tmp_path / "bouncetrack.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            bounce_domain: bounce.test
-            secret_file: {tmp_path}/verp.key
-            store: sqlite:///{tmp_path}/bt.db
+    return write_config(
+        tmp_path,
+        f"""\
             domains:
               a.test: {{tracking: true, api_tokens: ["{hash_api_token('tok-a')}", "{hash_api_token('tok-ab')}"]}}
               b.test: {{tracking: true, api_tokens: ["{hash_api_token('tok-ab')}"]}}
               c.test: {{tracking: true}}
-            """
-        )
+        """,
     )
-    return load_config(path)
 
 
 def seed(config: Config) -> None:

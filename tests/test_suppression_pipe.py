@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import Suppression
 from tests import mailgen
+from tests.configkit import write_config
 from tests.test_pipe import events, record, run_pipe
 
 DAY = 86400.0
@@ -21,14 +20,9 @@ DAY = 86400.0
 
 @pytest.fixture()
 def config(tmp_path: Path) -> Config:
-    path = tmp_path / "bouncetrack.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            bounce_domain: bounce.test
-            secret_file: {tmp_path}/verp.key
-            store: sqlite:///{tmp_path}/bt.db
-            milter_socket: {tmp_path}/milter.sock
+    return write_config(
+        tmp_path,
+        f"""\
             pipe: {{deadline_seconds: 8}}
             domains:
               tracked.test:
@@ -38,10 +32,8 @@ def config(tmp_path: Path) -> Config:
                 tracking: true
               default:
                 suppression: {{soft_bounce_limit: 2, expire_days: null}}
-            """
-        )
+        """,
     )
-    return load_config(path)
 
 
 def listed(config: Config) -> list[sqlite3.Row]:
