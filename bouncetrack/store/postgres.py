@@ -46,6 +46,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from . import postgres_migrations as migrations
+from . import rows as _rows
 from .base import (
     BounceEvent,
     DailyCount,
@@ -56,7 +57,6 @@ from .base import (
     MetricCounts,
     OutboxJob,
     PurgeCounts,
-    RecipientRecord,
     StoreOutcome,
     StoreUnavailable,
     Suppression,
@@ -64,10 +64,11 @@ from .base import (
     SuppressionChange,
     pipe_bucket,
 )
+from .rows import EVENT_COLUMNS as _EVENT_COLUMNS, EVENT_FIELDS as _EVENT_FIELDS  # shared with sqlite
+from .rows import FETCH_BATCH as _FETCH_BATCH, MAX_ERROR_LEN as _MAX_ERROR_LEN
+from .rows import JOB_COLUMNS as _JOB_COLUMNS, MESSAGE_COLUMNS as _MESSAGE_COLUMNS
+from .rows import RAW_COMPRESSION_LEVEL, event_from_row as _event_from_row, job_from_row as _job_from_row
 
-RAW_COMPRESSION_LEVEL = 6
-_FETCH_BATCH = 500
-_MAX_ERROR_LEN = 4000
 _INSERT_CHUNK = 1000  # events per INSERT statement (bind parameters stay below 65535)
 
 # --- retention (issue 6; owner: retention): the counts of SQLiteStore.purge_counts
@@ -90,41 +91,8 @@ _RETENTION_COUNTS = (
     f"SELECT count(*) FROM events e WHERE e.received_at < %(ecut)s AND {_PENDING}",
 )
 
-_EVENT_FIELDS = (
-    "event_id",
-    "type",
-    "hard",
-    "reason",
-    "status",
-    "reply_code",
-    "diagnostic",
-    "recipient",
-    "reported_recipient",
-    "action",
-    "remote_mta",
-    "domain",
-    "original_sender",
-    "original_message_id",
-    "token",
-    "token_status",
-    "flagged",
-    "message_pk",
-    "received_at",
-    "dedupe_key",
-    "feedback_type",
-    "sent_at",
-)
-_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
 _RECEIVED_AT = 1 + _EVENT_FIELDS.index("received_at")  # in (id, *fields) rows
 _EVENT_ROW = "(%s, " + ", ".join("%s" for _ in _EVENT_FIELDS) + ")"
-_JOB_COLUMNS = (
-    "id, event_id, channel, target, state, attempts, next_attempt_at, "
-    "last_error, created_at, updated_at, lease_until"
-)
-_MESSAGE_COLUMNS = (
-    "id, token_id, token, queue_id, message_id, sender_domain, envelope_sender, "
-    "verp_sender, dsn_ret, dsn_envid, created_at"
-)
 
 # SQLSTATE classes and codes that mean "the store cannot be used right now"
 # (https://www.postgresql.org/docs/current/errcodes-appendix.html). Everything
@@ -281,21 +249,9 @@ class PostgresStore:
         """Store the message and its recipients in one transaction; return messages.id."""
         with self._write("recording a message") as conn:
             row = conn.execute(
-                "INSERT INTO messages (token_id, token, queue_id, message_id, sender_domain, "
-                "envelope_sender, verp_sender, dsn_ret, dsn_envid, created_at) "
+                f"INSERT INTO messages ({_rows.MESSAGE_INSERT_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    message.token_id,
-                    message.token,
-                    message.queue_id,
-                    message.message_id,
-                    message.sender_domain,
-                    message.envelope_sender,
-                    message.verp_sender,
-                    message.dsn_ret,
-                    message.dsn_envid,
-                    message.created_at,
-                ),
+                _rows.message_params(message),
             ).fetchone()
             assert row is not None
             message_pk = int(row[0])
@@ -304,10 +260,7 @@ class PostgresStore:
                     cur.executemany(
                         "INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
                         "VALUES (%s, %s, %s, %s, %s)",
-                        [
-                            (message_pk, r.address, r.orcpt, r.notify, position)
-                            for position, r in enumerate(message.recipients)
-                        ],
+                        _rows.recipient_params(message_pk, message),
                     )
         return message_pk
 
@@ -393,7 +346,7 @@ class PostgresStore:
             conn.execute(
                 f"INSERT INTO events (raw_pk, {_EVENT_COLUMNS}) VALUES "
                 + ", ".join(_EVENT_ROW for _ in chunk),
-                [v for e in chunk for v in (raw_pk, *(getattr(e, f) for f in _EVENT_FIELDS))],
+                [v for e in chunk for v in _rows.event_params(e, raw_pk)],
             )
         if jobs:
             with conn.cursor() as cur:
@@ -402,20 +355,7 @@ class PostgresStore:
                     "next_attempt_at, last_error, created_at, updated_at) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (event_id, channel, target) DO NOTHING",
-                    [
-                        (
-                            j.event_id,
-                            j.channel,
-                            j.target,
-                            j.state,
-                            j.attempts,
-                            j.next_attempt_at,
-                            j.last_error,
-                            j.created_at or now,
-                            j.updated_at or now,
-                        )
-                        for j in jobs
-                    ],
+                    [_rows.job_params(j, now) for j in jobs],
                 )
         if suppress:  # suppression list (issue 6)
             _sup_apply_candidates(conn, suppress)
@@ -765,7 +705,7 @@ class PostgresStore:
         due, leased, oldest = row
         stats["due"] = int(due)
         stats["leased"] = int(leased)
-        stats["oldest_pending_age"] = max(0.0, now - oldest) if oldest is not None else 0.0
+        stats["oldest_pending_age"] = _rows.pending_age(now, oldest)
         return stats
 
     # =========================================================================
@@ -806,18 +746,7 @@ class PostgresStore:
                 ).fetchone()
                 dead_row = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
         assert row is not None and dead_row is not None
-        pending, due, leased, oldest = row
-        return MetricCounts(
-            events=tuple((r[0], r[1], r[2], bool(r[3]), r[4], r[5], int(r[6])) for r in events),
-            messages=tuple((r[0], int(r[1])) for r in messages),
-            deliveries=tuple((r[0], r[1], int(r[2])) for r in deliveries),
-            pipe_runs=tuple((r[0], float(r[1]), int(r[2]), float(r[3])) for r in runs),
-            outbox_pending=int(pending),
-            outbox_due=int(due),
-            outbox_leased=int(leased),
-            outbox_dead=int(dead_row[0]),
-            outbox_oldest_pending_age=max(0.0, now - oldest) if oldest is not None else 0.0,
-        )
+        return _rows.metric_counts(now, events, messages, deliveries, runs, row, dead_row[0])
 
     # =========================================================================
     # Suppression list (issue 6). Implements base.SuppressionStore with the
@@ -1105,73 +1034,18 @@ class PostgresStore:
 
 def _message_with_recipients(conn: psycopg.Connection[Any], row: Sequence[Any]) -> MessageRecord:
     rcpts = conn.execute(
-        "SELECT id, address, orcpt, notify FROM recipients WHERE message_pk = %s ORDER BY position",
+        f"SELECT {_rows.RECIPIENT_COLUMNS} FROM recipients WHERE message_pk = %s ORDER BY position",
         (row[0],),
     ).fetchall()
-    return MessageRecord(
-        id=int(row[0]),
-        token_id=int(row[1]),
-        token=row[2],
-        queue_id=row[3],
-        message_id=row[4],
-        sender_domain=row[5],
-        envelope_sender=row[6],
-        verp_sender=row[7],
-        dsn_ret=row[8],
-        dsn_envid=row[9],
-        created_at=row[10],
-        recipients=tuple(
-            RecipientRecord(id=int(r[0]), address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts
-        ),
-    )
+    return _rows.message_from_row(row, rcpts)
 
 
-def _event_from_row(row: Sequence[Any]) -> BounceEvent:
-    values = dict(zip(_EVENT_FIELDS, row))
-    values["hard"] = bool(values["hard"])
-    values["flagged"] = bool(values["flagged"])
-    if values["message_pk"] is not None:
-        values["message_pk"] = int(values["message_pk"])
-    return BounceEvent(**values)
-
-
-def _job_from_row(row: Sequence[Any]) -> OutboxJob:
-    return OutboxJob(
-        id=int(row[0]),
-        event_id=row[1],
-        channel=row[2],
-        target=row[3],
-        state=row[4],
-        attempts=int(row[5]),
-        next_attempt_at=row[6],
-        last_error=row[7],
-        created_at=row[8],
-        updated_at=row[9],
-        lease_until=row[10],
-    )
-
-
-def _dash_cols(alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in _JOB_COLUMNS.split(","))
-
-
-_DASH_JOB_KINDS = {
-    "pending": "o.state = 'pending' AND o.attempts = 0",
-    "failed": "o.state = 'pending' AND o.attempts > 0",
-    "dead": "o.state = 'dead'",
-    "delivered": "o.state = 'delivered'",
-}
+_dash_cols = _rows.job_columns
+_DASH_JOB_KINDS = _rows.DASH_JOB_KINDS
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
-_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
-
-
-def _ascii_lower(text: str) -> str:
-    return text.translate(_ASCII_LOWER)
-
-
-def _dash_job_view(row: Sequence[Any]) -> JobView:
-    return JobView(job=_job_from_row(row[:11]), domain=row[11], recipient=row[12], event_type=row[13])
+_ascii_lower = _rows.ascii_lower
+_dash_job_view = _rows.job_view_from_row
 
 
 # ------------------------------------------------------------------ download

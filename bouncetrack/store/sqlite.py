@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any, Generator, Iterator, Sequence
 
 from . import migrations
+from . import rows as _rows
 from .base import (
     BounceEvent,
     DownloadQuery,
@@ -34,13 +35,16 @@ from .base import (
     JobView,
     MessageRecord,
     OutboxJob,
-    RecipientRecord,
     StoreOutcome,
     StoreUnavailable,
 )
 from .base import MetricCounts, pipe_bucket  # metrics (issue 5)
 from .base import Suppression, SuppressionCandidate, SuppressionChange  # suppression (issue 6)
 from .base import PurgeCounts  # retention (issue 6)
+from .rows import EVENT_COLUMNS as _EVENT_COLUMNS, EVENT_FIELDS as _EVENT_FIELDS  # shared with postgres
+from .rows import FETCH_BATCH as _FETCH_BATCH, MAX_ERROR_LEN as _MAX_ERROR_LEN
+from .rows import JOB_COLUMNS as _JOB_COLUMNS, MESSAGE_COLUMNS as _MESSAGE_COLUMNS
+from .rows import RAW_COMPRESSION_LEVEL, event_from_row as _event_from_row, job_from_row as _job_from_row
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -63,9 +67,6 @@ _UNAVAILABLE_CODES = frozenset(
 _BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 _UNAVAILABLE_WORDS = ("locked", "busy", "disk", "readonly", "read-only", "unable to open", "full")
 
-RAW_COMPRESSION_LEVEL = 6
-_FETCH_BATCH = 500
-_MAX_ERROR_LEN = 4000
 
 # --- retention (issue 6; owner: retention) ----------------------------------
 _NEVER = -1.0e300  # a cutoff older than any row: "keep this kind"
@@ -95,43 +96,9 @@ _RETENTION_COUNTS = (
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
-_EVENT_FIELDS = (
-    "event_id",
-    "type",
-    "hard",
-    "reason",
-    "status",
-    "reply_code",
-    "diagnostic",
-    "recipient",
-    "reported_recipient",
-    "action",
-    "remote_mta",
-    "domain",
-    "original_sender",
-    "original_message_id",
-    "token",
-    "token_status",
-    "flagged",
-    "message_pk",
-    "received_at",
-    "dedupe_key",
-    "feedback_type",
-    "sent_at",
-)
-_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
 _EVENT_INSERT = (
     f"INSERT INTO events (raw_pk, {_EVENT_COLUMNS}) "
     f"VALUES (?, {', '.join('?' for _ in _EVENT_FIELDS)})"
-)
-
-_JOB_COLUMNS = (
-    "id, event_id, channel, target, state, attempts, next_attempt_at, "
-    "last_error, created_at, updated_at, lease_until"
-)
-_MESSAGE_COLUMNS = (
-    "id, token_id, token, queue_id, message_id, sender_domain, envelope_sender, "
-    "verp_sender, dsn_ret, dsn_envid, created_at"
 )
 
 
@@ -294,31 +261,16 @@ class SQLiteStore:
         """Store the message and its recipients in one transaction; return messages.id."""
         with self._write("recording a message") as conn:
             cur = conn.execute(
-                "INSERT INTO messages (token_id, token, queue_id, message_id, sender_domain, "
-                "envelope_sender, verp_sender, dsn_ret, dsn_envid, created_at) "
+                f"INSERT INTO messages ({_rows.MESSAGE_INSERT_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.token_id,
-                    message.token,
-                    message.queue_id,
-                    message.message_id,
-                    message.sender_domain,
-                    message.envelope_sender,
-                    message.verp_sender,
-                    message.dsn_ret,
-                    message.dsn_envid,
-                    message.created_at,
-                ),
+                _rows.message_params(message),
             )
             message_pk = cur.lastrowid
             assert message_pk is not None
             conn.executemany(
                 "INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (message_pk, r.address, r.orcpt, r.notify, position)
-                    for position, r in enumerate(message.recipients)
-                ],
+                _rows.recipient_params(message_pk, message),
             )
         return message_pk
 
@@ -396,27 +348,14 @@ class SQLiteStore:
             ).lastrowid
             conn.executemany(
                 _EVENT_INSERT,
-                [(raw_pk, *(getattr(e, f) for f in _EVENT_FIELDS)) for e in events],
+                [_rows.event_params(e, raw_pk) for e in events],
             )
             conn.executemany(
                 "INSERT INTO outbox (event_id, channel, target, state, attempts, "
                 "next_attempt_at, last_error, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (event_id, channel, target) DO NOTHING",
-                [
-                    (
-                        j.event_id,
-                        j.channel,
-                        j.target,
-                        j.state,
-                        j.attempts,
-                        j.next_attempt_at,
-                        j.last_error,
-                        j.created_at or now,
-                        j.updated_at or now,
-                    )
-                    for j in jobs
-                ],
+                [_rows.job_params(j, now) for j in jobs],
             )
             if suppress:  # suppression list (issue 6)
                 from . import sqlite_suppression
@@ -798,7 +737,7 @@ class SQLiteStore:
             ).fetchone()
         stats["due"] = due
         stats["leased"] = leased
-        stats["oldest_pending_age"] = max(0.0, now - oldest) if oldest is not None else 0.0
+        stats["oldest_pending_age"] = _rows.pending_age(now, oldest)
         return stats
 
     # =========================================================================
@@ -830,24 +769,14 @@ class SQLiteStore:
             runs = conn.execute(
                 "SELECT outcome, le, count, seconds_sum FROM metric_pipe_runs"
             ).fetchall()
-            pending, due, leased, oldest = conn.execute(
+            outbox = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= ?1), "
                 "count(*) FILTER (WHERE lease_until > ?1), min(created_at) "
                 "FROM outbox WHERE state = 'pending'",
                 (now,),
             ).fetchone()
             (dead,) = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
-        return MetricCounts(
-            events=tuple((r[0], r[1], r[2], bool(r[3]), r[4], r[5], int(r[6])) for r in events),
-            messages=tuple((r[0], int(r[1])) for r in messages),
-            deliveries=tuple((r[0], r[1], int(r[2])) for r in deliveries),
-            pipe_runs=tuple((r[0], float(r[1]), int(r[2]), float(r[3])) for r in runs),
-            outbox_pending=int(pending),
-            outbox_due=int(due),
-            outbox_leased=int(leased),
-            outbox_dead=int(dead),
-            outbox_oldest_pending_age=max(0.0, now - oldest) if oldest is not None else 0.0,
-        )
+        return _rows.metric_counts(now, events, messages, deliveries, runs, outbox, dead)
 
     # ============================================================ end of metrics
 
@@ -1096,74 +1025,24 @@ class SQLiteStore:
 def _message_with_recipients(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageRecord:
     """A ``messages`` row (``_MESSAGE_COLUMNS``) with its recipients in RCPT order."""
     rcpts = conn.execute(
-        "SELECT id, address, orcpt, notify FROM recipients "
+        f"SELECT {_rows.RECIPIENT_COLUMNS} FROM recipients "
         "WHERE message_pk = ? ORDER BY position",
         (row[0],),
     ).fetchall()
-    return MessageRecord(
-        id=row[0],
-        token_id=row[1],
-        token=row[2],
-        queue_id=row[3],
-        message_id=row[4],
-        sender_domain=row[5],
-        envelope_sender=row[6],
-        verp_sender=row[7],
-        dsn_ret=row[8],
-        dsn_envid=row[9],
-        created_at=row[10],
-        recipients=tuple(
-            RecipientRecord(id=r[0], address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts
-        ),
-    )
-
-
-def _event_from_row(row: Sequence[Any]) -> BounceEvent:
-    values = dict(zip(_EVENT_FIELDS, row))
-    values["hard"] = bool(values["hard"])
-    values["flagged"] = bool(values["flagged"])
-    return BounceEvent(**values)
-
-
-def _job_from_row(
-    row: Sequence[Any], *, lease_until: float | None = None, updated_at: float | None = None
-) -> OutboxJob:
-    return OutboxJob(
-        id=row[0],
-        event_id=row[1],
-        channel=row[2],
-        target=row[3],
-        state=row[4],
-        attempts=row[5],
-        next_attempt_at=row[6],
-        last_error=row[7],
-        created_at=row[8],
-        updated_at=row[9] if updated_at is None else updated_at,
-        lease_until=row[10] if lease_until is None else lease_until,
-    )
+    return _rows.message_from_row(row, rcpts)
 
 
 # =============================================================================
 # Dashboard aggregates: module-level helpers (owner: dashboard).
 # =============================================================================
 
-_DASH_JOB_COLUMNS = ", ".join("o." + c.strip() for c in _JOB_COLUMNS.split(","))
-_DASH_JOB_KINDS = {
-    "pending": "o.state = 'pending' AND o.attempts = 0",
-    "failed": "o.state = 'pending' AND o.attempts > 0",
-    "dead": "o.state = 'dead'",
-    "delivered": "o.state = 'delivered'",
-}
-_DASH_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+_DASH_JOB_COLUMNS = _rows.job_columns("o")
+_DASH_JOB_KINDS = _rows.DASH_JOB_KINDS
+_dash_ascii_lower = _rows.ascii_lower
+_dash_job_view = _rows.job_view_from_row
 
 
 def _dash_marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-def _dash_ascii_lower(text: str) -> str:
-    return text.translate(_DASH_ASCII_LOWER)
-
-
-def _dash_job_view(row: Sequence[Any]) -> JobView:
-    return JobView(job=_job_from_row(row[:11]), domain=row[11], recipient=row[12], event_type=row[13])

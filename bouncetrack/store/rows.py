@@ -1,0 +1,287 @@
+"""Records <-> rows: the Python both store backends share around their own SQL.
+
+Column lists, the parameter tuples bound for a record, the record built from a
+row, and the result assembly of a few reads. Pure functions over the records of
+:mod:`.base`; no SQL dialect here (placeholders, casts and statements stay in
+``sqlite.py`` / ``postgres.py``), so one mapping serves both backends.
+
+The SQLite pipe imports this module once per bounce: stdlib and ``.base`` only.
+The ``int()`` casts are for PostgreSQL drivers that may hand back other integer
+types; SQLite already returns ``int`` for these columns, so they change nothing
+there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .base import (
+    BounceEvent,
+    JobView,
+    MessageRecord,
+    MetricCounts,
+    OutboxJob,
+    RecipientRecord,
+    Suppression,
+    SuppressionCandidate,
+    SuppressionChange,
+)
+
+RAW_COMPRESSION_LEVEL = 6
+FETCH_BATCH = 500
+MAX_ERROR_LEN = 4000
+
+EVENT_FIELDS = (
+    "event_id",
+    "type",
+    "hard",
+    "reason",
+    "status",
+    "reply_code",
+    "diagnostic",
+    "recipient",
+    "reported_recipient",
+    "action",
+    "remote_mta",
+    "domain",
+    "original_sender",
+    "original_message_id",
+    "token",
+    "token_status",
+    "flagged",
+    "message_pk",
+    "received_at",
+    "dedupe_key",
+    "feedback_type",
+    "sent_at",
+)
+EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+JOB_COLUMNS = (
+    "id, event_id, channel, target, state, attempts, next_attempt_at, "
+    "last_error, created_at, updated_at, lease_until"
+)
+MESSAGE_COLUMNS = (
+    "id, token_id, token, queue_id, message_id, sender_domain, envelope_sender, "
+    "verp_sender, dsn_ret, dsn_envid, created_at"
+)
+# INSERT INTO messages (...) takes MESSAGE_COLUMNS without id, in message_params' order.
+MESSAGE_INSERT_COLUMNS = MESSAGE_COLUMNS.removeprefix("id, ")
+RECIPIENT_COLUMNS = "id, address, orcpt, notify"
+SUPPRESSION_COLUMNS = "id, domain, address, reason, source_event_id, created_at, expires_at, removed_at"
+
+# Outbox jobs as the dashboard lists them (keys of DashboardStore.dashboard_jobs).
+DASH_JOB_KINDS = {
+    "pending": "o.state = 'pending' AND o.attempts = 0",
+    "failed": "o.state = 'pending' AND o.attempts > 0",
+    "dead": "o.state = 'dead'",
+    "delivered": "o.state = 'delivered'",
+}
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only (as SQLite's lower() and domain names fold)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def job_columns(alias: str) -> str:
+    """JOB_COLUMNS qualified by a table alias (``o.id, o.event_id, …``)."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+
+# ------------------------------------------------------------ record -> params
+
+
+def message_params(message: MessageRecord) -> tuple[Any, ...]:
+    """The values of MESSAGE_INSERT_COLUMNS for ``message``."""
+    return (
+        message.token_id,
+        message.token,
+        message.queue_id,
+        message.message_id,
+        message.sender_domain,
+        message.envelope_sender,
+        message.verp_sender,
+        message.dsn_ret,
+        message.dsn_envid,
+        message.created_at,
+    )
+
+
+def recipient_params(message_pk: int, message: MessageRecord) -> list[tuple[Any, ...]]:
+    """(message_pk, address, orcpt, notify, position) per recipient, in RCPT order."""
+    return [
+        (message_pk, r.address, r.orcpt, r.notify, position)
+        for position, r in enumerate(message.recipients)
+    ]
+
+
+def event_params(event: BounceEvent, raw_pk: int | None) -> tuple[Any, ...]:
+    """(raw_pk, *EVENT_FIELDS) for ``event``."""
+    return (raw_pk, *(getattr(event, f) for f in EVENT_FIELDS))
+
+
+def job_params(job: OutboxJob, now: float) -> tuple[Any, ...]:
+    """Values of a new outbox row (event_id … updated_at); times unset (0) become ``now``."""
+    return (
+        job.event_id,
+        job.channel,
+        job.target,
+        job.state,
+        job.attempts,
+        job.next_attempt_at,
+        job.last_error,
+        job.created_at or now,
+        job.updated_at or now,
+    )
+
+
+def suppression_auto_params(c: SuppressionCandidate, seq: int) -> dict[str, Any]:
+    """Named parameters of the pipe's suppression upsert for candidate ``c``."""
+    return {
+        "domain": c.domain,
+        "address": c.address,
+        "reason": c.reason,
+        "source": c.source_event_id,
+        "now": c.created_at,
+        "expires": c.expires_at,
+        "seq": seq,
+    }
+
+
+def suppression_manual_params(entries: Sequence[Suppression], seq: int) -> list[tuple[Any, ...]]:
+    """Parameters of the manual suppression upsert, one change number per entry."""
+    return [
+        (e.domain, e.address, e.reason, e.source_event_id, e.created_at, e.expires_at, seq + i)
+        for i, e in enumerate(entries)
+    ]
+
+
+def apply_candidates(
+    candidates: Sequence[SuppressionCandidate],
+    seq: int,
+    soft_count: Callable[[SuppressionCandidate], int],
+    upsert: Callable[[dict[str, Any]], int],
+) -> int:
+    """The pipe's suppression writes: each candidate whose soft-bounce rule holds
+    (``soft_count`` >= its limit) is upserted; a written row takes the next
+    change number. Returns rows written. The backend supplies the two statements."""
+    written = 0
+    for c in candidates:
+        if c.soft_bounce_limit > 0 and soft_count(c) < c.soft_bounce_limit:
+            continue
+        n = upsert(suppression_auto_params(c, seq))
+        if n:
+            written += n
+            seq += 1
+    return written
+
+
+# --------------------------------------------------------------- row -> record
+
+
+def message_from_row(row: Sequence[Any], rcpts: Sequence[Sequence[Any]]) -> MessageRecord:
+    """A MESSAGE_COLUMNS row with its RECIPIENT_COLUMNS rows (RCPT order)."""
+    return MessageRecord(
+        id=int(row[0]),
+        token_id=int(row[1]),
+        token=row[2],
+        queue_id=row[3],
+        message_id=row[4],
+        sender_domain=row[5],
+        envelope_sender=row[6],
+        verp_sender=row[7],
+        dsn_ret=row[8],
+        dsn_envid=row[9],
+        created_at=row[10],
+        recipients=tuple(
+            RecipientRecord(id=int(r[0]), address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts
+        ),
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> BounceEvent:
+    """An EVENT_FIELDS row."""
+    values = dict(zip(EVENT_FIELDS, row))
+    values["hard"] = bool(values["hard"])
+    values["flagged"] = bool(values["flagged"])
+    if values["message_pk"] is not None:
+        values["message_pk"] = int(values["message_pk"])
+    return BounceEvent(**values)
+
+
+def job_from_row(
+    row: Sequence[Any], *, lease_until: float | None = None, updated_at: float | None = None
+) -> OutboxJob:
+    """A JOB_COLUMNS row; ``lease_until``/``updated_at`` given replace the row's (a claim)."""
+    return OutboxJob(
+        id=int(row[0]),
+        event_id=row[1],
+        channel=row[2],
+        target=row[3],
+        state=row[4],
+        attempts=int(row[5]),
+        next_attempt_at=row[6],
+        last_error=row[7],
+        created_at=row[8],
+        updated_at=row[9] if updated_at is None else updated_at,
+        lease_until=row[10] if lease_until is None else lease_until,
+    )
+
+
+def job_view_from_row(row: Sequence[Any]) -> JobView:
+    """JOB_COLUMNS then the event's domain, recipient and type."""
+    return JobView(job=job_from_row(row[:11]), domain=row[11], recipient=row[12], event_type=row[13])
+
+
+def suppression_from_row(r: Sequence[Any]) -> Suppression:
+    """A SUPPRESSION_COLUMNS row."""
+    return Suppression(
+        id=int(r[0]),
+        domain=r[1],
+        address=r[2],
+        reason=r[3],
+        source_event_id=r[4],
+        created_at=r[5],
+        expires_at=r[6],
+        removed_at=r[7],
+    )
+
+
+def change_from_row(r: Sequence[Any]) -> SuppressionChange:
+    """A (seq, domain, address, removed, expires_at) row."""
+    return SuppressionChange(int(r[0]), r[1], r[2], bool(r[3]), r[4])
+
+
+# ------------------------------------------------------------- result assembly
+
+
+def pending_age(now: float, oldest: float | None) -> float:
+    """Seconds since the oldest pending job was created; 0 when none."""
+    return max(0.0, now - oldest) if oldest is not None else 0.0
+
+
+def metric_counts(
+    now: float,
+    events: Sequence[Sequence[Any]],
+    messages: Sequence[Sequence[Any]],
+    deliveries: Sequence[Sequence[Any]],
+    runs: Sequence[Sequence[Any]],
+    outbox: Sequence[Any],
+    dead: Any,
+) -> MetricCounts:
+    """MetricCounts from the counter tables' rows, the pending outbox row
+    (count, due, leased, oldest created_at) and the dead-job count."""
+    pending, due, leased, oldest = outbox
+    return MetricCounts(
+        events=tuple((r[0], r[1], r[2], bool(r[3]), r[4], r[5], int(r[6])) for r in events),
+        messages=tuple((r[0], int(r[1])) for r in messages),
+        deliveries=tuple((r[0], r[1], int(r[2])) for r in deliveries),
+        pipe_runs=tuple((r[0], float(r[1]), int(r[2]), float(r[3])) for r in runs),
+        outbox_pending=int(pending),
+        outbox_due=int(due),
+        outbox_leased=int(leased),
+        outbox_dead=int(dead),
+        outbox_oldest_pending_age=pending_age(now, oldest),
+    )
