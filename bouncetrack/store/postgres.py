@@ -784,13 +784,7 @@ class PostgresStore:
                 "ORDER BY id LIMIT %s",
                 params,
             ).fetchall()
-        return [
-            Suppression(
-                id=int(r[0]), domain=r[1], address=r[2], reason=r[3], source_event_id=r[4],
-                created_at=r[5], expires_at=r[6], removed_at=r[7],
-            )
-            for r in rows
-        ]
+        return [_rows.suppression_from_row(r) for r in rows]
 
     def add_suppressions(self, entries: Sequence[Suppression]) -> int:
         if not entries:
@@ -798,14 +792,7 @@ class PostgresStore:
         with self._write("adding suppressions") as conn:
             seq = _sup_next_seq(conn)
             with conn.cursor() as cur:
-                cur.executemany(
-                    _SUP_UPSERT_MANUAL,
-                    [
-                        (e.domain, e.address, e.reason, e.source_event_id, e.created_at,
-                         e.expires_at, seq + i)
-                        for i, e in enumerate(entries)
-                    ],
-                )
+                cur.executemany(_SUP_UPSERT_MANUAL, _rows.suppression_manual_params(entries, seq))
         return len(entries)
 
     def remove_suppressions(
@@ -874,7 +861,7 @@ class PostgresStore:
                 "WHERE seq > %s ORDER BY seq LIMIT %s",
                 (after_seq, limit),
             ).fetchall()
-        return [SuppressionChange(int(r[0]), r[1], r[2], bool(r[3]), r[4]) for r in rows]
+        return [_rows.change_from_row(r) for r in rows]
 
     def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]:
         with self._read("reading expired suppressions") as conn:
@@ -1125,7 +1112,7 @@ _RENDERERS = {"json": _render_json, "csv": _render_csv}
 
 # ---------------------------------------------------------------- suppression
 
-_SUP_COLUMNS = "id, domain, address, reason, source_event_id, created_at, expires_at, removed_at"
+_SUP_COLUMNS = _rows.SUPPRESSION_COLUMNS
 
 _SUP_UPSERT_AUTO = """
 INSERT INTO suppressions AS s
@@ -1176,25 +1163,13 @@ def _sup_next_seq(conn: psycopg.Connection[Any]) -> int:
 
 def _sup_apply_candidates(conn: psycopg.Connection[Any], candidates: Sequence[SuppressionCandidate]) -> int:
     seq = _sup_next_seq(conn)
-    written = 0
-    for c in candidates:
-        if c.soft_bounce_limit > 0:
-            row = conn.execute(_SUP_SOFT_COUNT, (c.domain, c.address.lower(), c.soft_since)).fetchone()
-            if row is None or int(row[0]) < c.soft_bounce_limit:
-                continue
-        n = conn.execute(
-            _SUP_UPSERT_AUTO,
-            {
-                "domain": c.domain,
-                "address": c.address,
-                "reason": c.reason,
-                "source": c.source_event_id,
-                "now": c.created_at,
-                "expires": c.expires_at,
-                "seq": seq,
-            },
-        ).rowcount
-        if n:
-            written += n
-            seq += 1
-    return written
+
+    def soft_count(c: SuppressionCandidate) -> int:
+        # str.lower() here, as before; the SQLite store folds ASCII only (its lower() does).
+        row = conn.execute(_SUP_SOFT_COUNT, (c.domain, c.address.lower(), c.soft_since)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def upsert(params: dict[str, Any]) -> int:
+        return conn.execute(_SUP_UPSERT_AUTO, params).rowcount
+
+    return _rows.apply_candidates(candidates, seq, soft_count, upsert)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Generator, Sequence
 
+from . import rows as _rows
 from .base import Suppression, SuppressionCandidate, SuppressionChange
+from .rows import ascii_lower  # lower-case the way SQLite's lower() does (ASCII only)
 
-_COLUMNS = "id, domain, address, reason, source_event_id, created_at, expires_at, removed_at"
+_COLUMNS = _rows.SUPPRESSION_COLUMNS
 _NEXT_SEQ = "SELECT coalesce(max(seq), 0) + 1 FROM suppressions"
-_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 # The pipe's upsert. A conflicting row is replaced when it is not active any more
 # (removed or expired): the address bounced again. An active row only ever gets a
@@ -64,47 +65,23 @@ WHERE type = 'bounce' AND hard = 0 AND flagged = 0
 """
 
 
-def ascii_lower(text: str) -> str:
-    """Lower-case the way SQLite's lower() does (ASCII only)."""
-    return text.translate(_ASCII_LOWER)
-
-
 def apply_candidates(conn: sqlite3.Connection, candidates: Sequence[SuppressionCandidate], now: float) -> int:
     """Write the pipe's candidates (inside the caller's transaction); returns rows written."""
     seq = int(conn.execute(_NEXT_SEQ).fetchone()[0])
-    written = 0
-    for c in candidates:
-        if c.soft_bounce_limit > 0:
-            (count,) = conn.execute(_SOFT_COUNT, (c.domain, ascii_lower(c.address), c.soft_since)).fetchone()
-            if count < c.soft_bounce_limit:
-                continue
-        n = conn.execute(
-            _UPSERT_AUTO,
-            {
-                "domain": c.domain,
-                "address": c.address,
-                "reason": c.reason,
-                "source": c.source_event_id,
-                "now": c.created_at,
-                "expires": c.expires_at,
-                "seq": seq,
-            },
-        ).rowcount
-        if n:
-            written += n
-            seq += 1
-    return written
+
+    def soft_count(c: SuppressionCandidate) -> int:
+        (count,) = conn.execute(_SOFT_COUNT, (c.domain, ascii_lower(c.address), c.soft_since)).fetchone()
+        return int(count)
+
+    def upsert(params: dict[str, Any]) -> int:
+        return conn.execute(_UPSERT_AUTO, params).rowcount
+
+    return _rows.apply_candidates(candidates, seq, soft_count, upsert)
 
 
 def add(conn: sqlite3.Connection, entries: Sequence[Suppression]) -> int:
     seq = int(conn.execute(_NEXT_SEQ).fetchone()[0])
-    conn.executemany(
-        _UPSERT_MANUAL,
-        [
-            (e.domain, e.address, e.reason, e.source_event_id, e.created_at, e.expires_at, seq + i)
-            for i, e in enumerate(entries)
-        ],
-    )
+    conn.executemany(_UPSERT_MANUAL, _rows.suppression_manual_params(entries, seq))
     return len(entries)
 
 
@@ -160,22 +137,10 @@ def select(
         where.append("removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
         params.append(now)
     params.append(limit)
-    rows = conn.execute(
+    found = conn.execute(
         f"SELECT {_COLUMNS} FROM suppressions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", params
     ).fetchall()
-    return [
-        Suppression(
-            id=r[0],
-            domain=r[1],
-            address=r[2],
-            reason=r[3],
-            source_event_id=r[4],
-            created_at=r[5],
-            expires_at=r[6],
-            removed_at=r[7],
-        )
-        for r in rows
-    ]
+    return [_rows.suppression_from_row(r) for r in found]
 
 
 def current_seq(conn: sqlite3.Connection) -> int:
@@ -200,12 +165,12 @@ def keys(conn: sqlite3.Connection, now: float, batch: int) -> Generator[list[tup
 
 
 def changes(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[SuppressionChange]:
-    rows = conn.execute(
+    found = conn.execute(
         "SELECT seq, domain, address, removed_at IS NOT NULL, expires_at FROM suppressions "
         "WHERE seq > ? ORDER BY seq LIMIT ?",
         (after_seq, limit),
     ).fetchall()
-    return [SuppressionChange(int(r[0]), r[1], r[2], bool(r[3]), r[4]) for r in rows]
+    return [_rows.change_from_row(r) for r in found]
 
 
 def expiring(conn: sqlite3.Connection, after: float, until: float) -> list[tuple[str, str]]:
