@@ -72,7 +72,7 @@ from .rows import RAW_COMPRESSION_LEVEL, event_from_row as _event_from_row, job_
 _INSERT_CHUNK = 1000  # events per INSERT statement (bind parameters stay below 65535)
 
 # --- retention (issue 6; owner: retention): the counts of SQLiteStore.purge_counts
-_NEVER = -1.0e300  # a cutoff older than any row: "keep this kind"
+_NEVER = _rows.NEVER  # a cutoff older than any row: "keep this kind"
 _PENDING = "EXISTS (SELECT 1 FROM outbox p WHERE p.event_id = e.event_id AND p.state = 'pending')"
 _REMAINS = f"(e.received_at >= %(ecut)s OR {_PENDING})"
 _GONE_MESSAGES = (
@@ -430,7 +430,7 @@ class PostgresStore:
         sql, params = _download_select(query, after_id, limit)
         with self._read("reading a page of events") as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [(int(r[0]), _event_from_row(r[1:])) for r in rows]
+        return _rows.keyed_events(rows)
 
     def iter_events(self, query: DownloadQuery, after_id: int = 0) -> Iterator[tuple[int, BounceEvent]]:
         """Every event of the query after ``after_id``, in id order, streamed."""
@@ -515,9 +515,7 @@ class PostgresStore:
         self, events_before: float | None, messages_before: float | None, raw_before: float | None
     ) -> PurgeCounts:
         """What a purge with these cutoffs would delete (dry run), in one snapshot."""
-        p = {"ecut": _NEVER if events_before is None else events_before,
-             "mcut": _NEVER if messages_before is None else messages_before,
-             "rcut": _NEVER if raw_before is None else raw_before}
+        p = _rows.retention_cutoffs(events_before, messages_before, raw_before)
         counts: list[int] = []
         with self._read("counting what retention would purge") as conn:
             with conn.transaction():
@@ -689,12 +687,8 @@ class PostgresStore:
 
     def outbox_stats(self, now: float) -> dict[str, float]:
         """Counts per state, due/leased pending jobs, age of the oldest pending job."""
-        stats: dict[str, float] = {"pending": 0, "delivered": 0, "dead": 0}
         with self._read("reading outbox statistics") as conn:
-            for state, count in conn.execute(
-                "SELECT state, count(*) FROM outbox GROUP BY state"
-            ).fetchall():
-                stats[state] = int(count)
+            states = conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE next_attempt_at <= %(now)s), "
                 "count(*) FILTER (WHERE lease_until > %(now)s), min(created_at) "
@@ -703,10 +697,7 @@ class PostgresStore:
             ).fetchone()
         assert row is not None
         due, leased, oldest = row
-        stats["due"] = int(due)
-        stats["leased"] = int(leased)
-        stats["oldest_pending_age"] = _rows.pending_age(now, oldest)
-        return stats
+        return _rows.outbox_stats(now, states, due, leased, oldest)
 
     # =========================================================================
     # Metrics (issue 5). Implements base.MetricsStore; counters kept by the
@@ -901,7 +892,7 @@ class PostgresStore:
                 "GROUP BY day, type, hard ORDER BY day, type, hard",
                 (list(domains), start, end),
             ).fetchall()
-        return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in rows]
+        return _rows.daily_counts(rows)
 
     def dashboard_top_reasons(
         self, domains: Sequence[str], start: float, end: float, limit: int = 10
@@ -930,7 +921,7 @@ class PostgresStore:
                 'ORDER BY n DESC, k COLLATE "C" LIMIT %s',
                 (list(domains), start, end, limit),
             ).fetchall()
-        return [(str(r[0]), int(r[1])) for r in rows]
+        return _rows.ranked(rows)
 
     def dashboard_events(
         self,
@@ -972,7 +963,7 @@ class PostgresStore:
                 f"ORDER BY id {order} LIMIT %s",
                 params,
             ).fetchall()
-        out = [(int(r[0]), _event_from_row(r[1:])) for r in rows]
+        out = _rows.keyed_events(rows)
         if order == "ASC":
             out.reverse()
         return out
@@ -991,20 +982,16 @@ class PostgresStore:
         return [_dash_job_view(r) for r in rows]
 
     def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]:
-        counts = {kind: 0 for kind in _DASH_JOB_KINDS}
         if not domains:
-            return counts
-        cases = " ".join(f"WHEN {cond} THEN '{kind}'" for kind, cond in _DASH_JOB_KINDS.items())
+            return _rows.job_kind_counts(())
         with self._read("counting outbox jobs") as conn:
-            for kind, n in conn.execute(
-                f"SELECT CASE {cases} END AS kind, count(*) "
+            found = conn.execute(
+                f"SELECT {_rows.DASH_JOB_KIND_CASE} AS kind, count(*) "
                 "FROM outbox o JOIN events e ON e.event_id = o.event_id "
                 "WHERE e.domain = ANY(%s) GROUP BY kind",
                 (list(domains),),
-            ).fetchall():
-                if kind in counts:
-                    counts[kind] = int(n)
-        return counts
+            ).fetchall()
+        return _rows.job_kind_counts(found)
 
     def dashboard_job(self, job_id: int) -> JobView | None:
         with self._read("reading an outbox job") as conn:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from .base import (
     BounceEvent,
+    DailyCount,
     JobView,
     MessageRecord,
     MetricCounts,
@@ -28,6 +29,7 @@ from .base import (
 )
 
 RAW_COMPRESSION_LEVEL = 6
+NEVER = -1.0e300  # a retention cutoff older than any row: "keep this kind"
 FETCH_BATCH = 500
 MAX_ERROR_LEN = 4000
 
@@ -76,6 +78,7 @@ DASH_JOB_KINDS = {
     "dead": "o.state = 'dead'",
     "delivered": "o.state = 'delivered'",
 }
+DASH_JOB_KIND_CASE = "CASE " + " ".join(f"WHEN {c} THEN '{k}'" for k, c in DASH_JOB_KINDS.items()) + " END"
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
@@ -285,3 +288,52 @@ def metric_counts(
         outbox_dead=int(dead),
         outbox_oldest_pending_age=pending_age(now, oldest),
     )
+
+
+def outbox_stats(
+    now: float, state_counts: Sequence[Sequence[Any]], due: Any, leased: Any, oldest: float | None
+) -> dict[str, float]:
+    """Store.outbox_stats from (state, count) rows and the pending jobs' due/leased
+    counts and oldest created_at."""
+    stats: dict[str, float] = {"pending": 0, "delivered": 0, "dead": 0}
+    for state, count in state_counts:
+        stats[state] = int(count)
+    stats["due"] = int(due)
+    stats["leased"] = int(leased)
+    stats["oldest_pending_age"] = pending_age(now, oldest)
+    return stats
+
+
+def retention_cutoffs(
+    events_before: float | None, messages_before: float | None, raw_before: float | None
+) -> dict[str, float]:
+    """Named parameters (ecut, mcut, rcut) of the retention counts; None keeps that kind."""
+    return {
+        "ecut": NEVER if events_before is None else events_before,
+        "mcut": NEVER if messages_before is None else messages_before,
+        "rcut": NEVER if raw_before is None else raw_before,
+    }
+
+
+def keyed_events(found: Sequence[Sequence[Any]]) -> list[tuple[int, BounceEvent]]:
+    """(id, event) per ``id, *EVENT_FIELDS`` row."""
+    return [(int(r[0]), event_from_row(r[1:])) for r in found]
+
+
+def daily_counts(found: Sequence[Sequence[Any]]) -> list[DailyCount]:
+    """DailyCount per (day, type, hard, count) row."""
+    return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in found]
+
+
+def ranked(found: Sequence[Sequence[Any]]) -> list[tuple[str, int]]:
+    """(key, count) per ranking row."""
+    return [(str(r[0]), int(r[1])) for r in found]
+
+
+def job_kind_counts(found: Sequence[Sequence[Any]]) -> dict[str, int]:
+    """dashboard_job_counts from (kind, count) rows of DASH_JOB_KIND_CASE; every kind present."""
+    counts = {kind: 0 for kind in DASH_JOB_KINDS}
+    for kind, n in found:
+        if kind in counts:
+            counts[kind] = int(n)
+    return counts

@@ -69,7 +69,7 @@ _UNAVAILABLE_WORDS = ("locked", "busy", "disk", "readonly", "read-only", "unable
 
 
 # --- retention (issue 6; owner: retention) ----------------------------------
-_NEVER = -1.0e300  # a cutoff older than any row: "keep this kind"
+_NEVER = _rows.NEVER  # a cutoff older than any row: "keep this kind"
 _MAX_BATCH = 10000  # rowids bound per statement (SQLite allows 32766 variables)
 # One count per PurgeCounts field, in field order. An event *remains* after a
 # purge if it is not older than :ecut or has a pending job; messages and raw
@@ -433,7 +433,7 @@ class SQLiteStore:
         sql, params = dl.select(query, _EVENT_COLUMNS, after_id, limit)
         with self._read("reading a page of events") as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [(int(r[0]), _event_from_row(r[1:])) for r in rows]
+        return _rows.keyed_events(rows)
 
     def iter_events(self, query: DownloadQuery, after_id: int = 0) -> Iterator[tuple[int, BounceEvent]]:
         """Every event of the query after ``after_id``, in id order, streamed."""
@@ -544,9 +544,7 @@ class SQLiteStore:
         self, events_before: float | None, messages_before: float | None, raw_before: float | None
     ) -> PurgeCounts:
         """What a purge with these cutoffs would delete (dry run), in one read snapshot."""
-        p = {"ecut": _NEVER if events_before is None else events_before,
-             "mcut": _NEVER if messages_before is None else messages_before,
-             "rcut": _NEVER if raw_before is None else raw_before}
+        p = _rows.retention_cutoffs(events_before, messages_before, raw_before)
         with self._read("counting what retention would purge") as conn:
             conn.execute("BEGIN")  # one snapshot (WAL: readers never block writers)
             try:
@@ -723,22 +721,15 @@ class SQLiteStore:
         now), ``leased`` (pending, held by a worker), ``oldest_pending_age``
         (seconds since the oldest pending job was created; 0 when none).
         """
-        stats: dict[str, float] = {"pending": 0, "delivered": 0, "dead": 0}
         with self._read("reading outbox statistics") as conn:
-            for state, count in conn.execute(
-                "SELECT state, count(*) FROM outbox GROUP BY state"
-            ).fetchall():
-                stats[state] = count
+            states = conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
             due, leased, oldest = conn.execute(
                 "SELECT count(*) FILTER (WHERE next_attempt_at <= ?1), "
                 "count(*) FILTER (WHERE lease_until > ?1), min(created_at) "
                 "FROM outbox WHERE state = 'pending'",
                 (now,),
             ).fetchone()
-        stats["due"] = due
-        stats["leased"] = leased
-        stats["oldest_pending_age"] = _rows.pending_age(now, oldest)
-        return stats
+        return _rows.outbox_stats(now, states, due, leased, oldest)
 
     # =========================================================================
     # Metrics (issue 5, Prometheus section; owner: metrics). Implements
@@ -887,7 +878,7 @@ class SQLiteStore:
                 "GROUP BY day, type, hard ORDER BY day, type, hard",
                 (*domains, start, end),
             ).fetchall()
-        return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in rows]
+        return _rows.daily_counts(rows)
 
     def dashboard_top_reasons(
         self, domains: Sequence[str], start: float, end: float, limit: int = 10
@@ -926,7 +917,7 @@ class SQLiteStore:
                 f"AND type = 'bounce' {extra} GROUP BY k ORDER BY n DESC, k LIMIT ?",
                 (*domains, start, end, limit),
             ).fetchall()
-        return [(str(r[0]), int(r[1])) for r in rows]
+        return _rows.ranked(rows)
 
     def dashboard_events(
         self,
@@ -971,7 +962,7 @@ class SQLiteStore:
                 f"ORDER BY id {order} LIMIT ?",
                 params,
             ).fetchall()
-        out = [(int(r[0]), _event_from_row(r[1:])) for r in rows]
+        out = _rows.keyed_events(rows)
         if order == "ASC":
             out.reverse()
         return out
@@ -994,20 +985,16 @@ class SQLiteStore:
 
     def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]:
         """Number of jobs of each kind (keys as :meth:`dashboard_jobs`) in scope."""
-        counts = {kind: 0 for kind in _DASH_JOB_KINDS}
         if not domains:
-            return counts
-        cases = " ".join(f"WHEN {cond} THEN '{kind}'" for kind, cond in _DASH_JOB_KINDS.items())
+            return _rows.job_kind_counts(())
         with self._read("counting outbox jobs") as conn:
-            for kind, n in conn.execute(
-                f"SELECT CASE {cases} END AS kind, count(*) "
+            found = conn.execute(
+                f"SELECT {_rows.DASH_JOB_KIND_CASE} AS kind, count(*) "
                 "FROM outbox o JOIN events e ON e.event_id = o.event_id "
                 f"WHERE e.domain IN ({_dash_marks(domains)}) GROUP BY kind",
                 tuple(domains),
-            ).fetchall():
-                if kind in counts:
-                    counts[kind] = int(n)
-        return counts
+            ).fetchall()
+        return _rows.job_kind_counts(found)
 
     def dashboard_job(self, job_id: int) -> JobView | None:
         """One job with its event's domain (for scoping a replay); None if unknown."""
