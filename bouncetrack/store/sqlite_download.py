@@ -47,7 +47,11 @@ def _iso(col: str) -> str:
     def millis(whole: str) -> str:
         x = f"(({col} - {whole}) * 1000.0)"
         f = f"CAST({x} AS INTEGER)"
-        return f"({whole} * 1000 + {f} + ({x} - {f} > 0.5) + ({x} - {f} = 0.5 AND {f} % 2 = 1))"
+        # d < .5 and d > .5 first: the exact half (f odd or not) is the rare case.
+        return (
+            f"({whole} * 1000 + {f} + CASE WHEN {x} - {f} < 0.5 THEN 0 "
+            f"WHEN {x} - {f} > 0.5 THEN 1 ELSE {f} % 2 END)"
+        )
 
     trunc = f"CAST({col} AS INTEGER)"
     floor = f"({trunc} - ({col} < {trunc}))"  # CAST truncates toward zero
