@@ -170,7 +170,7 @@ class Client:
 def _fill_suppressions(st: object, n: int) -> dict[str, object]:
     """Put n addresses on tracked.test's list, then restart the milter so it loads them."""
     from bouncetrack.store import open_store
-    from bouncetrack.store.base import Suppression
+    from bouncetrack.store.views import Suppression
 
     stack: Any = st
     store: Any = open_store(f"sqlite:///{stack.db_path}", timeout=60)

@@ -46,7 +46,7 @@ def main() -> None:
 
     from bouncetrack.config_loader import load_config
     from bouncetrack.store import open_store
-    from bouncetrack.store.base import Suppression
+    from bouncetrack.store.views import Suppression
     from bouncetrack.suppression import key_hash, verdict
     from bouncetrack.suppression.index import SuppressionIndex
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config
-from .store.base import PurgeCounts, Store
+from .store.interfaces import Store
+from .store.views import PurgeCounts
 
 DAY = 86400.0
 

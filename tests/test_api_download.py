@@ -32,7 +32,8 @@ from bouncetrack.config import Config
 from bouncetrack.config_loader import load_config_text
 from bouncetrack.events import event_to_json
 from bouncetrack.store import Store
-from bouncetrack.store.base import BounceEvent, DownloadQuery
+from bouncetrack.store.base import BounceEvent
+from bouncetrack.store.views import DownloadQuery
 from bouncetrack.store.sqlite import SQLiteStore
 from bouncetrack.store.sqlite_download import SCHEMA_KEYS
 from bouncetrack.tokens import hash_api_token

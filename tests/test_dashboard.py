@@ -24,7 +24,8 @@ from bouncetrack.api.dashboard import build_chart, parse_period, safe_next
 from bouncetrack.api.session import SessionManager
 from bouncetrack.config import Config
 from bouncetrack.config_loader import load_config
-from bouncetrack.store.base import BounceEvent, DailyCount, EventQuery, MessageRecord, OutboxJob, RecipientRecord
+from bouncetrack.store.base import BounceEvent, MessageRecord, OutboxJob, RecipientRecord
+from bouncetrack.store.views import DailyCount, EventQuery
 from bouncetrack.store.sqlite import SQLiteStore
 from bouncetrack.tokens import hash_api_token, load_keyring
 

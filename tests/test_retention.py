@@ -22,7 +22,8 @@ from bouncetrack.config import ConfigError
 from bouncetrack.config_loader import load_config_text
 from bouncetrack.retention import Cutoffs, dry_run, purge
 from bouncetrack.store import open_store
-from bouncetrack.store.base import OutboxJob, PurgeCounts
+from bouncetrack.store.base import OutboxJob
+from bouncetrack.store.views import PurgeCounts
 from tests.test_store_backends import (  # noqa: F401  (fixtures)
     make_event,
     make_message,

@@ -26,19 +26,8 @@ import pytest
 
 from bouncetrack.events import event_to_json
 from bouncetrack.store import StoreUnavailable, open_store
-from bouncetrack.store.base import (
-    REASON_HARD_BOUNCE,
-    REASON_MANUAL,
-    REASON_SOFT_BOUNCES,
-    BounceEvent,
-    DownloadQuery,
-    EventQuery,
-    MessageRecord,
-    OutboxJob,
-    RecipientRecord,
-    Suppression,
-    SuppressionCandidate,
-)
+from bouncetrack.store.base import REASON_HARD_BOUNCE, REASON_MANUAL, REASON_SOFT_BOUNCES, BounceEvent, MessageRecord, OutboxJob, RecipientRecord, SuppressionCandidate
+from bouncetrack.store.views import DownloadQuery, EventQuery, Suppression
 from tests.pg import Cluster, pg_cluster, unavailable  # noqa: F401  (pg_cluster: fixture)
 
 SPAWN = multiprocessing.get_context("spawn")

@@ -14,7 +14,7 @@ from bouncetrack.api.app import create_app
 from bouncetrack.cli import build_cli
 from bouncetrack.config import Config
 from bouncetrack.store import open_store
-from bouncetrack.store.base import Suppression
+from bouncetrack.store.views import Suppression
 from bouncetrack.tokens import hash_api_token
 from tests.configkit import write_config
 

@@ -17,7 +17,7 @@ from bouncetrack import replies
 from bouncetrack.config import Config, DomainPolicy, SuppressionPolicy
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
-from bouncetrack.store.base import Suppression
+from bouncetrack.store.views import Suppression
 from bouncetrack.suppression import key_hash, normalize_address, verdict
 from bouncetrack.suppression.index import SuppressionIndex, SuppressionRefresher, _compact, enforced
 from bouncetrack.tokens import load_keyring

@@ -10,7 +10,7 @@ import pytest
 
 from bouncetrack.config import Config
 from bouncetrack.store import open_store
-from bouncetrack.store.base import Suppression
+from bouncetrack.store.views import Suppression
 from tests import mailgen
 from tests.configkit import write_config
 from tests.test_pipe import events, record, run_pipe

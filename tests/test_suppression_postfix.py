@@ -13,7 +13,7 @@ import pytest
 
 from bouncetrack import replies
 from bouncetrack.store import open_store
-from bouncetrack.store.base import Suppression
+from bouncetrack.store.views import Suppression
 from bouncetrack.suppression.index import REFRESH_SECONDS
 from tests.storeview import rows
 from tests.test_milter_postfix import delivered_to

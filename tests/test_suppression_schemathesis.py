@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 
 from bouncetrack.api.app import create_app
 from bouncetrack.config_loader import load_config_text
-from bouncetrack.store.base import Suppression
+from bouncetrack.store.views import Suppression
 from bouncetrack.store.sqlite import SQLiteStore
 from bouncetrack.tokens import hash_api_token
 

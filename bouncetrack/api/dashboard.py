@@ -41,7 +41,9 @@ from fastapi.templating import Jinja2Templates
 
 from ..events import EVENT_TYPES, event_to_json, iso_utc
 from ..store import Store
-from ..store.base import BounceEvent, DailyCount, DashboardStore, EventQuery, JobView
+from ..store.base import BounceEvent
+from ..store.interfaces import DashboardStore
+from ..store.views import DailyCount, EventQuery, JobView
 from .app import ApiContext, context
 from ..tokens import hash_api_token
 from .auth import SESSION_COOKIE, domains_for_token

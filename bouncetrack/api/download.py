@@ -45,7 +45,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..events import EVENT_TYPES
-from ..store.base import DownloadQuery, StoreUnavailable
+from ..store.base import StoreUnavailable
+from ..store.views import DownloadQuery
 from .app import ApiContext, context
 from .auth import Principal, require_token
 from .pagination import (

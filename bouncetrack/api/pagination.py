@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from ..store.base import DownloadQuery
+from ..store.views import DownloadQuery
 
 DAY = 86400.0
 

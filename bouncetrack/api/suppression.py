@@ -28,7 +28,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..events import iso_utc
-from ..store.base import REASON_MANUAL, Suppression, SuppressionStore, StoreUnavailable
+from ..store.base import REASON_MANUAL, StoreUnavailable
+from ..store.interfaces import SuppressionStore
+from ..store.views import Suppression
 from ..suppression import normalize_address, normalize_domain
 from .app import ApiContext, context
 from .auth import Principal, require_token

@@ -18,7 +18,8 @@ import click
 
 from ..config import Config, ConfigError
 from ..events import iso_utc
-from ..store.base import OutboxJob, Store, StoreUnavailable
+from ..store.base import OutboxJob, StoreUnavailable
+from ..store.interfaces import Store
 
 T = TypeVar("T")
 

@@ -51,7 +51,9 @@ import httpx
 
 from ..config import Config
 from .. import retention
-from ..store.base import OutboxJob, PurgeCounts, Store, StoreUnavailable
+from ..store.base import OutboxJob, StoreUnavailable
+from ..store.interfaces import Store
+from ..store.views import PurgeCounts
 from . import smtp as smtp_forward
 from . import webhook
 from .backoff import Random, next_delay

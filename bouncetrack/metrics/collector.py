@@ -31,7 +31,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..config import Config
-from ..store.base import PIPE_DURATION_BUCKETS, MetricCounts, StoreUnavailable, pipe_bucket
+from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
+from ..store.views import MetricCounts
 from . import pipe_tempfail
 
 # The reason taxonomy (shared/corpus/README.md, Sisimai 5).

@@ -18,7 +18,8 @@ import Milter
 
 from .. import esmtp, replies, suppression
 from ..config import Config
-from ..store.base import MessageRecord, RecipientRecord, Store, StoreUnavailable
+from ..store.base import MessageRecord, RecipientRecord, StoreUnavailable
+from ..store.interfaces import Store
 from ..suppression.index import SuppressionIndex
 from ..tokens import KeyRing, mint, new_token_id
 from . import policy

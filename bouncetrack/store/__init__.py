@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .base import Store, StoreUnavailable
+from typing import TYPE_CHECKING, Any
+
+from .base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .interfaces import Store
 
 
 def open_store(url: str, *, timeout: float = 10.0) -> Store:
@@ -25,6 +30,17 @@ def open_store(url: str, *, timeout: float = 10.0) -> Store:
 
         return PostgresStore.from_url(url, timeout=timeout)
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///path or postgresql://…")
+
+
+
+
+def __getattr__(name: str) -> Any:
+    """``Store`` (a Protocol, for type hints) is loaded on first use, not on the pipe's path."""
+    if name == "Store":
+        from .interfaces import Store
+
+        return Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Store", "StoreUnavailable", "open_store"]

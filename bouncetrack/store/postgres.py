@@ -47,23 +47,8 @@ from psycopg import errors as pg_errors
 
 from . import postgres_migrations as migrations
 from . import rows as _rows
-from .base import (
-    BounceEvent,
-    DailyCount,
-    DownloadQuery,
-    EventQuery,
-    JobView,
-    MessageRecord,
-    MetricCounts,
-    OutboxJob,
-    PurgeCounts,
-    StoreOutcome,
-    StoreUnavailable,
-    Suppression,
-    SuppressionCandidate,
-    SuppressionChange,
-    pipe_bucket,
-)
+from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, StoreUnavailable, SuppressionCandidate, pipe_bucket
+from .views import DailyCount, DownloadQuery, EventQuery, JobView, MetricCounts, PurgeCounts, Suppression, SuppressionChange
 from .rows import EVENT_COLUMNS as _EVENT_COLUMNS, EVENT_FIELDS as _EVENT_FIELDS  # shared with sqlite
 from .rows import FETCH_BATCH as _FETCH_BATCH, MAX_ERROR_LEN as _MAX_ERROR_LEN
 from .rows import JOB_COLUMNS as _JOB_COLUMNS, MESSAGE_COLUMNS as _MESSAGE_COLUMNS

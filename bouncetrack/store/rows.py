@@ -13,20 +13,12 @@ there.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .base import (
-    BounceEvent,
-    DailyCount,
-    JobView,
-    MessageRecord,
-    MetricCounts,
-    OutboxJob,
-    RecipientRecord,
-    Suppression,
-    SuppressionCandidate,
-    SuppressionChange,
-)
+from .base import BounceEvent, MessageRecord, OutboxJob, RecipientRecord, SuppressionCandidate
+
+if TYPE_CHECKING:  # read-side records: imported where built, not on the pipe's path
+    from .views import DailyCount, JobView, MetricCounts, Suppression, SuppressionChange
 
 RAW_COMPRESSION_LEVEL = 6
 NEVER = -1.0e300  # a retention cutoff older than any row: "keep this kind"
@@ -235,11 +227,13 @@ def job_from_row(
 
 def job_view_from_row(row: Sequence[Any]) -> JobView:
     """JOB_COLUMNS then the event's domain, recipient and type."""
+    from .views import JobView
     return JobView(job=job_from_row(row[:11]), domain=row[11], recipient=row[12], event_type=row[13])
 
 
 def suppression_from_row(r: Sequence[Any]) -> Suppression:
     """A SUPPRESSION_COLUMNS row."""
+    from .views import Suppression
     return Suppression(
         id=int(r[0]),
         domain=r[1],
@@ -254,6 +248,7 @@ def suppression_from_row(r: Sequence[Any]) -> Suppression:
 
 def change_from_row(r: Sequence[Any]) -> SuppressionChange:
     """A (seq, domain, address, removed, expires_at) row."""
+    from .views import SuppressionChange
     return SuppressionChange(int(r[0]), r[1], r[2], bool(r[3]), r[4])
 
 
@@ -277,6 +272,7 @@ def metric_counts(
     """MetricCounts from the counter tables' rows, the pending outbox row
     (count, due, leased, oldest created_at) and the dead-job count."""
     pending, due, leased, oldest = outbox
+    from .views import MetricCounts
     return MetricCounts(
         events=tuple((r[0], r[1], r[2], bool(r[3]), r[4], r[5], int(r[6])) for r in events),
         messages=tuple((r[0], int(r[1])) for r in messages),
@@ -322,6 +318,7 @@ def keyed_events(found: Sequence[Sequence[Any]]) -> list[tuple[int, BounceEvent]
 
 def daily_counts(found: Sequence[Sequence[Any]]) -> list[DailyCount]:
     """DailyCount per (day, type, hard, count) row."""
+    from .views import DailyCount
     return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in found]
 
 

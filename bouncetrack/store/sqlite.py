@@ -23,24 +23,25 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Any, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 from . import migrations
 from . import rows as _rows
-from .base import (
-    BounceEvent,
-    DownloadQuery,
-    DailyCount,
-    EventQuery,
-    JobView,
-    MessageRecord,
-    OutboxJob,
-    StoreOutcome,
-    StoreUnavailable,
-)
-from .base import MetricCounts, pipe_bucket  # metrics (issue 5)
-from .base import Suppression, SuppressionCandidate, SuppressionChange  # suppression (issue 6)
-from .base import PurgeCounts  # retention (issue 6)
+from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, StoreUnavailable
+from .base import pipe_bucket  # metrics (issue 5)
+from .base import SuppressionCandidate  # suppression (issue 6)
+
+if TYPE_CHECKING:  # read-side records: not built on the pipe's path (HACKING.md)
+    from .views import (
+        DailyCount,
+        DownloadQuery,
+        EventQuery,
+        JobView,
+        MetricCounts,
+        PurgeCounts,
+        Suppression,
+        SuppressionChange,
+    )
 from .rows import EVENT_COLUMNS as _EVENT_COLUMNS, EVENT_FIELDS as _EVENT_FIELDS  # shared with postgres
 from .rows import FETCH_BATCH as _FETCH_BATCH, MAX_ERROR_LEN as _MAX_ERROR_LEN
 from .rows import JOB_COLUMNS as _JOB_COLUMNS, MESSAGE_COLUMNS as _MESSAGE_COLUMNS
@@ -551,6 +552,7 @@ class SQLiteStore:
                 counts = [int(conn.execute(sql, p).fetchone()[0]) for sql in _RETENTION_COUNTS]
             finally:
                 conn.execute("COMMIT")
+        from .views import PurgeCounts
         return PurgeCounts(*counts)
 
     def purge_events_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
@@ -604,6 +606,7 @@ class SQLiteStore:
                     ).rowcount
             if len(rows) < batch:
                 break
+        from .views import PurgeCounts
         return PurgeCounts(events=events, outbox_jobs=jobs, reports=reports, events_kept_pending=kept)
 
     def purge_messages_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
@@ -635,6 +638,7 @@ class SQLiteStore:
                             f"DELETE FROM messages WHERE id IN ({marks})", free).rowcount
             if len(rows) < batch:
                 break
+        from .views import PurgeCounts
         return PurgeCounts(messages=messages, recipients=recipients)
 
     # ========================================================== end of retention
@@ -1017,6 +1021,7 @@ def _message_with_recipients(conn: sqlite3.Connection, row: Sequence[Any]) -> Me
         (row[0],),
     ).fetchall()
     return _rows.message_from_row(row, rcpts)
+
 
 
 # =============================================================================

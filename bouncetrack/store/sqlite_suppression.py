@@ -13,10 +13,13 @@ reader that saw seq N has seen every change up to N.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 from . import rows as _rows
-from .base import Suppression, SuppressionCandidate, SuppressionChange
+from .base import SuppressionCandidate
+
+if TYPE_CHECKING:
+    from .views import Suppression, SuppressionChange
 from .rows import ascii_lower  # lower-case the way SQLite's lower() does (ASCII only)
 
 _COLUMNS = _rows.SUPPRESSION_COLUMNS

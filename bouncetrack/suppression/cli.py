@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ..store.base import REASON_MANUAL, Suppression
+from ..store.base import REASON_MANUAL
+from ..store.views import Suppression
 from . import normalize_address, normalize_domain
 
 DAY = 86400.0

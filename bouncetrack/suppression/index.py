@@ -46,7 +46,7 @@ from bisect import bisect_left
 from typing import Callable, Iterator
 
 from ..config import Config
-from ..store.base import Store
+from ..store.interfaces import Store
 from . import OFF, key_hash
 
 log = logging.getLogger("bouncetrack.milter")
