@@ -23,4 +23,12 @@ def api_command(config_path: Path, listen: str | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from None
     host, _, port = (listen or config.api_listen).rpartition(":")
-    uvicorn.run(create_app(config), host=host or "127.0.0.1", port=int(port), log_level=config.log_level.lower())
+    # httptools + uvloop (dependencies): a few percent off a full export's wall time.
+    uvicorn.run(
+        create_app(config),
+        host=host or "127.0.0.1",
+        port=int(port),
+        log_level=config.log_level.lower(),
+        http="httptools",
+        loop="uvloop",
+    )
