@@ -520,51 +520,27 @@ class PostgresStore:
         """
         batch = max(1, batch)
         events = jobs = kept = reports = 0
-        last: tuple[float, int] = (_NEVER, 0)
-        while True:
-            with self._write("purging events") as conn:
-                rows = conn.execute(
-                    "SELECT id, event_id, received_at FROM events "
-                    "WHERE received_at < %s AND (received_at, id) > (%s, %s) "
-                    "ORDER BY received_at, id LIMIT %s",
-                    (cutoff, last[0], last[1], batch),
-                ).fetchall()
-                if rows:
-                    last = (float(rows[-1][2]), int(rows[-1][0]))
-                    ids = [int(r[0]) for r in rows]
-                    jobs += conn.execute(
-                        "DELETE FROM outbox o USING events e WHERE e.id = ANY(%s) "
-                        "AND o.event_id = e.event_id AND o.state <> 'pending' AND NOT EXISTS "
-                        "(SELECT 1 FROM outbox p WHERE p.event_id = e.event_id AND p.state = 'pending')",
-                        (ids,),
-                    ).rowcount
-                    n = conn.execute(
-                        "DELETE FROM events e WHERE e.id = ANY(%s) AND NOT EXISTS "
-                        "(SELECT 1 FROM outbox o WHERE o.event_id = e.event_id)",
-                        (ids,),
-                    ).rowcount
-                    events += n
-                    kept += len(rows) - n
-            if len(rows) < batch:
-                break
-        last = (_NEVER, 0)
-        while True:
-            with self._write("purging raw reports") as conn:
-                rows = conn.execute(
-                    "SELECT id, received_at FROM raw_reports "
-                    "WHERE received_at < %s AND (received_at, id) > (%s, %s) "
-                    "ORDER BY received_at, id LIMIT %s",
-                    (cutoff, last[0], last[1], batch),
-                ).fetchall()
-                if rows:
-                    last = (float(rows[-1][1]), int(rows[-1][0]))
-                    reports += conn.execute(
-                        "DELETE FROM raw_reports r WHERE r.id = ANY(%s) AND NOT EXISTS "
-                        "(SELECT 1 FROM events e WHERE e.raw_pk = r.id)",
-                        ([int(r[0]) for r in rows],),
-                    ).rowcount
-            if len(rows) < batch:
-                break
+        for conn, rows in self._keyset_walk("purging events", "events", "received_at", cutoff, batch):
+            ids = [int(r[0]) for r in rows]
+            jobs += conn.execute(
+                "DELETE FROM outbox o USING events e WHERE e.id = ANY(%s) "
+                "AND o.event_id = e.event_id AND o.state <> 'pending' AND NOT EXISTS "
+                "(SELECT 1 FROM outbox p WHERE p.event_id = e.event_id AND p.state = 'pending')",
+                (ids,),
+            ).rowcount
+            n = conn.execute(
+                "DELETE FROM events e WHERE e.id = ANY(%s) AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.event_id = e.event_id)",
+                (ids,),
+            ).rowcount
+            events += n
+            kept += len(rows) - n
+        for conn, rows in self._keyset_walk("purging raw reports", "raw_reports", "received_at", cutoff, batch):
+            reports += conn.execute(
+                "DELETE FROM raw_reports r WHERE r.id = ANY(%s) AND NOT EXISTS "
+                "(SELECT 1 FROM events e WHERE e.raw_pk = r.id)",
+                ([int(r[0]) for r in rows],),
+            ).rowcount
         return PurgeCounts(events=events, outbox_jobs=jobs, reports=reports, events_kept_pending=kept)
 
     def purge_messages_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
@@ -572,31 +548,40 @@ class PostgresStore:
         their recipients."""
         batch = max(1, batch)
         messages = recipients = 0
+        for conn, rows in self._keyset_walk("purging messages", "messages", "created_at", cutoff, batch):
+            free = conn.execute(
+                "SELECT m.id FROM messages m WHERE m.id = ANY(%s) AND NOT EXISTS "
+                "(SELECT 1 FROM events e WHERE e.message_pk = m.id) FOR UPDATE",
+                ([int(r[0]) for r in rows],),
+            ).fetchall()
+            if free:
+                ids = [int(r[0]) for r in free]
+                recipients += conn.execute(
+                    "DELETE FROM recipients WHERE message_pk = ANY(%s)", (ids,)).rowcount
+                messages += conn.execute(
+                    "DELETE FROM messages WHERE id = ANY(%s)", (ids,)).rowcount
+        return PurgeCounts(messages=messages, recipients=recipients)
+
+    def _keyset_walk(
+        self, what: str, table: str, time_col: str, cutoff: float, batch: int
+    ) -> Iterator[tuple[psycopg.Connection[Any], list[Any]]]:
+        """Rows ``(id, time)`` of ``table`` with ``time_col < cutoff`` in (time, id) order,
+        ``batch`` at a time, each batch yielded as ``(conn, rows)`` inside its own short
+        transaction (committed when the caller asks for the next)."""
         last: tuple[float, int] = (_NEVER, 0)
         while True:
-            with self._write("purging messages") as conn:
+            with self._write(what) as conn:
                 rows = conn.execute(
-                    "SELECT id, created_at FROM messages "
-                    "WHERE created_at < %s AND (created_at, id) > (%s, %s) "
-                    "ORDER BY created_at, id LIMIT %s",
+                    f"SELECT id, {time_col} FROM {table} "
+                    f"WHERE {time_col} < %s AND ({time_col}, id) > (%s, %s) "
+                    f"ORDER BY {time_col}, id LIMIT %s",
                     (cutoff, last[0], last[1], batch),
                 ).fetchall()
                 if rows:
                     last = (float(rows[-1][1]), int(rows[-1][0]))
-                    free = conn.execute(
-                        "SELECT m.id FROM messages m WHERE m.id = ANY(%s) AND NOT EXISTS "
-                        "(SELECT 1 FROM events e WHERE e.message_pk = m.id) FOR UPDATE",
-                        ([int(r[0]) for r in rows],),
-                    ).fetchall()
-                    if free:
-                        ids = [int(r[0]) for r in free]
-                        recipients += conn.execute(
-                            "DELETE FROM recipients WHERE message_pk = ANY(%s)", (ids,)).rowcount
-                        messages += conn.execute(
-                            "DELETE FROM messages WHERE id = ANY(%s)", (ids,)).rowcount
+                    yield conn, rows
             if len(rows) < batch:
-                break
-        return PurgeCounts(messages=messages, recipients=recipients)
+                return
 
     # ========================================================== end of retention
 

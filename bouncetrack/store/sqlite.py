@@ -555,57 +555,57 @@ class SQLiteStore:
         from .views import PurgeCounts
         return PurgeCounts(*counts)
 
+    def _keyset_walk(
+        self, what: str, table: str, time_col: str, cutoff: float, batch: int, extra: str = ""
+    ) -> Iterator[tuple[sqlite3.Connection, list[Any]]]:
+        """Rows of ``table`` with ``time_col < cutoff`` in (time, id) order, ``batch`` at a
+        time, each batch yielded as ``(conn, rows)`` inside its own short IMMEDIATE
+        transaction (committed when the caller asks for the next). Rows are
+        ``(id, time, *extra columns)``."""
+        last: tuple[float, int] = (_NEVER, 0)
+        while True:
+            with self._write(what) as conn:
+                rows = conn.execute(
+                    f"SELECT id, {time_col}{extra} FROM {table} "
+                    f"WHERE {time_col} < ? AND ({time_col}, id) > (?, ?) "
+                    f"ORDER BY {time_col}, id LIMIT ?",
+                    (cutoff, last[0], last[1], batch),
+                ).fetchall()
+                if rows:
+                    last = (float(rows[-1][1]), int(rows[-1][0]))
+                    yield conn, rows
+            if len(rows) < batch:
+                return
+
     def purge_events_before(self, cutoff: float, batch: int = 1000) -> PurgeCounts:
         """Delete events received before ``cutoff`` with their settled jobs, then raw
         report rows received before ``cutoff`` that no event references."""
         batch = max(1, min(batch, _MAX_BATCH))
         events = jobs = kept = reports = 0
-        last: tuple[float, int] = (_NEVER, 0)
-        while True:
-            with self._write("purging events") as conn:
-                rows = conn.execute(
-                    "SELECT id, event_id, received_at FROM events "
-                    "WHERE received_at < ? AND (received_at, id) > (?, ?) "
-                    "ORDER BY received_at, id LIMIT ?",
-                    (cutoff, last[0], last[1], batch),
-                ).fetchall()
-                if rows:
-                    last = (float(rows[-1][2]), int(rows[-1][0]))
-                    marks = _marks(len(rows))
-                    pending = {r[0] for r in conn.execute(
-                        f"SELECT DISTINCT event_id FROM outbox WHERE state = 'pending' "
-                        f"AND event_id IN ({marks})", [r[1] for r in rows])}
-                    gone = [r for r in rows if r[1] not in pending]
-                    kept += len(rows) - len(gone)
-                    if gone:
-                        marks = _marks(len(gone))
-                        jobs += conn.execute(
-                            f"DELETE FROM outbox WHERE event_id IN ({marks})", [r[1] for r in gone]
-                        ).rowcount
-                        events += conn.execute(
-                            f"DELETE FROM events WHERE id IN ({marks})", [r[0] for r in gone]
-                        ).rowcount
-            if len(rows) < batch:
-                break
-        last = (_NEVER, 0)
-        while True:
-            with self._write("purging raw reports") as conn:
-                rows = conn.execute(
-                    "SELECT id, received_at FROM raw_reports "
-                    "WHERE received_at < ? AND (received_at, id) > (?, ?) "
-                    "ORDER BY received_at, id LIMIT ?",
-                    (cutoff, last[0], last[1], batch),
-                ).fetchall()
-                if rows:
-                    last = (float(rows[-1][1]), int(rows[-1][0]))
-                    ids = [r[0] for r in rows]
-                    reports += conn.execute(
-                        f"DELETE FROM raw_reports WHERE id IN ({_marks(len(ids))}) AND NOT EXISTS "
-                        "(SELECT 1 FROM events e WHERE e.raw_pk = raw_reports.id)",
-                        ids,
-                    ).rowcount
-            if len(rows) < batch:
-                break
+        for conn, rows in self._keyset_walk(
+            "purging events", "events", "received_at", cutoff, batch, ", event_id"
+        ):
+            marks = _marks(len(rows))
+            pending = {r[0] for r in conn.execute(
+                f"SELECT DISTINCT event_id FROM outbox WHERE state = 'pending' "
+                f"AND event_id IN ({marks})", [r[2] for r in rows])}
+            gone = [r for r in rows if r[2] not in pending]
+            kept += len(rows) - len(gone)
+            if gone:
+                marks = _marks(len(gone))
+                jobs += conn.execute(
+                    f"DELETE FROM outbox WHERE event_id IN ({marks})", [r[2] for r in gone]
+                ).rowcount
+                events += conn.execute(
+                    f"DELETE FROM events WHERE id IN ({marks})", [r[0] for r in gone]
+                ).rowcount
+        for conn, rows in self._keyset_walk("purging raw reports", "raw_reports", "received_at", cutoff, batch):
+            ids = [r[0] for r in rows]
+            reports += conn.execute(
+                f"DELETE FROM raw_reports WHERE id IN ({_marks(len(ids))}) AND NOT EXISTS "
+                "(SELECT 1 FROM events e WHERE e.raw_pk = raw_reports.id)",
+                ids,
+            ).rowcount
         from .views import PurgeCounts
         return PurgeCounts(events=events, outbox_jobs=jobs, reports=reports, events_kept_pending=kept)
 
@@ -614,30 +614,18 @@ class SQLiteStore:
         their recipients."""
         batch = max(1, min(batch, _MAX_BATCH))
         messages = recipients = 0
-        last: tuple[float, int] = (_NEVER, 0)
-        while True:
-            with self._write("purging messages") as conn:
-                rows = conn.execute(
-                    "SELECT id, created_at FROM messages "
-                    "WHERE created_at < ? AND (created_at, id) > (?, ?) "
-                    "ORDER BY created_at, id LIMIT ?",
-                    (cutoff, last[0], last[1], batch),
-                ).fetchall()
-                if rows:
-                    last = (float(rows[-1][1]), int(rows[-1][0]))
-                    ids = [r[0] for r in rows]
-                    used = {r[0] for r in conn.execute(
-                        f"SELECT DISTINCT message_pk FROM events WHERE message_pk IN ({_marks(len(ids))})",
-                        ids)}
-                    free = [i for i in ids if i not in used]
-                    if free:
-                        marks = _marks(len(free))
-                        recipients += conn.execute(
-                            f"DELETE FROM recipients WHERE message_pk IN ({marks})", free).rowcount
-                        messages += conn.execute(
-                            f"DELETE FROM messages WHERE id IN ({marks})", free).rowcount
-            if len(rows) < batch:
-                break
+        for conn, rows in self._keyset_walk("purging messages", "messages", "created_at", cutoff, batch):
+            ids = [r[0] for r in rows]
+            used = {r[0] for r in conn.execute(
+                f"SELECT DISTINCT message_pk FROM events WHERE message_pk IN ({_marks(len(ids))})",
+                ids)}
+            free = [i for i in ids if i not in used]
+            if free:
+                marks = _marks(len(free))
+                recipients += conn.execute(
+                    f"DELETE FROM recipients WHERE message_pk IN ({marks})", free).rowcount
+                messages += conn.execute(
+                    f"DELETE FROM messages WHERE id IN ({marks})", free).rowcount
         from .views import PurgeCounts
         return PurgeCounts(messages=messages, recipients=recipients)
 
