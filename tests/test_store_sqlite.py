@@ -6,11 +6,9 @@ import hashlib
 import multiprocessing
 import os
 import sqlite3
-import threading
 import time
 import uuid
 import zlib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,19 +171,6 @@ def test_memory_store() -> None:
 # ----------------------------------------------------------------- messages
 
 
-def test_message_round_trip(store: SQLiteStore) -> None:
-    msg = make_message(2**62 + 12345, n_rcpts=3)
-    pk = store.record_message(msg)
-    got = store.message_by_token_id(msg.token_id)
-    assert got is not None
-    assert got.id == pk
-    assert all(r.id is not None for r in got.recipients)
-    bare = replace(got, id=None, recipients=tuple(replace(r, id=None) for r in got.recipients))
-    assert bare == msg
-    assert [r.address for r in got.recipients] == ["r0@example.net", "r1@example.net", "r2@example.net"]
-    assert store.message_by_token_id(42) is None
-
-
 def test_duplicate_token_id_is_an_integrity_error(store: SQLiteStore) -> None:
     store.record_message(make_message(7))
     with pytest.raises(sqlite3.IntegrityError):
@@ -242,18 +227,6 @@ def test_duplicate_jobs_in_one_report_are_stored_once(store: SQLiteStore) -> Non
     assert len(store.jobs()) == 1
 
 
-def test_purge_raw_before_keeps_events_and_dedupe(store: SQLiteStore) -> None:
-    old = [store_one(store, f"old{i}", received_at=100.0 + i)[0] for i in range(25)]
-    new = store_one(store, "new", received_at=5000.0)[0]
-    assert store.purge_raw_before(1000.0, batch=10) == 25
-    assert store.purge_raw_before(1000.0, batch=10) == 0
-    assert all(store.raw_report(eid) is None for eid in old)
-    assert all(store.event(eid) is not None for eid in old)
-    assert store.raw_report(new) == b"raw"
-    # a late retry of a purged report is still recognised
-    assert store.store_report([], b"raw", [], "old3").stored is False
-
-
 def test_events_between_filters_and_orders(store: SQLiteStore) -> None:
     # inserted out of time order; domains alternate
     times = [50.0, 10.0, 30.0, 30.0, 20.0, 40.0, 60.0]
@@ -295,54 +268,6 @@ def test_events_between_streams_across_batches(store: SQLiteStore) -> None:
 # ------------------------------------------------------------------- outbox
 
 
-def test_outbox_claim_fail_dead_replay(store: SQLiteStore) -> None:
-    store_one(store, "r1", n_events=3, channels=("webhook", "smtp"))
-    assert len(store.jobs()) == 6
-
-    claimed = store.claim_jobs(now=2000.0, limit=4, lease_seconds=60.0)
-    assert len(claimed) == 4 and all(j.lease_until == 2060.0 for j in claimed)
-    # leased jobs are not claimed again until the lease expires
-    rest = store.claim_jobs(now=2001.0, limit=10, lease_seconds=60.0)
-    assert {j.id for j in rest}.isdisjoint({j.id for j in claimed}) and len(rest) == 2
-    assert store.claim_jobs(now=2002.0, limit=10, lease_seconds=60.0) == []
-    # an expired lease (worker died) makes the job claimable again
-    again = store.claim_jobs(now=2060.5, limit=10, lease_seconds=60.0)
-    assert {j.id for j in again} == {j.id for j in claimed}
-
-    j0, j1, j2 = (j.id for j in claimed[:3])
-    assert j0 is not None and j1 is not None and j2 is not None
-    store.job_delivered(j0, now=2070.0)
-    store.job_failed(j1, now=2070.0, error="HTTP 503", next_attempt_at=2100.0)
-    store.job_failed(j2, now=2070.0, error="x" * 10_000, next_attempt_at=None)
-    by_id = {j.id: j for j in store.jobs(limit=100)}
-    assert by_id[j0].state == "delivered"
-    assert by_id[j1].state == "pending" and by_id[j1].attempts == 1
-    assert by_id[j1].next_attempt_at == 2100.0 and by_id[j1].last_error == "HTTP 503"
-    assert by_id[j1].lease_until is None
-    assert by_id[j2].state == "dead" and by_id[j2].attempts == 1
-    assert [j.id for j in store.jobs(state="dead")] == [j2]
-    # not due yet, then due
-    assert j1 not in {j.id for j in store.claim_jobs(now=2099.0, limit=10, lease_seconds=1)}
-    # a late failure report does not resurrect a delivered job
-    store.job_failed(j0, now=2080.0, error="late", next_attempt_at=2200.0)
-    assert {j.id: j for j in store.jobs()}[j0].state == "delivered"
-
-    stats = store.outbox_stats(now=2100.0)
-    assert stats["pending"] == 4 and stats["delivered"] == 1 and stats["dead"] == 1
-    assert stats["oldest_pending_age"] == 1100.0  # created_at 1000.0
-
-    # replay a dead job and a delivered one; unknown id → False
-    assert store.replay_job(j2, now=3000.0) is True
-    assert store.replay_job(j0, now=3000.0) is True
-    assert store.replay_job(999_999, now=3000.0) is False
-    by_id = {j.id: j for j in store.jobs()}
-    for jid in (j0, j2):
-        assert by_id[jid].state == "pending" and by_id[jid].attempts == 0
-        assert by_id[jid].next_attempt_at == 3000.0 and by_id[jid].lease_until is None
-    assert {j0, j2} <= {j.id for j in store.claim_jobs(now=3000.0, limit=10, lease_seconds=5)}
-    assert store.outbox_stats(now=3000.0)["dead"] == 0
-
-
 # -------------------------------------------------------------- concurrency
 
 
@@ -382,66 +307,6 @@ def test_eight_processes_writing_a_fresh_database(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(
         migrations.MIGRATIONS)
     conn.close()
-
-
-def _claimer(path: str, start: Any, out: Any) -> None:
-    try:
-        s = SQLiteStore.from_url(f"sqlite:///{path}", timeout=30.0)
-        start.wait(30)
-        got: list[int] = []
-        while True:
-            jobs = s.claim_jobs(now=5000.0, limit=3, lease_seconds=3600.0)
-            if not jobs:
-                break
-            got.extend(j.id for j in jobs if j.id is not None)
-        s.close()
-        out.put(got)
-    except BaseException as exc:
-        out.put(repr(exc))
-
-
-def test_two_processes_never_claim_the_same_job(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    s = SQLiteStore.from_url(url(path))
-    for i in range(30):
-        store_one(s, f"k{i}", n_events=5, channels=("webhook", "smtp"))
-    all_ids = {j.id for j in s.jobs(limit=1000)}
-    s.close()
-    assert len(all_ids) == 300
-    start, out = SPAWN.Event(), SPAWN.Queue()
-    procs = [SPAWN.Process(target=_claimer, args=(str(path), start, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    time.sleep(0.5)
-    start.set()
-    a, b = out.get(timeout=120), out.get(timeout=120)
-    for p in procs:
-        p.join(30)
-    assert isinstance(a, list) and isinstance(b, list), (a, b)
-    assert len(a) == len(set(a)) and len(b) == len(set(b))
-    assert set(a).isdisjoint(b)
-    assert set(a) | set(b) == all_ids
-
-
-def test_threads_sharing_one_store(store: SQLiteStore) -> None:
-    errors: list[BaseException] = []
-
-    def work(t: int) -> None:
-        try:
-            for i in range(20):
-                store_one(store, f"t{t}-{i}")
-                store.record_message(make_message(t * 1000 + i, n_rcpts=1))
-                list(store.events_between(0, 1e9))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert errors == []
-    assert len(list(store.events_between(0, 1e9))) == 80
 
 
 # ----------------------------------------------------------------- failures
