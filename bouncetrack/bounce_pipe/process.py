@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from ..classifier.model import COMPLAINT, Report
+from ..classifier.model import Report
 from ..config import Config
 from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate
 from ..tokens import KeyRing
@@ -137,4 +137,4 @@ def _jobs(config: Config, events: list[BounceEvent], message: MessageRecord | No
     return list(jobs_for(events, config.policy_for(message.sender_domain)))
 
 
-__all__ = ["process", "find_token", "COMPLAINT"]
+__all__ = ["process", "find_token"]
