@@ -117,6 +117,18 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any live (non-zombie) process is in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp ...
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 @dataclass
 class QueueEntry:
     """One message of ``postqueue -j`` (the fields the tests use, plus the raw dict)."""
@@ -352,19 +364,22 @@ class PrivatePostfix:
         except OSError:
             pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.master_pid() is not None:
+        pgid = pid
+        # The master is a session leader (setsid): its group holds every child, and the
+        # children may still be exiting after the master is gone: wait for the group.
+        while time.monotonic() < deadline and group_alive(pgid):
             time.sleep(0.05)
-        pid = self.master_pid()
-        if pid is not None:
-            # The master is a session leader (setsid): its group holds every child.
+        if group_alive(pgid):
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             except OSError:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pgid, signal.SIGKILL)
                 except OSError:
                     pass
-            time.sleep(0.1)
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end and group_alive(pgid):
+                time.sleep(0.05)
         self._started = False
 
     def abort(self) -> None:
