@@ -1,10 +1,11 @@
-"""SQLite's CSV rendering: the ``printf`` form and the ``||`` form give the same bytes.
+"""SQLite's CSV rendering: one ``printf`` a row, parsed back to the stored event.
 
 :mod:`bouncetrack.store.sqlite_download` renders a CSV record with one
-``printf`` a row (fast), and with per-cell concatenation when a text value
-holds a NUL (``printf`` would cut it there). Both must agree byte for byte
-with each other and with event_to_json plus the CSV rules (quotes doubled,
-formula-looking text cells prefixed with an apostrophe, NULL as an empty field).
+``printf`` a row. ``printf`` would cut a value at a NUL, so the store never
+holds one in event text (rows.stored_text writes U+FFFD; migration 7 cleans
+older rows). The record must parse back to event_to_json of the stored event
+plus the CSV rules (quotes doubled, formula-looking text cells prefixed with an
+apostrophe, NULL as an empty field).
 """
 
 from __future__ import annotations
@@ -58,30 +59,56 @@ def _expected_cells(event: BounceEvent) -> list[str]:
 @settings(max_examples=300, deadline=None)
 @given(values=st.fixed_dictionaries({k: VALUE for k in ("diagnostic", "recipient", "remote_mta", "status", "token")}),
        not_null=st.fixed_dictionaries({k: st.text(ALPHABET, max_size=4) for k in ("reason", "token_status")}))
-def test_printf_and_concatenation_render_the_same_bytes(values: dict[str, Any], not_null: dict[str, str]) -> None:
+def test_printf_record_parses_back_to_the_event(values: dict[str, Any], not_null: dict[str, str]) -> None:
     s = SQLiteStore(":memory:")
     try:
         e = _event(**values, **not_null)
         s.store_report([e], b"raw", [], uuid.uuid4().hex)
+        stored = s.event(e.event_id)
+        assert stored is not None
+        # Text is stored without NUL (rows.stored_text), everything else as given.
+        for key in (*values, *not_null):
+            given_value = getattr(e, key)
+            want = None if given_value is None else given_value.replace("\x00", "\ufffd")
+            assert getattr(stored, key) == want
         q = DownloadQuery(domains=("a.test",), start=-1e12, end=1e12)
         [(_, record)] = s.rendered_page(q, "csv")
-        concatenated = " || ".join(dl._csv_cell("," if i else "", kind, sql)
-                                   for i, (kind, sql) in enumerate(dl._COLUMNS.values()))
-        with s._read("test") as conn:
-            [(reference,)] = conn.execute(f"SELECT {concatenated} FROM events").fetchall()
-        assert record == reference
         [row] = list(csv.reader(io.StringIO(record, newline="")))
-        assert row == _expected_cells(s.event(e.event_id))  # type: ignore[arg-type]
+        assert row == _expected_cells(stored)
     finally:
         s.close()
 
 
-def test_a_nul_anywhere_keeps_the_whole_value() -> None:
+def test_a_nul_is_stored_and_exported_as_the_replacement_character() -> None:
     s = SQLiteStore(":memory:")
     try:
         e = _event(diagnostic='a\x00"b', remote_mta="=\x00")
         s.store_report([e], b"raw", [], uuid.uuid4().hex)
         [(_, record)] = s.rendered_page(DownloadQuery(domains=("a.test",), start=-1e12, end=1e12), "csv")
-        assert ',"a\x00""b",' in record and ",\"'=\x00\"," in record
+        assert ',"a\ufffd""b",' in record and ",\"'=\ufffd\"," in record
     finally:
         s.close()
+
+
+def test_migration_7_replaces_nul_in_events_stored_before(tmp_path: Any) -> None:
+    """Rows written by an older release may hold a NUL; migration 7 cleans them."""
+    import sqlite3
+
+    from bouncetrack.store import migrations
+    from bouncetrack.store.rows import EVENT_FIELDS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")
+    migrations.migrate(conn, tuple(m for m in migrations.MIGRATIONS if m[0] < 7))
+    e = _event(diagnostic="x", feedback_type="abuse")
+    conn.execute(
+        f"INSERT INTO events (raw_pk, {', '.join(EVENT_FIELDS)}) VALUES (?{', ?' * len(EVENT_FIELDS)})",
+        (None, *(getattr(e, f) for f in EVENT_FIELDS)),
+    )
+    conn.execute("UPDATE events SET diagnostic = 'a' || char(0) || 'b', feedback_type = char(0), "
+                 "recipient = NULL")
+    assert migrations.migrate(conn) == [7]
+    row = conn.execute("SELECT diagnostic, feedback_type, recipient, reason FROM events").fetchone()
+    assert row == ("a\ufffdb", "\ufffd", None, "userunknown")
+    conn.close()

@@ -177,6 +177,22 @@ def test_store_report_round_trip_and_idempotency(store: Any) -> None:
         ("duplicate", 1), ("stored", 1)]
 
 
+def test_nul_in_event_text_is_stored_as_the_replacement_character(store: Any) -> None:
+    """A NUL from the wild (a diagnostic, a remote MTA name) is stored, as U+FFFD.
+
+    PostgreSQL's text cannot hold a NUL: without rows.stored_text the insert fails
+    and the pipe would tempfail that bounce on every retry.
+    """
+    e = make_event(dedupe_key="nul", diagnostic="550 \x00user\x00 unknown", remote_mta="mx\x00",
+                   feedback_type="\x00")
+    assert store.store_report([e], b"raw\x00", [], "nul").stored
+    got = store.event(e.event_id)
+    assert got is not None
+    assert (got.diagnostic, got.remote_mta, got.feedback_type) == ("550 \ufffduser\ufffd unknown", "mx\ufffd", "\ufffd")
+    assert got.reason == e.reason and got.recipient == e.recipient
+    assert store.raw_report(e.event_id) == b"raw\x00"  # the raw report keeps its bytes
+
+
 def test_report_without_events_unknown_event_and_duplicate_jobs(store: Any) -> None:
     out = store.store_report([], b"\xff\xfegarbage", [], "garbage-1")
     assert out.stored and out.event_ids == ()

@@ -316,6 +316,52 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX raw_reports_received_at ON raw_reports (received_at)",
         ),
     ),
+    # --- export (issue 5) ----------------------------------------------------------
+    # From now on the store writes event text without NUL (rows.stored_text: U+FFFD
+    # instead), so the CSV export renders a row with one printf and no NUL check per
+    # cell (sqlite_download.py). Rows stored before get the same replacement here
+    # (event_id and dedupe_key are our own hex: never a NUL). SQLite's replace()
+    # cannot do it (it sees a NUL as the end of the string): bt_stored_text is
+    # rows.stored_text, registered by migrate().
+    (
+        7,
+        "replace NUL characters in stored event text with U+FFFD",
+        (
+            """
+            UPDATE events SET
+                type = bt_stored_text(type),
+                reason = bt_stored_text(reason),
+                status = bt_stored_text(status),
+                reply_code = bt_stored_text(reply_code),
+                diagnostic = bt_stored_text(diagnostic),
+                recipient = bt_stored_text(recipient),
+                reported_recipient = bt_stored_text(reported_recipient),
+                action = bt_stored_text(action),
+                remote_mta = bt_stored_text(remote_mta),
+                domain = bt_stored_text(domain),
+                original_sender = bt_stored_text(original_sender),
+                original_message_id = bt_stored_text(original_message_id),
+                token = bt_stored_text(token),
+                token_status = bt_stored_text(token_status),
+                feedback_type = bt_stored_text(feedback_type)
+            WHERE instr(type, char(0))
+               OR instr(reason, char(0))
+               OR instr(status, char(0))
+               OR instr(reply_code, char(0))
+               OR instr(diagnostic, char(0))
+               OR instr(recipient, char(0))
+               OR instr(reported_recipient, char(0))
+               OR instr(action, char(0))
+               OR instr(remote_mta, char(0))
+               OR instr(domain, char(0))
+               OR instr(original_sender, char(0))
+               OR instr(original_message_id, char(0))
+               OR instr(token, char(0))
+               OR instr(token_status, char(0))
+               OR instr(feedback_type, char(0))
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]
@@ -342,6 +388,9 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRAT
     """
     if not migrations or current_version(conn) >= migrations[-1][0]:
         return []
+    from .rows import stored_text
+
+    conn.create_function("bt_stored_text", 1, stored_text, deterministic=True)
     applied: list[int] = []
     for version, description, statements in migrations:
         # Write lock first, then re-check: another process may have just done it.

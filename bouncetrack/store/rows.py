@@ -112,9 +112,28 @@ def recipient_params(message_pk: int, message: MessageRecord) -> list[tuple[Any,
     ]
 
 
+NUL = "\x00"
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def stored_text(value: Any) -> Any:
+    """``value`` with every NUL replaced by U+FFFD; any other value unchanged.
+
+    A stored event's text never holds a NUL: PostgreSQL's ``text`` cannot hold
+    one (psycopg refuses the insert, and the pipe would tempfail that bounce
+    forever), and SQLite's CSV rendering relies on it (``printf`` stops at a
+    NUL; sqlite_download.py). A bounce whose diagnostic carries a NUL is mail
+    from the wild, not a reason to lose it. The webhook and the SMTP forward
+    read the stored event, so every output shows the same U+FFFD.
+    """
+    if type(value) is str and NUL in value:
+        return value.replace(NUL, REPLACEMENT_CHARACTER)
+    return value
+
+
 def event_params(event: BounceEvent, raw_pk: int | None) -> tuple[Any, ...]:
-    """(raw_pk, *EVENT_FIELDS) for ``event``."""
-    return (raw_pk, *(getattr(event, f) for f in EVENT_FIELDS))
+    """(raw_pk, *EVENT_FIELDS) for ``event``, text without NUL (:func:`stored_text`)."""
+    return (raw_pk, *(stored_text(getattr(event, f)) for f in EVENT_FIELDS))
 
 
 def job_params(job: OutboxJob, now: float) -> tuple[Any, ...]:

@@ -123,49 +123,20 @@ def _json_value(kind: str, sql: str) -> str:
 _FORMULA_STARTS = ", ".join(str(ord(c)) for c in CSV_FORMULA_PREFIXES)
 
 
-def _csv_cell(lead: str, kind: str, sql: str) -> str:
-    """SQL for one CSV cell preceded by ``lead`` (``,`` or nothing for the first cell).
-
-    Cost matters (21 cells a row; the CSV export measured 3.4x the bare
-    ``SELECT``): the separator and the field's quotes are folded into the
-    literals of one ``CASE`` per cell (SQLite does not fold ``',' || '"'``),
-    so a plain text cell costs two concatenations, one ``instr`` and one
-    ``unicode``, instead of four concatenations and two guard evaluations.
-    """
-    if kind == "bool":
-        return f"CASE WHEN {sql} THEN '{lead}true' ELSE '{lead}false' END"
-    if kind in ("word", "time"):  # our own vocabulary / digits: nothing to quote
-        return f"'{lead}' || coalesce({sql}, '')" if lead else f"coalesce({sql}, '')"
-    # OWASP CSV injection: a formula-looking text cell gets a leading apostrophe.
-    formula = f"unicode({sql}) IN ({_FORMULA_STARTS})"
-    neutral = f"CASE WHEN {formula} THEN '''' || {sql} ELSE {sql} END"
-    # RFC 4180 §2: every text field quoted, inner quotes doubled; NULL is an
-    # empty field. replace() only when there is a quote (it copies the value);
-    # not printf's %w, which would cut a value at a NUL.
-    q = '"'
-    return (
-        f"CASE WHEN {sql} IS NULL THEN '{lead}' "
-        f"WHEN instr({sql}, '{q}') THEN '{lead}{q}' || replace({neutral}, '{q}', '{q}{q}') || '{q}' "
-        f"WHEN {formula} THEN '{lead}{q}''' || {sql} || '{q}' "
-        f"ELSE '{lead}{q}' || {sql} || '{q}' END"
-    )
-
-
 def _csv_row() -> str:
-    """SQL for one CSV record: one ``printf`` a row, :func:`_csv_cell` when a value holds a NUL.
+    """SQL for one CSV record: one ``printf`` a row.
 
-    The ``||`` form costs an allocation per concatenation (about fifty a row,
-    each under SQLite's memory-statistics mutex); ``printf`` builds the record
-    in one buffer, and its ``%w`` doubles the double quotes inside a value
-    (RFC 4180 §2) without the ``instr``/``replace`` per cell. But ``printf``
-    cuts a value at a NUL character, so a row with a NUL in any text value
-    takes the ``||`` form (same bytes). The formula guard and the quotes of a
-    text cell are ``%s`` arguments: nothing for NULL (an empty field), ``"``
-    or ``"'`` before the value, ``"`` after it.
+    ``printf`` builds the record in one buffer (the ``||`` form costs an
+    allocation per concatenation, about fifty a row), and its ``%w`` doubles
+    the double quotes inside a value (RFC 4180 §2). It would cut a value at a
+    NUL, but stored event text holds none (rows.stored_text, migration 7): that
+    invariant is what lets a row go without a NUL check per cell. The formula
+    guard and the quotes of a text cell are ``%s`` arguments: nothing for NULL
+    (an empty field), ``"`` or ``"'`` before the value (OWASP "CSV Injection":
+    a formula-looking cell gets a leading apostrophe), ``"`` after it.
     """
     fmt: list[str] = []
     args: list[str] = []
-    has_nul: list[str] = []
     for i, (kind, sql) in enumerate(_COLUMNS.values()):
         lead = "," if i else ""
         if kind == "bool":
@@ -182,12 +153,7 @@ def _csv_row() -> str:
             )
             args.append(f"coalesce({sql}, '')")
             args.append(f"CASE WHEN {sql} IS NULL THEN '' ELSE '\"' END")
-            has_nul.append(f"instr({sql}, char(0))")
-    concatenated = " || ".join(_csv_cell("," if i else "", kind, sql) for i, (kind, sql) in enumerate(_COLUMNS.values()))
-    return (
-        f"CASE WHEN {' OR '.join(has_nul)} THEN {concatenated} "
-        f"ELSE printf('{''.join(fmt)}', {', '.join(args)}) END"
-    )
+    return f"printf('{''.join(fmt)}', {', '.join(args)})"
 
 
 RENDER_SQL: dict[str, str] = {
