@@ -112,6 +112,7 @@ class Address:
 # RFC 5321 §4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">". Source routes are obsolete
 # (RFC 5321 §4.1.2 / Appendix C) but still legal: drop them.
 _SOURCE_ROUTE = re.compile(r"^@[^:]+:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DOMAIN = re.compile(r"^(?:\[[^\]\s]+\]|[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*)$")
 
 
@@ -130,7 +131,7 @@ def parse_address(raw: str) -> Address | None:
     that is not a hostname or address literal (RFC 5321 §4.1.2).
     """
     text = strip_path(raw)
-    if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if not text or _CONTROL.search(text):
         return None
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
