@@ -27,12 +27,16 @@ lets Postfix deliver to the fake MX as in production and waits for the queue to
 drain between rounds (delivery shares the 2 cores with acceptance, so the ratio is
 diluted towards 1: hold is the stricter measure).
 
-``--reference`` adds two more sides to every round, served by
+``--reference`` adds more sides to every round (``--ref-modes``, default the two below), served by
 :mod:`bench._ref_milter` on the same Postfix: ``trivial`` (a pymilter negotiating
 the same protocol and changing nothing) and ``actions`` (the same plus the
 modifications a tracked message gets, with constant values): they show how much of
 the overhead is pymilter and the protocol, how much the rewrite itself, and how
 much bouncetrack's own Python.
+
+Each round also reports CPU per message: the side's milter process (all its
+threads and children, from /proc/PID/stat) and the whole machine (/proc/stat):
+where the time goes when the 2 cores are saturated.
 
 The milter logs at ``--log-level`` (default INFO, as in production; the Stack's
 default is DEBUG). Target (issue 3): with milter ≥ 0.85 × without.
@@ -52,6 +56,8 @@ reported after the rounds. Compare ``--suppressed 1000000`` with ``--suppressed 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -81,10 +87,42 @@ class Round:
     failures: int
     stored: int  # rows the milter added to the store during the round
     errors: list[str] = field(default_factory=list)
+    milter_cpu: float = 0.0  # CPU seconds of the side's milter process(es) during the round
+    machine_cpu: float = 0.0  # busy CPU seconds of the whole machine during the round
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """Busy CPU seconds of the machine so far (all cores; /proc/stat minus idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """utime + stime of these processes and their children, in seconds (all threads)."""
+    total = 0.0
+    wanted = set(pids)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        rest = text.rsplit(")", 1)[1].split()
+        pid, ppid = int(stat.parent.name), int(rest[1])
+        if pid in wanted or ppid in wanted:
+            total += (int(rest[11]) + int(rest[12])) / _TICK
+    return total
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
 
 
 def _messages(n: int, offset: int) -> list[tuple[str, bytes]]:
@@ -224,6 +262,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100, help="messages per side before timing")
     ap.add_argument("--reference", action="store_true",
                     help="also time reference pymilters (trivial; trivial + the same actions)")
+    ap.add_argument("--ref-modes", default="trivial,actions", metavar="MODES",
+                    help="comma-separated reference modes for --reference (bench/_ref_milter.py: "
+                         "trivial|actions with optional +nohdr, +lean, +rcptreply)")
     ap.add_argument("--name", default="milter_overhead", help="result file name (bench/results/NAME.json)")
     ap.add_argument("--suppressed", type=int, default=None, metavar="N",
                     help="suppression policy reject for tracked.test with N listed addresses (issue 6)")
@@ -239,30 +280,38 @@ def main() -> None:
     if a.delivery == "hold":
         extra["smtpd_data_restrictions"] = "check_client_access static:HOLD"
 
-    sides = ["baseline", "milter", *(["trivial", "actions"] if a.reference else [])]
+    from bench._ref_milter import parse as parse_ref_mode
+
+    ref_modes = a.ref_modes.split(",")
+    for mode in ref_modes:
+        parse_ref_mode(mode)  # a typo fails here, not after the Stack is up
+    sides = ["baseline", "milter", *(ref_modes if a.reference else [])]
     rounds: list[Round] = []
     refs: list[subprocess.Popen[bytes]] = []
     domains = None
     if a.suppressed is not None:
         domains = {"tracked.test": {"tracking": True, "suppression": {"policy": "reject"}}}
     milter_memory: dict[str, object] = {}
-    with Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra, domains=domains) as st:
+    with Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra, domains=domains) as st, \
+            contextlib.ExitStack() as cleanup:
         pf = st.postfix
         if a.suppressed is not None:
             milter_memory.update(_fill_suppressions(st, a.suppressed))
         client = Client(pf.host, pf.port, a.threads, a.mode)
         milters = {"baseline": "", "milter": f"unix:{st.milter_socket}"}
+        milter_pids: dict[str, list[int]] = {"milter": [st._milter.pid] if st._milter else []}
         if a.reference:
             # A world-readable copy, run as the milter user like the real one.
             ref_py = st.lib / "ref_milter.py"
             shutil.copyfile(Path(__file__).with_name("_ref_milter.py"), ref_py)
             ref_py.chmod(0o644)
-            for mode in ("trivial", "actions"):
+            for mode in ref_modes:
                 sock = st.run_dir / f"ref-{mode}.sock"
                 refs.append(subprocess.Popen(
                     [st.python, str(ref_py), str(sock), mode], user=st.user, group=st.user,
                     extra_groups=[], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     start_new_session=True))
+                cleanup.callback(_stop, refs[-1])  # also when a round fails and exits early
                 deadline = time.monotonic() + 20
                 while True:
                     try:
@@ -274,6 +323,7 @@ def main() -> None:
                             raise SystemExit(f"reference milter {mode} did not start")
                         time.sleep(0.05)
                 milters[mode] = f"unix:{sock}"
+                milter_pids[mode] = [refs[-1].pid]
 
         def stored() -> int:
             if not st.db_path.exists():
@@ -314,20 +364,21 @@ def main() -> None:
             batch = _messages(a.n, offset)
             offset += a.n
             before = stored()
+            pids = milter_pids.get(side, [])
+            cpu0, busy0 = _tree_cpu(pids), _machine_busy()
             seconds, bad, errs = client.run(batch)
+            cpu1, busy1 = _tree_cpu(pids), _machine_busy()
             added = stored() - before
-            r = Round(side, seconds, a.n, bad, added, errs[:5])
+            r = Round(side, seconds, a.n, bad, added, errs[:5], cpu1 - cpu0, busy1 - busy0)
             rounds.append(r)
             expected = a.n if side == "milter" else 0
             check = "ok" if (added == expected and not bad) else f"MISMATCH (store +{added}, expected +{expected})"
             print(f"round {i // len(sides) + 1:2d} {side:8s} {r.rate:7.1f} msg/s  {seconds:6.2f} s  "
+                  f"cpu/msg milter {r.milter_cpu / a.n * 1e6:4.0f} us machine {r.machine_cpu / a.n * 1e6:5.0f} us  "
                   f"failures {bad}  store +{added}  {check}", flush=True)
             if bad or added != expected:
                 print("\n".join(errs[:5]), file=sys.stderr)
         settle()
-        for proc in refs:
-            proc.kill()
-            proc.wait()
         if a.suppressed is not None:
             milter_memory.update(_milter_rss(st))
             print(f"milter child with {a.suppressed} suppressed: VmRSS {milter_memory['vmrss_mb']:.1f} MB, "
@@ -340,6 +391,9 @@ def main() -> None:
     # Pairwise ratios (each milter round against the baseline round just before it).
     pairs = [rounds[i + 1].rate / rounds[i].rate for i in range(0, len(rounds) - 1, len(sides))]
     refs_med = {k: statistics.median([r.rate for r in rounds if r.side == k]) for k in sides[2:]}
+    cpu_us = {k: {"milter": statistics.median([r.milter_cpu / r.messages * 1e6 for r in rounds if r.side == k]),
+                  "machine": statistics.median([r.machine_cpu / r.messages * 1e6 for r in rounds if r.side == k])}
+              for k in sides}
     failures = sum(r.failures for r in rounds)
     verified = all(r.stored == (r.messages if r.side == "milter" else 0) for r in rounds)
     print(f"\n{a.n} messages x {a.rounds} rounds per side, {a.threads} connections, mode {a.mode}, "
@@ -348,6 +402,8 @@ def main() -> None:
     print(f"with milter     median {milt_med:7.1f} msg/s  (rounds: {', '.join(f'{x:.0f}' for x in milt)})")
     for ref, med in refs_med.items():
         print(f"reference {ref:7s} median {med:7.1f} msg/s  ratio {med / base_med:.3f}")
+    for side, cpu in cpu_us.items():
+        print(f"CPU per message, {side:8s}: milter process {cpu['milter']:5.0f} us, whole machine {cpu['machine']:5.0f} us")
     print(f"ratio (median with / median without) {ratio:.3f}  target >= {TARGET}  "
           f"pairwise median {statistics.median(pairs):.3f}  failures {failures}  "
           f"store check {'ok' if verified else 'FAILED'}")
@@ -371,8 +427,10 @@ def main() -> None:
             "meets_target": ratio >= TARGET,
             "failures": failures,
             "store_check": verified,
+            "cpu_us_per_message": cpu_us,
             "rounds": [{"side": r.side, "seconds": r.seconds, "msg_per_s": r.rate, "failures": r.failures,
-                        "store_added": r.stored} for r in rounds],
+                        "store_added": r.stored, "milter_cpu_s": r.milter_cpu, "machine_cpu_s": r.machine_cpu}
+                       for r in rounds],
             "suppressed": a.suppressed,
             "milter_memory": milter_memory,
         },
