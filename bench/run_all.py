@@ -388,6 +388,13 @@ def fmt_s(x: float | None) -> str:
     return "–" if x is None else (f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s")
 
 
+def milter_row(label: str, d: dict[str, Any]) -> str:
+    """The summary row of one milter_overhead.py result."""
+    return (f"| {label} | {d['with_milter_msg_per_s']['median']:.0f} msg/s with the milter | "
+            f"{d['without_milter_msg_per_s']['median']:.0f} msg/s without | {d['ratio_median']:.2f} | ≥ "
+            f"{d['target_ratio']} | {'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
+
+
 def milter_cpu_table(d: dict[str, Any]) -> list[str]:
     """CPU per accepted message by side: where the time goes on the saturated cores."""
     cpu = d.get("cpu_us_per_message")
@@ -468,21 +475,13 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
           "|---|---|---|---|---|---|"]
     d = results.get("milter_overhead")
     if d:
-        L.append(f"| milter overhead | {d['with_milter_msg_per_s']['median']:.0f} msg/s with the milter | "
-                 f"{d['without_milter_msg_per_s']['median']:.0f} msg/s without | {d['ratio_median']:.2f} | ≥ "
-                 f"{d['target_ratio']} | {'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
+        L.append(milter_row("milter overhead", d))
     d = load("milter_overhead_deliver")  # run separately: bench/milter_overhead.py --delivery deliver
     if d:
-        L.append(f"| milter overhead, delivery on (separate run, {d.get('taken_at', '?')}) | "
-                 f"{d['with_milter_msg_per_s']['median']:.0f} msg/s with the milter | "
-                 f"{d['without_milter_msg_per_s']['median']:.0f} msg/s without | {d['ratio_median']:.2f} | ≥ "
-                 f"{d['target_ratio']} | {'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
+        L.append(milter_row(f"milter overhead, delivery on (separate run, {d.get('taken_at', '?')})", d))
     d = results.get("milter_overhead_suppressed_1m")
     if d:
-        L.append(f"| milter overhead, {d.get('suppressed', 0):,} suppressed | {d['with_milter_msg_per_s']['median']:.0f}"
-                 f" msg/s with the milter | {d['without_milter_msg_per_s']['median']:.0f} msg/s without | "
-                 f"{d['ratio_median']:.2f} | ≥ {d['target_ratio']} | "
-                 f"{'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
+        L.append(milter_row(f"milter overhead, {d.get('suppressed', 0):,} suppressed", d))
     d = results.get("suppression_lookup")
     if d and "per_recipient_us" in d:
         u = d["per_recipient_us"]
