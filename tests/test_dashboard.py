@@ -278,6 +278,61 @@ def test_next_is_never_an_open_redirect_nor_a_header_injection(app_client: TestC
     assert safe_next("/events?type=bounce") == "/events?type=bounce"
 
 
+CROSS_SITE = (
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain may belong to someone else
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},  # sandboxed frame, data: URL
+    {"Origin": "http://testserver.evil.example"},
+)
+SAME_SITE = (
+    {},  # curl, scripts: not a victim's browser
+    {"Sec-Fetch-Site": "same-origin"},
+    {"Origin": "http://testserver"},
+    {"Origin": "https://testserver"},  # TLS ended at a proxy: the scheme differs
+    {"Origin": "https://dash.example", "X-Forwarded-Host": "dash.example"},
+)
+
+
+def test_cross_site_posts_are_refused(app_client: TestClient, store: SQLiteStore, seeded: dict[str, Any]) -> None:
+    """Login CSRF (a page elsewhere signs the victim in with the attacker's token) and the
+    other POSTs are refused on the browser's Fetch Metadata / Origin headers."""
+    for headers in CROSS_SITE:
+        app_client.cookies.clear()
+        r = app_client.post("/login", data={"token": TOKEN_A}, headers=headers)
+        assert r.status_code == 403, headers
+        assert "set-cookie" not in r.headers and "another site" in r.text
+    for headers in SAME_SITE:
+        app_client.cookies.clear()
+        r = app_client.post("/login", data={"token": TOKEN_A}, headers=headers)
+        assert r.status_code == 303 and "bt_session=" in r.headers["set-cookie"], headers
+    mine = dead_job(store, seeded["hard1"])
+    csrf = csrf_of(app_client.get("/outbox").text)
+    hostile = {"Sec-Fetch-Site": "cross-site"}
+    assert app_client.post(f"/outbox/{mine}/replay", data={"csrf": csrf}, headers=hostile).status_code == 403
+    assert next(j.state for j in store.jobs() if j.id == mine) == "dead"
+    assert app_client.post("/logout", data={"csrf": csrf}, headers=hostile).status_code == 403
+    assert app_client.get("/dashboard").status_code == 200  # still signed in
+    r = app_client.post("/logout", data={"csrf": csrf}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 303
+
+
+def test_store_unavailable_is_a_503_page(config: Config) -> None:
+    from bouncetrack.store.base import StoreUnavailable
+
+    def down(_config: Config) -> Any:
+        raise StoreUnavailable("PostgreSQL at db.example:5432 refused the connection")
+
+    with TestClient(create_app(config, store_factory=down), follow_redirects=False) as client:
+        assert login(client).status_code == 303  # login needs the config only
+        for path in ("/dashboard", "/events", "/outbox", "/events/abc"):
+            r = client.get(path)
+            assert r.status_code == 503, path
+            assert r.headers["retry-after"] == "5" and "Store unavailable" in r.text
+            assert "PostgreSQL" not in r.text  # no internals on the page
+            assert r.headers["content-security-policy"].startswith("default-src 'none'")
+
+
 # ------------------------------------------------------------------ overview
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from ..config import Config
 from ..store import Store, open_store
+from ..store.base import StoreUnavailable
 
 
 @dataclass
@@ -59,6 +61,16 @@ def create_app(config: Config, *, store_factory: Callable[[Config], Store] | Non
     app.include_router(dashboard.router)
     app.include_router(suppression.router)  # issue 6: /v1/suppressions
     dashboard.mount_static(app)
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        # The routers answer their own 503s where they can say more (download,
+        # send, suppressions); this catches the rest: a page, or JSON under /v1/.
+        if request.url.path.startswith("/v1/"):
+            return JSONResponse({"detail": "the store is unavailable; retry later"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        return dashboard.store_unavailable_page(request)
+
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
     return app
 
 

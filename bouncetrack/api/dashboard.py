@@ -12,6 +12,11 @@ Routes (all HTML, none in the OpenAPI schema):
 * ``GET /outbox``: pending, failed and dead-lettered jobs; ``POST /outbox/{id}/replay``
   (CSRF-checked) makes a dead job pending again.
 
+Every POST is also refused (403) when the browser says another site sent it
+(:func:`~bouncetrack.api.session.same_origin`): the only defence login has, since it
+has no session to hold a CSRF token. A store that cannot be reached is a 503 page
+with ``Retry-After``, never a stack trace.
+
 Everything is scoped to the session's domains: another domain's event or job is a 404,
 exactly like one that does not exist. Templates are rendered by Jinja2 with autoescaping
 on for every template, and pages carry a strict Content-Security-Policy (no inline
@@ -47,7 +52,7 @@ from ..store.views import DailyCount, EventQuery, JobView
 from .app import ApiContext, context
 from ..tokens import hash_api_token
 from .auth import SESSION_COOKIE, domains_for_token
-from .session import Session, SessionManager, csrf_ok
+from .session import Session, SessionManager, csrf_ok, same_origin
 
 router = APIRouter(include_in_schema=False)
 
@@ -176,6 +181,31 @@ def _render(
     page: dict[str, Any] = {"session": session, "path": request.url.path, **values}
     response = templates().TemplateResponse(request, name, page, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _cross_site(request: Request, session: Session | None = None) -> Response | None:
+    """A 403 page for a POST another site's page made the browser send; None when it is ours."""
+    if same_origin(request.headers):
+        return None
+    return _render(
+        request,
+        "error.html",
+        {"title": "Forbidden", "message": "This form was sent from another site; open the dashboard and try again."},
+        session=session,
+        status_code=403,
+    )
+
+
+def store_unavailable_page(request: Request) -> Response:
+    """503 with Retry-After when the store cannot be reached (locked, PostgreSQL down)."""
+    response = _render(
+        request,
+        "error.html",
+        {"title": "Store unavailable", "message": "The event store cannot be reached right now; retry in a moment."},
+        status_code=503,
+    )
+    response.headers["Retry-After"] = "5"
     return response
 
 
@@ -423,6 +453,9 @@ def login_submit(
     ctx: ApiContext = Depends(context),
     manager: SessionManager = Depends(sessions),
 ) -> Response:
+    refused = _cross_site(request)
+    if refused is not None:  # login CSRF: signing the victim into the attacker's token
+        return refused
     token = token.strip()
     domains = domains_for_token(ctx.config, token)
     if not domains:
@@ -445,6 +478,9 @@ def logout(
     session: Session | None = Depends(current_session),
     manager: SessionManager = Depends(sessions),
 ) -> Response:
+    refused = _cross_site(request, session)
+    if refused is not None:
+        return refused
     if session is not None and not csrf_ok(session, csrf):
         return _render(
             request,
@@ -718,6 +754,9 @@ def replay(
     session: Session = Depends(require_session),
     ctx: ApiContext = Depends(context),
 ) -> Response:
+    refused = _cross_site(request, session)
+    if refused is not None:
+        return refused
     if not csrf_ok(session, csrf):
         return _render(
             request,

@@ -36,7 +36,8 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from ..config import Config
 from ..tokens import KeyFileError, load_keyring
@@ -198,4 +199,31 @@ def csrf_ok(session: Session, presented: str | None) -> bool:
     return hmac.compare_digest(session.csrf.encode("utf-8"), presented.encode("utf-8", "replace"))
 
 
-__all__ = ["Session", "SessionManager", "csrf_ok", "session_key"]
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """Whether a dashboard POST comes from one of our own pages, by the browser's word.
+
+    The CSRF field guards logout and replay, but login has no session yet: a page
+    elsewhere could post an attacker's token and sign the victim into the
+    attacker's dashboard (login CSRF). Browsers say where a request comes from:
+    Fetch Metadata's ``Sec-Fetch-Site`` first, then ``Origin`` (compared with the
+    host asked for, or the one a proxy forwarded; the scheme may differ behind a
+    TLS-terminating proxy). A client sending neither (curl, scripts, an old browser)
+    is not a victim's browser being driven, and passes.
+    """
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    netloc = urlsplit(origin.strip()).netloc.lower()
+    if not netloc:  # "null": a sandboxed frame, a data: URL, a cross-origin redirect
+        return False
+    hosts = {headers.get("host", "").strip().lower()}
+    forwarded = headers.get("x-forwarded-host")
+    if forwarded:
+        hosts.add(forwarded.split(",")[0].strip().lower())
+    return netloc in hosts
+
+
+__all__ = ["Session", "SessionManager", "csrf_ok", "same_origin", "session_key"]
