@@ -27,12 +27,15 @@ lets Postfix deliver to the fake MX as in production and waits for the queue to
 drain between rounds (delivery shares the 2 cores with acceptance, so the ratio is
 diluted towards 1: hold is the stricter measure).
 
-``--reference`` adds more sides to every round (``--ref-modes``, default the two below), served by
+``--reference`` adds more sides to every round (``--ref-modes``, default the three below), served by
 :mod:`bench._ref_milter` on the same Postfix: ``trivial`` (a pymilter negotiating
-the same protocol and changing nothing) and ``actions`` (the same plus the
-modifications a tracked message gets, with constant values): they show how much of
-the overhead is pymilter and the protocol, how much the rewrite itself, and how
-much bouncetrack's own Python.
+the same protocol and changing nothing), ``actions`` (the same plus the
+modifications a tracked message gets, with constant values) and
+``actions+async+rcptreply`` (those modifications and an answer per RCPT, spoken by
+a single asyncio thread without pymilter): they show how much of the overhead is
+the milter protocol and Postfix's own work for it (the floor of any milter doing
+what the spec asks), how much pymilter adds, how much the rewrite itself, and how
+much bouncetrack's own code.
 
 Each round also reports CPU per message: the side's milter process (all its
 threads and children, from /proc/PID/stat) and the whole machine (/proc/stat):
@@ -262,9 +265,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100, help="messages per side before timing")
     ap.add_argument("--reference", action="store_true",
                     help="also time reference pymilters (trivial; trivial + the same actions)")
-    ap.add_argument("--ref-modes", default="trivial,actions", metavar="MODES",
+    ap.add_argument("--ref-modes", default="trivial,actions,actions+async+rcptreply", metavar="MODES",
                     help="comma-separated reference modes for --reference (bench/_ref_milter.py: "
-                         "trivial|actions with optional +nohdr, +lean, +rcptreply)")
+                         "trivial|actions with optional +nohdr, +lean, +rcptreply, +async)")
     ap.add_argument("--name", default="milter_overhead", help="result file name (bench/results/NAME.json)")
     ap.add_argument("--suppressed", type=int, default=None, metavar="N",
                     help="suppression policy reject for tracked.test with N listed addresses (issue 6)")

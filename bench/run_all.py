@@ -81,7 +81,7 @@ def machine() -> dict[str, Any]:
 
 def run_benchmarks(names: list[str], python: str) -> list[dict[str, Any]]:
     LOGS.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for name, script, args, outputs in PLAN:
         if name not in names:
             continue
@@ -110,9 +110,10 @@ def run_benchmarks(names: list[str], python: str) -> list[dict[str, Any]]:
 def load(name: str) -> dict[str, Any] | None:
     p = RESULTS / f"{name}.json"
     try:
-        return json.loads(p.read_text())
+        data: dict[str, Any] = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+    return data
 
 
 def footer(d: dict[str, Any]) -> str:
@@ -206,7 +207,7 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
         values = [base["median"], milt["median"]]
         rounds = [base["rounds"], milt["rounds"]]
         for k, v in (d.get("reference_msg_per_s") or {}).items():
-            labels.append(f"reference: {k}")
+            labels.append(ref_label(k).replace(": ", ":\n"))
             values.append(v["median"])
             rounds.append([r["msg_per_s"] for r in d["rounds"] if r["side"] == k])
         figs["milter_overhead"] = [p.bars(
@@ -395,6 +396,12 @@ def milter_row(label: str, d: dict[str, Any]) -> str:
             f"{d['target_ratio']} | {'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
 
 
+def ref_label(mode: str) -> str:
+    """A reference side's name: ``+async`` ones are not pymilter (bench/_ref_milter.py)."""
+    kind = "asyncio milter" if "async" in mode.split("+") else "pymilter"
+    return f"reference {kind}: {mode}"
+
+
 def milter_cpu_table(d: dict[str, Any]) -> list[str]:
     """CPU per accepted message by side: where the time goes on the saturated cores."""
     cpu = d.get("cpu_us_per_message")
@@ -408,7 +415,7 @@ def milter_cpu_table(d: dict[str, Any]) -> list[str]:
          "|---|---|---|---|---|"]
     for side in sorted(cpu, key=lambda k: (k != "baseline", k != "milter", k)):
         c = cpu[side]
-        name = {"baseline": "no milter", "milter": "bouncetrack milter"}.get(side, f"reference pymilter: {side}")
+        name = {"baseline": "no milter", "milter": "bouncetrack milter"}.get(side, ref_label(side))
         L.append(f"| {name} | {rate.get(side, float('nan')):.0f} | {rate.get(side, float('nan')) / base:.2f} | "
                  f"{c['milter']:.0f} µs | {c['machine']:.0f} µs |")
     return [*L, ""]
@@ -560,6 +567,11 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
             L.append("")
             if key == "milter_overhead":
                 L += milter_cpu_table(d)
+                deliver = results.get("milter_overhead_deliver")
+                if deliver and deliver.get("cpu_us_per_message"):
+                    L += [f"With delivery on (separate run, `--delivery deliver`, taken {deliver['taken_at']}): "
+                          "Postfix also delivers to the fake MX, which shares the two cores.", ""]
+                    L += milter_cpu_table(deliver)
     if "soak-short" in results or "soak" in results:
         L += ["## Soak: steady mail, receiver faults, reconciliation", "",
               "Private Postfix + milter + fake MX + real pipe + the real outbox worker (`bt.py worker`, as the "
