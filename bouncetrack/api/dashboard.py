@@ -184,33 +184,34 @@ def _render(
     return response
 
 
+def _error_page(
+    request: Request, status_code: int, title: str, message: str, session: Session | None = None
+) -> Response:
+    return _render(request, "error.html", {"title": title, "message": message}, session=session, status_code=status_code)
+
+
 def _cross_site(request: Request, session: Session | None = None) -> Response | None:
     """A 403 page for a POST another site's page made the browser send; None when it is ours."""
     if same_origin(request.headers):
         return None
-    return _render(
-        request,
-        "error.html",
-        {"title": "Forbidden", "message": "This form was sent from another site; open the dashboard and try again."},
-        session=session,
-        status_code=403,
+    return _error_page(
+        request, 403, "Forbidden",
+        "This form was sent from another site; open the dashboard and try again.", session,
     )
 
 
 def store_unavailable_page(request: Request) -> Response:
     """503 with Retry-After when the store cannot be reached (locked, PostgreSQL down)."""
-    response = _render(
-        request,
-        "error.html",
-        {"title": "Store unavailable", "message": "The event store cannot be reached right now; retry in a moment."},
-        status_code=503,
+    response = _error_page(
+        request, 503, "Store unavailable",
+        "The event store cannot be reached right now; retry in a moment.",
     )
     response.headers["Retry-After"] = "5"
     return response
 
 
 def _not_found(request: Request, session: Session, what: str = "Not found") -> Response:
-    return _render(request, "error.html", {"title": "Not found", "message": what}, session=session, status_code=404)
+    return _error_page(request, 404, "Not found", what, session)
 
 
 def safe_next(value: str | None) -> str:
@@ -482,12 +483,9 @@ def logout(
     if refused is not None:
         return refused
     if session is not None and not csrf_ok(session, csrf):
-        return _render(
-            request,
-            "error.html",
-            {"title": "Forbidden", "message": "The form was stale; reload the page and try again."},
-            session=session,
-            status_code=403,
+        return _error_page(
+            request, 403, "Forbidden",
+            "The form was stale; reload the page and try again.", session,
         )
     response = _redirect("/login")
     kwargs = manager.cookie_kwargs(request.url.scheme == "https")
@@ -758,24 +756,18 @@ def replay(
     if refused is not None:
         return refused
     if not csrf_ok(session, csrf):
-        return _render(
-            request,
-            "error.html",
-            {"title": "Forbidden", "message": "The form was stale or forged (CSRF check failed)."},
-            session=session,
-            status_code=403,
+        return _error_page(
+            request, 403, "Forbidden",
+            "The form was stale or forged (CSRF check failed).", session,
         )
     store = ctx.store()
     view = _dash(store).dashboard_job(job_id)
     if view is None or view.domain not in session.domains:
         return _not_found(request, session, "No such outbox job.")
     if view.job.state != "dead":
-        return _render(
-            request,
-            "error.html",
-            {"title": "Not dead-lettered", "message": f"Job {job_id} is {view.job.state}; only dead jobs are replayed."},
-            session=session,
-            status_code=409,
+        return _error_page(
+            request, 409, "Not dead-lettered",
+            f"Job {job_id} is {view.job.state}; only dead jobs are replayed.", session,
         )
     store.replay_job(job_id, time.time())
     return _redirect(f"/outbox?replayed={job_id}")
