@@ -194,7 +194,8 @@ def main() -> None:
                   f"csv {runs['csv'][-1]['seconds']:.2f} s")
 
     def med(fmt: str, key: str) -> float:
-        return statistics.median(x[key] for x in runs[fmt])
+        values: list[float] = [x[key] for x in runs[fmt]]
+        return statistics.median(values)
 
     bare = med("bare", "seconds")
     out: dict[str, Any] = {"n": a.n, "rounds": a.rounds, "fetch_batch": FETCH, "fill_seconds": fill_s,

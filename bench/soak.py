@@ -360,7 +360,7 @@ class Sampler(threading.Thread):
         kids = children(master) if master else []
         qmgr = next((p for p in kids if comm(p) == "qmgr"), None)
         sup = self.st._milter.pid if self.st._milter is not None else None
-        child = (children(sup) or [None])[0] if sup else None
+        child = next(iter(children(sup)), None) if sup else None
         return {"postfix master": master, "postfix qmgr": qmgr, "milter supervisor": sup,
                 "milter child": child, "worker": self.worker.pid, "driver (fake MX, receiver)": os.getpid()}
 
@@ -589,8 +589,8 @@ def analyse(a: Any, msgs: list[Msg], expected: list[tuple[Msg, Expect]], events:
             send_seconds: float, lifetime: int, delay_for: float, every: float) -> dict[str, Any]:
     sent = [m for m in msgs if m.sent_at]
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for e in events:
-        by_key[((e["recipient"] or "").lower(), e["type"])].append(e)
+    for row in events:
+        by_key[((row["recipient"] or "").lower(), row["type"])].append(row)
     exp_keys = {(e.recipient.lower(), e.type) for _, e in expected}
 
     lost, duplicated, misattributed = [], [], []
@@ -702,6 +702,7 @@ def analyse(a: Any, msgs: list[Msg], expected: list[tuple[Msg, Expect]], events:
     nb = int((drain_end - t0) // bins) + 1
     sent_series, stored_series, wh_series = [0] * nb, [0] * nb, [0] * nb
     for m in sent:
+        assert m.sent_at is not None  # ``sent`` holds only the messages with a sent_at
         i = int((m.sent_at - t0) // bins)
         if 0 <= i < nb:
             sent_series[i] += 1

@@ -35,10 +35,14 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import ROOT, write_result  # noqa: E402
+
+if TYPE_CHECKING:
+    from bouncetrack.store.base import BounceEvent
 
 RECEIVER = textwrap.dedent(
     """\
@@ -54,7 +58,7 @@ RECEIVER = textwrap.dedent(
 )
 
 
-def make_event(i: int, now: float) -> "object":
+def make_event(i: int, now: float) -> BounceEvent:
     from bouncetrack.store.base import BounceEvent
 
     rcpt = f"unknown-{i}@remote.test"
@@ -118,7 +122,7 @@ def main() -> None:
 
         def bare_round() -> tuple[float, int]:
             now = time.time()
-            reqs = [webhook.build_request(make_event(i, now), url, secret, now) for i in range(a.n)]  # type: ignore[arg-type]
+            reqs = [webhook.build_request(make_event(i, now), url, secret, now) for i in range(a.n)]
             bad = 0
             with httpx.Client() as client:
                 t0 = time.perf_counter()

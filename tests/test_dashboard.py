@@ -285,7 +285,7 @@ CROSS_SITE = (
     {"Origin": "null"},  # sandboxed frame, data: URL
     {"Origin": "http://testserver.evil.example"},
 )
-SAME_SITE = (
+SAME_SITE: tuple[dict[str, str], ...] = (
     {},  # curl, scripts: not a victim's browser
     {"Sec-Fetch-Site": "same-origin"},
     {"Origin": "http://testserver"},
@@ -523,7 +523,10 @@ def test_replay_checks_csrf_scope_and_state(app_client: TestClient, store: SQLit
     theirs = dead_job(store, seeded["b1"])
     login(app_client)
     csrf = csrf_of(app_client.get("/outbox").text)
-    state = lambda job_id: next(j.state for j in store.jobs() if j.id == job_id)  # noqa: E731
+
+    def state(job_id: int) -> str:
+        return next(j.state for j in store.jobs() if j.id == job_id)
+
     assert app_client.post(f"/outbox/{mine}/replay").status_code == 403
     assert app_client.post(f"/outbox/{mine}/replay", data={"csrf": "forged"}).status_code == 403
     assert state(mine) == "dead"

@@ -40,7 +40,8 @@ def events(stack: Any) -> list[sqlite3.Row]:
 
 
 def new_events(stack: Any, before: int, count: int, timeout: float = 30) -> list[sqlite3.Row]:
-    return stack.wait_for(lambda: (e := events(stack)[before:]) and len(e) >= count and e, timeout)
+    found: list[sqlite3.Row] = stack.wait_for(lambda: (e := events(stack)[before:]) and len(e) >= count and e, timeout)
+    return found
 
 
 def delivered_to(stack: Any, rcpt: str, timeout: float = 20) -> Transaction:
@@ -81,7 +82,9 @@ def test_tracked_several_recipients_each_bounce_attributed(stack: Any) -> None:
     assert r.accepted, r
     tx = delivered_to(stack, "ok-b@remote.test")
     assert [x.params["NOTIFY"] for x in tx.rcpts] == ["FAILURE,DELAY"] * 3
-    assert tx.rcpt("unknown-c@remote.test").params["ORCPT"] == "rfc822;Alias-C@list.test"  # kept
+    rcpt_c = tx.rcpt("unknown-c@remote.test")
+    assert rcpt_c is not None
+    assert rcpt_c.params["ORCPT"] == "rfc822;Alias-C@list.test"  # kept
     got = new_events(stack, before, 2)
     assert sorted((e["recipient"], e["type"], e["flagged"]) for e in got) == [
         ("unknown-a@remote.test", "bounce", 0), ("unknown-c@remote.test", "bounce", 0)]
@@ -94,6 +97,7 @@ def test_tracked_return_path_header_is_removed(stack: Any) -> None:
     assert stack.send("info@tracked.test", ["ok-rp@remote.test"], data).accepted
     tx = delivered_to(stack, "ok-rp@remote.test")
     assert tx.mail_from.startswith("b+")
+    assert tx.data is not None
     assert b"Return-Path:" not in tx.data
 
 
@@ -139,7 +143,9 @@ def test_locally_submitted_mail_goes_through_the_milter(stack: Any) -> None:
     assert proc.returncode == 0, proc.stderr
     tx = delivered_to(stack, "ok-local@remote.test", timeout=30)
     assert tx.mail_from.startswith("b+") and tx.mail_from.endswith("@bounce.test")
-    assert tx.rcpt("ok-local@remote.test").params["NOTIFY"] == "FAILURE,DELAY"
+    rcpt = tx.rcpt("ok-local@remote.test")
+    assert rcpt is not None
+    assert rcpt.params["NOTIFY"] == "FAILURE,DELAY"
 
 
 def test_milter_stopped_tempfails_and_restarted_milter_flows(stack: Any) -> None:

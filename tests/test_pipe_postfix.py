@@ -40,8 +40,9 @@ def events(stack: Any) -> list[sqlite3.Row]:
 
 
 def wait_events(stack: Any, predicate: Any, timeout: float = 30, flush: bool = True) -> list[sqlite3.Row]:
-    return stack.wait_for(lambda: [e for e in events(stack) if predicate(e)], timeout,
-                          flush_every=2.0 if flush else None)
+    found: list[sqlite3.Row] = stack.wait_for(lambda: [e for e in events(stack) if predicate(e)], timeout,
+                                              flush_every=2.0 if flush else None)
+    return found
 
 
 def record_message(stack: Any, rcpt: str) -> str:

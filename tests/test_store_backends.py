@@ -20,15 +20,16 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import pytest
 
 from bouncetrack.events import event_to_json
 from bouncetrack.store import StoreUnavailable, open_store
 from bouncetrack.store.base import REASON_HARD_BOUNCE, REASON_MANUAL, REASON_SOFT_BOUNCES, BounceEvent, MessageRecord, OutboxJob, RecipientRecord, SuppressionCandidate
+from bouncetrack.store.interfaces import DashboardStore
 from bouncetrack.store.views import DownloadQuery, EventQuery, Suppression
-from tests.pg import Cluster, pg_cluster, unavailable  # noqa: F401  (pg_cluster: fixture)
+from tests.pg import Cluster, pg_cluster as pg_cluster, unavailable  # noqa: F401  (pg_cluster: fixture, re-exported)
 
 SPAWN = multiprocessing.get_context("spawn")
 BACKENDS = ["sqlite", "postgresql"]
@@ -321,7 +322,7 @@ def test_six_processes_writing_a_fresh_database(url: str) -> None:
     s = open_store(url, timeout=5.0)
     assert len(list(s.events_between(0, 1e12))) == 6 * 40 + 1
     assert len(s.jobs(limit=10_000)) == 6 * 40
-    assert s.dashboard_sent(["example.com"], 0, 1e12) == (6, 6 * 3)
+    assert cast(DashboardStore, s).dashboard_sent(["example.com"], 0, 1e12) == (6, 6 * 3)
     s.close()
 
 
@@ -432,7 +433,7 @@ def test_download_pages_stream_and_filters(store: Any) -> None:
     assert first[0] == pages[0][1].event_id and len(first) == len(event_to_json(pages[0][1]))
 
 
-TRICKY = [
+TRICKY: list[dict[str, Any]] = [
     dict(diagnostic='he said "no", then =cmd|x', recipient="=SUM(A1)@x.test", reason="@weird"),
     dict(diagnostic=None, status=None, sent_at=None, type="martian", feedback_type="abuse"),
     dict(diagnostic="ünïcödé \u2028 line\nbreak", hard=False, flagged=True, received_at=1000.0005),
