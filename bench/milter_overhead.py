@@ -51,9 +51,14 @@ goes through the index lookup (all misses: the bench's recipients are not listed
 the common case; a hit costs the same). The milter child's RSS (VmRSS, VmHWM) is
 reported after the rounds. Compare ``--suppressed 1000000`` with ``--suppressed 0``.
 
+``--store postgresql``: the milter records into a private PostgreSQL cluster
+(``tests/pg.py``, started for the run on loopback TCP, with fsync and synchronous_commit
+on as deployed) instead of the SQLite file: each end of message waits for a commit
+that PostgreSQL makes durable before answering.
+
     python bench/milter_overhead.py [-n 600] [--threads 4] [--rounds 5]
         [--mode session|per-message] [--delivery hold|deliver] [--log-level INFO] [--reference]
-        [--suppressed N]
+        [--suppressed N] [--store sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -269,6 +274,9 @@ def main() -> None:
                     help="comma-separated reference modes for --reference (bench/_ref_milter.py: "
                          "trivial|actions with optional +nohdr, +lean, +rcptreply, +async)")
     ap.add_argument("--name", default="milter_overhead", help="result file name (bench/results/NAME.json)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="the milter's store: the SQLite file (default) or a private PostgreSQL "
+                         "cluster (tests/pg.py, fsync and synchronous_commit on, loopback TCP)")
     ap.add_argument("--suppressed", type=int, default=None, metavar="N",
                     help="suppression policy reject for tracked.test with N listed addresses (issue 6)")
     a = ap.parse_args()
@@ -295,8 +303,23 @@ def main() -> None:
     if a.suppressed is not None:
         domains = {"tracked.test": {"tracking": True, "suppression": {"policy": "reject"}}}
     milter_memory: dict[str, object] = {}
-    with Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra, domains=domains) as st, \
-            contextlib.ExitStack() as cleanup:
+    with contextlib.ExitStack() as cleanup:
+        store_url: str | None = None
+        config_extra: dict[str, Any] = {}
+        if a.store == "postgresql":
+            if a.suppressed is not None:
+                raise SystemExit("--suppressed fills the SQLite file: use it with --store sqlite")
+            from tests.pg import start_cluster, unavailable
+
+            why = unavailable()
+            if why:
+                raise SystemExit(f"cannot run with --store postgresql: {why}")
+            cluster = start_cluster(durable=True)
+            cleanup.callback(cluster.stop)
+            store_url = cluster.create_database("bench")
+            config_extra["store"] = store_url
+        st = cleanup.enter_context(Stack(with_milter=True, log_level=a.log_level, postfix_extra=extra,
+                                         domains=domains, config_extra=config_extra))
         pf = st.postfix
         if a.suppressed is not None:
             milter_memory.update(_fill_suppressions(st, a.suppressed))
@@ -329,6 +352,12 @@ def main() -> None:
                 milter_pids[mode] = [refs[-1].pid]
 
         def stored() -> int:
+            if store_url is not None:
+                import psycopg
+
+                with psycopg.connect(store_url, connect_timeout=10) as pg:
+                    row = pg.execute("SELECT count(*) FROM messages").fetchone()
+                    return int(row[0]) if row else 0
             if not st.db_path.exists():
                 return 0
             with sqlite3.connect(f"file:{st.db_path}?mode=ro", uri=True, timeout=10) as db:
@@ -434,6 +463,7 @@ def main() -> None:
             "rounds": [{"side": r.side, "seconds": r.seconds, "msg_per_s": r.rate, "failures": r.failures,
                         "store_added": r.stored, "milter_cpu_s": r.milter_cpu, "machine_cpu_s": r.machine_cpu}
                        for r in rounds],
+            "store": a.store,
             "suppressed": a.suppressed,
             "milter_memory": milter_memory,
         },

@@ -55,7 +55,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
 ]
 
 
-KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_suppressed_1m", "suppression_lookup", "classify", "pipe", "export",
+KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup", "classify", "pipe", "export",
          "webhook", "soak-short", "soak")
 
 
@@ -486,6 +486,9 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
     d = load("milter_overhead_deliver")  # run separately: bench/milter_overhead.py --delivery deliver
     if d:
         L.append(milter_row(f"milter overhead, delivery on (separate run, {d.get('taken_at', '?')})", d))
+    d = load("milter_overhead_pg")  # run separately: bench/milter_overhead.py --store postgresql
+    if d:
+        L.append(milter_row(f"milter overhead, PostgreSQL store (separate run, {d.get('taken_at', '?')})", d))
     d = results.get("milter_overhead_suppressed_1m")
     if d:
         L.append(milter_row(f"milter overhead, {d.get('suppressed', 0):,} suppressed", d))
@@ -572,6 +575,12 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                     L += [f"With delivery on (separate run, `--delivery deliver`, taken {deliver['taken_at']}): "
                           "Postfix also delivers to the fake MX, which shares the two cores.", ""]
                     L += milter_cpu_table(deliver)
+                pg = results.get("milter_overhead_pg")
+                if pg and pg.get("cpu_us_per_message"):
+                    L += [f"With the PostgreSQL store (separate run, `--store postgresql`, taken {pg['taken_at']}): "
+                          "a private cluster on loopback TCP with fsync and synchronous_commit on; its server "
+                          "processes count in the whole machine's CPU.", ""]
+                    L += milter_cpu_table(pg)
     if "soak-short" in results or "soak" in results:
         L += ["## Soak: steady mail, receiver faults, reconciliation", "",
               "Private Postfix + milter + fake MX + real pipe + the real outbox worker (`bt.py worker`, as the "

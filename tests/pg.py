@@ -62,6 +62,9 @@ class Cluster:
     bindir: str
     directory: str
     port: int
+    # Tests trade durability for speed (fsync off); a benchmark measures PostgreSQL as
+    # deployed: fsync and synchronous_commit on, the defaults.
+    durable: bool = False
     _stopped: bool = False
 
     @property
@@ -99,10 +102,9 @@ class Cluster:
     def start_server(self) -> None:
         """``pg_ctl start`` on the initialised data directory (also after :meth:`stop_server`)."""
         data = os.path.join(self.directory, "data")
-        opts = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        opts = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         proc = self._as_postgres(
             os.path.join(self.bindir, "pg_ctl"), "-D", data, "-o", opts,
             "-l", os.path.join(self.directory, "server.log"), "-w", "-t", "60", "start",
@@ -134,7 +136,7 @@ class Cluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_cluster() -> Cluster:
+def start_cluster(*, durable: bool = False) -> Cluster:
     bindir = _bindir()
     assert bindir is not None
     # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700 and postgres must enter it.
@@ -142,7 +144,7 @@ def start_cluster() -> Cluster:
     os.chmod(directory, 0o700)
     pw = pwd.getpwnam("postgres")
     os.chown(directory, pw.pw_uid, pw.pw_gid)
-    cluster = Cluster(bindir, directory, _free_port())
+    cluster = Cluster(bindir, directory, _free_port(), durable)
     atexit.register(cluster.stop)
     try:
         cluster.start()
