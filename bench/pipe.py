@@ -3,10 +3,21 @@
 
 Runs ``<python> -m bouncetrack.bounce_pipe --config F RECIPIENT SENDER`` with a
 DSN on stdin N times (a real config, a real SQLite store, distinct bounces so
-each is stored), interleaved with ``<python> -c pass`` on the very same
+each is stored), interleaved with a bare start, ``-c pass``, of the very same
 interpreter (POSTFIX-NOTES: compare with the interpreter that runs the pipe, not
 a pyenv shim). Reports median and p99 per bounce and the ratio of medians.
 Target (issue 4): pipe median ≤ 4× the bare start.
+
+The bare start is the venv's base interpreter (``sys._base_executable``, Debian's
+/usr/bin/python3.11). The venv's own ``python -c pass`` is timed too but is not
+bare: an editable install (``pip install -e``, what ``scripts/bootstrap`` does)
+puts an import hook in site-packages that every start of that venv runs, about
+10 ms here, doubling the start. The pipe pays no more for it (it imports the same
+modules anyway), so a ratio against that start flatters the pipe by about 2×.
+
+As in production, another connection to the store stays open during the runs
+(there, the milter's): the pipe is never the last connection, so its close does
+not checkpoint and delete the WAL.
 
     python bench/pipe.py [-n 200]
 """
@@ -68,7 +79,9 @@ def main() -> None:
                               verp, None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time())
             )
             inputs.append((verp, mailgen.dsn(verp, rcpt)))
-        store.close()
+        # Held open for the whole run, as the milter (and worker, API) hold theirs.
+        keep_open = open_store(config.store_url)
+        keep_open.message_by_token_id(0)
 
         pipe_cmd = [a.python, "-m", "bouncetrack.bounce_pipe", "--config", str(cfg)]
         # As in production: a private cache directory for the validated config snapshot.
@@ -79,26 +92,38 @@ def main() -> None:
         # __pycache__ would otherwise recompile changed modules in every run and measure that.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         compileall.compile_dir(str(ROOT / "bouncetrack"), quiet=1)
-        bare_cmd = [a.python, "-c", "pass"]
-        pipe_t, bare_t, failures = [], [], 0
-        for verp, data in inputs:  # interleaved: the machine is noisy, both see the same noise
+        base_python = subprocess.run([a.python, "-c", "import sys; print(sys._base_executable)"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+        bare_cmd = [base_python, "-c", "pass"]
+        venv_cmd = [a.python, "-c", "pass"]
+        pipe_t, bare_t, venv_t, failures = [], [], [], 0
+        for verp, data in inputs:  # interleaved: the machine is noisy, all see the same noise
             t0 = time.perf_counter()
             subprocess.run(bare_cmd, check=True)
             bare_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
+            subprocess.run(venv_cmd, check=True)
+            venv_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
             proc = subprocess.run([*pipe_cmd, verp, ""], input=data, capture_output=True, cwd=ROOT, env=env)
             pipe_t.append(time.perf_counter() - t0)
             failures += proc.returncode != 0
+        keep_open.close()
 
-    pipe_s, bare_s = summary(pipe_t), summary(bare_t)
+    pipe_s, bare_s, venv_s = summary(pipe_t), summary(bare_t), summary(venv_t)
     ratio = pipe_s["median"] / bare_s["median"]
-    print(f"bare start  median {bare_s['median']*1000:6.1f} ms  p99 {bare_s['p99']*1000:6.1f} ms")
+    venv_ratio = pipe_s["median"] / venv_s["median"]
+    print(f"bare start ({base_python})  median {bare_s['median']*1000:6.1f} ms  p99 {bare_s['p99']*1000:6.1f} ms")
+    print(f"venv start ({a.python}, not bare)  median {venv_s['median']*1000:6.1f} ms  "
+          f"p99 {venv_s['p99']*1000:6.1f} ms")
     print(f"pipe        median {pipe_s['median']*1000:6.1f} ms  p99 {pipe_s['p99']*1000:6.1f} ms")
-    print(f"ratio (median pipe / median bare) {ratio:.2f}  target <= 4.0  failures {failures}")
+    print(f"ratio (median pipe / median bare) {ratio:.2f}  target <= 4.0  "
+          f"(against the venv's start: {venv_ratio:.2f})  failures {failures}")
     path = write_result(
         "pipe",
-        {"n": a.n, "python": a.python, "pipe_seconds": pipe_s, "bare_seconds": bare_s,
-         "ratio_median": ratio, "target_ratio": 4.0, "failures": failures,
+        {"n": a.n, "python": a.python, "bare_python": base_python, "pipe_seconds": pipe_s, "bare_seconds": bare_s,
+         "venv_start_seconds": venv_s, "ratio_median": ratio, "ratio_to_venv_start": venv_ratio,
+         "target_ratio": 4.0, "failures": failures,
          # Every run, in order (for the report's distribution plot).
          "pipe_samples_seconds": [round(x, 5) for x in pipe_t], "bare_samples_seconds": [round(x, 5) for x in bare_t]},
     )
