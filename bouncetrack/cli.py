@@ -55,6 +55,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "uninstall": ("bouncetrack.install:uninstall_command", "Undo `bouncetrack install` (restore main.cf and master.cf)."),
     # suppression: the per-domain suppression lists by hand (bouncetrack/suppression/cli.py, issue 6)
     "suppression": ("bouncetrack.suppression.cli:suppression", "List, add and remove suppressed recipients."),
+    # pipe-server: the warm bounce pipe behind bounce_pipe/client.py (bouncetrack/bounce_pipe/server.py)
+    "pipe-server": ("bouncetrack.bounce_pipe.cli:pipe_server_command", "Serve the bounce pipe warm, for the pipe client in master.cf."),
     # purge: retention of raw reports, events and messages (bouncetrack/purge_cli.py, issue 6)
     "purge": ("bouncetrack.purge_cli:purge_command", "Delete raw reports, events and messages past retention (--dry-run: count)."),
 }

@@ -56,9 +56,15 @@ def parse_argv(argv: list[str]) -> tuple[str, str, str]:
     return config, rest[0], rest[1] if len(rest) > 1 else ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    started = time.time()
-    code = _main(argv, started)
+def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: float | None = None) -> int:
+    """Store one bounce; the exit code for pipe(8).
+
+    ``raw`` and ``started`` come from the pipe server (:mod:`.server`), which has
+    read the message from its client; by default the message is stdin and the
+    clock starts now.
+    """
+    started = time.time() if started is None else started
+    code = _main(argv, started, raw)
     if code == EX_TEMPFAIL:
         # Metrics (issue 5): a run that failed cannot count itself in the store
         # (often the store is what failed); log it best-effort for /metrics.
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _main(argv: list[str] | None, started: float) -> int:
+def _main(argv: list[str] | None, started: float, raw: bytes | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     # A first deadline before the configuration is read; replaced by the
@@ -76,7 +82,8 @@ def _main(argv: list[str] | None, started: float) -> int:
     signal.alarm(120)
     try:
         config_path, recipient, sender = parse_argv(argv)
-        raw = sys.stdin.buffer.read()
+        if raw is None:
+            raw = sys.stdin.buffer.read()
         from .process import process
 
         return process(config_path, recipient, sender, raw, started)

@@ -1,0 +1,25 @@
+"""``bouncetrack pipe-server``: the click command (registered by bouncetrack.cli)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+
+@click.command("pipe-server")
+@click.option("--socket", "socket_path", required=True, type=click.Path(path_type=Path),
+              help="Unix socket the pipe client (master.cf) connects to, e.g. /run/bouncetrack/pipe.sock")
+@click.option("--config", "config_path", default=None, type=click.Path(path_type=Path),
+              help="YAML configuration: read only to warm up the store backend; each bounce reads it anew.")
+@click.option("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
+def pipe_server_command(socket_path: Path, config_path: Path | None, log_level: str) -> None:
+    """Serve the bounce pipe warm: Postfix's pipe client hands each bounce over a unix socket."""
+    from .server import serve
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
+    raise SystemExit(serve(socket_path.absolute(), str(config_path) if config_path else None))

@@ -1,0 +1,163 @@
+"""The bounce pipe as Postfix starts it: hand the bounce to the warm pipe server.
+
+Postfix's pipe(8) starts a new process per bounce. A Python that imports the
+``email`` parser, the classifier and the store takes about 7 times as long as a
+bare interpreter start (``bench/pipe.py``), and that start is the pipe's
+throughput. This script imports nothing but built-in modules. It passes its
+arguments and the message over a unix socket to ``bouncetrack pipe-server``, which
+has imported everything once and forks per bounce, and it exits with the
+server's exit code. Run it with ``python -S`` (no ``site``: no virtualenv import
+hooks)::
+
+    argv=/opt/bouncetrack/venv/bin/python -S …/bouncetrack/bounce_pipe/client.py
+         --socket /run/bouncetrack/pipe.sock --config F ${recipient} ${sender}
+
+Every way the server can fail keeps the bounce:
+
+- no server (socket missing or refused): the full pipe runs in this process's place
+  (``exec``, stdin untouched);
+- the server went away before answering (crash, restart): the full pipe runs with
+  the message read so far; it stores the bounce once, since the pipe deduplicates a
+  report delivered twice;
+- no answer within :data:`DEADLINE`: exit 75, and Postfix retries.
+
+The arguments after ``--socket PATH`` are those of ``bouncetrack pipe``
+(``[--config F] RECIPIENT [SENDER]``), and so is the exit code (0 stored, 75 retry).
+Nothing is written on stdout; what the pipe said goes to stderr (pipe(8) logs it).
+
+Wire format (one connection per bounce; the server is :mod:`.server`):
+``MAGIC``, the decimal length of the argument block and ``\\n``, the argument
+block (the start time, then the pipe's arguments, NUL-separated, file-system
+encoded), the message to end of stream (the client shuts down its sending side).
+Answer: the exit code in decimal and ``\\n``, then what the pipe wrote to stderr.
+"""
+
+# No "from __future__" and no typing import: this file must start in a bare interpreter
+# (annotations use built-in types only, evaluated at definition time).
+import os
+import sys
+import time
+
+import _socket
+
+MAGIC = b"BTPIPE1\n"
+EX_TEMPFAIL = 75
+# How long to wait for the server's answer: well above the pipe's own deadline
+# (pipe.deadline_seconds, 60 s by default), far below pipe(8)'s command_time_limit
+# (1000 s), and short enough that a stuck server does not hold pipe slots for long.
+# A deadline configured above it is cut here: exit 75, and the retry finds the bounce
+# stored if the server's child stored it after all.
+DEADLINE = 300.0
+USAGE = "usage: client.py --socket PATH [--config FILE] RECIPIENT [SENDER]"
+
+
+def _say(message: str) -> None:
+    # Prefixed so it never begins with an enhanced status code (pipe(8) would take it).
+    os.write(2, ("bouncetrack pipe: " + message + "\n").encode("utf-8", "replace"))
+
+
+def _package_root() -> str:
+    """The directory holding the ``bouncetrack`` package this file belongs to."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_full_pipe(pipe_args: list[str], message: bytes | None = None) -> None:
+    """Become ``python -m bouncetrack.bounce_pipe`` (with ``site``); never returns (exec).
+
+    With ``message``, the full pipe reads it from a pipe fed by a child process,
+    since this process has already consumed stdin.
+    """
+    if message is not None:
+        read_end, write_end = os.pipe()
+        if os.fork() == 0:
+            os.close(read_end)
+            view = memoryview(message)
+            while view:
+                view = view[os.write(write_end, view):]
+            os._exit(0)
+        os.close(write_end)
+        os.dup2(read_end, 0)
+        os.close(read_end)
+    env = dict(os.environ)
+    root = _package_root()
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    python = sys.executable
+    os.execve(python, [python, "-m", "bouncetrack.bounce_pipe", *pipe_args], env)
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
+    """``--socket PATH`` and the rest (the pipe's own arguments)."""
+    if len(argv) >= 2 and argv[0] == "--socket":
+        return argv[1], argv[2:]
+    if argv and argv[0].startswith("--socket="):
+        return argv[0].split("=", 1)[1], argv[1:]
+    raise ValueError(USAGE)
+
+
+def _read_stdin() -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def request(started: float, pipe_args: list[str], message: bytes) -> bytes:
+    """The bytes sent to the server for one bounce."""
+    block = b"\0".join([repr(started).encode()] + [os.fsencode(a) for a in pipe_args])
+    return MAGIC + str(len(block)).encode() + b"\n" + block + message
+
+
+def parse_answer(answer: bytes) -> tuple[int, bytes] | None:
+    """(exit code, stderr text) from the server's answer; None when it is incomplete."""
+    line, newline, text = answer.partition(b"\n")
+    if not newline or not line.isdigit():
+        return None
+    return int(line), text
+
+
+def main(argv: list[str]) -> int:
+    started = time.time()
+    try:
+        socket_path, pipe_args = parse_argv(argv)
+    except ValueError as exc:
+        _say(str(exc))
+        return EX_TEMPFAIL
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path)
+    except OSError:
+        sock.close()
+        run_full_pipe(pipe_args)  # no server: the full pipe, on the untouched stdin
+        return EX_TEMPFAIL  # not reached: run_full_pipe execs
+    message = _read_stdin()
+    sock.settimeout(DEADLINE)
+    try:
+        sock.sendall(request(started, pipe_args, message))
+        sock.shutdown(_socket.SHUT_WR)
+        chunks: list[bytes] = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except TimeoutError:
+        _say("no answer from the pipe server before the deadline; Postfix will retry")
+        return EX_TEMPFAIL
+    except OSError:
+        chunks = []  # reset, broken pipe: the server went away; see below
+    finally:
+        sock.close()
+    answer = parse_answer(b"".join(chunks))
+    if answer is None:
+        run_full_pipe(pipe_args, message)  # the server went away before answering
+        return EX_TEMPFAIL  # not reached: run_full_pipe execs
+    code, text = answer
+    if text:
+        os.write(2, text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

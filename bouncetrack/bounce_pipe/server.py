@@ -1,0 +1,202 @@
+"""``bouncetrack pipe-server``: the bounce pipe imported once, forking per bounce.
+
+Postfix starts :mod:`.client` for each bounce. It costs a bare interpreter start
+and hands over the bounce on a unix socket. This server has imported the parser,
+the classifier and the store, and it forks a child per connection. The child runs
+the very code of ``bouncetrack pipe`` (:func:`.main.main`, with the message read from
+the socket), answers with the exit code and what the pipe wrote to stderr, and exits.
+
+Why fork and not threads: every bounce gets its own process, as with pipe(8)
+alone. That gives it its own deadline (SIGALRM), its own store connection, and
+its own memory, freed at exit. A crash costs one bounce, which its client then
+hands to the full pipe. The parent never opens the store, so no connection crosses
+a fork. Configuration and keys are read by each child, as by each pipe: a change
+needs no restart.
+
+The socket is created with mode 0600. Run the server as the user of the
+``bouncepipe`` service in master.cf.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from .client import MAGIC
+
+log = logging.getLogger("bouncetrack.pipe_server")
+
+ACCEPT_POLL_SECONDS = 0.5  # how soon a stop request is seen
+READ_TIMEOUT_SECONDS = 60.0  # a client that stops sending mid-request
+DRAIN_SECONDS = 120.0  # how long a stop waits for bounces in flight
+EX_TEMPFAIL = 75
+
+_SAMPLE_DSN = (
+    b"From: MAILER-DAEMON@example.net\r\nTo: b+x@bounce.example\r\nSubject: Undelivered\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+    b"Reporting-MTA: dns; example.net\r\n\r\nFinal-Recipient: rfc822; x@example.org\r\nAction: failed\r\n"
+    b"Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 unknown\r\n\r\n--b--\r\n"
+)
+
+
+def parse_request(data: bytes) -> tuple[float, list[str], bytes]:
+    """(start time, the pipe's arguments, the message) from a client's request."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a bouncetrack pipe request")
+    length_line, newline, rest = data[len(MAGIC):].partition(b"\n")
+    if not newline or not length_line.isdigit() or int(length_line) > len(rest):
+        raise ValueError("truncated request")
+    n = int(length_line)
+    started, *args = rest[:n].split(b"\0")
+    return float(started), [os.fsdecode(a) for a in args], rest[n:]
+
+
+def warm(config_path: str | None) -> None:
+    """Import now what every child would otherwise import per bounce."""
+    from ..classifier import classify
+    from ..metrics import pipe_tempfail  # noqa: F401  (imported by main on exit 75)
+    from . import process  # noqa: F401
+
+    classify(_SAMPLE_DSN)  # the classifier imports some detectors on first use
+    if config_path is not None:
+        from ..config_snapshot import load
+        from ..store import open_store  # noqa: F401
+
+        try:
+            url = load(config_path).store_url
+        except Exception as exc:  # noqa: BLE001 - each child reports a bad config itself
+            log.warning("configuration %s not loaded for warm-up: %s", config_path, exc)
+            return
+        if url.startswith(("postgresql:", "postgres:")):
+            from ..store import postgres  # noqa: F401
+
+
+def _recv_all(conn: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def handle(conn: socket.socket) -> int:
+    """One bounce, in the forked child: run the pipe, answer, return its exit code."""
+    from .main import main
+
+    conn.settimeout(READ_TIMEOUT_SECONDS)
+    try:
+        data = _recv_all(conn)
+        if not data:  # a probe (bouncetrack doctor, the harness): connected, sent nothing
+            return 0
+        started, pipe_args, raw = parse_request(data)
+    except (OSError, ValueError) as exc:
+        # No answer: the client hands the bounce to the full pipe.
+        log.warning("bad or unfinished request, not answered: %s", exc)
+        return EX_TEMPFAIL
+    said = io.StringIO()
+    sys.stderr = said
+    try:
+        code = main(pipe_args, raw=raw, started=started)
+    finally:
+        sys.stderr = sys.__stderr__
+    conn.sendall(f"{code}\n".encode() + said.getvalue().encode("utf-8", "replace"))
+    log.debug("bounce handled: exit %d, %.1f ms after the client started", code, (time.time() - started) * 1000)
+    return code
+
+
+class Server:
+    """The accept loop: fork per connection, reap children, stop on SIGTERM/SIGINT."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.stopping = False
+        self.children: set[int] = set()
+
+    def _listen(self) -> socket.socket:
+        if self.socket_path.is_socket():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.socket_path))
+            except OSError:
+                self.socket_path.unlink()  # stale, from a server that died
+            else:
+                raise RuntimeError(f"another pipe server is listening on {self.socket_path}")
+            finally:
+                probe.close()
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # 0600: only our own user (the bouncepipe service's)
+        try:
+            listener.bind(str(self.socket_path))
+        finally:
+            os.umask(old)
+        listener.listen(128)
+        listener.settimeout(ACCEPT_POLL_SECONDS)
+        return listener
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+
+    def run(self) -> int:
+        listener = self._listen()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        log.info("pipe server listening on %s", self.socket_path)
+        try:
+            while not self.stopping:
+                self._reap()
+                try:
+                    conn, _ = listener.accept()
+                except (TimeoutError, InterruptedError):
+                    continue
+                pid = os.fork()
+                if pid == 0:  # the child: one bounce, then exit
+                    code = EX_TEMPFAIL
+                    try:
+                        listener.close()
+                        for sig in (signal.SIGTERM, signal.SIGINT):
+                            signal.signal(sig, signal.SIG_DFL)
+                        code = handle(conn)
+                    except BaseException:  # noqa: BLE001 - never back into the accept loop
+                        log.exception("pipe server child failed")
+                    finally:
+                        os._exit(code)
+                self.children.add(pid)
+                conn.close()
+        finally:
+            listener.close()
+            try:
+                self.socket_path.unlink()
+            except OSError:
+                pass
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        log.info("pipe server stopped")
+        return 0
+
+
+def serve(socket_path: Path, config_path: str | None = None) -> int:
+    warm(config_path)
+    return Server(socket_path).run()

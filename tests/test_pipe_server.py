@@ -1,0 +1,215 @@
+"""The pipe client and the warm pipe server: same exit codes as the pipe, nothing lost.
+
+Real processes: ``bouncetrack pipe-server`` on a unix socket, the client started as
+Postfix starts it (``python -S client.py --socket S --config F RCPT SENDER``), real
+SQLite stores. Every way the server can be missing or fail must end with the bounce
+stored once by the full pipe, or with exit 75 for Postfix to retry. Behind the real
+Postfix the harness runs the same pair (test_pipe_postfix.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bouncetrack.bounce_pipe.client import MAGIC, parse_answer, request
+from bouncetrack.bounce_pipe.server import parse_request
+from bouncetrack.config import Config
+from tests import mailgen
+from tests.configkit import write_config
+from tests.test_pipe import assert_clean_output, events, record
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT = ROOT / "bouncetrack" / "bounce_pipe" / "client.py"
+BT = [sys.executable, "-m", "bouncetrack"]
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    return write_config(
+        tmp_path,
+        """\
+            pipe: {deadline_seconds: 8}
+            domains:
+              tracked.test:
+                tracking: true
+                webhook: {url: "http://127.0.0.1:9/hook", secret: whsec_c2VjcmV0}
+        """,
+    )
+
+
+def _env(config: Config) -> dict[str, str]:
+    cache = config.path.parent / "cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    return {**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache)}
+
+
+def _wait_listening(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server exited"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{path} never accepted")
+
+
+@pytest.fixture()
+def server(config: Config, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    sock = tmp_path / "run" / "pipe.sock"
+    proc = subprocess.Popen(
+        [*BT, "pipe-server", "--socket", str(sock), "--config", str(config.path)],
+        cwd=ROOT, env=_env(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        _wait_listening(sock, proc)
+        yield sock, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def run_client(config: Config, sock: Path, recipient: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    # As master.cf runs it: -S, by path, from an unrelated directory.
+    return subprocess.run(
+        [sys.executable, "-S", str(CLIENT), "--socket", str(sock), "--config", str(config.path), recipient, ""],
+        input=data, capture_output=True, cwd="/", timeout=60, env=_env(config),
+    )
+
+
+def test_the_server_stores_and_the_client_relays_code_and_words(config: Config, server: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    sock, _ = server
+    verp, _ = record(config, "unknown-1@remote.test")
+    data = mailgen.dsn(verp, "unknown-1@remote.test")
+    first = run_client(config, sock, verp, data)
+    assert first.returncode == 0, first.stderr
+    assert_clean_output(first)
+    assert b"bouncetrack pipe: stored: 1 event(s), token valid, bounce" in first.stderr
+    again = run_client(config, sock, verp, data)  # Postfix's retry after a lost answer
+    assert again.returncode == 0 and b"already stored" in again.stderr
+    (event,) = events(config)
+    assert event["token_status"] == "valid" and event["reason"] == "userunknown"
+
+
+def test_forged_token_and_garbage_are_stored_as_such_through_the_server(config: Config, server: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    sock, _ = server
+    verp, _ = record(config, "unknown-1@remote.test")
+    forged = verp.replace(verp.split("+")[1][:4], "aaaa")
+    assert run_client(config, sock, forged, mailgen.dsn(forged, "unknown-1@remote.test")).returncode == 0
+    assert run_client(config, sock, verp, b"\x00\xff not a message at all").returncode == 0
+    statuses = sorted(e["token_status"] for e in events(config))
+    assert statuses[0] in ("forged", "malformed") and len(statuses) == 2
+
+
+def test_store_locked_is_exit_75_through_the_server(config: Config, server: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    sock, _ = server
+    verp, _ = record(config, "unknown-1@remote.test")
+    data = mailgen.dsn(verp, "unknown-1@remote.test")
+    lock = sqlite3.connect(config.store_url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        out = run_client(config, sock, verp, data)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert out.returncode == 75, out.stderr
+    assert_clean_output(out)
+    assert b"Postfix will retry" in out.stderr
+    assert run_client(config, sock, verp, data).returncode == 0  # the retry
+    assert len(events(config)) == 1
+
+
+def test_no_server_the_full_pipe_stores_it(config: Config, tmp_path: Path) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    out = run_client(config, tmp_path / "nobody-listens.sock", verp, mailgen.dsn(verp, "unknown-1@remote.test"))
+    assert out.returncode == 0, out.stderr
+    assert len(events(config)) == 1
+
+
+def _fake_server(path: Path, behaviour: str) -> threading.Thread:
+    """A server that fails the way a crashed child does: reads the request, then closes."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        if behaviour == "read-then-close":
+            while conn.recv(65536):
+                pass
+        elif behaviour == "half-answer":
+            while conn.recv(65536):
+                pass
+            conn.sendall(b"0")  # no newline: not an answer
+        conn.close()  # "close-at-once": reset while the client sends
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("behaviour", ["read-then-close", "half-answer", "close-at-once"])
+def test_a_server_that_goes_away_hands_over_to_the_full_pipe(config: Config, tmp_path: Path, behaviour: str) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    sock = tmp_path / "dying.sock"
+    thread = _fake_server(sock, behaviour)
+    big = mailgen.dsn(verp, "unknown-1@remote.test") + b"\r\n" + b"x" * 2_000_000  # larger than socket buffers
+    out = run_client(config, sock, verp, big)
+    thread.join(10)
+    assert out.returncode == 0, out.stderr
+    (event,) = events(config)
+    assert event["token_status"] == "valid" and event["recipient"] == "unknown-1@remote.test"
+
+
+def test_server_socket_is_private_refuses_a_second_server_and_replaces_a_stale_socket(
+    config: Config, server: tuple[Path, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    sock, proc = server
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    second = subprocess.run([*BT, "pipe-server", "--socket", str(sock)],
+                            cwd=ROOT, env=_env(config), capture_output=True, timeout=60)
+    assert second.returncode != 0 and b"another pipe server is listening" in second.stderr
+    os.killpg(proc.pid, signal.SIGKILL)  # leaves the socket file behind
+    proc.wait(10)
+    assert sock.exists()
+    again = subprocess.Popen([*BT, "pipe-server", "--socket", str(sock)],
+                             cwd=ROOT, env=_env(config), stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_listening(sock, again)
+        again.send_signal(signal.SIGTERM)  # a clean stop removes the socket
+        assert again.wait(20) == 0
+        assert not sock.exists()
+    finally:
+        if again.poll() is None:
+            os.killpg(again.pid, signal.SIGKILL)
+
+
+def test_wire_format_round_trip_and_refusals() -> None:
+    raw = b"Subject: x\r\n\r\n\x00\xff body"
+    started, args, message = parse_request(request(1700000000.25, ["--config", "/e/c.yaml", "b+x@b.test", ""], raw))
+    assert (started, args, message) == (1700000000.25, ["--config", "/e/c.yaml", "b+x@b.test", ""], raw)
+    for bad in (b"", b"GET / HTTP/1.0\r\n", MAGIC + b"12", MAGIC + b"99\nshort", MAGIC + b"x\n"):
+        with pytest.raises(ValueError):
+            parse_request(bad)
+    assert parse_answer(b"75\nbouncetrack pipe: not stored") == (75, b"bouncetrack pipe: not stored")
+    assert parse_answer(b"0\n") == (0, b"")
+    for incomplete in (b"", b"0", b"x\n", b"-1\n"):
+        assert parse_answer(incomplete) is None
