@@ -123,3 +123,21 @@ def test_store_locked_bounce_stays_queued_then_is_stored_once(stack: Any) -> Non
         assert got[0]["token_status"] == "valid" and got[0]["reason"] == "userunknown"
     finally:
         stack.fakemx.rule = None
+
+
+def test_bounces_go_through_the_pipe_server_and_survive_its_absence(stack: Any) -> None:
+    # As deployed: pipe(8) starts the pipe client, which hands the bounce to the warm
+    # server (bouncetrack/bounce_pipe/server.py); without the server, the client runs
+    # the full pipe itself.
+    assert stack.pipe_server and "bounce_pipe/client.py" in " ".join(stack.postfix.pipe_argv or [])
+    assert stack.send("info@tracked.test", ["unknown-via-server@remote.test"]).accepted
+    wait_events(stack, lambda e: e["recipient"] == "unknown-via-server@remote.test" and e["type"] == "bounce")
+    assert "bounce handled: exit 0" in stack.pipe_server_log.read_text()
+    stack.kill_pipe_server()  # its socket file stays behind: connections are refused
+    try:
+        assert stack.send("info@tracked.test", ["unknown-no-server@remote.test"]).accepted
+        (event,) = wait_events(stack, lambda e: e["recipient"] == "unknown-no-server@remote.test"
+                               and e["type"] == "bounce")
+        assert event["token_status"] == "valid" and event["reason"] == "userunknown"
+    finally:
+        stack.start_pipe_server()

@@ -160,6 +160,10 @@ class Stack:
     ``with_milter``: run ``bt.py milter`` and wire Postfix to it.
     ``pipe``: ``"files"`` (filespipe.py writes to ``spool/``) or ``"real"``
     (``bt.py pipe --config CFG``).
+    ``pipe_server``: with ``pipe="real"``, run ``bt.py pipe-server`` and have pipe(8) start
+    the pipe client (``python -S …/bounce_pipe/client.py --socket …``), as production
+    does; default: on, except with a ``pipe_wrapper`` (whose faults target the process
+    that stores, the full pipe).
     ``maximal_queue_lifetime``/``bounce_queue_lifetime``/``delay_warning_time``: see
     :class:`PrivatePostfix`; ``"0"`` turns a 4xx into a bounce after one attempt.
     ``domains``: extra YAML ``domains:`` entries (name → mapping) merged over the
@@ -188,6 +192,7 @@ class Stack:
         python: str | None = None,
         pipe_wrapper: Path | str | None = None,
         pipe_wrapper_args: Sequence[str] = (),
+        pipe_server: bool | None = None,
         user: str = DEFAULT_USER,
         log_level: str = "DEBUG",
         keep: bool = False,
@@ -201,6 +206,9 @@ class Stack:
         self.pipe_mode: PipeMode = pipe
         self.pipe_wrapper = Path(pipe_wrapper) if pipe_wrapper is not None else None
         self.pipe_wrapper_args = list(pipe_wrapper_args)
+        self.pipe_server = (pipe == "real" and pipe_wrapper is None) if pipe_server is None else pipe_server
+        if self.pipe_server and pipe != "real":
+            raise ValueError("pipe_server needs pipe='real'")
         self.bounce_domain = bounce_domain
         self.python = python or default_python()
         self.user = user
@@ -216,6 +224,8 @@ class Stack:
         self.secret_file = self.state_dir / "verp.key"
         self.db_path = self.state_dir / "bouncetrack.db"
         self.milter_socket = self.run_dir / "milter.sock"
+        self.pipe_socket = self.run_dir / "pipe.sock"
+        self.pipe_server_log = self.log_dir / "pipe-server.log"
         self._domains = {k: dict(v) for k, v in (domains or {}).items()}
         self._config_extra = dict(config_extra or {})
         self.fakemx = FakeMX(rules=fakemx_rules)
@@ -232,6 +242,7 @@ class Stack:
         )
         self._routes_extra = dict(routes or {})
         self._milter: subprocess.Popen[bytes] | None = None
+        self._pipe_server: subprocess.Popen[bytes] | None = None
         self._closed = False
         self._started = False
 
@@ -259,6 +270,8 @@ class Stack:
             self.postfix.pipe_argv = self.pipe_argv()
             if self.with_milter:
                 self.start_milter()
+            if self.pipe_server:
+                self.start_pipe_server()
             self.postfix.start()
             self._started = True
         except BaseException:
@@ -321,6 +334,9 @@ class Stack:
     def pipe_argv(self) -> list[str]:
         if self.pipe_mode == "files":
             argv = [self.python, str(self.lib / "filespipe.py"), str(self.spool_dir)]
+        elif self.pipe_server:
+            argv = [self.python, "-S", str(self.lib / "bouncetrack" / "bounce_pipe" / "client.py"),
+                    "--socket", str(self.pipe_socket), "--config", str(self.config_path)]
         else:
             argv = [self.python, str(self.lib / "bt.py"), "pipe", "--config", str(self.config_path)]
         if self.pipe_wrapper is not None:
@@ -338,6 +354,10 @@ class Stack:
         except Exception:  # noqa: BLE001
             pass
         try:
+            self.kill_pipe_server()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
             self.postfix.stop()
         except Exception:  # noqa: BLE001
             pass
@@ -346,6 +366,59 @@ class Stack:
             _live.discard(self)
         if self._own_workdir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- pipe server ---------------------------------------------------------------
+    def start_pipe_server(self, timeout: float = 20.0) -> None:
+        """Start ``bt.py pipe-server`` as the pipe's user; wait until its socket accepts."""
+        if self._pipe_server is not None and self._pipe_server.poll() is None:
+            return
+        log = open(self.pipe_server_log, "ab")
+        try:
+            self._pipe_server = subprocess.Popen(
+                [self.python, str(self.lib / "bt.py"), "pipe-server", "--socket", str(self.pipe_socket),
+                 "--config", str(self.config_path), "--log-level", self.log_level],
+                user=self.user, group=self.user, extra_groups=[],
+                cwd=str(self.workdir), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pipe_server.poll() is not None:
+                raise RuntimeError(f"pipe server exited with {self._pipe_server.returncode}:\n"
+                                   f"{self.pipe_server_log.read_text(errors='replace')}")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(str(self.pipe_socket))
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"pipe server socket {self.pipe_socket} did not come up")
+
+    def stop_pipe_server(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Stop the pipe server (SIGTERM: it finishes bounces in flight); SIGKILL after ``timeout``."""
+        proc, self._pipe_server = self._pipe_server, None
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill_pipe_server(self) -> None:
+        """SIGKILL the pipe server and its children (its socket file stays: stale)."""
+        self.stop_pipe_server(signal.SIGKILL, 5.0)
 
     # --- milter --------------------------------------------------------------------
     def milter_argv(self) -> list[str]:
