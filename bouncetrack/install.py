@@ -137,7 +137,13 @@ def wanted_for(
         config_dir=str(config_dir.resolve()),
         map_type=map_type,
         size_limit=size or None,
+        pipe_client=default_pipe_client(),
     )
+
+
+def default_pipe_client() -> str:
+    """The pipe client of this installed package (the checkout, for an editable install)."""
+    return str(Path(__file__).resolve().parent / "bounce_pipe" / "client.py")
 
 
 def default_bouncetrack_bin() -> str:

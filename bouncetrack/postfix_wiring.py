@@ -27,6 +27,9 @@ Decisions (see ``conf/postfix/README.md``):
 - ``bouncepipe_destination_recipient_limit = 1``: one recipient per pipe run.
 - master.cf ``bouncepipe/unix``: pipe(8) as the unprivileged pipe user, flags ``Rq``
   (R: Return-Path header, q: quote the address), ``size=`` the message size limit.
+  It starts the pipe client (``python -S …/bounce_pipe/client.py --socket …``), which
+  hands each bounce to the warm ``bouncetrack pipe-server`` and runs the full pipe
+  itself when no server listens: a bare interpreter start per bounce instead of ~7.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ STATE_FILE = "bouncetrack-install.json"
 PIPE_USER = "bouncetrack"
 PIPE_MAXPROC = 10
 PIPE_FLAGS = "Rq"
+#: Where ``bouncetrack pipe-server`` listens (systemd/bouncetrack-pipe-server.service).
+PIPE_SOCKET = "/run/bouncetrack-pipe/pipe.sock"
 
 #: main.cf parameters install may change (also what doctor looks at).
 MAIN_PARAMS = (
@@ -69,6 +74,12 @@ class Wanted:
     map_type: str = "texthash"  # texthash (no postmap needed), hash or lmdb (postmap)
     pipe_user: str = PIPE_USER
     size_limit: int | None = None  # bytes; None: no size= attribute
+    # The pipe client (bouncetrack/bounce_pipe/client.py of the installed package):
+    # pipe(8) starts it with the venv's python -S, and it hands each bounce to the warm
+    # pipe server on pipe_socket (or runs the full pipe when no server listens).
+    # None: pipe(8) runs `bouncetrack pipe` itself.
+    pipe_client: str | None = None
+    pipe_socket: str = PIPE_SOCKET
 
     @property
     def transport_path(self) -> str:
@@ -208,15 +219,27 @@ def drop_headers_without_return_path(value: str) -> str:
 # master.cf
 
 
+def pipe_python(w: Wanted) -> str:
+    """The venv's interpreter: the one next to the ``bouncetrack`` program."""
+    return f"{w.bouncetrack_bin.rsplit('/', 1)[0]}/python"
+
+
 def master_entry(w: Wanted) -> str:
     """The ``bouncepipe`` service line (one logical line, as ``postconf -M`` prints it)."""
-    for what, path in (("config file", w.config_path), ("bouncetrack program", w.bouncetrack_bin)):
+    paths = [("config file", w.config_path), ("bouncetrack program", w.bouncetrack_bin)]
+    if w.pipe_client is not None:
+        paths += [("pipe client", w.pipe_client), ("pipe server socket", w.pipe_socket)]
+    for what, path in paths:
         if re.search(r"\s", path) or "$" in path:
             raise WiringError(f"the {what} path {path!r} contains white space or '$'; pipe(8) argv cannot hold it")
     size = f" size={w.size_limit}" if w.size_limit else ""
+    if w.pipe_client is None:
+        command = f"{w.bouncetrack_bin} pipe"
+    else:
+        command = f"{pipe_python(w)} -S {w.pipe_client} --socket {w.pipe_socket}"
     return (
         f"{SERVICE} unix - n n - {PIPE_MAXPROC} pipe flags={PIPE_FLAGS} user={w.pipe_user}{size} "
-        f"argv={w.bouncetrack_bin} pipe --config {w.config_path} ${{recipient}} ${{sender}}"
+        f"argv={command} --config {w.config_path} ${{recipient}} ${{sender}}"
     )
 
 

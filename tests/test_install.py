@@ -80,6 +80,18 @@ def test_plan_is_empty_once_applied() -> None:
     assert wiring.plan(after, "  ".join(p.master.split(" ")), w).empty
 
 
+def test_master_entry_starts_the_pipe_client_as_install_writes_it() -> None:
+    client = "/opt/bouncetrack/src/bouncetrack/bounce_pipe/client.py"
+    assert wiring.master_entry(_wanted(pipe_client=client)).endswith(
+        f"argv=/opt/bouncetrack/venv/bin/python -S {client} --socket /run/bouncetrack-pipe/pipe.sock "
+        "--config /etc/bouncetrack/config.yaml ${recipient} ${sender}")
+    with pytest.raises(wiring.WiringError):
+        wiring.master_entry(_wanted(pipe_client="/opt/my dir/client.py"))
+    from bouncetrack.install import default_pipe_client
+
+    assert Path(default_pipe_client()).is_file()  # the installed package's own client
+
+
 def test_master_entry_refuses_paths_pipe_cannot_quote() -> None:
     with pytest.raises(wiring.WiringError):
         wiring.master_entry(_wanted(config_path="/etc/my config.yaml"))

@@ -129,12 +129,37 @@ def master_result(master: str | None, *, config_path: str, pipe_user: str, insta
         return Result(name, FAIL, f"runs as user {user!r}, expected {pipe_user}", install)
     argv_at = next((i for i, a in enumerate(attrs) if a.startswith("argv=")), None)
     argv = [attrs[argv_at][5:], *attrs[argv_at + 1 :]] if argv_at is not None else []
-    if not argv or "pipe" not in argv or "${recipient}" not in argv:
-        return Result(name, FAIL, f"argv does not run `bouncetrack pipe ... ${{recipient}}`: {master}", install)
+    client = any(a.endswith("bounce_pipe/client.py") for a in argv)
+    if not argv or not ("pipe" in argv or client) or "${recipient}" not in argv:
+        return Result(name, FAIL, f"argv does not run `bouncetrack pipe ... ${{recipient}}` or the pipe client: "
+                      f"{master}", install)
     if config_path not in argv:
         return Result(name, WARN, f"argv does not name this config file ({config_path})",
                       f"check that the pipe reads the same configuration, or run: {install}")
+    if client:
+        socket_path = argv[argv.index("--socket") + 1] if "--socket" in argv[:-1] else None
+        if socket_path is None:
+            return Result(name, FAIL, f"the pipe client has no --socket: {master}", install)
+        if not pipe_server_listening(socket_path):
+            return Result(name, WARN, f"no pipe server listens on {socket_path}: every bounce runs the full pipe "
+                          "(about 7 times a bare interpreter start)",
+                          "systemctl enable --now bouncetrack-pipe-server")
     return Result(name, OK, f"pipe(8) as {pipe_user}: {' '.join(argv)}")
+
+
+def pipe_server_listening(path: str) -> bool:
+    """Whether ``bouncetrack pipe-server`` accepts connections on ``path``."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 # ---------------------------------------------------------------------------
