@@ -169,7 +169,13 @@ class Server:
                     conn, _ = listener.accept()
                 except (TimeoutError, InterruptedError):
                     continue
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # EAGAIN, ENOMEM: this bounce goes to the full pipe
+                    log.error("cannot fork for a bounce (%s); its client runs the full pipe", exc)
+                    conn.close()
+                    time.sleep(0.1)
+                    continue
                 if pid == 0:  # the child: one bounce, then exit
                     code = EX_TEMPFAIL
                     try:
