@@ -151,6 +151,26 @@ def make_message(mail_from: str, rcpts: Sequence[str], subject: str = "harness t
     return (head + "\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")).encode()
 
 
+def _signal_group(proc: "subprocess.Popen[bytes]", sig: int, timeout: float) -> None:
+    """Send ``sig`` to ``proc``'s process group, wait ``timeout``, then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class Stack:
     """Compose fake MX, staged package, milter and private Postfix (see module doc).
 
@@ -367,17 +387,16 @@ class Stack:
         if self._own_workdir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    # --- pipe server ---------------------------------------------------------------
-    def start_pipe_server(self, timeout: float = 20.0) -> None:
-        """Start ``bt.py pipe-server`` as the pipe's user; wait until its socket accepts."""
-        if self._pipe_server is not None and self._pipe_server.poll() is None:
-            return
-        log = open(self.pipe_server_log, "ab")
+    # --- services (milter, pipe server) --------------------------------------------
+    def _spawn(self, argv: list[str], log_path: Path, socket_path: Path, timeout: float,
+               what: str) -> "subprocess.Popen[bytes]":
+        """Start ``argv`` as the unprivileged user in its own process group, output to
+        ``log_path``; return once ``socket_path`` accepts. On exit or timeout: kill it,
+        raise with its log."""
+        log = open(log_path, "ab")
         try:
-            self._pipe_server = subprocess.Popen(
-                [self.python, str(self.lib / "bt.py"), "pipe-server", "--socket", str(self.pipe_socket),
-                 "--config", str(self.config_path), "--log-level", self.log_level],
-                user=self.user, group=self.user, extra_groups=[],
+            proc = subprocess.Popen(
+                argv, user=self.user, group=self.user, extra_groups=[],
                 cwd=str(self.workdir), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
@@ -386,35 +405,33 @@ class Stack:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._pipe_server.poll() is not None:
-                raise RuntimeError(f"pipe server exited with {self._pipe_server.returncode}:\n"
-                                   f"{self.pipe_server_log.read_text(errors='replace')}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}:\n"
+                                   f"{log_path.read_text(errors='replace')[-4000:]}")
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.connect(str(self.pipe_socket))
-                return
+                    s.connect(str(socket_path))
+                return proc
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"pipe server socket {self.pipe_socket} did not come up")
+        _signal_group(proc, signal.SIGKILL, 5.0)
+        raise TimeoutError(f"{what} socket not ready in {timeout}s:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+    # --- pipe server ---------------------------------------------------------------
+    def start_pipe_server(self, timeout: float = 20.0) -> None:
+        """Start ``bt.py pipe-server`` as the pipe's user; wait until its socket accepts."""
+        if self._pipe_server is not None and self._pipe_server.poll() is None:
+            return
+        self._pipe_server = self._spawn(
+            [self.python, str(self.lib / "bt.py"), "pipe-server", "--socket", str(self.pipe_socket),
+             "--config", str(self.config_path), "--log-level", self.log_level],
+            self.pipe_server_log, self.pipe_socket, timeout, "pipe server")
 
     def stop_pipe_server(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop the pipe server (SIGTERM: it finishes bounces in flight); SIGKILL after ``timeout``."""
         proc, self._pipe_server = self._pipe_server, None
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        if proc is not None:
+            _signal_group(proc, sig, timeout)
 
     def kill_pipe_server(self) -> None:
         """SIGKILL the pipe server and its children (its socket file stays: stale)."""
@@ -431,30 +448,7 @@ class Stack:
             return
         if self.milter_socket.exists() or self.milter_socket.is_symlink():
             self.milter_socket.unlink()  # stale, from a killed milter
-        log = open(self.milter_log, "ab")
-        try:
-            self._milter = subprocess.Popen(
-                self.milter_argv(),
-                user=self.user, group=self.user, extra_groups=[],
-                cwd=str(self.workdir), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._milter.poll() is not None:
-                raise RuntimeError(
-                    f"milter exited with {self._milter.returncode}:\n{self.milter_log_text()}")
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.connect(str(self.milter_socket))
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.kill_milter()
-        raise TimeoutError(f"milter socket not ready in {timeout}s:\n{self.milter_log_text()}")
+        self._milter = self._spawn(self.milter_argv(), self.milter_log, self.milter_socket, timeout, "milter")
 
     def milter_running(self) -> bool:
         return self._milter is not None and self._milter.poll() is None
@@ -469,24 +463,8 @@ class Stack:
 
     def _signal_milter(self, sig: int, timeout: float) -> None:
         proc, self._milter = self._milter, None
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # also any child the supervisor left behind
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        if proc is not None:
+            _signal_group(proc, sig, timeout)  # also any child the supervisor left behind
 
     def reload_milter(self) -> None:
         """SIGHUP: the milter re-reads its configuration."""
