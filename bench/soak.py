@@ -43,7 +43,7 @@ within the run.
 Measured: throughput (accepted msg/s; stored events/s), end-to-end latency per
 event (send → stored ``received_at`` → first accepted webhook) by kind, RSS of
 every long-running process every ``--sample-every`` s (Postfix master, qmgr and the
-sum of all Postfix processes, milter supervisor and child, worker, this driver
+sum of all Postfix processes, milter supervisor and child, pipe server, worker, this driver
 process which hosts the fake MX and the receiver) with a growth check (mean of the
 first third vs the last third of the samples), and the final reconciliation:
 
@@ -361,8 +361,10 @@ class Sampler(threading.Thread):
         qmgr = next((p for p in kids if comm(p) == "qmgr"), None)
         sup = self.st._milter.pid if self.st._milter is not None else None
         child = next(iter(children(sup)), None) if sup else None
+        server = self.st._pipe_server.pid if self.st._pipe_server is not None else None
         return {"postfix master": master, "postfix qmgr": qmgr, "milter supervisor": sup,
-                "milter child": child, "worker": self.worker.pid, "driver (fake MX, receiver)": os.getpid()}
+                "milter child": child, "pipe server": server, "worker": self.worker.pid,
+                "driver (fake MX, receiver)": os.getpid()}
 
     def sample(self) -> None:
         now = time.time()
