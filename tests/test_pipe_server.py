@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bouncetrack.bounce_pipe.client import MAGIC, parse_answer, request
 from bouncetrack.bounce_pipe.server import parse_request
@@ -213,3 +215,14 @@ def test_wire_format_round_trip_and_refusals() -> None:
     assert parse_answer(b"0\n") == (0, b"")
     for incomplete in (b"", b"0", b"x\n", b"-1\n"):
         assert parse_answer(incomplete) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    started=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    args=st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))),
+                  max_size=6),
+    message=st.binary(max_size=2048),
+)
+def test_wire_format_round_trips_any_arguments_and_bytes(started: float, args: list[str], message: bytes) -> None:
+    assert parse_request(request(started, args, message)) == (started, args, message)
