@@ -220,7 +220,7 @@ def test_wire_format_round_trip_and_refusals() -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     started=st.floats(min_value=0, max_value=4e9, allow_nan=False),
-    args=st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))),
+    args=st.lists(st.text(alphabet=st.characters(exclude_characters="\x00", exclude_categories=["Cs"])),
                   max_size=6),
     message=st.binary(max_size=2048),
 )
