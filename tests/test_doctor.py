@@ -80,9 +80,11 @@ def test_result_line_and_exit_code() -> None:
 def test_master_entry_with_the_pipe_client_warns_when_no_server_listens(tmp_path: Path) -> None:
     from bouncetrack import postfix_wiring as wiring
 
+    from bouncetrack.install import default_pipe_client
+
     sock = tmp_path / "pipe.sock"
     master = ("bouncepipe unix - n n - 10 pipe flags=Rq user=bouncetrack argv=/v/bin/python -S "
-              f"/v/src/bouncetrack/bounce_pipe/client.py --socket {sock} --config /etc/bt.yaml ${{recipient}} ${{sender}}")
+              f"{default_pipe_client()} --socket {sock} --config /etc/bt.yaml ${{recipient}} ${{sender}}")
     kw: dict[str, Any] = dict(config_path="/etc/bt.yaml", pipe_user="bouncetrack", install="bouncetrack install")
     r = checks.master_result(master, **kw)
     assert r.verdict == WARN and "no pipe server listens" in r.line()
@@ -95,6 +97,9 @@ def test_master_entry_with_the_pipe_client_warns_when_no_server_listens(tmp_path
         listener.close()
     no_socket = master.replace(f"--socket {sock} ", "")
     assert checks.master_result(no_socket, **kw).verdict == FAIL
+    # An upgrade moved the package: master.cf still names the old client (Python would exit 2).
+    moved = checks.master_result(master.replace(default_pipe_client(), "/old/site-packages/bouncetrack/bounce_pipe/client.py"), **kw)
+    assert moved.verdict == WARN and "moved by an upgrade" in moved.why
     assert wiring.SERVICE in checks.master_result(None, **kw).name
 
 

@@ -82,7 +82,11 @@ def run_full_pipe(pipe_args: list[str], message: bytes | None = None) -> None:
     root = _package_root()
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     python = sys.executable
-    os.execve(python, [python, "-m", "bouncetrack.bounce_pipe", *pipe_args], env)
+    try:
+        os.execve(python, [python, "-m", "bouncetrack.bounce_pipe", *pipe_args], env)
+    except OSError as exc:
+        _say(f"cannot run the full pipe ({python}): {exc}; Postfix will retry")
+        os._exit(EX_TEMPFAIL)
 
 
 def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
@@ -159,5 +163,17 @@ def main(argv: list[str]) -> int:
     return code
 
 
+def run() -> int:
+    """:func:`main`, with any failure of ours turned into 75: Python's own 1 would make
+    pipe(8) bounce the bounce, and a bounced bounce is lost."""
+    try:
+        return main(sys.argv[1:])
+    except BaseException as exc:  # noqa: BLE001 - the client's top level
+        if isinstance(exc, SystemExit) and exc.code in (0, EX_TEMPFAIL):
+            return int(exc.code)
+        _say(f"pipe client failed, Postfix will retry: {type(exc).__name__}: {exc}")
+        return EX_TEMPFAIL
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run())

@@ -137,6 +137,13 @@ def master_result(master: str | None, *, config_path: str, pipe_user: str, insta
         return Result(name, WARN, f"argv does not name this config file ({config_path})",
                       f"check that the pipe reads the same configuration, or run: {install}")
     if client:
+        from ..install import default_pipe_client
+
+        named = next(a for a in argv if a.endswith("bounce_pipe/client.py"))
+        if named != default_pipe_client():
+            return Result(name, WARN, f"master.cf starts the pipe client {named}, but this installation's is "
+                          f"{default_pipe_client()} (moved by an upgrade?): if the file is gone, Python exits 2 "
+                          "and pipe(8) bounces the bounce", install)
         socket_path = argv[argv.index("--socket") + 1] if "--socket" in argv[:-1] else None
         if socket_path is None:
             return Result(name, FAIL, f"the pipe client has no --socket: {master}", install)

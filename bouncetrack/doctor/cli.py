@@ -176,14 +176,14 @@ def transport_lookup(postfix_dir: Path, maps: str, domain: str) -> str | None:
 
 _AS_USER = r"""
 import json, os, sys
-cfg, secret, db = sys.argv[1:4]
+cfg, secret, db, client = sys.argv[1:5]
 res = {"python": sys.executable}
 try:
     import bouncetrack.bounce_pipe.main  # noqa: F401
     res["import"] = "ok"
 except Exception as exc:
     res["import"] = repr(exc)
-for key, path in (("config", cfg), ("secret", secret)):
+for key, path in (("config", cfg), ("secret", secret), ("client", client)):
     try:
         with open(path, "rb") as f:
             f.read(1)
@@ -218,8 +218,11 @@ def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]
     if os.geteuid() != 0:
         return [Result("pipe user", SKIP, f"{pipe_user} exists; run doctor as root to test access as that user")]
     db = config.store_url[len("sqlite:///"):] if config.store_url.startswith("sqlite:///") else ""
+    from ..install import default_pipe_client
+
+    client = default_pipe_client()
     argv = ["runuser", "-u", pipe_user, "--", python, "-c", _AS_USER,
-            str(Path(config.path).resolve()), str(config.secret_file), db]
+            str(Path(config.path).resolve()), str(config.secret_file), db, client]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env, cwd="/")
@@ -238,6 +241,13 @@ def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]
                           "install bouncetrack where that user can read it (e.g. /opt/bouncetrack/venv)"))
     else:
         out.append(Result("pipe user", OK, f"{pipe_user} runs {python} and imports the pipe"))
+    if res.get("client") == "ok":
+        out.append(Result("pipe reads pipe client", OK, f"{client} is readable by {pipe_user}"))
+    else:
+        # python -S client.py exits 2 when it cannot open the file: pipe(8) would bounce the bounce.
+        out.append(Result("pipe reads pipe client", FAIL, f"{pipe_user} cannot read {client}: {res.get('client')} "
+                          "(pipe(8) would bounce every bounce)",
+                          f"make {client} and its directories readable by {pipe_user}"))
     for key, path, what in (("config", config.path, "config file"), ("secret", config.secret_file, "VERP key")):
         if res.get(key) == "ok":
             out.append(Result(f"pipe reads {what}", OK, f"{path} is readable by {pipe_user}"))
