@@ -7,6 +7,7 @@ behind the real Postfix in test_pipe_postfix.py.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -245,3 +246,26 @@ def test_complaint_that_names_nobody_is_not_flagged(config: Config) -> None:
     (event,) = events(config)
     assert event["type"] == "complaint" and event["recipient"] == "complainer@isp.test"
     assert event["flagged"] == 0
+
+
+def test_deadline_firing_inside_the_error_handler_is_still_exit_75(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen under load: the store's busy timeout and the pipe's deadline run out together;
+    # the alarm fired while the handler for the store error ran, and the pipe exited 1
+    # (pipe(8) bounces the bounce) instead of 75.
+    from bouncetrack.bounce_pipe import main as pipe_main
+
+    said: list[str] = []
+
+    def say(message: str) -> None:
+        said.append(message)
+        if len(said) == 1:
+            raise pipe_main._Deadline()  # the alarm, right inside the first handler
+
+    monkeypatch.setattr(pipe_main, "_say", say)
+    code = pipe_main._main(["--config", str(config.path / "missing.yaml"), "b+x@bounce.test", ""], time.time(),
+                           raw=b"Subject: x\r\n\r\nx\r\n")
+    assert code == 75
+    assert said[0].startswith("not stored") and said[1].startswith("deadline reached")
+    assert signal.getsignal(signal.SIGALRM) is not pipe_main._on_alarm  # restored

@@ -78,29 +78,38 @@ def _main(argv: list[str] | None, started: float, raw: bytes | None = None) -> i
     argv = sys.argv[1:] if argv is None else argv
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     # A first deadline before the configuration is read; replaced by the
-    # configured one below. pipe(8)'s own limit (1000 s) would bounce the bounce.
+    # configured one in process(). pipe(8)'s own limit (1000 s) would bounce the bounce.
     signal.alarm(120)
     try:
-        config_path, recipient, sender = parse_argv(argv)
-        if raw is None:
-            raw = sys.stdin.buffer.read()
-        from .process import process
+        try:
+            config_path, recipient, sender = parse_argv(argv)
+            if raw is None:
+                raw = sys.stdin.buffer.read()
+            from .process import process
 
-        return process(config_path, recipient, sender, raw, started)
+            return process(config_path, recipient, sender, raw, started)
+        except _Deadline:
+            _say("deadline reached before the report was stored; Postfix will retry")
+            return EX_TEMPFAIL
+        except BaseException as exc:  # noqa: BLE001 - the pipe's top level: every failure is a retry
+            if isinstance(exc, SystemExit) and exc.code in (EX_OK, EX_TEMPFAIL):
+                return int(exc.code)
+            _say(f"not stored, Postfix will retry: {type(exc).__name__}: {exc}")
+            if os.environ.get("BOUNCETRACK_DEBUG"):
+                import traceback  # not on the hot path: it imports tokenize, linecache, textwrap
+
+                traceback.print_exc(file=sys.stderr)
+            return EX_TEMPFAIL
+        finally:
+            signal.alarm(0)
     except _Deadline:
+        # The deadline fired inside a handler above (a store error reached at the very
+        # moment the time ran out) or just before alarm(0): uncaught, it would be
+        # Python's exit 1, and pipe(8) would bounce the bounce. There is one alarm
+        # at a time and it is spent now.
         _say("deadline reached before the report was stored; Postfix will retry")
         return EX_TEMPFAIL
-    except BaseException as exc:  # noqa: BLE001 - the pipe's top level: every failure is a retry
-        if isinstance(exc, SystemExit) and exc.code in (EX_OK, EX_TEMPFAIL):
-            return int(exc.code)
-        _say(f"not stored, Postfix will retry: {type(exc).__name__}: {exc}")
-        if os.environ.get("BOUNCETRACK_DEBUG"):
-            import traceback  # not on the hot path: it imports tokenize, linecache, textwrap
-
-            traceback.print_exc(file=sys.stderr)
-        return EX_TEMPFAIL
     finally:
-        signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
 
 
