@@ -66,16 +66,22 @@ def record(config: Config, *recipients: str, domain: str = "tracked.test") -> tu
     return verp_address(config, token), message
 
 
-def run_pipe(config: Config, recipient: str, data: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
+def pipe_env(config: Config) -> dict[str, str]:
+    """The environment of a pipe run: a private cache directory beside the config, so the
+    second run in a test uses the config snapshot."""
     cache = config.path.parent / "cache"
-    cache.mkdir(mode=0o700, exist_ok=True)  # the second run in a test uses the config snapshot
+    cache.mkdir(mode=0o700, exist_ok=True)
+    return {**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache)}
+
+
+def run_pipe(config: Config, recipient: str, data: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "bouncetrack.bounce_pipe", "--config", str(config.path), *extra, recipient, ""],
         input=data,
         capture_output=True,
         cwd=ROOT,
         timeout=60,
-        env={**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache)},
+        env=pipe_env(config),
     )
 
 

@@ -29,32 +29,14 @@ from bouncetrack.bounce_pipe.client import MAGIC, parse_answer, request
 from bouncetrack.bounce_pipe.server import parse_request
 from bouncetrack.config import Config
 from tests import mailgen
-from tests.configkit import write_config
+# config: the pipe tests' fixture (a tracked domain, an 8 s deadline), re-exported for pytest.
 from tests.test_pipe import assert_clean_output, events, record
+from tests.test_pipe import config as config  # noqa: F401
+from tests.test_pipe import pipe_env as _env
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "bouncetrack" / "bounce_pipe" / "client.py"
 BT = [sys.executable, "-m", "bouncetrack"]
-
-
-@pytest.fixture()
-def config(tmp_path: Path) -> Config:
-    return write_config(
-        tmp_path,
-        """\
-            pipe: {deadline_seconds: 8}
-            domains:
-              tracked.test:
-                tracking: true
-                webhook: {url: "http://127.0.0.1:9/hook", secret: whsec_c2VjcmV0}
-        """,
-    )
-
-
-def _env(config: Config) -> dict[str, str]:
-    cache = config.path.parent / "cache"
-    cache.mkdir(mode=0o700, exist_ok=True)
-    return {**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache)}
 
 
 def _wait_listening(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
