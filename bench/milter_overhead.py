@@ -67,7 +67,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import smtplib
 import sqlite3
@@ -281,7 +280,7 @@ def main() -> None:
                     help="suppression policy reject for tracked.test with N listed addresses (issue 6)")
     a = ap.parse_args()
 
-    from bouncetrack.harness.stack import Stack, unavailable_reason
+    from bouncetrack.harness.stack import Stack, unavailable_reason, wait_accepting
 
     why = unavailable_reason()
     if why:
@@ -338,16 +337,9 @@ def main() -> None:
                     extra_groups=[], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     start_new_session=True))
                 cleanup.callback(_stop, refs[-1])  # also when a round fails and exits early
-                deadline = time.monotonic() + 20
-                while True:
-                    try:
-                        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                            s.connect(str(sock))
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline or refs[-1].poll() is not None:
-                            raise SystemExit(f"reference milter {mode} did not start")
-                        time.sleep(0.05)
+                why = wait_accepting(sock, refs[-1], 20)
+                if why is not None:
+                    raise SystemExit(f"reference milter {mode} did not start: {why}")
                 milters[mode] = f"unix:{sock}"
                 milter_pids[mode] = [refs[-1].pid]
 

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from bouncetrack.bounce_pipe.client import MAGIC, parse_answer, request
 from bouncetrack.bounce_pipe.server import parse_request
 from bouncetrack.config import Config
+from bouncetrack.harness.stack import wait_accepting
 from tests import mailgen
 # config: the pipe tests' fixture (a tracked domain, an 8 s deadline), re-exported for pytest.
 from tests.test_pipe import assert_clean_output, events, record
@@ -40,16 +41,8 @@ BT = [sys.executable, "-m", "bouncetrack"]
 
 
 def _wait_listening(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server exited"
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(str(path))
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{path} never accepted")
+    why = wait_accepting(path, proc, timeout)
+    assert why is None, f"pipe server {why}: {proc.stderr.read().decode() if proc.stderr else ''}"
 
 
 @pytest.fixture()

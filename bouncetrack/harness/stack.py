@@ -151,6 +151,23 @@ def make_message(mail_from: str, rcpts: Sequence[str], subject: str = "harness t
     return (head + "\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")).encode()
 
 
+def wait_accepting(path: Path, proc: "subprocess.Popen[bytes]", timeout: float) -> str | None:
+    """Wait until the unix socket ``path`` accepts a connection: None, or why not (the
+    process exited first, or the timeout ran out). For the services the harness, the
+    tests and the benchmarks start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode}"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+            return None
+        except OSError:
+            time.sleep(0.05)
+    return f"socket {path} not accepting after {timeout:g} s"
+
+
 def _signal_group(proc: "subprocess.Popen[bytes]", sig: int, timeout: float) -> None:
     """Send ``sig`` to ``proc``'s process group, wait ``timeout``, then SIGKILL what is left."""
     try:
@@ -403,19 +420,12 @@ class Stack:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {proc.returncode}:\n"
-                                   f"{log_path.read_text(errors='replace')[-4000:]}")
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.connect(str(socket_path))
-                return proc
-            except OSError:
-                time.sleep(0.05)
+        why = wait_accepting(socket_path, proc, timeout)
+        if why is None:
+            return proc
         _signal_group(proc, signal.SIGKILL, 5.0)
-        raise TimeoutError(f"{what} socket not ready in {timeout}s:\n{log_path.read_text(errors='replace')[-4000:]}")
+        error = RuntimeError if why.startswith("exited") else TimeoutError
+        raise error(f"{what} {why}:\n{log_path.read_text(errors='replace')[-4000:]}")
 
     # --- pipe server ---------------------------------------------------------------
     def start_pipe_server(self, timeout: float = 20.0) -> None:
