@@ -53,6 +53,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from bouncetrack.config_loader import load_config
+    from bouncetrack.harness.stack import wait_accepting
     from bouncetrack.store import open_store
     from bouncetrack.store.base import MessageRecord, RecipientRecord
     from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
@@ -108,11 +109,9 @@ def main() -> None:
         server = subprocess.Popen([a.python, "-m", "bouncetrack", "pipe-server", "--socket", str(sock),
                                    "--config", str(cfg), "--log-level", "WARNING"], cwd=ROOT, env=env)
         try:
-            deadline = time.monotonic() + 30
-            while not sock.exists():
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the pipe server did not start")
-                time.sleep(0.05)
+            why = wait_accepting(sock, server, 30)
+            if why is not None:
+                raise SystemExit(f"the pipe server did not start: {why}")
             pipe_t: list[float] = []
             full_t: list[float] = []
             bare_t: list[float] = []
