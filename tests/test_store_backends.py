@@ -131,8 +131,11 @@ def integrity_errors() -> tuple[type[BaseException], ...]:
 # ------------------------------------------------------------------ messages
 
 
-def test_message_round_trip(store: Any) -> None:
-    msg = make_message(2**62 + 12345, n_rcpts=3)
+@pytest.mark.parametrize("n_rcpts", [0, 1, 3, 60])
+def test_message_round_trip(store: Any, n_rcpts: int) -> None:
+    # PostgreSQL records a message in one statement (its recipients as arrays):
+    # none, one and many recipients come back in RCPT order, NULLs kept.
+    msg = make_message(2**62 + 12345, n_rcpts=n_rcpts)
     pk = store.record_message(msg)
     got = store.message_by_token_id(msg.token_id)
     assert got is not None and got.id == pk
