@@ -7,6 +7,7 @@ through Postfix to the real bounce pipe and land in the real SQLite store.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from typing import Any
@@ -85,6 +86,15 @@ def test_tracked_several_recipients_each_bounce_attributed(stack: Any) -> None:
     rcpt_c = tx.rcpt("unknown-c@remote.test")
     assert rcpt_c is not None
     assert rcpt_c.params["ORCPT"] == "rfc822;Alias-C@list.test"  # kept
+    # The message record carries Postfix's queue id: the milter asks for the macro
+    # ``i`` at end of message only (setsymlist), and Postfix sends it there.
+    assert tx.data is not None
+    received = re.search(rb"\(Postfix\) with E?SMTP id ([0-9A-Za-z]+)", tx.data)
+    assert received is not None, tx.data[:400]
+    token = tx.mail_from[2:].partition("@")[0]
+    with sqlite3.connect(stack.db_path) as db:
+        (queue_id,) = db.execute("SELECT queue_id FROM messages WHERE token = ?", (token,)).fetchone()
+    assert queue_id == received.group(1).decode()
     got = new_events(stack, before, 2)
     assert sorted((e["recipient"], e["type"], e["flagged"]) for e in got) == [
         ("unknown-a@remote.test", "bounce", 0), ("unknown-c@remote.test", "bounce", 0)]

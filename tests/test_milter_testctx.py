@@ -150,3 +150,13 @@ def test_transactions_on_one_connection_do_not_leak_state(shared: Shared, config
     m.envfrom("<info@untracked.test>")
     m.envrcpt("<b@remote.test>")
     assert m.recipients[0].path == "<b@remote.test>" and len(m.recipients) == 1
+
+
+def test_negotiation_asks_for_the_queue_id_at_end_of_message_only(shared: Shared) -> None:
+    # Every macro Postfix sends is decoded by libmilter and pymilter: the milter asks
+    # for the one it reads (``i`` at eom) and for none at the other stages (issue 3).
+    ctx = RecordingCtx()
+    ctx._connect()
+    assert ctx._symlist[Milter.M_EOM] == {b"i"}
+    for stage in (Milter.M_ENVFROM, Milter.M_ENVRCPT, Milter.M_DATA, Milter.M_EOH):
+        assert ctx._symlist[stage] == {b"{none}"}
