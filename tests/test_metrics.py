@@ -29,7 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bouncetrack.api.app import create_app
 from bouncetrack.config import Config, ConfigError
 from bouncetrack.config_loader import load_config
-from bouncetrack.metrics import pipe_tempfail
+from bouncetrack.bounce_pipe import client
+from bouncetrack.bounce_pipe.client import NO_SERVER, SERVER_LOST
+from bouncetrack.metrics import pipe_fallback, pipe_tempfail
 from bouncetrack.metrics.milter import build_registry, serve
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
@@ -134,6 +136,9 @@ def test_pipe_counts_reach_metrics_and_survive_a_restart(
         env={**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache_dir(config))},
     )
     assert tempfail.returncode == 75, tempfail.stderr
+    # The pipe client found no pipe server once and ran the full pipe (test_pipe_server.py
+    # proves the client writes this; here, that /metrics shows it).
+    note_fallback_in(cache_dir(config), NO_SERVER)
 
     first = scrape_text(config, monkeypatch)
     s = parse(first)
@@ -162,6 +167,8 @@ def test_pipe_counts_reach_metrics_and_survive_a_restart(
         assert value(s, f"{hist}_count", outcome=outcome) == n
         assert value(s, f"{hist}_bucket", outcome=outcome, le="+Inf") == n
         assert 0 < value(s, f"{hist}_sum", outcome=outcome) < 60
+    assert value(s, "bouncetrack_pipe_fallbacks_total", reason="no-server") == 1
+    assert value(s, "bouncetrack_pipe_fallbacks_total", reason="server-lost") == 0  # present at 0
     # The webhook and SMTP jobs of the two tracked.test reports (hard bounce, complaint).
     assert value(s, "bouncetrack_outbox_jobs", state="pending") == 4
     assert value(s, "bouncetrack_deliveries_total", channel="webhook", outcome="delivered") == 0
@@ -275,6 +282,21 @@ def test_tempfail_log_is_best_effort_and_fixed_size(tmp_path: Path) -> None:
     assert pipe_tempfail.read_durations(str(tmp_path / "missing-dir")) == (0, [])
 
 
+def note_fallback_in(directory: Path, reason: str) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BOUNCETRACK_CACHE_DIR", str(directory))
+        client.note_fallback(reason)
+
+
+def test_fallback_log_is_best_effort_fixed_size_and_counted_by_reason(tmp_path: Path) -> None:
+    for reason in (NO_SERVER, SERVER_LOST, NO_SERVER):
+        note_fallback_in(tmp_path, reason)
+    note_fallback_in(tmp_path / "missing-dir", NO_SERVER)  # ignored, never raises
+    assert (tmp_path / client.FALLBACK_LOG).stat().st_size == 3 * client.FALLBACK_RECORD_LEN
+    assert pipe_fallback.read_counts(str(tmp_path)) == {NO_SERVER: 2, SERVER_LOST: 1}
+    assert pipe_fallback.read_counts(str(tmp_path / "missing-dir")) == {NO_SERVER: 0, SERVER_LOST: 0}
+
+
 # ------------------------------------------------------------------ the milter
 
 
@@ -361,6 +383,7 @@ def test_alert_rules_parse_and_name_existing_metrics(
     assert {r["alert"] for r in rules} >= {
         "BouncetrackHardBounceRateHigh", "BouncetrackComplaintRateHigh", "BouncetrackOutboxStuck",
         "BouncetrackDeadLetters", "BouncetrackForgedTokensSpike", "BouncetrackPipeTempfails",
+        "BouncetrackPipeServerMissing",
     }
     for rule in rules:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}, rule

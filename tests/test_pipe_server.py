@@ -25,10 +25,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bouncetrack.bounce_pipe.client import MAGIC, parse_answer, request
+from bouncetrack.bounce_pipe.client import MAGIC, NO_SERVER, SERVER_LOST, parse_answer, request
 from bouncetrack.bounce_pipe.server import parse_request
 from bouncetrack.config import Config
 from bouncetrack.harness.stack import wait_accepting
+from bouncetrack.metrics import pipe_fallback
 from tests import mailgen
 # config: the pipe tests' fixture (a tracked domain, an 8 s deadline), re-exported for pytest.
 from tests.test_pipe import assert_clean_output, events, record
@@ -61,6 +62,11 @@ def server(config: Config, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Po
         proc.wait(10)
         if proc.stderr:
             proc.stderr.close()
+
+
+def fallbacks(config: Config) -> dict[str, int]:
+    """The client's fallback log, by reason (in the pipe's cache directory)."""
+    return pipe_fallback.read_counts(_env(config)["BOUNCETRACK_CACHE_DIR"])
 
 
 def run_client(config: Config, sock: Path, recipient: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -118,6 +124,7 @@ def test_no_server_the_full_pipe_stores_it(config: Config, tmp_path: Path) -> No
     out = run_client(config, tmp_path / "nobody-listens.sock", verp, mailgen.dsn(verp, "unknown-1@remote.test"))
     assert out.returncode == 0, out.stderr
     assert len(events(config)) == 1
+    assert fallbacks(config) == {NO_SERVER: 1, SERVER_LOST: 0}  # for /metrics (test_metrics.py)
 
 
 def _fake_server(path: Path, behaviour: str) -> threading.Thread:
@@ -154,6 +161,7 @@ def test_a_server_that_goes_away_hands_over_to_the_full_pipe(config: Config, tmp
     assert out.returncode == 0, out.stderr
     (event,) = events(config)
     assert event["token_status"] == "valid" and event["recipient"] == "unknown-1@remote.test"
+    assert fallbacks(config) == {NO_SERVER: 0, SERVER_LOST: 1}
 
 
 def test_server_socket_is_private_refuses_a_second_server_and_replaces_a_stale_socket(

@@ -21,6 +21,11 @@ Every way the server can fail keeps the bounce:
   report delivered twice;
 - no answer within :data:`DEADLINE`: exit 75, and Postfix retries.
 
+Each hand-over to the full pipe appends a record to ``<cache dir>/pipe-fallback.log``
+(:func:`note_fallback`), which ``/metrics`` shows as
+``bouncetrack_pipe_fallbacks_total{reason}``: the bounces still get stored, but each
+one costs a full start, and an operator should learn that the server is gone.
+
 The arguments after ``--socket PATH`` are those of ``bouncetrack pipe``
 (``[--config F] RECIPIENT [SENDER]``), and so is the exit code (0 stored, 75 retry).
 Nothing is written on stdout; what the pipe said goes to stderr (pipe(8) logs it).
@@ -50,6 +55,17 @@ EX_TEMPFAIL = 75
 DEADLINE = 300.0
 USAGE = "usage: client.py --socket PATH [--config FILE] RECIPIENT [SENDER]"
 
+# The fallback log (read by bouncetrack.metrics.pipe_fallback): fixed-size records
+# "<unix seconds, 10 digits> <reason, padded>\n", one write each on an O_APPEND
+# descriptor, so concurrent clients never interleave. In the pipe's cache directory,
+# found as the pipe finds it (bouncetrack.metrics.pipe_tempfail).
+FALLBACK_LOG = "pipe-fallback.log"
+NO_SERVER = "no-server"  # nothing listening on the socket (not started, stopped)
+SERVER_LOST = "server-lost"  # it accepted, then went away before answering
+REASON_WIDTH = 11
+FALLBACK_RECORD_LEN = 10 + 1 + REASON_WIDTH + 1
+DEFAULT_CACHE_DIR = "/var/cache/bouncetrack"
+
 
 def _say(message: str) -> None:
     # Prefixed so it never begins with an enhanced status code (pipe(8) would take it).
@@ -61,12 +77,28 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_full_pipe(pipe_args: list[str], message: bytes | None = None) -> None:
+def note_fallback(reason: str) -> None:
+    """Append one record to the fallback log; never raises (the bounce matters more)."""
+    try:
+        directory = os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
+        record = ("%010d %-*s\n" % (int(time.time()), REASON_WIDTH, reason[:REASON_WIDTH])).encode()
+        fd = os.open(os.path.join(directory, FALLBACK_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                     0o644)
+        try:
+            os.write(fd, record)
+        finally:
+            os.close(fd)
+    except Exception:  # noqa: BLE001 - best-effort by design
+        pass
+
+
+def run_full_pipe(pipe_args: list[str], message: bytes | None = None, *, reason: str = NO_SERVER) -> None:
     """Become ``python -m bouncetrack.bounce_pipe`` (with ``site``); never returns (exec).
 
     With ``message``, the full pipe reads it from a pipe fed by a child process,
-    since this process has already consumed stdin.
+    since this process has already consumed stdin. ``reason`` goes to the fallback log.
     """
+    note_fallback(reason)
     if message is not None:
         read_end, write_end = os.pipe()
         if os.fork() == 0:
@@ -155,7 +187,7 @@ def main(argv: list[str]) -> int:
         sock.close()
     answer = parse_answer(b"".join(chunks))
     if answer is None:
-        run_full_pipe(pipe_args, message)  # the server went away before answering
+        run_full_pipe(pipe_args, message, reason=SERVER_LOST)  # it went away before answering
         return EX_TEMPFAIL  # not reached: run_full_pipe execs
     code, text = answer
     if text:

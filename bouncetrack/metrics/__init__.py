@@ -10,4 +10,6 @@ Kept import-free on purpose: the bounce pipe imports :mod:`.pipe_tempfail`
 - :mod:`.milter`: the milter's own metrics port (decisions, recording latency).
 - :mod:`.pipe_tempfail`: the pipe's tempfail log (a run that could not reach
   the store cannot count itself there).
+- :mod:`.pipe_fallback`: the pipe client's log of bounces it handed to the full
+  pipe because the pipe server was not there.
 """

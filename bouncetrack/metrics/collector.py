@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ..config import Config
 from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts
-from . import pipe_tempfail
+from . import pipe_fallback, pipe_tempfail
 
 # The reason taxonomy (shared/corpus/README.md, Sisimai 5).
 REASONS = frozenset(
@@ -147,6 +147,16 @@ class StoreCollector(Collector):
             hist.add_metric([outcome], series, sums[outcome])
         yield total
         yield hist
+        fallbacks = CounterMetricFamily(
+            "bouncetrack_pipe_fallbacks",
+            "Bounces the pipe client handed to the full pipe instead of the pipe server, by reason: "
+            "no-server (none listening), server-lost (it went away before answering); each is "
+            "stored all the same, at the cost of a full start",
+            labels=["reason"],
+        )
+        for reason, n in pipe_fallback.read_counts(self._tempfail_dir).items():
+            fallbacks.add_metric([reason], n)
+        yield fallbacks
 
 
 def _store_families(config: Config, counts: MetricCounts) -> Iterator[Metric]:

@@ -1,0 +1,42 @@
+"""The pipe client's fallback log, read at scrape time.
+
+The pipe client (:mod:`bouncetrack.bounce_pipe.client`) appends a record each time
+it hands a bounce to the full pipe instead of the warm pipe server: none was
+listening (``no-server``), or it went away before answering (``server-lost``).
+The bounce is stored either way; the count tells an operator that every bounce now
+pays a full interpreter start (``bench/pipe.py``: about 3 times the client's time),
+and that the server should be started again. Truncating the file resets the
+counter (Prometheus copes with counter resets).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..bounce_pipe.client import FALLBACK_LOG, FALLBACK_RECORD_LEN, NO_SERVER, SERVER_LOST
+from . import pipe_tempfail
+
+REASONS = (NO_SERVER, SERVER_LOST)
+_CHUNK = FALLBACK_RECORD_LEN * 4096  # whole records per read
+
+
+def path(directory: str | None = None) -> str:
+    """The log's path: the pipe's cache directory, as the tempfail log's."""
+    return os.path.join(os.path.dirname(pipe_tempfail.path(directory)), FALLBACK_LOG)
+
+
+def read_counts(directory: str | None = None) -> dict[str, int]:
+    """Records per reason (every reason present, 0 when none); a missing file is all 0.
+
+    Read in whole records, so a long outage's log is counted in constant memory.
+    """
+    counts = dict.fromkeys(REASONS, 0)
+    tokens = {reason: f" {reason}".encode() for reason in REASONS}
+    try:
+        with open(path(directory), "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                for reason, token in tokens.items():
+                    counts[reason] += chunk.count(token)
+    except OSError:
+        pass
+    return counts
