@@ -20,11 +20,11 @@ A mode is a base and optional ``+flags``:
   handling, nothing but what the benchmark's messages need.
 
 The gap between these and bouncetrack's milter is what our own code costs; the
-gap between ``trivial`` (or ``trivial+nohdr``) and no milter is pymilter and the
-milter protocol, which no milter written with pymilter can go below;
+gap between ``trivial+nohdr+lean`` and no milter is pymilter and the milter
+protocol, which no milter written with pymilter can go below;
 ``actions`` - ``trivial`` is the price of the rewrite itself (mostly Postfix's
-cleanup editing the queue file). ``actions+async+rcptreply`` is the floor of any
-milter that does what the spec asks (the rewrite, an answer per RCPT) in any
+cleanup editing the queue file). ``actions+async+rcptreply+lean`` is the floor of
+any milter that does what the spec asks (the rewrite, an answer per RCPT) in any
 language: what is left is the milter protocol and Postfix's own work for it.
 
 Run by the benchmark as ``python _ref_milter.py SOCKET MODE`` (stdlib + pymilter

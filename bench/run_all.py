@@ -411,7 +411,8 @@ def ref_label(mode: str) -> str:
 REF_ROLES = {
     "trivial+nohdr+lean": "the most any pymilter can reach: changes nothing, is sent no header, no macro",
     "actions+rcptreply+lean": "pymilter doing the spec's rewrite and answering each RCPT; no policy, no store",
-    "trivial+async+nohdr+lean": "the most any milter can reach: the same as the first, without pymilter",
+    "trivial+async+nohdr+lean": "the most any milter can reach: changes nothing, is sent no header, no macro, "
+                                "speaks the protocol without pymilter",
     "actions+async+rcptreply+lean": "the spec's rewrite and RCPT answers without pymilter: the floor of any "
                                     "milter doing what the spec asks",
 }
@@ -428,7 +429,8 @@ def milter_cpu_table(d: dict[str, Any]) -> list[str]:
             **{k: v["median"] for k, v in refs.items()}}
     L = ["| side | what it shows | msg/s | ratio to baseline | CPU/msg, milter process | CPU/msg, whole machine |",
          "|---|---|---|---|---|---|"]
-    for side in sorted(cpu, key=lambda k: (k != "baseline", k != "milter", k)):
+    order = [*REF_ROLES]  # the most any milter can reach, then the floors, as milter_overhead.py lists them
+    for side in sorted(cpu, key=lambda k: (k != "baseline", k != "milter", order.index(k) if k in order else 99, k)):
         c = cpu[side]
         name = {"baseline": "no milter", "milter": "bouncetrack milter"}.get(side, ref_label(side))
         role = {"baseline": "the baseline", "milter": "what ships"}.get(side, REF_ROLES.get(side, ""))
