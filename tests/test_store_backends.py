@@ -598,11 +598,54 @@ def test_dashboard_aggregates_match_the_sqlite_store(both: tuple[Any, Any]) -> N
     ]
     for i, call in enumerate(calls):
         assert call(both[0]) == call(both[1]), i
+    both[1].roll_up_sent(1000.0 + 3 * 86400)  # rolled up on one side only: the same counts
+    for i, call in enumerate(calls[:3]):
+        assert call(both[0]) == call(both[1]), i
     lite, pg = both
     newest = lite.dashboard_events(EventQuery(domains=tuple(doms)), limit=3)
     older = lite.dashboard_events(EventQuery(domains=tuple(doms)), before_pk=newest[-1][0], limit=3)
     assert pg.dashboard_events(EventQuery(domains=tuple(doms)), before_pk=newest[-1][0], limit=3) == older
     assert pg.dashboard_events(EventQuery(domains=tuple(doms)), after_pk=older[0][0], limit=3) == newest
+
+
+DAY = 86400
+D0 = 1_700_006_400  # a UTC day start
+
+
+def test_sent_counts_are_the_same_before_and_after_the_roll_up(store: Any) -> None:
+    # Messages over six days, at any time of day, two domains, 1-4 recipients each.
+    made = []
+    for i in range(30):
+        created = D0 + (i % 6) * DAY + (i * 7919) % DAY + 0.25
+        made.append(make_message(500 + i, n_rcpts=1 + i % 4, domain=("a.test", "b.test")[i % 3 == 0],
+                                 created_at=created))
+        store.record_message(made[-1])
+
+    def expected(domains: list[str], start: float, end: float) -> tuple[int, int]:
+        chosen = [m for m in made if m.sender_domain in domains and start <= m.created_at < end]
+        return len(chosen), sum(len(m.recipients) for m in chosen)
+
+    ranges = [(D0, D0 + 6 * DAY), (D0 + DAY, D0 + 3 * DAY), (D0 + 3600.5, D0 + 4 * DAY - 7), (D0 - DAY, D0),
+              (D0 + 2 * DAY, D0 + 2 * DAY), (0, 1e12)]
+    scopes = [["a.test"], ["b.test"], ["a.test", "b.test"], ["c.test"]]
+
+    def check() -> None:
+        for domains in scopes:
+            for start, end in ranges:
+                assert store.dashboard_sent(domains, start, end) == expected(domains, start, end), (domains, start)
+
+    check()  # nothing rolled up: all live
+    days_before_3 = {(m.sender_domain, int(m.created_at // DAY) * DAY) for m in made if m.created_at < D0 + 3 * DAY}
+    assert store.roll_up_sent(D0 + 3 * DAY + 5000) == len(days_before_3)  # cut to the day start
+    check()
+    assert store.roll_up_sent(D0 + 3 * DAY) == 0  # idempotent
+    assert store.roll_up_sent(D0 + 2 * DAY) == 0  # never backwards
+    assert store.roll_up_sent(D0 + 100 * DAY) == len({(m.sender_domain, int(m.created_at // DAY)) for m in made}) - len(
+        days_before_3)
+    check()
+    # The day rows outlive the messages (retention): the dashboard keeps the history.
+    assert store.purge_messages_before(D0 + 7 * DAY).messages == 30
+    assert store.dashboard_sent(["a.test", "b.test"], D0, D0 + 6 * DAY) == expected(["a.test", "b.test"], D0, D0 + 6 * DAY)
 
 
 # ------------------------------------------------- PostgreSQL failure modes

@@ -497,3 +497,22 @@ def test_idle_worker_drops_raw_reports_past_retention(tmp_path: Path, store: SQL
     assert store.raw_report(old.event_id) in (None, b"")
     assert store.raw_report(new.event_id) == b"new raw"
     assert store.event(old.event_id) is not None  # the event itself stays
+
+
+def test_idle_worker_rolls_up_completed_days_for_the_dashboard(tmp_path: Path, store: SQLiteStore, clock: FakeClock) -> None:
+    from bouncetrack.forward.worker import ROLL_UP_GRACE
+    from bouncetrack.store.base import MessageRecord, RecipientRecord
+
+    config = make_config(tmp_path, None)  # no channels: only the housekeeping runs
+    today = T0 // 86400 * 86400
+    for i, created in enumerate((today - 2 * 86400 + 5, today - 86400 + 5, today + 5)):
+        store.record_message(MessageRecord(
+            token_id=900 + i, token=f"t{i}", queue_id=None, message_id=None, sender_domain="tracked.test",
+            envelope_sender="a@tracked.test", verp_sender=f"b+t{i}@bounce.test", dsn_ret=None, dsn_envid=None,
+            recipients=(RecipientRecord("r@remote.test", None, None),), created_at=created,
+        ))
+    clock.t = today + ROLL_UP_GRACE + 1  # yesterday ended more than the grace ago
+    run_once(config, store, clock)
+    rows = store._conn.execute("SELECT day, messages FROM message_days ORDER BY day").fetchall()
+    assert [tuple(r) for r in rows] == [(today - 2 * 86400, 1), (today - 86400, 1)]  # not today
+    assert store.dashboard_sent(["tracked.test"], today - 2 * 86400, today + 86400) == (3, 3)

@@ -67,6 +67,11 @@ SMTP_TIMEOUT = 20.0  # per SMTP operation
 PURGE_INTERVAL = 3600.0
 # Events and messages past `retention:` (bouncetrack.retention), at most this often.
 RETENTION_INTERVAL = 86400.0
+# The dashboard's daily sent counts (Store.roll_up_sent), at most this often. A day is
+# rolled up once it ended this long ago: a message recorded late (a node whose clock
+# is behind) still falls in a day not yet rolled, where the dashboard counts it live.
+ROLL_UP_INTERVAL = 3600.0
+ROLL_UP_GRACE = 3600.0
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Worker:
         self.stats = WorkerStats()
         self._next_purge = 0.0
         self._next_retention = 0.0
+        self._next_roll_up = 0.0
 
     def maybe_purge_raw(self) -> int:
         """Drop raw reports older than ``pipe.raw_retention_days`` (hourly, in batches)."""
@@ -148,6 +154,17 @@ class Worker:
             log.info("dropped %d raw report(s) older than %d days", purged, self.config.pipe.raw_retention_days)
         self.stats.raw_purged += purged
         return purged
+
+    def maybe_roll_up_sent(self) -> int:
+        """Roll completed days' messages up for the dashboard (hourly); day rows written."""
+        now = self.clock()
+        if now < self._next_roll_up:
+            return 0
+        self._next_roll_up = now + ROLL_UP_INTERVAL
+        written = self.store.roll_up_sent(now - ROLL_UP_GRACE)
+        if written:
+            log.info("rolled up %d day(s) of sent counts for the dashboard", written)
+        return written
 
     def maybe_purge_retention(self) -> PurgeCounts | None:
         """Delete events and messages past ``retention:`` (daily, in batches) when
@@ -326,6 +343,10 @@ def run_worker(
                     worker.maybe_purge_raw()  # housekeeping only when idle
                 except StoreUnavailable as exc:
                     log.warning("raw retention purge skipped: %s", exc)
+                try:
+                    worker.maybe_roll_up_sent()  # hourly; before retention deletes messages
+                except StoreUnavailable as exc:
+                    log.warning("sent counts roll-up skipped: %s", exc)
                 try:
                     worker.maybe_purge_retention()  # daily, also only when idle
                 except StoreUnavailable as exc:

@@ -80,6 +80,11 @@ class Store(Protocol):
     def purge_messages_before(self, cutoff: float, batch: int = 1000) -> "PurgeCounts": ...
     # --- end of retention section
 
+    # --- the dashboard's daily sent counts (issue 5; owner: dashboard): the worker
+    # rolls the messages of completed UTC days before ``until`` up into per-day
+    # counts; returns the day rows written. Idempotent, safe from several workers.
+    def roll_up_sent(self, until: float) -> int: ...
+
     def close(self) -> None: ...
 
     # --- queries for the API (issue 5, download section; owner: download API) --

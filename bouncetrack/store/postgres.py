@@ -845,17 +845,58 @@ class PostgresStore:
     # =========================================================================
 
     def dashboard_sent(self, domains: Sequence[str], start: float, end: float) -> tuple[int, int]:
+        """As :meth:`SQLiteStore.dashboard_sent`: rolled-up days, then live counts."""
         if not domains:
             return 0, 0
         with self._read("counting sent messages") as conn:
-            row = conn.execute(
-                "SELECT count(DISTINCT m.id), count(r.id) FROM messages m "
-                "LEFT JOIN recipients r ON r.message_pk = m.id "
-                "WHERE m.sender_domain = ANY(%s) AND m.created_at >= %s AND m.created_at < %s",
-                (list(domains), start, end),
-            ).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+            row = conn.execute("SELECT until FROM sent_rolled_until").fetchone()
+            assert row is not None
+            days, live = _rows.sent_windows(start, end, float(row[0]))
+            messages = recipients = 0
+            if days is not None:
+                row = conn.execute(
+                    "SELECT coalesce(sum(messages), 0), coalesce(sum(recipients), 0) FROM message_days "
+                    "WHERE domain = ANY(%s) AND day >= %s AND day < %s",
+                    (list(domains), *days),
+                ).fetchone()
+                assert row is not None
+                messages, recipients = int(row[0]), int(row[1])
+            for lo, hi in live:
+                row = conn.execute(
+                    "SELECT count(DISTINCT m.id), count(r.id) FROM messages m "
+                    "LEFT JOIN recipients r ON r.message_pk = m.id "
+                    "WHERE m.sender_domain = ANY(%s) AND m.created_at >= %s AND m.created_at < %s",
+                    (list(domains), lo, hi),
+                ).fetchone()
+                assert row is not None
+                messages += int(row[0])
+                recipients += int(row[1])
+        return messages, recipients
+
+    def roll_up_sent(self, until: float) -> int:
+        """As :meth:`SQLiteStore.roll_up_sent`; workers on several nodes take turns
+        (the watermark row is locked for each day's transaction)."""
+        target = _rows.day_start(until)
+        written = 0
+        while True:
+            with self._write("rolling up sent counts") as conn:
+                row = conn.execute("SELECT until FROM sent_rolled_until FOR UPDATE").fetchone()
+                assert row is not None
+                rolled = float(row[0])
+                if rolled >= target:
+                    return written
+                row = conn.execute("SELECT min(created_at) FROM messages WHERE created_at >= %s", (rolled,)).fetchone()
+                step = _rows.roll_up_step(rolled, None if row is None else row[0], target)
+                written += conn.execute(
+                    "INSERT INTO message_days (domain, day, messages, recipients) "
+                    "SELECT m.sender_domain, (floor(m.created_at / 86400) * 86400)::bigint AS day, count(*), "
+                    "sum((SELECT count(*) FROM recipients r WHERE r.message_pk = m.id)) FROM messages m "
+                    "WHERE m.created_at >= %s AND m.created_at < %s GROUP BY 1, 2 "
+                    "ON CONFLICT (domain, day) DO UPDATE SET messages = message_days.messages + EXCLUDED.messages, "
+                    "recipients = message_days.recipients + EXCLUDED.recipients",
+                    (rolled, step),
+                ).rowcount
+                conn.execute("UPDATE sent_rolled_until SET until = %s", (step,))
 
     def dashboard_daily(self, domains: Sequence[str], start: float, end: float) -> list[DailyCount]:
         if not domains:

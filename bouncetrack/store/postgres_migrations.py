@@ -284,6 +284,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX raw_reports_received_at ON raw_reports (received_at, id)",
         ),
     ),
+    # --- SQLite migration 8: daily sent counts for the dashboard (owner: dashboard)
+    (
+        3,
+        "daily sent counts for the dashboard, rolled up by the worker",
+        (
+            """
+            CREATE TABLE message_days (
+                domain     TEXT NOT NULL,
+                day        BIGINT NOT NULL,
+                messages   BIGINT NOT NULL,
+                recipients BIGINT NOT NULL,
+                PRIMARY KEY (domain, day)
+            )
+            """,
+            """
+            CREATE TABLE sent_rolled_until (
+                id    INTEGER PRIMARY KEY CHECK (id = 1),
+                until DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "INSERT INTO sent_rolled_until (id, until) VALUES (1, 0)",
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

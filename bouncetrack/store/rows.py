@@ -13,6 +13,7 @@ there.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .base import BounceEvent, MessageRecord, OutboxJob, RecipientRecord, SuppressionCandidate
@@ -71,6 +72,42 @@ DASH_JOB_KINDS = {
     "delivered": "o.state = 'delivered'",
 }
 DASH_JOB_KIND_CASE = "CASE " + " ".join(f"WHEN {c} THEN '{k}'" for k, c in DASH_JOB_KINDS.items()) + " END"
+
+# --- dashboard sent counts (message_days, rolled up by the worker) -------------
+DAY = 86400
+
+
+def day_start(t: float) -> int:
+    """The UTC day that holds ``t``, as the epoch second it starts at."""
+    return int(t // DAY) * DAY
+
+
+def sent_windows(start: float, end: float, rolled_until: float) -> tuple[tuple[int, int] | None, list[tuple[float, float]]]:
+    """Split ``[start, end)`` into whole rolled-up days and the ranges counted live.
+
+    Returns (the ``[first day, end day)`` to read from message_days, or None; the
+    ``[lo, hi)`` created_at ranges to count from the messages). Only whole UTC days
+    before ``rolled_until`` come from the roll-up, so any bounds give exact counts;
+    the dashboard's (whole days) need one live range at most, from the roll-up on.
+    """
+    first = math.ceil(start / DAY) * DAY
+    last = min(day_start(end), day_start(rolled_until))
+    if first >= last:
+        return None, [(start, end)] if start < end else []
+    live = [(lo, hi) for lo, hi in ((start, float(first)), (float(last), end)) if lo < hi]
+    return (first, last), live
+
+
+def roll_up_step(rolled: float, oldest: float | None, target: int) -> int:
+    """Where one roll-up transaction stops: past one day of messages, at most ``target``.
+
+    ``oldest`` is the first message at or after ``rolled``; a gap without
+    messages is crossed in the same step.
+    """
+    if oldest is None or oldest >= target:
+        return target
+    return min(target, day_start(oldest) + DAY)
+
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
