@@ -7,7 +7,7 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 (``bench/results/*.png``, matplotlib, Agg) are generated from those files.
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
-list), ``suppression_lookup``, ``classify``, ``pipe``, ``export``, ``webhook``, ``soak
+list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``pipe``, ``export``, ``webhook``, ``soak
 --short``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
@@ -48,6 +48,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
      ["-n", "400", "--rounds", "3", "--warmup", "50", "--suppressed", "1000000",
       "--name", "milter_overhead_suppressed_1m"], ["milter_overhead_suppressed_1m"]),
     ("suppression_lookup", "suppression_lookup.py", ["-n", "1000000", "--lookups", "100000"], ["suppression_lookup"]),
+    ("dashboard_sent", "dashboard_sent.py", ["-n", "1000000"], ["dashboard_sent"]),
     ("classify", "classify.py", ["--rounds", "7"], ["classify"]),
     ("pipe", "pipe.py", ["-n", "150"], ["pipe"]),
     ("export", "export.py", ["-n", "1000000", "--rounds", "1"], ["export"]),
@@ -56,7 +57,8 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
 ]
 
 
-KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup", "classify", "pipe", "export",
+KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
+         "dashboard_sent", "classify", "pipe", "export",
          "webhook", "soak-short", "soak")
 
 
@@ -516,6 +518,13 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
         L.append(f"| suppression lookup, {d['entries']:,} entries | miss {u['full_miss_us']:.1f} µs, hit "
                  f"{u['full_hit_us']:.1f} µs per recipient; index {d['index_memory_mb']:.1f} MB | empty index "
                  f"{u['empty_miss_us']:.1f} µs | {u['full_miss_us'] / u['empty_miss_us']:.2f}× | – | – |")
+    d = results.get("dashboard_sent")
+    if d and "live" in d:
+        lv, rv = d["live"]["all domains"]["median_s"], d["rolled"]["all domains"]["median_s"]
+        L.append(f"| dashboard sent count, {d['messages']:,} messages over {d['days']} days | "
+                 f"{rv * 1e3:.0f} ms from the daily roll-up (roll-up {d['roll_up_s']:.1f} s, one day's "
+                 f"transaction {d['roll_up_one_day_s'] * 1e3:.0f} ms) | {lv * 1e3:.0f} ms reading every message | "
+                 f"{rv / lv:.3f} | – | – |")
     d = results.get("classify")
     if d:
         L.append(f"| classifier | {d['messages_per_second']:,.0f} msg/s | "
