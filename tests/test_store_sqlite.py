@@ -153,6 +153,29 @@ def test_failed_migration_rolls_back(store: SQLiteStore) -> None:
     conn.close()
 
 
+def test_an_upgraded_store_counts_its_old_messages_then_rolls_them_up(tmp_path: Path) -> None:
+    # A store from before migration 8 (daily sent counts) keeps its messages: the
+    # dashboard counts them live until the worker's first roll-up, and the same after.
+    from bouncetrack.store import rows
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.migrate(conn, tuple(m for m in migrations.MIGRATIONS if m[0] < 8))
+    for token_id in range(1, 4):  # written by the older release
+        message = make_message(token_id)
+        pk = conn.execute(f"INSERT INTO messages ({rows.MESSAGE_INSERT_COLUMNS}) VALUES ({', '.join('?' * 10)})",
+                          rows.message_params(message)).lastrowid
+        assert pk is not None
+        conn.executemany("INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
+                         "VALUES (?, ?, ?, ?, ?)", rows.recipient_params(pk, message))
+    conn.close()
+    s = SQLiteStore.from_url(f"sqlite:///{path}", timeout=5.0)  # migrates to the latest
+    assert s.dashboard_sent(["example.com"], 0, 1e12) == (3, 9)
+    assert s.roll_up_sent(time.time()) == 1  # make_message's created_at: one day, long ago
+    assert s.dashboard_sent(["example.com"], 0, 1e12) == (3, 9)
+    s.close()
+
+
 def test_parse_url() -> None:
     assert parse_url("sqlite:///var/lib/x.db") == "/var/lib/x.db"
     assert parse_url("sqlite:////var/lib/x.db") == "/var/lib/x.db"
