@@ -45,6 +45,12 @@ Each round also reports CPU per message: the side's milter process (all its
 threads and children, from /proc/PID/stat) and the whole machine (/proc/stat):
 where the time goes when the 2 cores are saturated.
 
+``--perf``: each round also runs ``perf record -a`` (all CPUs, ``-F 499``) and the
+report splits the machine's CPU per message by command (smtpd, cleanup, the
+milter's threads, kworkers, ...): where a side's extra CPU goes, including work
+outside the milter process. perf's own sampling disturbs the rates: use it to
+locate costs, not to compare throughput.
+
 The milter logs at ``--log-level`` (default INFO, as in production; the Stack's
 default is DEBUG). Target (issue 3): with milter ≥ 0.85 × without.
 
@@ -62,7 +68,7 @@ that PostgreSQL makes durable before answering.
 
     python bench/milter_overhead.py [-n 600] [--threads 4] [--rounds 5]
         [--mode session|per-message] [--delivery hold|deliver] [--log-level INFO] [--reference]
-        [--suppressed N] [--store sqlite|postgresql]
+        [--suppressed N] [--store sqlite|postgresql] [--perf]
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ class Round:
     errors: list[str] = field(default_factory=list)
     milter_cpu: float = 0.0  # CPU seconds of the side's milter process(es) during the round
     machine_cpu: float = 0.0  # busy CPU seconds of the whole machine during the round
+    by_command: dict[str, float] = field(default_factory=dict)  # --perf: CPU seconds per command
 
     @property
     def rate(self) -> float:
@@ -136,6 +143,36 @@ def _tree_cpu(pids: list[int]) -> float:
         if pid in wanted or ppid in wanted:
             total += (int(rest[11]) + int(rest[12])) / _TICK
     return total
+
+
+PERF_HZ = 499
+
+
+def _perf_start(data: Path) -> subprocess.Popen[bytes]:
+    """``perf record`` of every CPU into ``data`` until :func:`_perf_stop`."""
+    proc = subprocess.Popen(["perf", "record", "-a", "-F", str(PERF_HZ), "-q", "-o", str(data)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf opens its events before the round starts
+    return proc
+
+
+def _perf_stop(proc: subprocess.Popen[bytes], data: Path) -> dict[str, float]:
+    """Stop the recording; CPU seconds per command (idle excluded) from its samples."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    out = subprocess.run(["perf", "report", "-i", str(data), "--sort", "comm", "--stdio", "-n", "-q"],
+                         capture_output=True, text=True, timeout=300).stdout
+    data.unlink(missing_ok=True)
+    seconds: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split(None, 2)  # "  12.34%   1234  command name"
+        if len(parts) == 3 and parts[0].endswith("%") and parts[1].isdigit():
+            command = parts[2].strip()
+            if command != "swapper":
+                seconds[command] = seconds.get(command, 0.0) + int(parts[1]) / PERF_HZ
+    return seconds
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -287,6 +324,8 @@ def main() -> None:
     ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
                     help="the milter's store: the SQLite file (default) or a private PostgreSQL "
                          "cluster (tests/pg.py, fsync and synchronous_commit on, loopback TCP)")
+    ap.add_argument("--perf", action="store_true",
+                    help="also split each round's CPU by command with perf record -a (disturbs the rates)")
     ap.add_argument("--suppressed", type=int, default=None, metavar="N",
                     help="suppression policy reject for tracked.test with N listed addresses (issue 6)")
     a = ap.parse_args()
@@ -296,6 +335,8 @@ def main() -> None:
     why = unavailable_reason()
     if why:
         raise SystemExit(f"cannot run: {why}")
+    if a.perf and shutil.which("perf") is None:
+        raise SystemExit("--perf needs perf (Debian: linux-perf)")
 
     extra = {}
     if a.delivery == "hold":
@@ -400,11 +441,14 @@ def main() -> None:
             offset += a.n
             before = stored()
             pids = milter_pids.get(side, [])
+            perf_data = st.run_dir / f"perf-{i}.data"
+            perf = _perf_start(perf_data) if a.perf else None
             cpu0, busy0 = _tree_cpu(pids), _machine_busy()
             seconds, bad, errs = client.run(batch)
             cpu1, busy1 = _tree_cpu(pids), _machine_busy()
+            by_command = _perf_stop(perf, perf_data) if perf is not None else {}
             added = stored() - before
-            r = Round(side, seconds, a.n, bad, added, errs[:5], cpu1 - cpu0, busy1 - busy0)
+            r = Round(side, seconds, a.n, bad, added, errs[:5], cpu1 - cpu0, busy1 - busy0, by_command)
             rounds.append(r)
             expected = a.n if side == "milter" else 0
             check = "ok" if (added == expected and not bad) else f"MISMATCH (store +{added}, expected +{expected})"
@@ -429,6 +473,13 @@ def main() -> None:
     cpu_us = {k: {"milter": statistics.median([r.milter_cpu / r.messages * 1e6 for r in rounds if r.side == k]),
                   "machine": statistics.median([r.machine_cpu / r.messages * 1e6 for r in rounds if r.side == k])}
               for k in sides}
+    by_command_us: dict[str, dict[str, float]] = {}
+    if a.perf:
+        for k in sides:
+            mine = [r for r in rounds if r.side == k]
+            commands = sorted({c for r in mine for c in r.by_command})
+            by_command_us[k] = {c: statistics.median([r.by_command.get(c, 0.0) / r.messages * 1e6 for r in mine])
+                                for c in commands}
     failures = sum(r.failures for r in rounds)
     verified = all(r.stored == (r.messages if r.side == "milter" else 0) for r in rounds)
     print(f"\n{a.n} messages x {a.rounds} rounds per side, {a.threads} connections, mode {a.mode}, "
@@ -439,6 +490,14 @@ def main() -> None:
         print(f"reference {ref:7s} median {med:7.1f} msg/s  ratio {med / base_med:.3f}")
     for side, cpu in cpu_us.items():
         print(f"CPU per message, {side:8s}: milter process {cpu['milter']:5.0f} us, whole machine {cpu['machine']:5.0f} us")
+    if by_command_us:
+        # Rows: commands by their largest cost on any side; columns: the sides.
+        commands = sorted({c for per in by_command_us.values() for c in per},
+                          key=lambda c: -max(per.get(c, 0.0) for per in by_command_us.values()))
+        print("\nperf: CPU µs per message by command (perf's own CPU included; rates disturbed)")
+        print(f"{'command':18s}" + "".join(f"{k[:14]:>15s}" for k in sides))
+        for c in commands[:20]:
+            print(f"{c[:18]:18s}" + "".join(f"{by_command_us[k].get(c, 0.0):15.0f}" for k in sides))
     print(f"ratio (median with / median without) {ratio:.3f}  target >= {TARGET}  "
           f"pairwise median {statistics.median(pairs):.3f}  failures {failures}  "
           f"store check {'ok' if verified else 'FAILED'}")
@@ -463,6 +522,7 @@ def main() -> None:
             "failures": failures,
             "store_check": verified,
             "cpu_us_per_message": cpu_us,
+            "perf_cpu_us_per_message_by_command": by_command_us or None,
             "rounds": [{"side": r.side, "seconds": r.seconds, "msg_per_s": r.rate, "failures": r.failures,
                         "store_added": r.stored, "milter_cpu_s": r.milter_cpu, "machine_cpu_s": r.machine_cpu}
                        for r in rounds],
