@@ -77,19 +77,25 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def note_fallback(reason: str) -> None:
-    """Append one record to the fallback log; never raises (the bounce matters more)."""
+def append_record(path: str, record: bytes) -> None:
+    """Append ``record`` with one write on an ``O_APPEND`` descriptor, so the records of
+    concurrent writers never interleave; never raises (a log must not cost a bounce).
+    The pipe's tempfail log uses it too (bouncetrack.metrics.pipe_tempfail)."""
     try:
-        directory = os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
-        record = ("%010d %-*s\n" % (int(time.time()), REASON_WIDTH, reason[:REASON_WIDTH])).encode()
-        fd = os.open(os.path.join(directory, FALLBACK_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                     0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             os.write(fd, record)
         finally:
             os.close(fd)
     except Exception:  # noqa: BLE001 - best-effort by design
         pass
+
+
+def note_fallback(reason: str) -> None:
+    """Append one record to the fallback log (best-effort)."""
+    directory = os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
+    record = "%010d %-*s\n" % (int(time.time()), REASON_WIDTH, reason[:REASON_WIDTH])
+    append_record(os.path.join(directory, FALLBACK_LOG), record.encode())
 
 
 def run_full_pipe(pipe_args: list[str], message: bytes | None = None, *, reason: str = NO_SERVER) -> None:

@@ -30,15 +30,10 @@ def path(directory: str | None = None) -> str:
 
 def note_tempfail(seconds: float, directory: str | None = None) -> None:
     """Append one record; never raises (the pipe is already failing)."""
-    try:
-        record = f"{int(time.time()):010d} {min(max(seconds, 0.0), 99999.0):12.6f}\n".encode()
-        fd = os.open(path(directory), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, record)
-        finally:
-            os.close(fd)
-    except Exception:  # noqa: BLE001 - best-effort by design
-        pass
+    from ..bounce_pipe.client import append_record  # stdlib only, like this module
+
+    record = f"{int(time.time()):010d} {min(max(seconds, 0.0), 99999.0):12.6f}\n".encode()
+    append_record(path(directory), record)
 
 
 def read_durations(directory: str | None = None, max_bytes: int = 16 << 20) -> tuple[int, list[float]]:
