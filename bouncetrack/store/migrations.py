@@ -366,10 +366,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Counting a period's messages and recipients reads every message in it (about
     # 0.9 s per million here). The worker rolls completed days up into
     # message_days (Store.roll_up_sent), off the milter's path: no trigger taxes
-    # record_message. sent_rolled_until says how far: the dashboard adds the
-    # rolled days before it to a live count from it on, in one statement, so the
-    # result is the same before and after a roll-up. Day rows outlive the
-    # messages' retention (aggregates, no addresses).
+    # record_message. sent_rolled_until says how far (always a UTC day start):
+    # the dashboard adds the rolled days before it to a live count from it on, so
+    # the result is the same before and after a roll-up. A rolled day never
+    # changes again. Day rows outlive the messages' retention (aggregates, no
+    # addresses).
     (
         8,
         "daily sent counts for the dashboard, rolled up by the worker",
