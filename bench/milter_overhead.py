@@ -48,7 +48,8 @@ where the time goes when the 2 cores are saturated.
 ``--perf``: each round also runs ``perf record -a`` (all CPUs, ``-F 499``) and the
 report splits the machine's CPU per message by command (smtpd, cleanup, the
 milter's threads, kworkers, ...): where a side's extra CPU goes, including work
-outside the milter process. perf's own sampling disturbs the rates: use it to
+outside the milter process. The benchmark's own SMTP client counts as ``python``
+too: the baseline's ``python`` row is the client alone. perf's own sampling disturbs the rates: use it to
 locate costs, not to compare throughput.
 
 The milter logs at ``--log-level`` (default INFO, as in production; the Stack's
