@@ -156,3 +156,20 @@ def test_deep_nesting_does_not_raise() -> None:
 def test_huge_part_is_bounded() -> None:
     raw = (SAMPLES / "qmail-text.eml").read_bytes() + b"x" * (5 * 1024 * 1024)
     assert classify(raw).kind == "bounce"
+
+
+@pytest.mark.parametrize("quoted,address", [
+    ("'ivy@gone.example.net'", "ivy@gone.example.net"),  # quoted as text bounces do
+    ("'o'hara@gone.example.net'", "o'hara@gone.example.net"),  # an apostrophe inside stays
+    ("<o'hara@gone.example.net>", "o'hara@gone.example.net"),
+])
+def test_quoted_address_in_a_text_bounce(quoted: str, address: str) -> None:
+    # A local part may hold an apostrophe (RFC 5322 atext) but does not start with one here:
+    # 'user@host' is a quoted address, not a mailbox named 'user.
+    raw = (b"From: MAILER-DAEMON@relay.example.org\nTo: b+tok@bounce.example.com\n"
+           b"Subject: Mail delivery failed\n\nThe following message, addressed to "
+           + quoted.encode() + b",\nwas undeliverable for the following reason:\n"
+           b"550 5.1.1 user unknown\n")
+    rep = classify(raw)
+    assert rep.kind == "bounce"
+    assert [r.address for r in rep.recipients] == [address]
