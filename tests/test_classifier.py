@@ -34,6 +34,11 @@ CASES: dict[str, tuple[str, list[tuple[str | None, str, str | None, bool]]]] = {
     # a complaint whose original names no recipient: Sisimai's ".invalid" placeholder
     "arf-undisclosed.eml": ("complaint", [("undisclosed-recipient-in-headers@libsisimai.org.invalid",
                                            "feedback", None, False)]),
+    # Exchange 5.5-2003: the To: above "did not reach" is the original's (a list), the
+    # recipient an X.400 address with its SMTP form
+    "exchange-x400.eml": ("bounce", [("Jo.Smith@corp.example.com", "userunknown", "5.1.1", True)]),
+    # a reason, a colon, the address alone in angle brackets
+    "reason-colon-address.eml": ("bounce", [("kim@full.example.net", "mailboxfull", "5.2.2", False)]),
     "plain.eml": ("not_bounce", []),
     "garbage.eml": ("not_bounce", []),
 }

@@ -24,6 +24,9 @@ _ENTRY_RE = lazy_re(
     re.IGNORECASE,
 )
 _RCPT_TO_RE = lazy_re(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
+# A short reason, a colon, then the address alone in angle brackets, nothing after:
+# "User's mailbox is full: <addr>" (Prodigy/SBC, and many small MTAs alike).
+_REASON_THEN_ADDR_RE = lazy_re(r"^\s*[A-Za-z][^@<>:]{2,80}:\s*<(" + ADDR_RE.pattern + r")>\s*\.?\s*$")
 # A Sendmail session transcript names each failed recipient as "550 <addr>... text" (its
 # savemail.c/usersmtp.c wording; V5 sendmail prefixes "554 " to a quoted "550 ...").
 _TRANSCRIPT_RE = lazy_re(
@@ -145,7 +148,7 @@ def entries(view: ParsedView) -> list[Entry]:
             if m is not None:
                 addr, strong = m.group(1), True
             else:
-                m2 = _RCPT_TO_RE.search(line) or _TRANSCRIPT_RE.match(line)
+                m2 = _RCPT_TO_RE.search(line) or _TRANSCRIPT_RE.match(line) or _REASON_THEN_ADDR_RE.match(line)
                 if m2 is not None:
                     addr, strong, whole = m2.group(1), True, True
                 else:
