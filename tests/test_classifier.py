@@ -178,3 +178,11 @@ def test_quoted_address_in_a_text_bounce(quoted: str, address: str) -> None:
     rep = classify(raw)
     assert rep.kind == "bounce"
     assert [r.address for r in rep.recipients] == [address]
+
+
+def test_mdaemon_notice_names_its_recipient_not_the_attached_messages() -> None:
+    # From "MDaemon@host" (Alt-N MDaemon) is a mail system's notice: its own text names the
+    # recipient; the attached original (sent to a list) must not be read as the bounce.
+    rep = classify((SAMPLES / "mdaemon.eml").read_bytes())
+    assert rep.kind == "bounce"
+    assert [r.address for r in rep.recipients] == ["lee@mail.example.net"]

@@ -38,7 +38,7 @@ BOUNCE_SUBJECT_RE = lazy_re(
 )
 DAEMON_FROM_RE = lazy_re(
     r"mailer-daemon|post_?master|mail delivery (?:sub)?system|maildelivery|mail-daemon|"
-    r"mail administrator|\bdaemon\b|bounce|delivery", re.IGNORECASE,
+    r"mail administrator|\bm?daemon\b|bounce|delivery", re.IGNORECASE,  # MDaemon@host (Alt-N MDaemon)
 )
 # Phrases of a failure report, scanned in the report text when headers do not say so.
 FAILURE_BODY_RE = lazy_re(
