@@ -39,6 +39,10 @@ CASES: dict[str, tuple[str, list[tuple[str | None, str, str | None, bool]]]] = {
     "exchange-x400.eml": ("bounce", [("Jo.Smith@corp.example.com", "userunknown", "5.1.1", True)]),
     # a reason, a colon, the address alone in angle brackets
     "reason-colon-address.eml": ("bounce", [("kim@full.example.net", "mailboxfull", "5.2.2", False)]),
+    # Microsoft JMRP: the complaining mailbox is X-HmXmrOriginalRecipient, in the original
+    # attached (its To: is a list here) or in the message itself (the older inline form)
+    "jmrp-attached.eml": ("complaint", [("sam@hotmail.example", "feedback", None, False)]),
+    "jmrp-inline.eml": ("complaint", [("pat@hotmail.example", "feedback", None, False)]),
     "plain.eml": ("not_bounce", []),
     "garbage.eml": ("not_bounce", []),
 }

@@ -201,6 +201,18 @@ def test_complaint_at_feedback_address_is_attributed_through_the_original(config
     assert event["recipient"] == "complainer@isp.test" and event["domain"] == "tracked.test"
 
 
+def test_microsoft_jmrp_complaint_is_attributed_to_the_complaining_mailbox(config: Config) -> None:
+    # Outlook.com's JMRP: the original attached as sent (our VERP Return-Path), the
+    # complaining mailbox in X-HmXmrOriginalRecipient, its To: a list address.
+    verp, _ = record(config, "members@lists.example", "sam@hotmail.example")
+    sample = (Path(__file__).parent / "samples" / "classifier" / "jmrp-attached.eml").read_bytes()
+    report = sample.replace(b"b+tok@bounce.example.com", verp.encode())
+    assert run_pipe(config, "fbl@bounce.test", report).returncode == 0
+    (event,) = events(config)
+    assert (event["type"], event["token_status"], event["domain"]) == ("complaint", "valid", "tracked.test")
+    assert event["recipient"] == "sam@hotmail.example" and not event["flagged"]
+
+
 def test_store_locked_exits_75_and_a_retry_stores_once(config: Config, tmp_path: Path) -> None:
     verp, _ = record(config, "unknown-1@remote.test")
     data = mailgen.dsn(verp, "unknown-1@remote.test")

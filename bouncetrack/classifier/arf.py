@@ -15,6 +15,12 @@ _COMPLAINT_SUBJECT_RE = lazy_re(
     r"\b(?:complaint|abuse report|spam report|feedback.loop|fbl)\b", re.IGNORECASE)
 
 
+# Microsoft's Junk Mail Reporting Program (Outlook.com, Hotmail, Live, MSN) names the
+# complaining mailbox in this header of the original: attached to its report, or, in its
+# older form, the report *is* the original, delivered to the feedback address (Sisimai's
+# ARF module reads the same header). It beats the original's To:, which may be a list.
+JMRP_HEADER = "x-hmxmroriginalrecipient"
+
 # The placeholder recipient of a complaint that names none (Sisimai's convention).
 UNDISCLOSED_RECIPIENT = "undisclosed-recipient-in-headers@libsisimai.org.invalid"
 
@@ -22,27 +28,35 @@ UNDISCLOSED_RECIPIENT = "undisclosed-recipient-in-headers@libsisimai.org.invalid
 def matches(view: ParsedView) -> bool:
     # RFC 5965 §2: multipart/report; report-type=feedback-report
     return (view.report_type == "feedback-report" or view.feedback is not None
-            or bool(_COMPLAINT_SUBJECT_RE.search(view.subject[:300])) and view.original is not None)
+            or bool(_COMPLAINT_SUBJECT_RE.search(view.subject[:300])) and view.original is not None
+            or JMRP_HEADER in view.headers)
 
 
 def detect(view: ParsedView) -> Report | None:
     fb = view.feedback or {}
-    if not fb and view.report_type != "feedback-report":
+    inline_jmrp = not fb and view.report_type != "feedback-report" and JMRP_HEADER in view.headers
+    if inline_jmrp:
+        # The original itself: its Return-Path is Microsoft's (the report's envelope), not ours.
+        orig = {k: v for k, v in view.headers.items() if k != "return-path"}
+    elif not fb and view.report_type != "feedback-report":
         # a plain-text feedback-loop notice: the body often carries the fields anyway
         if "feedback-type:" not in view.body.lower():
             if view.original is None:
                 return None
     ftype = (fb.get("feedback-type") or "").strip().lower() or None  # RFC 5965 §3.1
     if ftype is None:
-        m = re.search(r"(?im)^feedback-type:\s*([a-z-]+)", view.body[:8000])
+        m = None if inline_jmrp else re.search(r"(?im)^feedback-type:\s*([a-z-]+)", view.body[:8000])
         ftype = m.group(1).lower() if m else "abuse"
-    orig = view.original or {}
+    if not inline_jmrp:
+        orig = view.original or {}
     addr = None
     # RFC 5965 §3.2 Original-Rcpt-To; RFC 6650 / RFC 6449 Removal-Recipient
     for k in ("original-rcpt-to", "removal-recipient"):
         addr = first_address(fb.get(k))
         if addr:
             break
+    if addr is None:
+        addr = first_address(orig.get(JMRP_HEADER))
     if addr is None:
         addr = first_address(orig.get("to"))
     if addr is None:
