@@ -190,3 +190,28 @@ def test_mdaemon_notice_names_its_recipient_not_the_attached_messages() -> None:
     rep = classify((SAMPLES / "mdaemon.eml").read_bytes())
     assert rep.kind == "bounce"
     assert [r.address for r in rep.recipients] == ["lee@mail.example.net"]
+
+
+@pytest.mark.parametrize("lines,address,reason", [
+    # MailEnable: the SMTP form of the address in brackets
+    ("The following recipient(s) could not be reached:\n\n\tRecipient: [SMTP:ola@gone.example.net]\n"
+     "\tReason: Remote SMTP Server Returned: 550 5.1.1 User unknown\n", "ola@gone.example.net", "userunknown"),
+    # a bullet, the address in brackets, a colon, the reply (Vade Secure relays)
+    ("Delivery has failed to these recipients or distribution lists:\n\n"
+     "\t* [max@full.example.net]: 550 max@full.example.net...User account is overquota\n",
+     "max@full.example.net", "mailboxfull"),
+    # a double-dash entry (some hosted filters' notices)
+    ("could not be delivered to email address :\n-- ida@gone.example.net\nThe problem appears to be :\n"
+     "-- 550 5.1.1 mailbox unavailable\n", "ida@gone.example.net", "userunknown"),
+    # Exim hiding an alias target: only "(generated from ...)" names the address we sent to
+    ("The following address(es) failed:\n\n  an undisclosed address\n    (generated from ada@alias.example.net)\n",
+     "ada@alias.example.net", None),
+])
+def test_text_bounce_entry_forms(lines: str, address: str, reason: str | None) -> None:
+    raw = (b"From: Mail Delivery System <MAILER-DAEMON@relay.example.org>\nTo: b+tok@bounce.example.com\n"
+           b"Subject: Mail delivery failed\n\n" + lines.encode())
+    rep = classify(raw)
+    assert rep.kind == "bounce"
+    assert [r.address for r in rep.recipients] == [address]
+    if reason is not None:
+        assert rep.recipients[0].reason == reason

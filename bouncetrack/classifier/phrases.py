@@ -173,6 +173,7 @@ CONTAINS: dict[str, tuple[str, ...]] = {
         "account disabled temporarly for exceeding receiving limits",
         "account is exceeding their quota",
         "account is over quota",
+        "account is overquota",  # EarthLink (Vade Secure)
         "account is temporarily over quota",
         "boite du destinataire pleine",
         "delivery failed: over quota",

@@ -17,10 +17,12 @@ from .view import ParsedView, parse_fields
 
 MAX_LINES = 400
 _HEADERISH_RE = lazy_re(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|X-[A-Za-z-]+|MIME-Version)\s*:", re.IGNORECASE)
-# A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)".
+# A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)",
+# "-- addr", "* [addr]: text", "Recipient: [SMTP:addr]" (MailEnable, Exchange).
 _ENTRY_RE = lazy_re(
-    r"^\s*(?:[-*>•]\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
-    r"[\"']?<?(?:mailto:)?(" + ADDR_RE.pattern + r")>?[\"']?(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z]))",
+    r"^\s*(?:[-*>•]{1,2}\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
+    r"[\"'\[]?<?(?:mailto:|smtp:)?(" + ADDR_RE.pattern + r")>?[\"'\]]?"
+    r"(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z]))",
     re.IGNORECASE,
 )
 _RCPT_TO_RE = lazy_re(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
@@ -37,7 +39,7 @@ _FAILED_TO_RE = lazy_re(
     r"delivery (?:has )?failed (?:to|for)|failed (?:recipient|to deliver to)|could not reach|"
     r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
     r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed to|sent to|mailbox|user|"
-    r"the address|the recipient|userid|user id|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
+    r"the address|the recipient|userid|user id|generated from|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
     re.IGNORECASE,
 )
 
@@ -169,7 +171,7 @@ def entries(view: ParsedView) -> list[Entry]:
                 if (key not in ex or (strong and key in _own_to(view) and s.lstrip("<\"'-*> ").lower().startswith(key))) \
                         and not is_daemon(addr):
                     e = Entry(addr, [], strong, idx)
-                    rest = s[s.lower().find(key) + len(key):].lstrip(">\"' :;,.").strip()
+                    rest = s[s.lower().find(key) + len(key):].lstrip(">]\"' :;,.").strip()
                     if whole or (rest and not strong):
                         rest = s
                     if whole and pending:
