@@ -17,6 +17,8 @@ from bouncetrack.config_loader import load_config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
 from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+from bouncetrack.bounce_pipe.client import DEFAULT_CACHE_DIR as CACHE_DIR, NO_SERVER
+from bouncetrack.metrics import pipe_fallback
 from tests.storeview import rows
 
 pytestmark = pytest.mark.postfix
@@ -134,10 +136,13 @@ def test_bounces_go_through_the_pipe_server_and_survive_its_absence(stack: Any) 
     wait_events(stack, lambda e: e["recipient"] == "unknown-via-server@remote.test" and e["type"] == "bounce")
     assert "bounce handled: exit 0" in stack.pipe_server_log.read_text()
     stack.kill_pipe_server()  # its socket file stays behind: connections are refused
+    fallbacks_before = pipe_fallback.read_counts(CACHE_DIR)[NO_SERVER]
     try:
         assert stack.send("info@tracked.test", ["unknown-no-server@remote.test"]).accepted
         (event,) = wait_events(stack, lambda e: e["recipient"] == "unknown-no-server@remote.test"
                                and e["type"] == "bounce")
         assert event["token_status"] == "valid" and event["reason"] == "userunknown"
+        # ... and says so, for bouncetrack_pipe_fallbacks_total (the pipe's cache directory)
+        assert pipe_fallback.read_counts(CACHE_DIR)[NO_SERVER] > fallbacks_before
     finally:
         stack.start_pipe_server()

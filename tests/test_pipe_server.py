@@ -215,11 +215,12 @@ def test_client_failures_of_its_own_are_exit_75_never_a_bounce(config: Config, t
     # pipe(8) bounces the bounce on any status but 0, 75 and 71: usage errors and a
     # missing interpreter for the fallback must say 75.
     usage = subprocess.run([sys.executable, "-S", str(CLIENT), "b+x@bounce.test"], input=b"x",
-                           capture_output=True, timeout=30)
+                           capture_output=True, timeout=30, env=_env(config))
     assert usage.returncode == 75 and b"usage" in usage.stderr and usage.stdout == b""
     verp, _ = record(config, "unknown-1@remote.test")
     code = ("import sys, runpy; sys.executable = '/nonexistent/python'; "
             f"sys.argv = ['client.py', '--socket', '{tmp_path}/none.sock', '--config', '{config.path}', '{verp}', '']; "
             f"runpy.run_path('{CLIENT}', run_name='__main__')")
-    no_python = subprocess.run([sys.executable, "-S", "-c", code], input=b"x", capture_output=True, timeout=30)
+    no_python = subprocess.run([sys.executable, "-S", "-c", code], input=b"x", capture_output=True, timeout=30,
+                               env=_env(config))
     assert no_python.returncode == 75 and b"cannot run the full pipe" in no_python.stderr

@@ -44,3 +44,8 @@ def ensure_cache_dir(uid: int, gid: int, path: str = "/var/cache/bouncetrack") -
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chown(path, uid, gid)
     os.chmod(path, 0o700)
+    # As CacheDirectory= also does: what a root run left there (the pipe's tempfail and
+    # fallback logs, say) becomes the pipe user's again, or its appends would fail.
+    for entry in os.scandir(path):
+        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid != uid:
+            os.chown(entry.path, uid, gid, follow_symlinks=False)
