@@ -35,10 +35,7 @@ def matches(view: ParsedView) -> bool:
 def detect(view: ParsedView) -> Report | None:
     fb = view.feedback or {}
     inline_jmrp = not fb and view.report_type != "feedback-report" and JMRP_HEADER in view.headers
-    if inline_jmrp:
-        # The original itself: its Return-Path is Microsoft's (the report's envelope), not ours.
-        orig = {k: v for k, v in view.headers.items() if k != "return-path"}
-    elif not fb and view.report_type != "feedback-report":
+    if not inline_jmrp and not fb and view.report_type != "feedback-report":
         # a plain-text feedback-loop notice: the body often carries the fields anyway
         if "feedback-type:" not in view.body.lower():
             if view.original is None:
@@ -47,8 +44,9 @@ def detect(view: ParsedView) -> Report | None:
     if ftype is None:
         m = None if inline_jmrp else re.search(r"(?im)^feedback-type:\s*([a-z-]+)", view.body[:8000])
         ftype = m.group(1).lower() if m else "abuse"
-    if not inline_jmrp:
-        orig = view.original or {}
+    # An inline JMRP report is the original itself; its Return-Path is Microsoft's (the
+    # report's envelope), not the original's.
+    orig = {k: v for k, v in view.headers.items() if k != "return-path"} if inline_jmrp else view.original or {}
     addr = None
     # RFC 5965 §3.2 Original-Rcpt-To; RFC 6650 / RFC 6449 Removal-Recipient
     for k in ("original-rcpt-to", "removal-recipient"):
