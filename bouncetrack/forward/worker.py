@@ -138,16 +138,20 @@ class Worker:
             wanted = 2 * self.job_budget
         self.lease_seconds = wanted
         self.stats = WorkerStats()
-        self._next_purge = 0.0
-        self._next_retention = 0.0
-        self._next_roll_up = 0.0
+        self._next_due: dict[str, float] = {}  # housekeeping task -> when it is due again
+
+    def _due(self, task: str, interval: float, now: float) -> bool:
+        """Whether housekeeping ``task`` is due at ``now``; if so, it is next due ``interval`` later."""
+        if now < self._next_due.get(task, 0.0):
+            return False
+        self._next_due[task] = now + interval
+        return True
 
     def maybe_purge_raw(self) -> int:
         """Drop raw reports older than ``pipe.raw_retention_days`` (hourly, in batches)."""
         now = self.clock()
-        if now < self._next_purge:
+        if not self._due("purge_raw", PURGE_INTERVAL, now):
             return 0
-        self._next_purge = now + PURGE_INTERVAL
         cutoff = now - self.config.pipe.raw_retention_days * 86400.0
         purged = self.store.purge_raw_before(cutoff)
         if purged:
@@ -158,9 +162,8 @@ class Worker:
     def maybe_roll_up_sent(self) -> int:
         """Roll completed days' messages up for the dashboard (hourly); day rows written."""
         now = self.clock()
-        if now < self._next_roll_up:
+        if not self._due("roll_up_sent", ROLL_UP_INTERVAL, now):
             return 0
-        self._next_roll_up = now + ROLL_UP_INTERVAL
         written = self.store.roll_up_sent(now - ROLL_UP_GRACE)
         if written:
             log.info("rolled up %d day(s) of sent counts for the dashboard", written)
@@ -171,9 +174,8 @@ class Worker:
         ``retention.automatic`` is on; None when not due. Raw bodies are
         :meth:`maybe_purge_raw`'s (hourly, always)."""
         now = self.clock()
-        if not self.config.retention.automatic or now < self._next_retention:
+        if not self.config.retention.automatic or not self._due("retention", RETENTION_INTERVAL, now):
             return None
-        self._next_retention = now + RETENTION_INTERVAL
         cut = replace(retention.cutoffs(self.config, now), raw_before=None)
         counts = retention.purge(self.store, cut, self.config.retention.batch_size)
         if counts.events or counts.messages:
@@ -339,18 +341,15 @@ def run_worker(
                 wait(poll_interval)
                 continue
             if claimed == 0:
-                try:
-                    worker.maybe_purge_raw()  # housekeeping only when idle
-                except StoreUnavailable as exc:
-                    log.warning("raw retention purge skipped: %s", exc)
-                try:
-                    worker.maybe_roll_up_sent()  # hourly; before retention deletes messages
-                except StoreUnavailable as exc:
-                    log.warning("sent counts roll-up skipped: %s", exc)
-                try:
-                    worker.maybe_purge_retention()  # daily, also only when idle
-                except StoreUnavailable as exc:
-                    log.warning("retention purge skipped: %s", exc)
+                # Housekeeping only when idle, in this order: the roll-up counts messages
+                # before retention deletes them.
+                for task, what in ((worker.maybe_purge_raw, "raw retention purge"),
+                                   (worker.maybe_roll_up_sent, "sent counts roll-up"),
+                                   (worker.maybe_purge_retention, "retention purge")):
+                    try:
+                        task()
+                    except StoreUnavailable as exc:
+                        log.warning("%s skipped: %s", what, exc)
                 if once:
                     break
                 wait(poll_interval)
