@@ -13,7 +13,8 @@ a directory that must belong to root or to the current user and be writable by
 no one else; a snapshot file must belong to root or the current user. Anyone who
 could write there could equally change the configuration.
 
-Only the standard library (json, os, hashlib) is imported here.
+Only the standard library (json, os, hashlib) is imported here, and the pipe client (for
+the cache directory: stdlib only itself).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+# The pipe's cache directory: one definition, in the stdlib-only pipe client, so that the
+# client, the pipe and /metrics all find the same directory.
+from .bounce_pipe.client import cache_dir
 from .config import (
     ApiConfig,
     Config,
@@ -39,7 +43,6 @@ from .config import (
     WebhookConfig,
 )
 
-DEFAULT_CACHE_DIR = "/var/cache/bouncetrack"
 FORMAT = 1
 
 # How each field type (as written in bouncetrack/config.py) is rebuilt from JSON.
@@ -53,10 +56,6 @@ _NESTED: dict[str, type] = {
     "SuppressionPolicy": SuppressionPolicy,  # issue 6
     "RetentionConfig": RetentionConfig,  # issue 6, retention
 }
-
-
-def cache_dir() -> str:
-    return os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
 
 
 def _schema() -> str:

@@ -25,7 +25,7 @@ _lock = threading.Lock()
 def registry_for(request: Request, ctx: ApiContext) -> CollectorRegistry:
     registry: CollectorRegistry | None = getattr(request.app.state, "metrics_registry", None)
     if registry is None:
-        from ..config_snapshot import cache_dir
+        from ..bounce_pipe.client import cache_dir
         from ..metrics.collector import build_registry
 
         with _lock:

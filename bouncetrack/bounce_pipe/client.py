@@ -91,11 +91,15 @@ def append_record(path: str, record: bytes) -> None:
         pass
 
 
+def cache_dir() -> str:
+    """The pipe's cache directory, where the pipe's logs go (the tempfail log's too)."""
+    return os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
+
+
 def note_fallback(reason: str) -> None:
     """Append one record to the fallback log (best-effort)."""
-    directory = os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
     record = "%010d %-*s\n" % (int(time.time()), REASON_WIDTH, reason[:REASON_WIDTH])
-    append_record(os.path.join(directory, FALLBACK_LOG), record.encode())
+    append_record(os.path.join(cache_dir(), FALLBACK_LOG), record.encode())
 
 
 def run_full_pipe(pipe_args: list[str], message: bytes | None = None, *, reason: str = NO_SERVER) -> None:

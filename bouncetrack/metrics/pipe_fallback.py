@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 
-from ..bounce_pipe.client import FALLBACK_LOG, FALLBACK_RECORD_LEN, NO_SERVER, SERVER_LOST
-from . import pipe_tempfail
+from ..bounce_pipe.client import FALLBACK_LOG, FALLBACK_RECORD_LEN, NO_SERVER, SERVER_LOST, cache_dir
 
 REASONS = (NO_SERVER, SERVER_LOST)
 _CHUNK = FALLBACK_RECORD_LEN * 4096  # whole records per read
 
 
 def path(directory: str | None = None) -> str:
-    """The log's path: the pipe's cache directory, as the tempfail log's."""
-    return os.path.join(os.path.dirname(pipe_tempfail.path(directory)), FALLBACK_LOG)
+    """The log in ``directory``, by default the pipe's cache directory (where the client writes it)."""
+    return os.path.join(directory or cache_dir(), FALLBACK_LOG)
 
 
 def read_counts(directory: str | None = None) -> dict[str, int]:

@@ -18,20 +18,20 @@ from __future__ import annotations
 import os
 import time
 
+from ..bounce_pipe.client import append_record, cache_dir  # stdlib only, like this module
+
 FILENAME = "pipe-tempfail.log"
 RECORD_LEN = 24
-DEFAULT_CACHE_DIR = "/var/cache/bouncetrack"  # as bouncetrack.config_snapshot
 
 
 def path(directory: str | None = None) -> str:
-    base = directory or os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
-    return os.path.join(base, FILENAME)
+    """The log in ``directory``, by default the pipe's cache directory (the client's fallback
+    log is there too, found the same way)."""
+    return os.path.join(directory or cache_dir(), FILENAME)
 
 
 def note_tempfail(seconds: float, directory: str | None = None) -> None:
     """Append one record; never raises (the pipe is already failing)."""
-    from ..bounce_pipe.client import append_record  # stdlib only, like this module
-
     record = f"{int(time.time()):010d} {min(max(seconds, 0.0), 99999.0):12.6f}\n".encode()
     append_record(path(directory), record)
 
