@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 # RFC 3461 §4.1: NOTIFY is NEVER alone, or a comma list of SUCCESS, FAILURE, DELAY.
 NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
@@ -145,7 +145,3 @@ def parse_address(raw: str) -> Address | None:
         if not _DOMAIN.match(ascii_domain):
             return None
     return Address(text=text, local=local, domain=domain)
-
-
-def first_param(params: Sequence[str], key: str) -> str | None:
-    return parse_params(params).get(key.upper())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -78,9 +77,3 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def create_app_from_file(path: str | Path) -> FastAPI:
-    from ..config_loader import load_config
-
-    return create_app(load_config(path))

@@ -16,7 +16,6 @@ from .common import ADDR_RE, first_address, is_daemon
 from .view import ParsedView, parse_fields
 
 MAX_LINES = 400
-_HEADERISH_RE = lazy_re(r"^(?:Received|Return-Path|Message-I[Dd]|DKIM-Signature|X-[A-Za-z-]+|MIME-Version)\s*:", re.IGNORECASE)
 # A line that *is* a recipient entry: "addr", "<addr>", "<addr>:", "addr: text", "   addr (...)",
 # "-- addr", "* [addr]: text", "Recipient: [SMTP:addr]" (MailEnable, Exchange).
 _ENTRY_RE = lazy_re(

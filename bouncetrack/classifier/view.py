@@ -85,17 +85,6 @@ def clean_header(v: object) -> str:
     return decode_words(" ".join(s.split()))
 
 
-def header_str(msg: Message, name: str) -> str:
-    """A header as plain text ('' when absent); never raises on 8-bit or encoded words."""
-    try:
-        v = msg.get(name)
-    except Exception:  # noqa: BLE001 - malformed headers must not escape
-        return ""
-    if v is None:
-        return ""
-    return clean_header(v)
-
-
 def parse_fields(text: str) -> list[Fields]:
     """Parse blank-line separated blocks of ``Name: value`` fields (RFC 3464 §2.1 layout).
 
@@ -348,8 +337,4 @@ class ParsedView:
 
 def parse(raw: bytes, depth: int = 0) -> ParsedView:
     msg = BytesParser().parsebytes(raw)
-    return ParsedView(msg, depth)
-
-
-def view_of(msg: Message, depth: int) -> ParsedView:
     return ParsedView(msg, depth)

@@ -7,7 +7,7 @@ Keeping the rules here lets them be tested without libmilter or an MTA.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import esmtp
 from ..config import Config

@@ -43,7 +43,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import psycopg
-from psycopg import errors as pg_errors
 
 from . import postgres_migrations as migrations
 from . import rows as _rows

@@ -40,7 +40,6 @@ from ..store.base import (
 REJECT = "reject"
 DROP = "drop"
 OFF = "off"
-POLICIES = (REJECT, DROP, OFF)
 
 DAY = 86400.0
 

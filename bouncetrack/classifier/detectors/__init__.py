@@ -26,23 +26,11 @@ from .qmail import Qmail
 from .sendmail import Sendmail
 from .googlegroups import GoogleGroups
 from .yahoo import Yahoo
-from ..view import ParsedView
 
 FAMILIES: list[Detector] = [
     AmazonSES(), GoogleGroups(), FML(), IMailServer(), InterScanMSS(), MailMarshal(), Qmail(), Exim(), Gmail(), Exchange(), DragonFly(), Postfix(), Sendmail(),
     Yahoo(), Courier(), Domino(), OpenSMTPD(), MessagingServer(),
 ]
 GENERIC = GenericText()
-
-
-def family_of(view: ParsedView) -> str | None:
-    """The first family whose cheap pre-check matches (names a DSN's writer too)."""
-    for det in FAMILIES:
-        try:
-            if det.matches(view):
-                return det.name
-        except Exception:  # noqa: BLE001 - a pre-check must never break a DSN
-            continue
-    return None
 
 __all__ = ["Detector", "FAMILIES", "GENERIC"]
