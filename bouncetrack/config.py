@@ -56,6 +56,14 @@ class DsnDefaults:
     ret: str | None = None  # "HDRS" | "FULL"
 
 
+# What the milter does with a suppressed recipient (``SuppressionPolicy.policy``): the one list,
+# validated by the config loader and switched on by the milter and the suppression rules.
+SUPPRESSION_REJECT = "reject"
+SUPPRESSION_DROP = "drop"
+SUPPRESSION_OFF = "off"
+SUPPRESSION_POLICIES = (SUPPRESSION_REJECT, SUPPRESSION_DROP, SUPPRESSION_OFF)
+
+
 @dataclass(frozen=True)
 class SuppressionPolicy:
     """The suppression list of one sender domain (issue 6).

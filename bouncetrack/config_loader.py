@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bouncetrack import esmtp
 from bouncetrack.config import (
     ApiConfig,
     Config,
@@ -51,6 +52,7 @@ from bouncetrack.config import (
     DsnDefaults,
     OutboxConfig,
     PipeConfig,
+    SUPPRESSION_POLICIES,
     RetentionConfig,
     SuppressionPolicy,
     WebhookConfig,
@@ -80,8 +82,6 @@ _TOKEN_LEN = 24
 _MAX_PREFIX_LEN = 64 - 1 - _TOKEN_LEN
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_NOTIFY_VALUES = ("NEVER", "SUCCESS", "FAILURE", "DELAY")  # RFC 3461 §4.1
-_RET_VALUES = ("HDRS", "FULL")  # RFC 3461 §4.3
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")  # RFC 5322 §3.2.3
@@ -113,7 +113,6 @@ WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
 DSN_KEYS = ("notify", "ret")
 API_KEYS = ("max_range_days",)  # the HTTP API (issue 5)
 SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days")  # issue 6
-SUPPRESSION_POLICIES = ("reject", "drop", "off")
 RETENTION_KEYS = ("events_days", "messages_days", "batch_size", "automatic")  # issue 6
 # A bounce can arrive days after the message (Postfix keeps retrying for
 # maximal_queue_lifetime, 5 days by default; other MTAs similar): a message
@@ -840,31 +839,21 @@ def _dsn(ctx: _Ctx, node: yaml.Node, key: str) -> DsnDefaults:
             items = _str_list(ctx, vnode, nkey)
         except _Invalid:
             items = []
-        words: list[str] = []
-        for _, v in items:
-            words.extend(w.strip().upper() for w in v.split(","))
-        bad = [w for w in words if w not in _NOTIFY_VALUES]
-        if not items:
-            pass
-        elif bad or not words:
-            ctx.add(vnode, nkey, f"invalid NOTIFY value {', '.join(repr(b) for b in bad) or 'empty'} "
-                                 f"(allowed: {', '.join(_NOTIFY_VALUES)})")
-        elif "NEVER" in words and len(words) > 1:
-            # RFC 3461 §4.1: NEVER must not be combined with any other keyword.
-            ctx.add(vnode, nkey, "NEVER cannot be combined with SUCCESS, FAILURE or DELAY (RFC 3461 §4.1)")
-        elif len(set(words)) != len(words):
-            ctx.add(vnode, nkey, "a NOTIFY keyword is listed twice")
-        else:
-            notify = tuple(words)
+        if items:
+            try:
+                notify = esmtp.parse_notify(",".join(v for _, v in items))
+            except esmtp.DsnSyntaxError as exc:
+                ctx.add(vnode, nkey, str(exc))
     ret: str | None = None
     if "ret" in e:
         rkey = _join(key, "ret")
         try:
-            r = _str(ctx, e["ret"][1], rkey).upper()
+            r: str | None = _str(ctx, e["ret"][1], rkey)
         except _Invalid:
             r = None
-        if r is not None and r not in _RET_VALUES:  # RFC 3461 §4.3
-            ctx.add(e["ret"][1], rkey, f"invalid RET {r!r}: expected HDRS or FULL")
-        elif r is not None:
-            ret = r
+        if r is not None:
+            try:
+                ret = esmtp.parse_ret(r)
+            except esmtp.DsnSyntaxError as exc:
+                ctx.add(e["ret"][1], rkey, str(exc))
     return DsnDefaults(notify=notify, ret=ret)

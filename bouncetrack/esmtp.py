@@ -52,16 +52,18 @@ def parse_notify(value: str) -> tuple[str, ...]:
         raise DsnSyntaxError(f"unknown NOTIFY value {unknown[0]!r}: use NEVER, SUCCESS, FAILURE, DELAY")
     # RFC 3461 §4.1: "NEVER ... MUST NOT be combined with any other keyword".
     if "NEVER" in items and len(items) > 1:
-        raise DsnSyntaxError("NOTIFY=NEVER must be the only value")
+        raise DsnSyntaxError("NOTIFY=NEVER must be the only value: NEVER cannot be combined with "
+                             "SUCCESS, FAILURE or DELAY (RFC 3461 §4.1)")
     if len(set(items)) != len(items):
-        raise DsnSyntaxError(f"repeated NOTIFY value in {value!r}")
+        raise DsnSyntaxError(f"repeated NOTIFY value in {value!r}: a NOTIFY keyword is listed twice")
     return items
 
 
 def parse_ret(value: str) -> str:
+    """Validate a RET value (RFC 3461 §4.3); raise :class:`DsnSyntaxError` with the reason."""
     ret = value.strip().upper()
     if ret not in RET_VALUES:
-        raise DsnSyntaxError(f"RET must be FULL or HDRS, not {value!r}")
+        raise DsnSyntaxError(f"RET must be FULL or HDRS (RFC 3461 §4.3), not {value!r}")
     return ret
 
 

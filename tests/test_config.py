@@ -248,13 +248,13 @@ def test_dsn_notify_never_combined(tmp_path: Path) -> None:
 def test_dsn_notify_unknown_value(tmp_path: Path) -> None:
     one(tmp_path,
         "bounce_domain: b.example.com\ndomains:\n  example.com:\n    dsn:\n      notify: [FAILURE, SOMETIMES]\n",
-        5, "domains.example.com.dsn.notify", "invalid NOTIFY", "SOMETIMES")
+        5, "domains.example.com.dsn.notify", "unknown NOTIFY value", "SOMETIMES")
 
 
 def test_dsn_ret_invalid(tmp_path: Path) -> None:
     one(tmp_path,
         "bounce_domain: b.example.com\ndomains:\n  example.com:\n    dsn:\n      ret: HEADERS\n",
-        5, "domains.example.com.dsn.ret", "HDRS or FULL")
+        5, "domains.example.com.dsn.ret", "RET must be FULL or HDRS")
 
 
 def test_store_url_invalid(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .. import events
 from ..config import Config
 from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts
@@ -43,7 +44,7 @@ REASONS = frozenset(
     requireptr securityerror spamdetected speeding suppressed suspend syntaxerror systemerror
     systemfull toomanyconn undefined userunknown vacation virusdetected""".split()
 )
-EVENT_TYPES = frozenset({"bounce", "complaint", "delay", "delivered", "auto_reply", "unknown"})
+EVENT_TYPES = frozenset(events.EVENT_TYPES)
 TOKEN_STATUSES = ("valid", "forged", "unknown", "expired", "missing")
 # ARF Feedback-Type values: RFC 5965 §7.3 registry (abuse, fraud, other, virus),
 # RFC 6591 (auth-failure), RFC 6650 (not-spam), and the common opt-out.

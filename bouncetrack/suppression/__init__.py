@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Sequence
 
-from ..config import Config
+from ..config import SUPPRESSION_DROP, SUPPRESSION_OFF, SUPPRESSION_REJECT, Config
 from ..esmtp import parse_address
 from ..store.base import (
     REASON_COMPLAINT,
@@ -37,9 +37,9 @@ from ..store.base import (
     SuppressionCandidate,
 )
 
-REJECT = "reject"
-DROP = "drop"
-OFF = "off"
+REJECT = SUPPRESSION_REJECT
+DROP = SUPPRESSION_DROP
+OFF = SUPPRESSION_OFF
 
 DAY = 86400.0
 
