@@ -31,8 +31,14 @@ Example (a hard bounce)::
       "feedback_type": null,
       "domain": "example.com",
       "received_at": "2024-05-01T12:00:05.250Z",
-      "sent_at": "2024-05-01T12:00:00.000Z"
+      "sent_at": "2024-05-01T12:00:00.000Z",
+      "queue_id": "4Xk9Qn1vZtz3Jb"
     }
+
+``queue_id`` (added in issue 15, a backwards-compatible addition within version 1)
+is the original message's Postfix queue id as the milter saw it: the key to find the
+message in the mail log (``grep 4Xk9Qn1vZtz3Jb /var/log/mail.log``); null when the
+event is not attributed to a message.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ def event_to_json(event: "BounceEvent") -> dict[str, Any]:
         "domain": event.domain,
         "received_at": iso_utc(event.received_at),
         "sent_at": iso_utc(event.sent_at),
+        "queue_id": event.queue_id,
     }
 
 

@@ -144,7 +144,8 @@ def seeded(store: SQLiteStore) -> dict[str, Any]:
         "hard1": make_event("a.test", "unknown-1@remote.test", T_TODAY),
         "hard2": make_event("a.test", "unknown-2@remote.test", T_TODAY),
         "hard3": make_event("a.test", "gone@other.test", T_YESTERDAY, reason="hostunknown", status="5.1.2"),
-        "soft": make_event("a.test", "full@remote.test", T_YESTERDAY, hard=False, reason="mailboxfull", status="4.2.2"),
+        "soft": make_event("a.test", "full@remote.test", T_YESTERDAY, hard=False, reason="mailboxfull", status="4.2.2",
+                           queue_id="4QsoftQ1d"),
         "delay": make_event("a.test", "slow@remote.test", T_TODAY, type="delay", hard=False, reason="expired",
                             status="4.4.1", action="delayed"),
         "complaint": make_event("a.test", "angry@remote.test", T_TODAY, type="complaint", hard=False,
@@ -440,8 +441,10 @@ def test_event_page_shows_fields_and_raw_report_scoped(app_client: TestClient, s
     e = seeded["soft"]
     page = app_client.get(f"/events/{e.event_id}")
     assert page.status_code == 200
-    for text in (e.event_id, "mailboxfull", "4.2.2", "full@remote.test", "dns; mx.remote.test", "raw report"):
+    for text in (e.event_id, "mailboxfull", "4.2.2", "full@remote.test", "dns; mx.remote.test", "raw report",
+                 "4QsoftQ1d"):
         assert text in page.text
+    assert "4QsoftQ1d" in app_client.get("/events?reason=mailboxfull").text  # the list's queue id column
     assert app_client.get(f"/events/{seeded['b1'].event_id}").status_code == 404  # another domain's
     assert app_client.get("/events/" + "0" * 32).status_code == 404
     # A token covering a.test and c.test sees a.test's event too.

@@ -102,9 +102,10 @@ def test_migration_7_replaces_nul_in_events_stored_before(tmp_path: Any) -> None
     conn.execute("PRAGMA foreign_keys = ON")
     migrations.migrate(conn, tuple(m for m in migrations.MIGRATIONS if m[0] < 7))
     e = _event(diagnostic="x", feedback_type="abuse")
+    fields = [f for f in EVENT_FIELDS if f != "queue_id"]  # the schema before migration 9
     conn.execute(
-        f"INSERT INTO events (raw_pk, {', '.join(EVENT_FIELDS)}) VALUES (?{', ?' * len(EVENT_FIELDS)})",
-        (None, *(getattr(e, f) for f in EVENT_FIELDS)),
+        f"INSERT INTO events (raw_pk, {', '.join(fields)}) VALUES (?{', ?' * len(fields)})",
+        (None, *(getattr(e, f) for f in fields)),
     )
     conn.execute("UPDATE events SET diagnostic = 'a' || char(0) || 'b', feedback_type = char(0), "
                  "recipient = NULL")

@@ -113,6 +113,7 @@ def test_hard_bounce_is_stored_attributed_and_queued(config: Config) -> None:
     assert event["status"] == "5.1.1" and event["recipient"] == "unknown-1@remote.test"
     assert event["token_status"] == "valid" and event["domain"] == "tracked.test" and not event["flagged"]
     assert event["original_message_id"] == "<orig-1@tracked.test>"
+    assert event["queue_id"] == "4ABC"  # the original message's Postfix queue id (issue 15)
     assert sorted(j["channel"] for j in outbox(config)) == ["smtp", "webhook"]
 
 

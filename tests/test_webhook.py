@@ -49,6 +49,7 @@ def make_event(**kw: object) -> BounceEvent:
         received_at=1714564805.25,
         dedupe_key="k1",
         sent_at=1714564800.0,
+        queue_id="4Xk9Qn1vZtz3Jb",
     )
     values.update(kw)
     return BounceEvent(**values)  # type: ignore[arg-type]
@@ -164,6 +165,7 @@ def test_payload_schema() -> None:
     assert data["type"] == "bounce" and data["hard"] is True and data["severity"] == "hard"
     assert data["received_at"] == "2024-05-01T12:00:05.250Z"
     assert data["sent_at"] == "2024-05-01T12:00:00.000Z"
+    assert data["queue_id"] == "4Xk9Qn1vZtz3Jb"  # the original's Postfix queue id (issue 15)
     for key in (
         "reason", "status", "reply_code", "diagnostic", "recipient", "original_sender",
         "original_message_id", "token", "domain", "feedback_type", "flagged", "token_status",

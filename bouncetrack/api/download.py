@@ -102,6 +102,10 @@ class BounceEventOut(BaseModel):
     domain: str | None = Field(description="Sender domain of the original message.")
     received_at: str = Field(description="When the report arrived (ISO 8601 UTC, milliseconds).")
     sent_at: str | None = Field(description="When the original message was recorded (ISO 8601 UTC).")
+    queue_id: str | None = Field(
+        description="The original message's Postfix queue id (find it in the mail log); "
+        "null when the event is not attributed to a message."
+    )
 
 
 class EventsPage(BaseModel):

@@ -150,6 +150,7 @@ def build_events(report: Report, delivery: Delivery, message: MessageRecord | No
                 dedupe_key=delivery.dedupe_key,
                 feedback_type=result.feedback_type if result else None,
                 sent_at=message.created_at if message else None,
+                queue_id=message.queue_id if message else None,
             )
         )
     return events

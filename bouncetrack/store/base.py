@@ -73,6 +73,7 @@ class BounceEvent:
     dedupe_key: str  # same bounce delivered twice -> same key -> stored once
     feedback_type: str | None = None  # ARF Feedback-Type for complaints
     sent_at: float | None = None  # when the original message was recorded
+    queue_id: str | None = None  # the original message's Postfix queue id (messages.queue_id)
 
 
 @dataclass(frozen=True)

@@ -393,6 +393,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO sent_rolled_until (id, until) VALUES (1, 0)",
         ),
     ),
+    # --- logs an operator can follow (issue 15) -------------------------------------
+    # Every event carries the original message's Postfix queue id (API, webhook, CSV,
+    # dashboard), so a bounce can be found in the mail log. Copied from messages at
+    # store time, as sent_at is: the download renders a row without a join.
+    # ADD COLUMN of a nullable column without default rewrites nothing; the back-fill
+    # touches only attributed events.
+    (
+        9,
+        "the original message's Postfix queue id on every event",
+        (
+            "ALTER TABLE events ADD COLUMN queue_id TEXT",
+            """
+            UPDATE events SET queue_id = (SELECT m.queue_id FROM messages m WHERE m.id = events.message_pk)
+            WHERE message_pk IS NOT NULL
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -307,6 +307,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO sent_rolled_until (id, until) VALUES (1, 0)",
         ),
     ),
+    # --- SQLite migration 9: the original message's queue id on every event (issue 15)
+    (
+        4,
+        "the original message's Postfix queue id on every event",
+        (
+            "ALTER TABLE events ADD COLUMN queue_id TEXT",
+            """
+            UPDATE events SET queue_id = m.queue_id FROM messages m
+            WHERE m.id = events.message_pk AND events.message_pk IS NOT NULL
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

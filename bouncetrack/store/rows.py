@@ -49,6 +49,7 @@ EVENT_FIELDS = (
     "dedupe_key",
     "feedback_type",
     "sent_at",
+    "queue_id",
 )
 EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
 JOB_COLUMNS = (

@@ -92,6 +92,7 @@ _COLUMNS: dict[str, tuple[str, str]] = {
     "domain": ("text", "domain"),
     "received_at": ("time", _iso("received_at")),
     "sent_at": ("time", _iso("sent_at")),
+    "queue_id": ("text", "queue_id"),
 }
 
 
