@@ -74,7 +74,10 @@ _TAG_MERGE = "tag:yaml.org,2002:merge"
 
 DEFAULT_SECRET_FILE = "/var/lib/bouncetrack/verp.key"
 DEFAULT_STORE = "sqlite:////var/lib/bouncetrack/bouncetrack.db"
-DEFAULT_MILTER_SOCKET = "/run/bouncetrack/milter.sock"
+# Under Postfix's queue directory, so that a chrooted smtpd/cleanup (Debian's packaged
+# master.cf) reaches it: `bouncetrack install` names it unix:bouncetrack/milter.sock
+# (bouncetrack/postfix_wiring.py, HACKING.md "Socket locations").
+DEFAULT_MILTER_SOCKET = "/var/spool/postfix/bouncetrack/milter.sock"
 DEFAULT_GRACE_SECONDS = 7 * 86400.0
 # The VERP token is 24 characters (HACKING.md); the local part is prefix + "+" + token
 # and must stay within 64 octets (RFC 5321 §4.5.3.1.1).
@@ -478,7 +481,7 @@ def _socket(ctx: _Ctx, node: yaml.Node, key: str) -> Path:
     if value.startswith("unix:"):
         value = value[len("unix:"):]
     elif value.startswith(("inet:", "inet6:")):
-        raise ctx.fail(node, key, "only a unix socket path is supported (e.g. /run/bouncetrack/milter.sock)")
+        raise ctx.fail(node, key, "only a unix socket path is supported (e.g. /var/spool/postfix/bouncetrack/milter.sock)")
     return _resolve(ctx, node, key, value)
 
 

@@ -90,10 +90,27 @@ def _parse_postconf(text: str) -> dict[str, str]:
 
 
 def main_values(config_dir: Path) -> dict[str, str]:
-    """Effective main.cf values (defaults included, ``$name`` not expanded)."""
+    """Effective main.cf values (defaults included, ``$name`` not expanded), except that
+    ``relay_domains``' compatibility-level default is resolved to a plain value
+    (:func:`~bouncetrack.postfix_wiring.relay_domains_base`)."""
     values = _parse_postconf(run([POSTCONF, "-c", str(config_dir)]).stdout)
-    values.update(explicit_values(config_dir))
+    explicit = explicit_values(config_dir)
+    values.update(explicit)
+    if "relay_domains" not in explicit:
+        expanded = run([POSTCONF, "-c", str(config_dir), "-xh", "relay_domains"]).stdout.strip()
+        values["relay_domains"] = wiring.relay_domains_base(None, expanded)
     return values
+
+
+def queue_directory(config_dir: Path) -> str:
+    """Postfix's queue directory (``postconf -xh queue_directory``): the chroot and the
+    working directory of its daemons."""
+    return run([POSTCONF, "-c", str(config_dir), "-xh", "queue_directory"]).stdout.strip()
+
+
+def services(config_dir: Path) -> list[wiring.Service]:
+    """Every master.cf service (``postconf -M``)."""
+    return wiring.parse_services(run([POSTCONF, "-c", str(config_dir), "-M"]).stdout)
 
 
 def explicit_values(config_dir: Path) -> dict[str, str]:
@@ -124,14 +141,17 @@ def wanted_for(
     map_type: str = "texthash",
     current: dict[str, str] | None = None,
 ) -> wiring.Wanted:
+    """What to wire for ``config`` into ``config_dir``; :class:`~bouncetrack.postfix_wiring.WiringError`
+    when the milter socket is out of reach of a chrooted smtpd or cleanup."""
     current = current if current is not None else main_values(config_dir)
     try:
         size = int(current.get("message_size_limit", "0") or 0)
     except ValueError:
         size = 0
+    address = wiring.milter_address(str(config.milter_socket), queue_directory(config_dir), services(config_dir))
     return wiring.Wanted(
         bounce_domain=config.bounce_domain,
-        milter_socket=str(config.milter_socket),
+        milter_socket=address,
         config_path=str(Path(config.path).resolve()),
         bouncetrack_bin=bouncetrack_bin or default_bouncetrack_bin(),
         config_dir=str(config_dir.resolve()),
@@ -263,7 +283,9 @@ def install(
     if not Path(w.bouncetrack_bin).exists():
         echo(f"warning: {w.bouncetrack_bin} does not exist (use --bouncetrack-bin); pipe(8) would fail")
     cur_master = master_entry(config_dir)
-    p = wiring.plan(current, cur_master, w)
+    state = State.load(config_dir)
+    earlier = str(state.wanted.get("milter_socket", "")) if state is not None else ""
+    p = wiring.plan(current, cur_master, w, replaces=[earlier] if earlier and earlier != w.milter_socket else [])
     transport_path = config_dir / wiring.TRANSPORT_FILE
     transport_ok = transport_path.exists() and transport_path.read_text() == p.transport_text
     if p.empty and transport_ok:
@@ -282,7 +304,6 @@ def install(
         return True
 
     explicit = explicit_values(config_dir)
-    state = State.load(config_dir)
     if state is None:
         state = State()
         stamp = _stamp()
@@ -326,6 +347,9 @@ def install(
     ok, text = postfix_check(config_dir)
     if not ok:
         raise InstallError(f"postfix check failed after install:\n{text}\nundo with: bouncetrack uninstall --postfix-dir {config_dir}")
+    if not config.milter_socket.exists():
+        echo(f"note: {config.milter_socket} does not exist yet: start the milter (systemctl start "
+             "bouncetrack-milter) before reloading Postfix, or it answers every message 451 4.7.1")
     echo(f"postfix check: ok. Apply with: postfix{_c(config_dir)} reload")
     return True
 

@@ -22,8 +22,20 @@ Decisions (see ``conf/postfix/README.md``):
 - Transport: a map file we own (``bouncetrack_transport`` in the config directory,
   one line ``<bounce domain> bouncepipe:``) is put *first* in ``transport_maps`` so no
   wildcard of the operator's maps can shadow it; it names only the bounce domain.
-- ``relay_domains``: the effective value plus the bounce domain (never replaced:
-  the default ``$mydestination`` of old compatibility levels is kept literally).
+- Reaching the milter through a chroot: Debian's packaged ``master.cf`` runs ``smtpd``
+  and ``cleanup`` chrooted in the queue directory (``smtp inet n - y``), where
+  ``unix:/run/bouncetrack/milter.sock`` means ``<queue_directory>/run/bouncetrack/...``.
+  A unix-socket name *without* a leading slash is relative to the queue directory,
+  chrooted or not (every daemon runs with the queue directory as its working
+  directory), which is how Debian's own milters are wired (opendkim under
+  ``/var/spool/postfix/opendkim``). So when ``milter_socket`` lies under the queue
+  directory, our element names it relative to it (``unix:bouncetrack/milter.sock``);
+  otherwise it is written absolute, and only when none of the services that connect
+  to it (:data:`MILTER_CLIENTS`) is chrooted: :func:`milter_address` refuses the rest.
+- ``relay_domains``: the effective value plus the bounce domain (never replaced). When
+  main.cf does not set it, Postfix's default is a compatibility-level expression
+  (``${{$compatibility_level} <level {2} ? {$mydestination} : {}}``); it is resolved
+  first (:func:`relay_domains_base`), so main.cf gets a plain list.
 - ``bouncepipe_destination_recipient_limit = 1``: one recipient per pipe run.
 - master.cf ``bouncepipe/unix``: pipe(8) as the unprivileged pipe user, flags ``Rq``
   (R: Return-Path header, q: quote the address), ``size=`` the message size limit.
@@ -36,7 +48,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 SERVICE = "bouncepipe"
 TRANSPORT_FILE = "bouncetrack_transport"
@@ -45,7 +57,17 @@ PIPE_USER = "bouncetrack"
 PIPE_MAXPROC = 10
 PIPE_FLAGS = "Rq"
 #: Where ``bouncetrack pipe-server`` listens (systemd/bouncetrack-pipe-server.service).
+#: pipe(8) is not chrooted (we write chroot ``n`` in its master.cf entry, and the pipe
+#: client it starts opens this path itself), so a path outside the queue directory works.
 PIPE_SOCKET = "/run/bouncetrack-pipe/pipe.sock"
+#: Postfix's queue directory on Debian (``postconf -h queue_directory``).
+DEFAULT_QUEUE_DIRECTORY = "/var/spool/postfix"
+#: The master.cf commands (8th column) of the Postfix daemons that connect to our milter,
+#: with the main.cf list each one uses: smtpd runs ``smtpd_milters``; cleanup runs
+#: ``non_smtpd_milters`` for mail submitted with sendmail(1) (pickup -> cleanup).
+#: A future client of another bouncetrack socket (an LMTP transport, say) adds its
+#: command here and is checked the same way.
+MILTER_CLIENTS: dict[str, str] = {"smtpd_milters": "smtpd", "non_smtpd_milters": "cleanup"}
 
 #: main.cf parameters install may change (also what doctor looks at).
 MAIN_PARAMS = (
@@ -67,7 +89,10 @@ class Wanted:
     """What to wire, from the bouncetrack config and the install options."""
 
     bounce_domain: str
-    milter_socket: str  # absolute path, without "unix:"
+    # The milter socket as Postfix names it, without "unix:": relative to the queue
+    # directory when it lies under it (bouncetrack/milter.sock), else absolute
+    # (see milter_address).
+    milter_socket: str
     config_path: str  # absolute path of the bouncetrack YAML file
     bouncetrack_bin: str  # absolute path of the venv's `bouncetrack` script
     config_dir: str  # Postfix config directory (holds our transport map)
@@ -156,19 +181,23 @@ def milter_target(item: str) -> tuple[str, dict[str, str]]:
     return inner, {}
 
 
-def _is_ours(item: str, socket_path: str) -> bool:
+def _is_ours(item: str, socket_path: str, also: Sequence[str] = ()) -> bool:
     target, _ = milter_target(item)
-    return target in (f"unix:{socket_path}", socket_path)
+    return any(target in (f"unix:{p}", p) for p in (socket_path, *also))
 
 
-def with_milter(value: str, socket_path: str) -> str:
-    """``value`` with our milter appended (or an existing entry of it normalised in place)."""
+def with_milter(value: str, socket_path: str, replaces: Sequence[str] = ()) -> str:
+    """``value`` with our milter appended (or an existing entry of it normalised in place).
+
+    ``replaces``: other names of our milter (what an earlier install wrote, e.g. the old
+    ``/run/bouncetrack/milter.sock``): such an element is replaced by ours in place, so a
+    re-install never leaves an unreachable milter behind."""
     items = split_list(value)
     mine = milter_entry(socket_path)
     out: list[str] = []
     placed = False
     for item in items:
-        if _is_ours(item, socket_path):
+        if _is_ours(item, socket_path, replaces):
             if not placed:
                 out.append(mine)
                 placed = True
@@ -183,10 +212,10 @@ def without_milter(value: str, socket_path: str) -> str:
     return join_list([i for i in split_list(value) if not _is_ours(i, socket_path)])
 
 
-def find_milter(value: str, socket_path: str) -> str | None:
-    """Our element in a milter list, or None."""
+def find_milter(value: str, socket_path: str, also: Sequence[str] = ()) -> str | None:
+    """Our element in a milter list (named ``socket_path`` or one of ``also``), or None."""
     for item in split_list(value):
-        if _is_ours(item, socket_path):
+        if _is_ours(item, socket_path, also):
             return item
     return None
 
@@ -213,6 +242,97 @@ def without_item(value: str, item: str) -> str:
 
 def drop_headers_without_return_path(value: str) -> str:
     return without_item(value, "return-path")
+
+
+# ---------------------------------------------------------------------------
+# Chroot: what a Postfix daemon sees of a unix socket
+
+
+@dataclass(frozen=True)
+class Service:
+    """One master.cf service, as ``postconf -M`` prints it (one logical line)."""
+
+    name: str
+    type: str
+    chroot: bool  # the fifth column; "-" is n (Postfix >= 3.0, master(5))
+    command: str  # the eighth column: the daemon (smtpd, cleanup, pipe, ...)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.type}"
+
+
+def parse_services(text: str) -> list[Service]:
+    """Every service of ``postconf -M`` output (continuation lines, if any, skipped)."""
+    out: list[Service] = []
+    for line in text.splitlines():
+        if not line.strip() or line[:1].isspace() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        out.append(Service(fields[0], fields[1], fields[4].lower() in ("y", "yes"), fields[7]))
+    return out
+
+
+def postfix_name(path: str, queue_directory: str) -> str:
+    """The name to give Postfix for the unix socket ``path`` (absolute): relative to the
+    queue directory when ``path`` lies under it, which every daemon resolves there,
+    chrooted or not; else ``path`` itself."""
+    q = queue_directory.rstrip("/")
+    if q and path.startswith(q + "/") and len(path) > len(q) + 1:
+        return path[len(q) + 1 :]
+    return path
+
+
+def seen_by(name: str, *, chroot: bool, queue_directory: str) -> str:
+    """The host path a Postfix daemon opens for the unix-socket ``name`` (as written in
+    main.cf, without ``unix:``). Daemons run in the queue directory, so a relative name
+    is under it; a chrooted daemon's ``/`` is the queue directory, so an absolute name
+    is under it too."""
+    q = queue_directory.rstrip("/")
+    if not name.startswith("/"):
+        return f"{q}/{name}"
+    return f"{q}{name}" if chroot else name
+
+
+def chrooted_clients(services: Sequence[Service], param: str) -> list[Service]:
+    """The chrooted services that run the milters of ``param`` (see :data:`MILTER_CLIENTS`)."""
+    return [s for s in services if s.command == MILTER_CLIENTS[param] and s.chroot]
+
+
+def milter_address(socket_path: str, queue_directory: str, services: Sequence[Service]) -> str:
+    """What to write for our milter (without ``unix:``) so that every service that connects
+    to it opens ``socket_path``, chrooted or not; :class:`WiringError` when no name can.
+
+    Under the queue directory: the relative name (Debian's own milters' way). Elsewhere:
+    the absolute path, only when no client is chrooted (a chrooted one would look for it
+    under the queue directory)."""
+    name = postfix_name(socket_path, queue_directory)
+    if not name.startswith("/"):
+        return name
+    jailed = [s for param in MILTER_CLIENTS for s in chrooted_clients(services, param)]
+    if jailed:
+        q = queue_directory.rstrip("/")
+        who = ", ".join(f"{s.command} ({s.key})" for s in jailed)
+        raise WiringError(
+            f"{who} run(s) chrooted in {q} (master.cf chroot column y) and would look for the milter "
+            f"socket at {seen_by(socket_path, chroot=True, queue_directory=q)}: every message would get "
+            f"451 4.7.1. Put the socket under the queue directory: milter_socket: {q}/bouncetrack/milter.sock "
+            "in bouncetrack's config (directory bouncetrack:postfix 0750, as systemd/bouncetrack-milter.service "
+            "creates it), restart the milter and run install again; or set the chroot column of those services to n"
+        )
+    return name
+
+
+def relay_domains_base(explicit: str | None, expanded: str) -> str:
+    """The relay_domains value to append the bounce domain to, without Postfix's
+    compatibility-level expression: main.cf's own value when it sets one (kept as
+    written, ``$mydestination`` included), else ``$mydestination`` when the default
+    resolves to it (compatibility_level < 2, ``postconf -xh`` non-empty), else empty."""
+    if explicit is not None:
+        return explicit
+    return "$mydestination" if expanded.strip() else ""
 
 
 # ---------------------------------------------------------------------------
@@ -261,11 +381,12 @@ def transport_text(w: Wanted) -> str:
 # The plan
 
 
-def desired_main(current: Mapping[str, str], w: Wanted) -> dict[str, str]:
-    """Every parameter of :data:`MAIN_PARAMS` as it should be, from the effective values."""
+def desired_main(current: Mapping[str, str], w: Wanted, replaces: Sequence[str] = ()) -> dict[str, str]:
+    """Every parameter of :data:`MAIN_PARAMS` as it should be, from the effective values
+    (``replaces``: see :func:`with_milter`)."""
     return {
-        "smtpd_milters": with_milter(current.get("smtpd_milters", ""), w.milter_socket),
-        "non_smtpd_milters": with_milter(current.get("non_smtpd_milters", ""), w.milter_socket),
+        "smtpd_milters": with_milter(current.get("smtpd_milters", ""), w.milter_socket, replaces),
+        "non_smtpd_milters": with_milter(current.get("non_smtpd_milters", ""), w.milter_socket, replaces),
         "message_drop_headers": drop_headers_without_return_path(
             current.get("message_drop_headers", "bcc, content-length, resent-bcc, return-path")
         ),
@@ -275,9 +396,10 @@ def desired_main(current: Mapping[str, str], w: Wanted) -> dict[str, str]:
     }
 
 
-def plan(current: Mapping[str, str], current_master: str | None, w: Wanted) -> Plan:
-    """What to change, given the effective main.cf values and the current master.cf entry."""
-    want = desired_main(current, w)
+def plan(current: Mapping[str, str], current_master: str | None, w: Wanted, replaces: Sequence[str] = ()) -> Plan:
+    """What to change, given the effective main.cf values and the current master.cf entry
+    (``replaces``: other names of our milter to replace, see :func:`with_milter`)."""
+    want = desired_main(current, w, replaces)
     changes = {k: v for k, v in want.items() if split_list(current.get(k, "")) != split_list(v)}
     entry = master_entry(w)
     return Plan(

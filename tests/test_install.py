@@ -271,7 +271,14 @@ def test_units_exist_with_hardening() -> None:
                      "CapabilityBoundingSet=", "SystemCallFilter=@system-service"):
             assert f"\n{line}" in text, f"{unit.name}: {line}"
     milter = (CHECKOUT / "systemd" / "bouncetrack-milter.service").read_text()
-    assert "RuntimeDirectory=bouncetrack" in milter and "RuntimeDirectoryMode=0750" in milter
+    # The socket directory under Postfix's queue directory (a chrooted smtpd sees it),
+    # created before any sandboxed step, and where the default config puts the socket.
+    from bouncetrack.config_loader import DEFAULT_MILTER_SOCKET
+
+    pre = [line for line in milter.splitlines() if line.startswith("ExecStartPre=")]
+    assert pre[0] == f"ExecStartPre=+/usr/bin/install -d -o bouncetrack -g postfix -m 0750 {Path(DEFAULT_MILTER_SOCKET).parent}"
+    assert f" {Path(DEFAULT_MILTER_SOCKET).parent} " in milter.split("\nReadWritePaths=")[1].splitlines()[0] + " "
+    assert not any(line.startswith("RuntimeDirectory") for line in milter.splitlines())
     assert "CacheDirectory=bouncetrack" in milter
 
 

@@ -13,7 +13,7 @@ Verdicts: ``OK``; ``WARN`` works but is fragile or could not be checked fully;
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .. import postfix_wiring as wiring
 
@@ -43,6 +43,13 @@ def exit_code(results: Iterable[Result]) -> int:
 # Postfix wiring
 
 
+#: What :data:`SocketProbe` says of a path: the milter's socket, no such file, another
+#: file, or not known (no permission to look).
+SOCKET_OURS, SOCKET_MISSING, SOCKET_OTHER, SOCKET_UNKNOWN = "ours", "missing", "other", "unknown"
+#: path -> one of the SOCKET_* values (the I/O is in doctor/cli.py).
+SocketProbe = Callable[[str], str]
+
+
 def postfix_results(
     main: Mapping[str, str],
     master: str | None,
@@ -53,21 +60,39 @@ def postfix_results(
     pipe_user: str,
     transport_lookup: str | None,
     config_dir: str,
+    milter_address: str | None = None,
+    services: Sequence[wiring.Service] = (),
+    queue_directory: str = wiring.DEFAULT_QUEUE_DIRECTORY,
+    probe: SocketProbe | None = None,
+    wiring_error: str = "",
 ) -> list[Result]:
     """Checks of the effective main.cf values and the ``bouncepipe`` master.cf entry.
 
+    ``milter_socket``: the configured socket (a host path). ``milter_address``: the name
+    ``bouncetrack install`` writes for it (relative to ``queue_directory`` when under it),
+    None when no name reaches it through the chroot (``wiring_error`` says why). Our
+    element of each milter list is found under either name. With ``probe``, each
+    service that connects to it (``services``: master.cf) is checked to find the socket
+    where *it* looks (:func:`reach_result`).
     ``transport_lookup``: what Postfix's transport_maps return for the bounce domain
     (first hit, as ``postmap -q`` gives it), None for no hit.
     """
     install = f"bouncetrack install --postfix-dir {config_dir} --config {config_path}"
+    fix_wiring = wiring_error or install
     out: list[Result] = []
     for param in ("smtpd_milters", "non_smtpd_milters"):
-        item = wiring.find_milter(main.get(param, ""), milter_socket)
+        name = milter_address or milter_socket
+        item = wiring.find_milter(main.get(param, ""), name, also=[milter_socket])
         if item is None:
-            out.append(Result(f"postfix {param}", FAIL, f"unix:{milter_socket} is not in {param}"
+            out.append(Result(f"postfix {param}", FAIL, f"unix:{name} is not in {param}"
                               + (" (mail is not tracked)" if param == "smtpd_milters" else
-                                 " (locally submitted mail is not tracked)"), install))
+                                 " (locally submitted mail is not tracked)"), fix_wiring))
             continue
+        if probe is not None:
+            target = wiring.milter_target(item)[0]
+            out.append(reach_result(param, target[5:] if target.startswith("unix:") else target, services,
+                                    queue_directory=queue_directory, milter_socket=milter_socket, probe=probe,
+                                    fix=fix_wiring))
         eff = wiring.effective_milter_settings(item, main)
         if eff["default_action"] != "tempfail":
             out.append(Result(f"postfix {param}", FAIL,
@@ -116,6 +141,44 @@ def postfix_results(
     return out
 
 
+def reach_result(param: str, name: str, services: Sequence[wiring.Service], *, queue_directory: str,
+                 milter_socket: str, probe: SocketProbe, fix: str) -> Result:
+    """Does every service that runs ``param``'s milters find our socket where it looks?
+
+    ``name``: our element's unix-socket name as written in main.cf. Each client service
+    (smtpd for smtpd_milters, cleanup for non_smtpd_milters) opens it relative to the
+    queue directory, or under it when chrooted (:func:`~bouncetrack.postfix_wiring.seen_by`).
+    FAIL when that path holds no socket or another one than ``milter_socket``: Postfix
+    then answers every message 451 4.7.1 (milter_default_action tempfail). A path that
+    *is* ``milter_socket`` passes even while the milter is down (the "milter socket"
+    check reports that), so one outage gives one FAIL.
+    """
+    result_name = f"postfix {param} chroot"
+    command = wiring.MILTER_CLIENTS[param]
+    clients = [s for s in services if s.command == command]
+    if not clients:
+        return Result(result_name, SKIP, f"no {command} service in master.cf")
+    views: dict[str, list[wiring.Service]] = {}
+    for s in clients:
+        views.setdefault(wiring.seen_by(name, chroot=s.chroot, queue_directory=queue_directory), []).append(s)
+    ok: list[str] = []
+    for path, svcs in views.items():
+        who = ", ".join(f"{s.key}{' chrooted in ' + queue_directory if s.chroot else ''}" for s in svcs)
+        found = probe(path)
+        if found == SOCKET_OURS or (found == SOCKET_MISSING and path.rstrip("/") == milter_socket.rstrip("/")):
+            # The very path the milter listens on; whether it listens: check "milter socket".
+            ok.append(f"{command} ({who}) opens {path}")
+            continue
+        if found == SOCKET_UNKNOWN:
+            return Result(result_name, WARN, f"{command} ({who}) looks for unix:{name} at {path}: cannot check it",
+                          "run doctor as root")
+        where = f"{command} ({who}) looks for unix:{name} at {path}"
+        what = "no such socket" if found == SOCKET_MISSING else f"not the milter's socket {milter_socket}"
+        return Result(result_name, FAIL, f"{where}: {what}, so Postfix answers every message 451 4.7.1 "
+                      "(connect to Milter service ...: No such file or directory)", fix)
+    return Result(result_name, OK, "; ".join(ok))
+
+
 def master_result(master: str | None, *, config_path: str, pipe_user: str, install: str) -> Result:
     name = f"postfix master.cf {wiring.SERVICE}"
     if master is None:
@@ -123,6 +186,11 @@ def master_result(master: str | None, *, config_path: str, pipe_user: str, insta
     fields = master.split()
     if len(fields) < 8 or fields[7] != "pipe":
         return Result(name, FAIL, f"{wiring.SERVICE} is not a pipe(8) service: {master}", install)
+    if fields[4].lower() in ("y", "yes"):
+        # Chrooted, pipe(8) would look for the interpreter, the pipe client and the pipe
+        # server's socket under the queue directory.
+        return Result(name, FAIL, f"{wiring.SERVICE} runs chrooted (chroot column {fields[4]}): its Python, the "
+                      "pipe client and the pipe server's socket are outside the chroot", install)
     attrs = fields[8:]
     user = next((a.split("=", 1)[1] for a in attrs if a.startswith("user=")), None)
     if user is None or user.split(":", 1)[0] != pipe_user:

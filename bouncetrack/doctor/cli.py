@@ -9,7 +9,9 @@ Checks, in order:
    (SMFIC_OPTNEG); the answer must be a milter's, asking for CHGFROM (ours does).
 3. postfix: effective main.cf values and the ``bouncepipe`` master.cf entry
    (``postconf -c DIR``), and the bounce domain's route as Postfix looks it up
-   (``postmap -q`` on each transport map, first hit wins).
+   (``postmap -q`` on each transport map, first hit wins). Our milter socket is
+   looked up where each smtpd and cleanup of master.cf opens it: relative to
+   ``queue_directory``, or under it for a chrooted service (the chroot column).
 4. pipe user: exists; as that user (``runuser``): the interpreter runs and imports the
    pipe, the config and the VERP key are readable.
 5. store: as the pipe user, the SQLite store opens read-write and takes a write lock
@@ -28,6 +30,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -38,7 +41,19 @@ import click
 
 from .. import postfix_wiring as wiring
 from ..config import Config, ConfigError
-from .checks import FAIL, OK, SKIP, WARN, Result, exit_code, postfix_results
+from .checks import (
+    FAIL,
+    OK,
+    SKIP,
+    SOCKET_MISSING,
+    SOCKET_OTHER,
+    SOCKET_OURS,
+    SOCKET_UNKNOWN,
+    WARN,
+    Result,
+    exit_code,
+    postfix_results,
+)
 
 # Milter protocol (libmilter's mfdef.h).
 SMFIC_OPTNEG = b"O"
@@ -140,7 +155,7 @@ def _group_name(gid: int) -> str:
 
 
 def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Result]:
-    from ..install import InstallError, main_values, master_entry
+    from ..install import InstallError, main_values, master_entry, queue_directory, services
 
     if not (postfix_dir / "main.cf").is_file():
         return [Result("postfix", SKIP, f"no {postfix_dir}/main.cf (pass --postfix-dir)")]
@@ -149,14 +164,45 @@ def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Res
     try:
         main = main_values(postfix_dir)
         master = master_entry(postfix_dir)
+        queue = queue_directory(postfix_dir)
+        all_services = services(postfix_dir)
     except InstallError as exc:
         return [Result("postfix", FAIL, str(exc), "fix main.cf/master.cf (postfix check)")]
+    try:
+        address: str | None = wiring.milter_address(str(config.milter_socket), queue, all_services)
+        wiring_error = ""
+    except wiring.WiringError as exc:
+        address, wiring_error = None, str(exc)
     lookup = transport_lookup(postfix_dir, main.get("transport_maps", ""), config.bounce_domain)
     return postfix_results(
         main, master, bounce_domain=config.bounce_domain, milter_socket=str(config.milter_socket),
         config_path=str(Path(config.path).resolve()), pipe_user=pipe_user, transport_lookup=lookup,
-        config_dir=str(postfix_dir),
+        config_dir=str(postfix_dir), milter_address=address, services=all_services, queue_directory=queue,
+        probe=lambda path: probe_socket(path, str(config.milter_socket)), wiring_error=wiring_error,
     )
+
+
+def probe_socket(path: str, milter_socket: str) -> str:
+    """What lies at ``path`` (the milter socket as a Postfix daemon resolves it): the
+    milter's own socket ``milter_socket`` (the very file), nothing, something else, or
+    unknown (no permission to look)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return SOCKET_MISSING
+    except NotADirectoryError:
+        return SOCKET_MISSING
+    except PermissionError:
+        return SOCKET_UNKNOWN
+    if not stat.S_ISSOCK(st.st_mode):
+        return SOCKET_OTHER
+    try:
+        mine = os.stat(milter_socket)
+    except PermissionError:
+        return SOCKET_UNKNOWN
+    except OSError:
+        return SOCKET_OTHER
+    return SOCKET_OURS if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) else SOCKET_OTHER
 
 
 def transport_lookup(postfix_dir: Path, maps: str, domain: str) -> str | None:

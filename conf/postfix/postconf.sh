@@ -5,7 +5,9 @@
 # Replace bounce.example.com by your bounce domain and C by your config dir (/etc/postfix).
 set -e
 C=/etc/postfix
-SOCK=/run/bouncetrack/milter.sock
+# The milter socket /var/spool/postfix/bouncetrack/milter.sock, named relative to the queue
+# directory: a chrooted smtpd/cleanup (Debian's master.cf) finds it too (README.md here).
+SOCK=bouncetrack/milter.sock
 # Per-milter settings (Postfix >= 3.0): OUR milter tempfails when down (451 4.7.1, the
 # client retries, no mail lost) and speaks protocol 6, without changing the global
 # milter_default_action/milter_protocol your other milters rely on.
@@ -21,9 +23,12 @@ postconf -c $C -e 'message_drop_headers = bcc, content-length, resent-bcc'
 # Mail for the bounce domain goes to the bounce pipe: our own map, FIRST in the list so
 # no wildcard of yours shadows it (see ./transport).
 postconf -c $C -e "transport_maps = texthash:$C/bouncetrack_transport, $(postconf -c $C -h transport_maps)"
-# Accept mail for the bounce domain (added to the effective value, which may be
-# $mydestination on old compatibility levels: keep it).
-postconf -c $C -e "relay_domains = $(postconf -c $C -h relay_domains), bounce.example.com"
+# Accept mail for the bounce domain, added to your relay_domains. Unset, its default is
+# $mydestination below compatibility_level 2, else empty: write that, not the expression
+# `postconf -h` prints for the default.
+R=$(postconf -c $C -nh relay_domains)
+[ -n "$R" ] || [ -z "$(postconf -c $C -xh relay_domains)" ] || R='$mydestination'
+postconf -c $C -e "relay_domains = ${R:+$R, }bounce.example.com"
 # One recipient per pipe run, so ${recipient} is one address.
 postconf -c $C -e 'bouncepipe_destination_recipient_limit = 1'
 # The master.cf entry (see ./master.cf):
