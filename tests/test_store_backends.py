@@ -567,7 +567,13 @@ def test_metric_counts_match_the_sqlite_store(both: tuple[Any, Any]) -> None:
     assert dict(((c, o), n) for c, o, n in b.deliveries)[("webhook", "delivered")] + dict(
         ((c, o), n) for c, o, n in b.deliveries)[("smtp", "delivered")] == 5
     assert sum(n for _c, o, n in b.deliveries if o == "retry") == 4
-    assert sorted((o, c) for o, _le, c, _s in a.pipe_runs) == sorted((o, c) for o, _le, c, _s in b.pipe_runs)
+    # Runs per outcome (the buckets depend on how long each store_report took on a loaded machine).
+    def runs(rows: Any) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o, _le, c, _s in rows:
+            out[o] = out.get(o, 0) + c
+        return out
+    assert runs(a.pipe_runs) == runs(b.pipe_runs) and runs(a.pipe_runs) == {"stored": 12, "duplicate": 1}
     for field in ("outbox_pending", "outbox_due", "outbox_leased", "outbox_dead", "outbox_oldest_pending_age"):
         assert getattr(a, field) == getattr(b, field), field
     assert a.outbox_dead == 2 and a.outbox_pending == 24 - 5 - 2
