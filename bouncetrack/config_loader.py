@@ -23,8 +23,9 @@ Decisions:
 - ``milter_socket`` may be a path or ``unix:/path`` (the ``unix:`` is dropped).
 - Durations (``key_grace_period``): a number of seconds, or ``<n><unit>``
   with unit ``s``, ``m``, ``h``, ``d``, ``w``, possibly combined (``1d12h``).
-- Domain names (keys of ``domains:`` and ``bounce_domain``) are lower-cased and a
-  trailing dot is dropped; they must be ASCII (use the ``xn--`` A-label form).
+- Domain names (keys of ``domains:`` and ``bounce_domain``) and addresses (``forward``)
+  are parsed by :mod:`bouncetrack.addresses`: lower-cased, a domain's trailing dot
+  dropped, an internationalized name kept in its ``xn--`` A-label form.
 - ``dsn.notify`` may be a string ``"FAILURE,DELAY"`` or a list.
 
 PyYAML is imported only here so the model stays importable without it.
@@ -42,7 +43,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bouncetrack import esmtp
+from bouncetrack import addresses, esmtp
 from bouncetrack.config import (
     ApiConfig,
     Config,
@@ -85,9 +86,6 @@ _TOKEN_LEN = 24
 _MAX_PREFIX_LEN = 64 - 1 - _TOKEN_LEN
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")  # RFC 5322 §3.2.3
 _PREFIX_RE = re.compile(r"^[a-z0-9]+$")
 _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -420,46 +418,36 @@ def _str_list(ctx: _Ctx, node: yaml.Node, key: str) -> list[tuple[yaml.Node, str
 
 
 def _domain_name(value: str) -> str | None:
-    """Lower-cased domain without trailing dot, or None when it is not a valid host name."""
-    name = value.strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name or len(name) > 253 or not name.isascii():
+    """Lower-cased ASCII domain (IDN as A-labels) without trailing dot, or None when it is
+    not a valid host name (:func:`bouncetrack.addresses.parse_domain`)."""
+    try:
+        return addresses.parse_domain(value)
+    except addresses.AddressError:
         return None
-    labels = name.split(".")
-    if not all(_LABEL_RE.match(label) for label in labels):
-        return None
-    if labels[-1].isdigit():  # an IP address or a numeric TLD is no domain name
-        return None
-    return name
 
 
 def _domain_problem(value: str) -> str:
-    hint = ""
-    if "://" in value or "/" in value:
-        hint = " (give only the domain, without scheme or path)"
-    elif "@" in value:
-        hint = " (give only the domain, not an address)"
-    elif not value.isascii():
-        hint = " (use the ASCII xn-- form of an internationalized name)"
-    return f"invalid domain name {value!r}{hint}"
+    try:
+        addresses.parse_domain(value)
+    except addresses.AddressError as exc:
+        return f"invalid domain name {value[:100]!r}: {exc}"
+    return f"invalid domain name {value[:100]!r}"
 
 
 def _domain(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     value = _str(ctx, node, key)
-    name = _domain_name(value)
-    if name is None:
-        raise ctx.fail(node, key, _domain_problem(value))
-    return name
+    try:
+        return addresses.parse_domain(value)
+    except addresses.AddressError as exc:
+        raise ctx.fail(node, key, f"invalid domain name {value[:100]!r}: {exc}") from None
 
 
 def _email(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     value = _str(ctx, node, key)
-    addr = value[1:-1].strip() if value.startswith("<") and value.endswith(">") else value
-    local, at, domain = addr.rpartition("@")
-    if not at or not local or len(local) > 64 or not _DOT_ATOM_RE.match(local) or _domain_name(domain) is None:
-        raise ctx.fail(node, key, f"invalid email address {value!r} (expected local@domain.example)")
-    return f"{local}@{_domain_name(domain)}"
+    try:
+        return addresses.parse_address(value).addr_spec
+    except addresses.AddressError as exc:
+        raise ctx.fail(node, key, f"invalid email address {value[:100]!r}: {exc}") from None
 
 
 def _path(ctx: _Ctx, node: yaml.Node, key: str) -> Path:
@@ -610,8 +598,13 @@ def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
         out: list[str] = []
         for i, (n, v) in enumerate(items):
             local = v.lower()
-            if not _DOT_ATOM_RE.match(local) or len(local) > 64:
-                ctx.add(n, f"{fkey}[{i}]", f"invalid local part {v!r} (give only the part before '@')")
+            try:
+                addresses.parse_address(f"{local}@example.com")
+                bad = "@" in local
+            except addresses.AddressError:
+                bad = True
+            if bad:
+                ctx.add(n, f"{fkey}[{i}]", f"invalid local part {v[:100]!r} (give only the part before '@')")
             elif local == verp_prefix or local.startswith(verp_prefix + "+"):
                 ctx.add(n, f"{fkey}[{i}]", f"{v!r} collides with the VERP prefix '{verp_prefix}'")
             else:

@@ -42,16 +42,13 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import esmtp
+from .. import addresses, esmtp
 
 #: Postfix's default ``smtpd_recipient_limit``: more RCPTs per transaction get 452.
 MAX_RECIPIENTS = 1000
 MAX_HEADER_CHARS = 2000
 MAX_BODY_CHARS = 10_000_000
 
-# RFC 5322 §3.2.3 dot-atom: the local parts we accept (quoted local parts are not).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 # What we build with: CRLF line ends (SMTP) and 7-bit transfer encodings only.
@@ -71,26 +68,13 @@ def _no_ctl(value: str) -> str:
 
 
 def addr_spec(value: str) -> str:
-    """Validate one bare address (``a@b.example`` or ``<a@b.example>``); return it bare.
-
-    ASCII only (no SMTPUTF8), a dot-atom local part (RFC 5322 §3.2.3) and a
-    hostname or address-literal domain (RFC 5321 §4.1.2). Raise ValueError.
-    """
-    _no_ctl(value)
-    text = value.strip()
-    if text.startswith("<") and text.endswith(">"):
-        text = text[1:-1].strip()
-    if not text.isascii():
-        raise ValueError(f"{value!r}: non-ASCII addresses (SMTPUTF8) are not supported; use the xn-- form of the domain")
-    local, sep, domain = text.rpartition("@")
-    if not sep or not local or not domain:
-        raise ValueError(f"{value!r} is not an email address (local@domain)")
-    if not _DOT_ATOM.match(local) or len(local) > 64:  # RFC 5321 §4.5.3.1.1
-        raise ValueError(f"{value!r}: invalid local part")
-    parsed = esmtp.parse_address(text)
-    if parsed is None or "." not in parsed.domain and not parsed.domain.startswith("["):
-        raise ValueError(f"{value!r}: invalid domain")
-    return f"{local}@{parsed.domain}"
+    """Validate one bare address (``a@b.example`` or ``<a@b.example>``); return it bare,
+    its domain in A-label form (:func:`bouncetrack.addresses.parse_address`). ASCII local
+    parts only (no SMTPUTF8). Raise ValueError saying what is wrong."""
+    try:
+        return addresses.parse_address(value).addr_spec
+    except addresses.AddressError as exc:
+        raise ValueError(f"{value[:100]!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -111,21 +95,11 @@ class Mailbox:
 def mailboxes(value: str) -> tuple[Mailbox, ...]:
     """Parse ``"Name <a@b>, c@d"`` (RFC 5322 §3.4 address-list); raise ValueError."""
     _no_ctl(value)
-    if not value.strip():
-        raise ValueError("must not be empty")
     try:
-        header: Any = email_policy.default.header_factory("To", value)
-    except (IndexError, ValueError, TypeError, AttributeError):
-        # The stdlib parser has crashed on some malformed lists (e.g. "a@"): invalid.
-        raise ValueError(f"{value!r} is not a valid address list") from None
-    if header.defects:
-        raise ValueError(f"{value!r} is not a valid address list: {header.defects[0]}")
-    out = []
-    for addr in header.addresses:
-        out.append(Mailbox(str(addr.display_name), addr_spec(str(addr.addr_spec))))
-    if not out:
-        raise ValueError(f"{value!r} holds no address")
-    return tuple(out)
+        parsed = addresses.parse_mailbox_list(value)
+    except addresses.AddressError as exc:
+        raise ValueError(f"{value[:100]!r}: {exc}") from None
+    return tuple(Mailbox(a.display_name, a.addr_spec) for a in parsed)
 
 
 def _as_list(value: str | list[str]) -> list[str]:

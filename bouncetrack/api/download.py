@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from ..addresses import AddressError, parse_domain
 from ..events import EVENT_TYPES
 from ..store.base import StoreUnavailable
 from ..store.views import DownloadQuery
@@ -243,7 +244,10 @@ def _query(
     if domains:
         wanted = []
         for d in domains:
-            name = d.strip().lower().rstrip(".")
+            try:
+                name = parse_domain(d)
+            except AddressError as exc:
+                raise ParamError("domain", f"{d[:100]!r} is not a domain name: {exc}") from None
             if name not in principal.domains:
                 raise ParamError("domain", f"{d[:100]!r} is not among this token's domains", 403)
             if name not in wanted:
@@ -263,15 +267,10 @@ def _query(
 def _recipient_domain(value: str | None) -> str | None:
     if value is None:
         return None
-    name = value.strip().rstrip(".")
     try:
-        name = name.encode("idna").decode("ascii").lower()  # IDNA 2003: ü -> xn--
-    except UnicodeError:
-        name = ""
-    labels = name.split(".")
-    if not name or not all(0 < len(x) <= 63 and x.replace("-", "").isalnum() and x.isascii() for x in labels):
-        raise ParamError("recipient_domain", f"{value[:100]!r} is not a domain name (e.g. example.net)")
-    return name
+        return parse_domain(value)  # IDN: ü -> xn--
+    except AddressError as exc:
+        raise ParamError("recipient_domain", f"{value[:100]!r} is not a domain name (e.g. example.net): {exc}") from None
 
 
 def _max_range_days(ctx: ApiContext) -> int:

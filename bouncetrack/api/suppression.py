@@ -31,7 +31,7 @@ from ..events import iso_utc
 from ..store.base import REASON_MANUAL, StoreUnavailable
 from ..store.interfaces import SuppressionStore
 from ..store.views import Suppression
-from ..suppression import normalize_address, normalize_domain
+from ..addresses import AddressError, parse_address, parse_domain
 from .app import ApiContext, context
 from .auth import Principal, require_token
 from .download import ErrorBody
@@ -234,7 +234,10 @@ def _scope(principal: Principal, asked: list[str] | None) -> tuple[str, ...]:
         return principal.domains
     out = []
     for raw in asked:
-        name = normalize_domain(raw)
+        try:
+            name = parse_domain(raw)
+        except AddressError as exc:
+            raise _ParamError(400, f"domain: {raw[:100]!r}: {exc}", "domain") from None
         if name not in principal.domains:
             raise _ParamError(403, f"domain {raw!r} is not covered by this token", "domain")
         out.append(name)
@@ -242,10 +245,10 @@ def _scope(principal: Principal, asked: list[str] | None) -> tuple[str, ...]:
 
 
 def _address(raw: str, parameter: str) -> str:
-    address = normalize_address(raw)
-    if address is None or len(address) > 320:
-        raise _ParamError(400, f"{parameter}: not an email address: {raw[:100]!r}", parameter)
-    return address
+    try:
+        return parse_address(raw).key
+    except AddressError as exc:
+        raise _ParamError(400, f"{parameter}: not an email address: {raw[:100]!r}: {exc}", parameter) from None
 
 
 def _store(ctx: ApiContext) -> SuppressionStore:

@@ -15,7 +15,7 @@ import click
 
 from ..store.base import REASON_MANUAL
 from ..store.views import Suppression
-from . import normalize_address, normalize_domain
+from ..addresses import AddressError, parse_address, parse_domain
 
 DAY = 86400.0
 
@@ -44,17 +44,30 @@ def _open(config_file: str) -> Any:
 
 
 def _addresses(raw: tuple[str, ...]) -> list[str]:
+    """The list keys of ADDRESS… (``-``: one address a line on stdin, a bulk import);
+    any refusal stops the command before the store is opened."""
     out: list[str] = []
     bad: list[str] = []
-    for a in raw:
-        n = normalize_address(a)
-        if n is None:
-            bad.append(a)
-        else:
-            out.append(n)
+    items = [line.strip() for line in sys.stdin] if raw == ("-",) else list(raw)
+    for i, a in enumerate(items):
+        if raw == ("-",) and (not a or a.startswith("#")):
+            continue
+        try:
+            out.append(parse_address(a).key)
+        except AddressError as exc:
+            where = f"line {i + 1}: " if raw == ("-",) else ""
+            bad.append(f"{where}{a[:100]!r}: {exc}")
     if bad:
-        raise click.ClickException(f"not an email address: {', '.join(bad)}")
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise click.ClickException("not an email address: " + "; ".join(bad[:10]) + more)
     return list(dict.fromkeys(out))
+
+
+def _domain(raw: str) -> str:
+    try:
+        return parse_domain(raw)
+    except AddressError as exc:
+        raise click.BadParameter(f"{raw[:100]!r}: {exc}", param_hint="--domain") from None
 
 
 _config = click.option("--config", "config_file", required=True, help="YAML configuration.")
@@ -77,7 +90,7 @@ def list_command(
     """Print entries: domain, address, reason, listed, expires, state, source event (tab-separated)."""
     store = _open(config_file)
     wanted = _addresses(addresses) if addresses else [None]
-    scope = [normalize_domain(d) for d in domains] or None
+    scope = [_domain(d) for d in domains] or None
     now = time.time()
     shown = 0
     try:
@@ -113,18 +126,18 @@ def list_command(
               help="Expire after this many days (default: never).")
 @click.argument("addresses", nargs=-1, required=True)
 def add_command(config_file: str, domain: str, reason: str, expire_days: float | None, addresses: tuple[str, ...]) -> None:
-    """Suppress ADDRESS… for mail from --domain (replaces an existing entry)."""
+    """Suppress ADDRESS… for mail from --domain (replaces an existing entry); ``-`` reads
+    the addresses from stdin, one a line (a bulk import: all or nothing)."""
     wanted = _addresses(addresses)
+    name = _domain(domain)
     store = _open(config_file)
     now = time.time()
     expires = None if expire_days is None else now + expire_days * DAY
     try:
-        n = store.add_suppressions(
-            [Suppression(normalize_domain(domain), a, reason, None, now, expires) for a in wanted]
-        )
+        n = store.add_suppressions([Suppression(name, a, reason, None, now, expires) for a in wanted])
     finally:
         store.close()
-    click.echo(f"added {n} to {normalize_domain(domain)} (expires {_iso(expires)})")
+    click.echo(f"added {n} to {name} (expires {_iso(expires)})")
 
 
 @suppression.command("remove")
@@ -136,7 +149,7 @@ def remove_command(config_file: str, domains: tuple[str, ...], addresses: tuple[
     wanted = _addresses(addresses)
     store = _open(config_file)
     try:
-        removed = store.remove_suppressions([normalize_domain(d) for d in domains] or None, wanted, time.time())
+        removed = store.remove_suppressions([_domain(d) for d in domains] or None, wanted, time.time())
     finally:
         store.close()
     for domain, address in removed:
