@@ -16,7 +16,12 @@ Targets (issue 5): export under 10 s, server RSS under 150 MB, at most 3x the
 bare SELECT. The figures are printed and written to bench/results/export.json;
 nothing here asserts on time.
 
-    python bench/export.py [-n 1000000] [--rounds 3]
+``--compare-httptools`` adds, in the same rounds, the exports through the
+server as it was before issue 16 (uvicorn's httptools parser instead of h11,
+everything else equal; needs httptools installed): the figures behind the
+README's choice of h11.
+
+    python bench/export.py [-n 1000000] [--rounds 3] [--compare-httptools]
 """
 
 from __future__ import annotations
@@ -110,14 +115,28 @@ def proc_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path) -> dict[str, Any]:
-    """One export through a fresh server; returns the figures."""
+# The server as ``bouncetrack api`` runs it, with uvicorn's httptools parser instead of h11.
+HTTPTOOLS_SERVER = """\
+import sys, uvicorn
+from bouncetrack.api.app import create_app
+from bouncetrack.api.server import server_config
+from bouncetrack.config_loader import load_config
+config = load_config(sys.argv[1])
+settings = server_config(create_app(config), config, "127.0.0.1", int(sys.argv[2]))
+settings.http = "httptools"
+uvicorn.Server(settings).run()
+"""
+
+
+def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path, http: str = "h11") -> dict[str, Any]:
+    """One export through a fresh server (``http``: h11, as shipped, or httptools); returns the figures."""
     port = free_port()
     log = open(tmp / f"api-{fmt}.log", "ab")
-    server = subprocess.Popen(
-        [python, "-m", "bouncetrack", "api", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
-        cwd=ROOT, stdout=log, stderr=log,
-    )
+    if http == "h11":
+        cmd = [python, "-m", "bouncetrack", "api", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"]
+    else:
+        cmd = [python, "-c", HTTPTOOLS_SERVER, str(cfg), str(port)]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -158,7 +177,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1_000_000, help="events in the store")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the API")
+    ap.add_argument("--compare-httptools", action="store_true", help="also export through httptools (pre-issue-16)")
     a = ap.parse_args()
+    formats = ("ndjson", "csv") + (("ndjson-httptools", "csv-httptools") if a.compare_httptools else ())
 
     from bouncetrack.config_loader import load_config
     from bouncetrack.store import open_store
@@ -183,15 +204,16 @@ def main() -> None:
         fill_s = fill(db, a.n)
         print(f"filled {a.n} events in {fill_s:.1f} s ({db.stat().st_size / 1e6:.0f} MB)")
 
-        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ndjson": [], "csv": []}
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], **{f: [] for f in formats}}
         for r in range(a.rounds):
             secs, n = bare_select(db)
             assert n == a.n
             runs["bare"].append({"seconds": secs, "rows_per_s": n / secs})
-            for fmt in ("ndjson", "csv"):
-                runs[fmt].append(export(a.python, cfg, fmt, a.n, tmp))
-            print(f"round {r + 1}: bare {secs:.2f} s, ndjson {runs['ndjson'][-1]['seconds']:.2f} s, "
-                  f"csv {runs['csv'][-1]['seconds']:.2f} s")
+            for variant in formats:
+                fmt, _, http = variant.partition("-")
+                runs[variant].append(export(a.python, cfg, fmt, a.n, tmp, http or "h11"))
+            print(f"round {r + 1}: bare {secs:.2f} s, "
+                  + ", ".join(f"{v} {runs[v][-1]['seconds']:.2f} s" for v in formats))
 
     def med(fmt: str, key: str) -> float:
         values: list[float] = [x[key] for x in runs[fmt]]
@@ -202,7 +224,7 @@ def main() -> None:
                            "bare_select": {"seconds_median": bare, "rows_per_s": a.n / bare, "runs": runs["bare"]},
                            "targets": {"seconds": TARGET_SECONDS, "rss_mb": TARGET_RSS_MB, "ratio": TARGET_RATIO}}
     print(f"\nbare SELECT * FROM events  {bare:6.2f} s  {a.n / bare:>10,.0f} rows/s")
-    for fmt in ("ndjson", "csv"):
+    for fmt in formats:
         secs = med(fmt, "seconds")
         peak = max(x["rss_peak_mb"] for x in runs[fmt])
         # Each export against the baseline of its own round (the machine is
@@ -211,10 +233,18 @@ def main() -> None:
         ok = secs < TARGET_SECONDS and peak < TARGET_RSS_MB and ratio <= TARGET_RATIO
         out[fmt] = {"seconds_median": secs, "rows_per_s": a.n / secs, "ratio_to_bare_median": ratio,
                     "rss_peak_mb_max": peak, "bytes": runs[fmt][0]["bytes"], "meets_targets": ok, "runs": runs[fmt]}
-        print(f"{fmt:<6} export over HTTP    {secs:6.2f} s  {a.n / secs:>10,.0f} rows/s  "
+        print(f"{fmt:<16} export over HTTP    {secs:6.2f} s  {a.n / secs:>10,.0f} rows/s  "
               f"{runs[fmt][0]['bytes'] / 1e6:5.0f} MB  peak RSS {peak:5.1f} MB  "
               f"ratio {ratio:.2f}x  targets (<{TARGET_SECONDS:g} s, <{TARGET_RSS_MB:g} MB, <={TARGET_RATIO:g}x) "
               f"{'met' if ok else 'MISSED'}")
+    if a.compare_httptools:
+        # h11 (shipped) against httptools (before issue 16), round by round.
+        out["h11_vs_httptools"] = {
+            fmt: statistics.median(x["seconds"] / y["seconds"] for x, y in zip(runs[fmt], runs[f"{fmt}-httptools"]))
+            for fmt in ("ndjson", "csv")
+        }
+        print("h11 / httptools time, median of rounds: "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in out["h11_vs_httptools"].items()))
     print(f"written {write_result('export', out)}")
 
 

@@ -118,6 +118,13 @@ class ApiConfig:
 
     # Longest start..end range one download request may cover (400 beyond).
     max_range_days: int = 366
+    # Issue 16: the request line and header fields the server buffers (h11's
+    # limit: 400 beyond, the connection closed), and the body any endpoint but
+    # /v1/send reads (413 beyond, before reading it); /v1/send's own limit
+    # covers two 10-million-character bodies.
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 1 << 20
+    max_send_body_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_
 DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression")
 WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
 DSN_KEYS = ("notify", "ret")
-API_KEYS = ("max_range_days",)  # the HTTP API (issue 5)
+API_KEYS = ("max_range_days", "max_header_bytes", "max_body_bytes", "max_send_body_bytes")  # issues 5, 16
 SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days")  # issue 6
 RETENTION_KEYS = ("events_days", "messages_days", "batch_size", "automatic")  # issue 6
 # A bounce can arrive days after the message (Postfix keeps retrying for
@@ -620,7 +620,16 @@ def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:
     e = _entries(ctx, node, key, API_KEYS)
     d = ApiConfig()
     days = _field(ctx, e, "max_range_days", key, lambda c, n, k: _int(c, n, k, 1, 3660), d.max_range_days)
-    return ApiConfig(max_range_days=days)
+
+    def size(name: str, default: int, minimum: int) -> int:
+        return _field(ctx, e, name, key, lambda c, n, k: _int(c, n, k, minimum, 1 << 30), default)
+
+    return ApiConfig(
+        max_range_days=days,
+        max_header_bytes=size("max_header_bytes", d.max_header_bytes, 1024),
+        max_body_bytes=size("max_body_bytes", d.max_body_bytes, 1024),
+        max_send_body_bytes=size("max_send_body_bytes", d.max_send_body_bytes, 1024),
+    )
 
 
 def _retention(ctx: _Ctx, node: yaml.Node, key: str) -> RetentionConfig:

@@ -46,6 +46,7 @@ def context(request: Request) -> ApiContext:
 
 def create_app(config: Config, *, store_factory: Callable[[Config], Store] | None = None) -> FastAPI:
     from . import dashboard, download, metrics, send, suppression
+    from .guard import RequestGuard
 
     ctx = ApiContext(config) if store_factory is None else ApiContext(config, store_factory)
     app = FastAPI(
@@ -70,6 +71,7 @@ def create_app(config: Config, *, store_factory: Callable[[Config], Store] | Non
         return dashboard.store_unavailable_page(request)
 
     app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_middleware(RequestGuard, config=config)  # issue 16: token before body, bounded bodies
     return app
 
 

@@ -17,18 +17,11 @@ def api_command(config_path: Path, listen: str | None) -> None:
     from ..config import ConfigError
     from ..config_loader import load_config
     from .app import create_app
+    from .server import server_config
 
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from None
     host, _, port = (listen or config.api_listen).rpartition(":")
-    # httptools + uvloop (dependencies): a few percent off a full export's wall time.
-    uvicorn.run(
-        create_app(config),
-        host=host or "127.0.0.1",
-        port=int(port),
-        log_level=config.log_level.lower(),
-        http="httptools",
-        loop="uvloop",
-    )
+    uvicorn.Server(server_config(create_app(config), config, host or "127.0.0.1", int(port))).run()
