@@ -46,7 +46,7 @@ from fastapi.templating import Jinja2Templates
 
 from ..events import EVENT_TYPES, event_to_json, iso_utc
 from ..store import Store
-from ..store.base import BounceEvent
+from ..store.base import MAX_ROW_ID, BounceEvent
 from ..store.interfaces import DashboardStore
 from ..store.views import DailyCount, EventQuery, JobView
 from .app import ApiContext, context
@@ -594,6 +594,9 @@ def events_page(
     if end and last is None:
         errors.append(f"end date {end!r} is not a valid YYYY-MM-DD date")
     limit = min(max(1, limit), MAX_PAGE_SIZE)
+    for name, value in (("before", before), ("after", after)):
+        if value is not None and abs(value) > MAX_ROW_ID:  # OverflowError in the driver otherwise
+            errors.append(f"{name} is not an event of this list")
     rows: list[tuple[int, BounceEvent]] = []
     newer: str | None = None
     older: str | None = None
@@ -761,7 +764,7 @@ def replay(
             "The form was stale or forged (CSRF check failed).", session,
         )
     store = ctx.store()
-    view = _dash(store).dashboard_job(job_id)
+    view = _dash(store).dashboard_job(job_id) if abs(job_id) <= MAX_ROW_ID else None
     if view is None or view.domain not in session.domains:
         return _not_found(request, session, "No such outbox job.")
     if view.job.state != "dead":

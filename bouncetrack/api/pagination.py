@@ -31,6 +31,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from ..store.base import MAX_ROW_ID
 from ..store.views import DownloadQuery
 
 DAY = 86400.0
@@ -170,7 +171,10 @@ def decode_cursor(text: str, query: DownloadQuery) -> int:
             "the cursor does not belong to this query (same dates and filters as the first page) "
             "or was altered",
         )
-    return int(_CURSOR.unpack(head)[1])
+    last_id = int(_CURSOR.unpack(head)[1])
+    if last_id > MAX_ROW_ID:  # the check is not a secret: a forged id must not reach the store
+        raise ParamError("cursor", "not a cursor issued by this API (pass next_cursor unchanged)")
+    return last_id
 
 
 # ----------------------------------------------------------- negotiation

@@ -28,7 +28,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..events import iso_utc
-from ..store.base import REASON_MANUAL, StoreUnavailable
+from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
 from ..store.interfaces import SuppressionStore
 from ..store.views import Suppression
 from ..addresses import AddressError, parse_address, parse_domain
@@ -141,9 +141,12 @@ def list_suppressions(
     try:
         domains = _scope(principal, domain)
         wanted = _address(address, "address") if address is not None else None
+        after_id = int(cursor or 0)
+        if after_id > MAX_ROW_ID:
+            raise _ParamError(400, "cursor: not a cursor issued by this API (pass next_cursor unchanged)", "cursor")
         now = time.time()
         rows = _store(ctx).suppressions(
-            domains, now, address=wanted, after_id=int(cursor or 0), limit=limit + 1,
+            domains, now, address=wanted, after_id=after_id, limit=limit + 1,
             include_inactive=state == "all",
         )
     except _ParamError as exc:

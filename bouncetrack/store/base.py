@@ -124,6 +124,11 @@ def pipe_bucket(seconds: float) -> float:
 # removal keeps its row as a tombstone so that the feed carries it).
 # =============================================================================
 
+# Row ids are signed 64-bit integers in both backends (SQLite INTEGER, PostgreSQL
+# bigint): a larger number from a request is refused at the edge (400), never
+# handed to a driver that would raise OverflowError (issue 16).
+MAX_ROW_ID = 2**63 - 1
+
 # Why an address is on the list (``Suppression.reason``).
 REASON_HARD_BOUNCE = "hard_bounce"
 REASON_COMPLAINT = "complaint"
