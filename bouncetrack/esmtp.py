@@ -147,3 +147,20 @@ def parse_address(raw: str) -> Address | None:
         if not _DOMAIN.match(ascii_domain):
             return None
     return Address(text=text, local=local, domain=domain)
+
+
+def return_path_allowed(mail_from: str, bounce: str) -> bool:
+    """Whether ``bounce`` (a Return-Path / the send API's ``bounce``) may replace ``mail_from``.
+
+    The one rule (issue 16), held by the send endpoint and the milter alike: the
+    bounce address must be in the envelope sender's own domain, whose sender
+    checks the MTA (or the API token) already passed; another domain would let
+    one tenant send with another tenant's bounce address. The null path ``<>``
+    (no bounces at all) names no domain and is allowed. Both are bare addresses
+    (no angle brackets); domains compare case-insensitively, a trailing dot aside.
+    """
+    if not bounce:
+        return True
+    mine = mail_from.rpartition("@")[2].lower().rstrip(".")
+    theirs = bounce.rpartition("@")[2].lower().rstrip(".")
+    return bool(mine) and mine == theirs

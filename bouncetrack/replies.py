@@ -24,3 +24,7 @@ MILTER_FAILURE = Reply("451", "4.3.0", "Temporary local problem, try again later
 SUPPRESSED = Reply("550", "5.1.1", "Recipient address is suppressed after earlier bounces")
 # A mail for the bounce domain whose VERP token does not verify (issue 6).
 INVALID_VERP = Reply("550", "5.1.1", "Unknown bounce address")
+# An untracked message whose Return-Path header names another domain than its
+# MAIL FROM (issue 16): refused whole, at end of message. RFC 3463 §3.8 X.7.1
+# "delivery not authorized, message refused".
+RETURN_PATH_FOREIGN = Reply("550", "5.7.1", "Return-Path must be in the sender's own domain")

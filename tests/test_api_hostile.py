@@ -256,3 +256,19 @@ def test_html_to_text_keeps_the_readable_rendering() -> None:
         "Hi & welcome\n\nSee our site (https://x.test/?a=1&b=2) or a@x.test.\n\n- one\n- two\n\n"
         "a b\n\nx\ny\ncode\nmore\n\n1 < 2\n"
     )
+
+
+def test_bounce_in_another_domain_of_the_token_is_403(tmp_path: Path) -> None:
+    """The milter's Return-Path rule (esmtp.return_path_allowed), said before any SMTP."""
+    both = write_config(tmp_path, f"""\
+        domains:
+          a.test: {{api_tokens: ["{hash_api_token(TOKEN)}"]}}
+          b.test: {{api_tokens: ["{hash_api_token(TOKEN)}"]}}
+        """)
+    body = {"from": "info@a.test", "to": "x@remote.test", "recipient": "x@remote.test", "text": "hi",
+            "bounce": "victim@b.test"}
+    with TestClient(create_app(both)) as c:
+        r = c.post("/v1/send", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 403, r.text
+    assert r.json()["detail"]["field"] == "bounce"
+    assert r.json()["detail"]["error"] == "forbidden_sender_domain"

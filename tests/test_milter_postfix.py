@@ -148,6 +148,18 @@ def test_untracked_return_path_header_moves_the_bounce_address(stack: Any) -> No
     assert bounce.mail_from == ""  # a bounce, with the null sender
 
 
+def test_untracked_return_path_in_another_tenants_domain_is_refused(stack: Any) -> None:
+    """Issue 16: MAIL FROM untracked.test with a Return-Path at tracked.test is refused
+    (replies.RETURN_PATH_FOREIGN), after Postfix's own sender checks had passed."""
+    data = ("From: news@untracked.test\r\nTo: ok-foreign-rp@remote.test\r\n"
+            "Return-Path: <victim@tracked.test>\r\nSubject: rp\r\n\r\nbody\r\n")
+    r = stack.send("news@untracked.test", ["ok-foreign-rp@remote.test"], data)
+    assert r.data is not None and r.data[0] == 550, r
+    assert r.data[1].startswith("5.7.1 Return-Path must be in the sender's own domain"), r
+    time.sleep(1)
+    assert stack.fakemx.for_rcpt("ok-foreign-rp@remote.test") == []
+
+
 def test_locally_submitted_mail_goes_through_the_milter(stack: Any) -> None:
     proc = stack.send_local("info@tracked.test", ["ok-local@remote.test"])
     assert proc.returncode == 0, proc.stderr

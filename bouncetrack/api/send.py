@@ -36,6 +36,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
+from .. import esmtp
 from ..config import Config
 from ..store import StoreUnavailable
 from .app import ApiContext, context
@@ -128,6 +129,17 @@ def send_message(
                 error="forbidden_sender_domain",
                 field=name,
                 message=f"the {name} address's domain {domain!r} is not one of this access token's domains",
+            ).model_dump(),
+        )
+    if request.bounce and not esmtp.return_path_allowed(request.mail_from, request.bounce):
+        # The milter's rule for a Return-Path header, said here before any SMTP.
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=SendError(
+                error="forbidden_sender_domain",
+                field="bounce",
+                message=f"the bounce address must be in the envelope sender's domain "
+                        f"{request.mail_from.rpartition('@')[2]!r}",
             ).model_dump(),
         )
     submission = compose(request)

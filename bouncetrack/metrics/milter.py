@@ -29,6 +29,7 @@ DECISIONS = (
     "malformed-sender",
     "return-path",
     "return-path-malformed",
+    "return-path-foreign-domain",  # message refused: Return-Path outside MAIL FROM's domain (issue 16)
     "dsn-defaults",
     "tempfail-store",
     "tempfail-error",

@@ -285,6 +285,8 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             "queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why
         )
 
+        if decision.kind == policy.REFUSE:
+            return self._reject(replies.RETURN_PATH_FOREIGN)
         if decision.kind == policy.TRACK:
             assert token is not None and decision.new_sender is not None
             self.shared.record(self._message_record(envelope, decision, token, token_id, queue_id))

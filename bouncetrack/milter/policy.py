@@ -18,6 +18,7 @@ TRACK = "track"  # envelope sender -> VERP, DSN overridden, message recorded
 RETURN_PATH = "return-path"  # untracked; a Return-Path header moves into the envelope
 DSN_DEFAULTS = "dsn-defaults"  # untracked; the domain's DSN defaults fill what the client left out
 PASS = "pass"  # untouched
+REFUSE = "refuse"  # untracked; a Return-Path in another domain than MAIL FROM's (issue 16)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class RecipientChange:
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str  # TRACK | RETURN_PATH | DSN_DEFAULTS | PASS
+    kind: str  # TRACK | RETURN_PATH | DSN_DEFAULTS | PASS | REFUSE
     why: str  # short label for logs and metrics: "tracked", "null-sender", ...
     new_sender: str | None = None  # address without brackets; "" is the null sender
     sender_params: str | None = None  # ESMTP parameters for chgfrom
@@ -138,6 +139,10 @@ def _untracked(config: Config, envelope: Envelope, domain: str) -> Decision:
                 delete_return_path=len(envelope.return_paths),
                 sender_domain=domain,
             )
+        if not esmtp.return_path_allowed(esmtp.strip_path(envelope.sender), bounce_to):
+            # Postfix's sender checks ran on MAIL FROM, not on this header: another
+            # domain's bounce address would take over that domain's bounces.
+            return Decision(REFUSE, "return-path-foreign-domain", sender_domain=domain)
         kept = {k: v for k, v in mail_params.items() if k in ("RET", "ENVID")}
         if "RET" not in kept and dsn_defaults.ret:
             kept["RET"] = dsn_defaults.ret
