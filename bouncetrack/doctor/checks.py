@@ -377,3 +377,26 @@ def spf_result(bounce_domain: str, outcomes: Mapping[str, tuple[str, str]], *, e
     if results & {"fail"}:
         return Result(name, FAIL, f"SPF rejects this host: {detail}", fix)
     return Result(name, WARN, f"SPF does not authorise this host: {detail}", fix)
+
+
+# ---------------------------------------------------------------------------
+# Store file modes (issue 16)
+
+
+def store_file_results(modes: Mapping[str, int]) -> list[Result]:
+    """One verdict on the SQLite store's files (path → permission bits; missing files left out).
+
+    The database and its ``-wal``/``-shm`` hold raw reports and recipient addresses:
+    WARN when any of them is readable or writable by group or others (the store
+    creates them 0600, but an older version or a copied file may not be).
+    """
+    if not modes:
+        return []
+    loose = {path: mode for path, mode in modes.items() if mode & 0o077}
+    if not loose:
+        return [Result("store file modes", OK, ", ".join(f"{p} {m:04o}" for p, m in modes.items()))]
+    return [Result(
+        "store file modes", WARN,
+        "readable by group/others: " + ", ".join(f"{p} {m:04o}" for p, m in loose.items()),
+        "chmod 600 " + " ".join(loose),
+    )]

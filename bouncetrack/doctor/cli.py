@@ -53,6 +53,7 @@ from .checks import (
     Result,
     exit_code,
     postfix_results,
+    store_file_results,
 )
 
 # Milter protocol (libmilter's mfdef.h).
@@ -319,6 +320,20 @@ def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]
     return out
 
 
+def check_store_files(config: Config) -> list[Result]:
+    """The SQLite store's files and their modes (:func:`checks.store_file_results`)."""
+    if not config.store_url.startswith("sqlite:///"):
+        return []
+    db = config.store_url[len("sqlite:///"):]
+    modes: dict[str, int] = {}
+    for path in (db, db + "-wal", db + "-shm"):
+        try:
+            modes[path] = os.stat(path).st_mode & 0o777
+        except OSError:
+            continue  # missing (-wal/-shm between connections, or no store yet)
+    return store_file_results(modes)
+
+
 def _is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -442,6 +457,7 @@ def run_checks(config_path: str, *, postfix_dir: Path | None, pipe_user: str, py
     if postfix_dir is not None:
         emit(check_postfix(config, postfix_dir, pipe_user))
     emit(check_pipe_user(config, pipe_user, python))
+    emit(check_store_files(config))
     if _is_postgres(config.store_url):
         emit([check_pg_store(config)])
     if dns:

@@ -144,6 +144,28 @@ def parse_url(url: str) -> str:
     return path
 
 
+# The database holds raw reports and recipient addresses: owner only (issue 16).
+STORE_FILE_MODE = 0o600
+
+
+def create_private(path: str) -> None:
+    """Create the database file with :data:`STORE_FILE_MODE` whatever the umask, if missing.
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's
+    mode (its unix VFS fchmods them to it), so they follow. An existing file is
+    left as it is (``doctor`` warns when it is readable by others); a file that
+    cannot be created is left to ``sqlite3.connect`` to report.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STORE_FILE_MODE)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, STORE_FILE_MODE)  # exactly: a umask such as 0o200 would leave it read-only
+    finally:
+        os.close(fd)
+
+
 class SQLiteStore:
     """The :class:`~bouncetrack.store.base.Store` on one SQLite file."""
 
@@ -154,12 +176,13 @@ class SQLiteStore:
         if path != ":memory:":
             parent = os.path.dirname(path) or "."
             try:
-                os.makedirs(parent, exist_ok=True)
+                os.makedirs(parent, mode=0o750, exist_ok=True)  # not the umask's 0777
             except OSError as exc:
                 raise StoreUnavailable(
                     f"SQLite store {path}: cannot create its directory {parent}: "
                     f"{exc.strerror or exc}"
                 ) from exc
+            create_private(path)
         try:
             conn = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
