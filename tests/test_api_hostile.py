@@ -14,6 +14,8 @@ import hashlib
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from bouncetrack.api.pagination import _fingerprint, decode_cursor, parse_range
 from bouncetrack.api.server import server_config
 from bouncetrack.config import Config
 from bouncetrack.store.views import DownloadQuery
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.tokens import hash_api_token, load_keyring
 from tests.configkit import write_config
 
 TOKEN = "tok-hostile-a"
@@ -272,3 +274,22 @@ def test_bounce_in_another_domain_of_the_token_is_403(tmp_path: Path) -> None:
     assert r.status_code == 403, r.text
     assert r.json()["detail"]["field"] == "bounce"
     assert r.json()["detail"]["error"] == "forbidden_sender_domain"
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_rotate_key_ends_dashboard_sessions_in_the_running_api(config: Config) -> None:
+    """README: `bouncetrack rotate-key` logs everybody out, without restarting the API."""
+    load_keyring(config)
+    with TestClient(create_app(config), follow_redirects=False) as c:
+        assert c.post("/login", data={"token": TOKEN}).status_code == 303
+        assert c.get("/dashboard").status_code == 200
+        proc = subprocess.run([sys.executable, "-m", "bouncetrack", "rotate-key", "--config", str(config.path)],
+                              capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+        assert proc.returncode == 0, proc.stderr
+        r = c.get("/dashboard")
+        assert r.status_code == 303 and r.headers["location"].startswith("/login"), r.status_code
+        # a new login works with the new key
+        assert c.post("/login", data={"token": TOKEN}).status_code == 303
+        assert c.get("/dashboard").status_code == 200

@@ -13,7 +13,9 @@ Design (stateless, no server-side session table):
 * The signing key is derived from the VERP secret file
   (``HMAC(load_keyring(config).current, "bouncetrack dashboard session v1")``), so
   sessions survive an API restart and a key rotation (``bouncetrack rotate-key``)
-  logs everybody out. ``BOUNCETRACK_SESSION_KEY`` (hex or any string) overrides it;
+  logs everybody out at once: the manager stats the secret file on every use (a
+  few microseconds) and derives the key again when its inode, size or mtime
+  changed, so the running API needs no restart or signal (issue 16). ``BOUNCETRACK_SESSION_KEY`` (hex or any string) overrides it;
   when neither can be read (the API user may not read the secret file), a random
   per-process key is used: sessions then end when the process restarts.
 * Cookie flags: ``HttpOnly``, ``SameSite=Lax``, ``Path=/``, ``Max-Age`` = the session
@@ -34,9 +36,11 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from ..config import Config
@@ -100,10 +104,17 @@ class SessionManager:
         lifetime_seconds: float = DEFAULT_LIFETIME_SECONDS,
         force_secure: bool = False,
         cookie_name: str = "bt_session",
+        key_file: Path | None = None,
+        derive: Callable[[], bytes] | None = None,
     ) -> None:
+        """``key_file`` and ``derive``: when the file changes, ``derive()`` gives the new key."""
         if len(key) < 16:
             raise ValueError("session key too short")
         self._key = key
+        self._key_file = key_file if derive is not None else None
+        self._derive = derive
+        self._stamp = _file_stamp(key_file) if key_file is not None else None
+        self._rekey_lock = threading.Lock()
         self.lifetime_seconds = lifetime_seconds
         self.force_secure = force_secure
         self.cookie_name = cookie_name
@@ -115,15 +126,31 @@ class SessionManager:
             lifetime = float(hours) * 3600 if hours else DEFAULT_LIFETIME_SECONDS
         except ValueError:
             lifetime = DEFAULT_LIFETIME_SECONDS
+        overridden = bool(os.environ.get("BOUNCETRACK_SESSION_KEY", "").strip())
         return cls(
             session_key(config),
             lifetime_seconds=max(60.0, lifetime),
             force_secure=_env_flag("BOUNCETRACK_COOKIE_SECURE"),
             cookie_name=cookie_name,
+            key_file=None if overridden else Path(config.secret_file),
+            derive=None if overridden else lambda: session_key(config),
         )
 
+    def _current_key(self) -> bytes:
+        """The key, derived again when the secret file changed (rotate-key ends sessions)."""
+        if self._key_file is None or self._derive is None:
+            return self._key
+        stamp = _file_stamp(self._key_file)
+        if stamp != self._stamp:
+            with self._rekey_lock:
+                if stamp != self._stamp:
+                    self._key = self._derive()
+                    self._stamp = stamp
+                    log.info("dashboard sessions: the secret file changed, existing sessions end")
+        return self._key
+
     def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest())
+        return _b64(hmac.new(self._current_key(), body.encode("ascii"), hashlib.sha256).digest())
 
     def issue(self, domains: tuple[str, ...], token_hash: str, now: float | None = None) -> tuple[str, Session]:
         """A new session for a token that covers ``domains``: (cookie value, session)."""
@@ -190,6 +217,14 @@ class SessionManager:
             "samesite": "lax",
             "secure": self.force_secure or secure_request,
         }
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def csrf_ok(session: Session, presented: str | None) -> bool:
