@@ -1,6 +1,7 @@
 """Bounce classification: a pure library, no I/O. ``classify(raw: bytes) -> Report``.
 
-Order: ARF complaints (RFC 5965), RFC 3464 DSNs, RFC 3834 auto-replies, then the MTA family
+Order: ARF complaints (RFC 5965), challenge-response requests (auto-replies, never bounces,
+even when shaped as a DSN), RFC 3464 DSNs, RFC 3834 auto-replies, then the MTA family
 detectors (cheap ``matches`` pre-check first), then the generic text reader, then bounces
 nested inside an attached message. Any exception yields ``Report(kind="not_bounce")``.
 """
@@ -38,6 +39,9 @@ def classify_view(view: ParsedView, depth: int) -> Report:
         r = arf.detect(view)
         if r is not None:
             return r
+    r = rfc3834.challenge(view)  # before the DSN reader: a challenge may be shaped as a DSN
+    if r is not None:
+        return r
     r = rfc3464.detect(view)
     if r is not None:
         return r

@@ -6,7 +6,7 @@ import re
 
 from .lazy import lazy_re
 
-from .common import first_address
+from .common import ADDR_RE, first_address
 from .model import COMPLAINT, RecipientResult, Report
 from .view import ParsedView
 
@@ -20,6 +20,9 @@ _COMPLAINT_SUBJECT_RE = lazy_re(
 # older form, the report *is* the original, delivered to the feedback address (Sisimai's
 # ARF module reads the same header). It beats the original's To:, which may be a list.
 JMRP_HEADER = "x-hmxmroriginalrecipient"
+
+# Recipients taken from one report at most (a report listing more is cut, not refused).
+MAX_RECIPIENTS = 50
 
 # The placeholder recipient of a complaint that names none (Sisimai's convention).
 UNDISCLOSED_RECIPIENT = "undisclosed-recipient-in-headers@libsisimai.org.invalid"
@@ -47,12 +50,14 @@ def detect(view: ParsedView) -> Report | None:
     # An inline JMRP report is the original itself; its Return-Path is Microsoft's (the
     # report's envelope), not the original's.
     orig = {k: v for k, v in view.headers.items() if k != "return-path"} if inline_jmrp else view.original or {}
-    addr = None
-    # RFC 5965 §3.2 Original-Rcpt-To; RFC 6650 / RFC 6449 Removal-Recipient
+    # RFC 5965 §3.2 Original-Rcpt-To, once per recipient (every one is a complaint);
+    # RFC 6650 / RFC 6449 Removal-Recipient
+    addrs: list[str] = []
     for k in ("original-rcpt-to", "removal-recipient"):
-        addr = first_address(fb.get(k))
-        if addr:
+        addrs = list(dict.fromkeys(a.strip(".") for a in ADDR_RE.findall(fb.get(k) or "")))[:MAX_RECIPIENTS]
+        if addrs:
             break
+    addr = addrs[0] if addrs else None
     if addr is None:
         addr = first_address(orig.get(JMRP_HEADER))
     if addr is None:
@@ -68,12 +73,12 @@ def detect(view: ParsedView) -> Report | None:
         # can never match a real recipient, rather than none.
         addr = UNDISCLOSED_RECIPIENT
     rp = orig.get("return-path") or fb.get("original-mail-from")
-    rcpt = RecipientResult(
-        address=addr, action=None, status=None, reason="feedback", hard=False,
+    rcpts = tuple(RecipientResult(
+        address=a, action=None, status=None, reason="feedback", hard=False,
         reply_code=None, diagnostic=None, feedback_type=ftype,
-    )
+    ) for a in (addrs or [addr]))
     return Report(
-        kind=COMPLAINT, recipients=(rcpt,), detector="arf",
+        kind=COMPLAINT, recipients=rcpts, detector="arf",
         original_message_id=orig.get("message-id"), original_return_path=rp,
         original_headers={k: v for k, v in orig.items() if k in ("from", "to", "subject", "message-id", "return-path", "date")},
     )

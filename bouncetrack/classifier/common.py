@@ -21,6 +21,23 @@ ADDR_RE = lazy_re(
     r"[A-Za-z0-9!#$%&*+/=?^_`{|}~-][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{0,63}"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.){1,10}[A-Za-z][A-Za-z0-9-]{0,62}"
 )
+# RFC 5322 §3.4.1 also allows a quoted-string local part ("a..b"@host, "john smith"@host):
+# it is kept with its quotes, exactly as written, since without them it is another address.
+# A separate pattern, tried where a field or line holds '"@', so that scanning text for
+# ordinary addresses keeps ADDR_RE's fast first-character test.
+QUOTED_ADDR_RE = lazy_re(r'"[^"\\\r\n]{1,64}"@' + ADDR_RE.pattern.split("@", 1)[1])
+
+
+def _search_addr(value: str) -> re.Match[str] | None:
+    if '"@' in value:
+        q = QUOTED_ADDR_RE.search(value)
+        m = ADDR_RE.search(value)
+        if q is not None and (m is None or q.start() <= m.start()):
+            return q
+        return m
+    return ADDR_RE.search(value)
+
+
 _TYPE_PREFIX_RE = lazy_re(r"^\s*(?:rfc822|x-[a-z0-9-]{1,30}|utf-8|unknown)\s*;\s*", re.IGNORECASE)
 _DIAG_TYPE_RE = lazy_re(r"^\s*[a-z][a-z0-9-]{0,30}\s*;\s*", re.IGNORECASE)
 _NON_RCPT_LOCAL = lazy_re(r"^(?:mailer-daemon|postmaster|maildelivery|mail-daemon|double-bounce|"
@@ -44,7 +61,7 @@ def first_address(value: str | None) -> str | None:
     if not value:
         return None
     v = _TYPE_PREFIX_RE.sub("", value)
-    m = ADDR_RE.search(v)
+    m = _search_addr(v)
     if m is None:
         return None
     return m.group(0).strip(".")
@@ -52,6 +69,60 @@ def first_address(value: str | None) -> str | None:
 
 def is_daemon(addr: str) -> bool:
     return bool(_NON_RCPT_LOCAL.match(addr.split("@", 1)[0]))
+
+
+# Envelope addresses of mail systems, never a failed recipient (issue 18): they appear in
+# transcripts ("MAIL FROM:<...>"), trace fields and returned headers of every report.
+_ENVELOPE_LOCAL_RE = lazy_re(
+    # SRS (the Sender Rewriting Scheme's SRS0=/SRS1= forms) and BATV (prvs=, msprvs1=, btv1==)
+    r"^(?:srs[01][=+-]|prvs=|msprvs\d?=|btv1==)"
+    # VERP, RFC-less but universal (qmail, ezmlm, Mailman, ESPs): local=domain@bounces.host
+    r"|=[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)*\.[a-z]{2,63}$"
+    # list/ESP bounce handlers (bounce-123-abc@, bounces+x@) and this product's own b+TOKEN@
+    r"|^bounces?[-+=._]|^(?:bnc|verp|rp|return)[-+=]|^b\+[a-z2-7]{16,}$"
+    # key=value tokens of trace fields (Received: ... id=..., Authentication-Results,
+    # Exim's envelope-from=) that a loose match reads as a local part
+    r"|^(?:id|envelope-from|envelope-sender|smtp\.mailfrom|smtp\.helo|header\.from|helo|mailfrom|from|sender)=",
+    re.IGNORECASE,
+)
+
+
+def is_envelope_address(addr: str) -> bool:
+    """True for an address that names a mail system's envelope (VERP, SRS, BATV, a bounce
+    handler) or a trace field's ``key=value@host`` token: never a recipient of the report."""
+    local = addr.rsplit("@", 1)[0]
+    return not local.startswith('"') and bool(_ENVELOPE_LOCAL_RE.search(local))
+
+
+_LOOSE_FIELD_ADDR_RE = lazy_re(r"^<?([^\s<>@;,]{1,64}@[A-Za-z0-9][A-Za-z0-9.-]{0,252})>?\.?$")
+
+
+def field_address(value: str | None, loose: bool = True) -> str | None:
+    """The recipient a DSN address field names (RFC 3464 §2.3.1/§2.3.2), envelope and VERP
+    addresses refused; the field holds one address by definition, so with ``loose`` a
+    malformed domain (``user@mailhub0``, no dot) is still taken when it is all it holds."""
+    a = recipient_address(value)
+    if a is not None or not value or not loose:
+        return a
+    m = _LOOSE_FIELD_ADDR_RE.match(_TYPE_PREFIX_RE.sub("", value).strip())
+    if m is None or is_envelope_address(m.group(1)):
+        return None
+    return m.group(1)
+
+
+def recipient_address(value: str | None) -> str | None:
+    """The first address of a field that can be a recipient (no envelope/VERP address)."""
+    if not value:
+        return None
+    v = _TYPE_PREFIX_RE.sub("", value)
+    q = QUOTED_ADDR_RE.search(v) if '"@' in v else None
+    for m in ADDR_RE.finditer(v):
+        if q is not None and q.start() <= m.start():
+            return q.group(0)
+        a = m.group(0).strip(".")
+        if not is_envelope_address(a):
+            return a
+    return q.group(0) if q is not None else None
 
 
 def strip_diag_type(value: str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import data_phase, first_address, make_recipient, strip_diag_type
+from .common import data_phase, field_address, make_recipient, strip_diag_type
 from .reasons import find_command
 from .model import BOUNCE, DELIVERY_REPORT, RecipientResult, Report
 from .text import diagnostic_for
@@ -34,6 +34,11 @@ def _diag_type(value: str | None) -> str:
     if t in ("X-POSTFIX", "") or " " in t:
         return "SMTP"
     return t
+
+
+def _rfc822_typed(value: str) -> bool:
+    t = value.split(";", 1)[0].strip().lower() if ";" in value else "rfc822"
+    return t in ("rfc822", "utf-8")  # RFC 6533 §3 adds utf-8 addresses
 
 
 def ds_blocks_from_text(view: ParsedView) -> list[Fields]:
@@ -89,10 +94,16 @@ def detect(view: ParsedView) -> Report | None:
     results: list[RecipientResult] = []
     seen: set[str] = set()
     for b in rcpts:
-        orig = first_address(b.get("original-recipient"))
-        # RFC 3464 §2.3.2 Final-Recipient is required; fall back to Original-Recipient
-        # (§2.3.1) and the common X-Actual-Recipient.
-        addr = first_address(b.get("final-recipient")) or orig or first_address(b.get("x-actual-recipient"))
+        orig_field = b.get("original-recipient") or ""
+        # RFC 3464 §2.3.1: "address-type; address"; only an rfc822 (or untyped) one is a mailbox
+        orig = field_address(orig_field) if _rfc822_typed(orig_field) else None
+        final = field_address(b.get("final-recipient"), loose=orig is None)
+        # §2.3.2 Final-Recipient (required) is the mailbox that failed; when an alias or a
+        # forward rewrote the address the sender used, that one is §2.3.1 Original-Recipient
+        # (from ORCPT), kept as ``original_recipient`` (the pipe matches it first). Final
+        # gives way when it is unusable: a VERP/SRS envelope address is never taken (issue 18),
+        # a malformed one (no domain dot) only when nothing else names the recipient.
+        addr = final or orig or field_address(b.get("x-actual-recipient"))
         action = b.get("action")  # RFC 3464 §2.3.3
         status = b.get("status")  # RFC 3464 §2.3.4
         if generic_status and status and status.strip()[1:] == ".0.0":

@@ -12,7 +12,7 @@ import re
 
 from .lazy import lazy_re
 
-from .common import ADDR_RE, first_address, is_daemon
+from .common import ADDR_RE, QUOTED_ADDR_RE, first_address, is_daemon, is_envelope_address
 from .view import ParsedView, parse_fields
 
 MAX_LINES = 400
@@ -21,13 +21,19 @@ MAX_LINES = 400
 _ENTRY_RE = lazy_re(
     r"^\s*(?:[-*>•]{1,2}\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
     r"[\"'\[]?<?(?:mailto:|smtp:)?(" + ADDR_RE.pattern + r")>?[\"'\]]?"
-    r"(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z]))",
+    r"(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z])|\s+<[^<>@\s]+@[^<>\s]+>\s*$)",
     re.IGNORECASE,
 )
+# The sender's side of a transcript or a trace (RFC 5321 §4.1.1.2 MAIL FROM, Exim's
+# envelope-from=, Received: ... envelope-from): the address on such a line is never the failed one.
+_SENDER_LINE_RE = lazy_re(r"^\s*(?:>>>\s*|in:\s*)?(?:mail\s+)?from\s*:\s*<|envelope-from|\bmail\s+from\s*:", re.IGNORECASE)
 _RCPT_TO_RE = lazy_re(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
 # A short reason, a colon, then the address alone in angle brackets, nothing after:
 # "User's mailbox is full: <addr>" (Prodigy/SBC, and many small MTAs alike).
-_REASON_THEN_ADDR_RE = lazy_re(r"^\s*[A-Za-z][^@<>:]{2,80}:\s*<(" + ADDR_RE.pattern + r")>\s*\.?\s*$")
+# (A quoted header of the original, "Message-id: <...>", "From: <...>", is not such a line.)
+_REASON_THEN_ADDR_RE = lazy_re(
+    r"^\s*(?!(?:message-id|in-reply-to|references|from|sender|reply-to|return-path|resent-[a-z-]+|x-[a-z-]+)\s*:)"
+    r"[A-Za-z][^@<>:]{2,80}:\s*<(" + ADDR_RE.pattern + r")>\s*\.?\s*$", re.IGNORECASE)
 # A Sendmail session transcript names each failed recipient as "550 <addr>... text" (its
 # savemail.c/usersmtp.c wording; V5 sendmail prefixes "554 " to a quoted "550 ...").
 _TRANSCRIPT_RE = lazy_re(
@@ -35,9 +41,9 @@ _TRANSCRIPT_RE = lazy_re(
 # Sentences that name the failed recipient inline.
 _FAILED_TO_RE = lazy_re(
     r"\b(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
-    r"delivery (?:has )?failed (?:to|for)|failed (?:recipient|to deliver to)|could not reach|"
+    r"delivery (?:has )?failed(?: to| for)?|failed (?:recipient|to deliver to)|could not reach|"
     r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
-    r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed to|sent to|mailbox|user|"
+    r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed(?: to|,)|sent to|mailbox|user|"
     r"the address|the recipient|userid|user id|generated from|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
     re.IGNORECASE,
 )
@@ -146,7 +152,10 @@ def entries(view: ParsedView) -> list[Entry]:
             addr = None
             strong = False
             whole = False  # keep the whole line: it names the SMTP command or the reply
-            if m is not None:
+            mq = QUOTED_ADDR_RE.search(line) if '"@' in line else None
+            if mq is not None and (m is None or mq.start() <= m.start(1)):
+                addr, strong = mq.group(0), True  # "a..b"@host, quotes kept (RFC 5322 §3.4.1)
+            elif m is not None:
                 addr, strong = m.group(1), True
             else:
                 m2 = _RCPT_TO_RE.search(line) or _TRANSCRIPT_RE.match(line) or _REASON_THEN_ADDR_RE.match(line)
@@ -156,6 +165,8 @@ def entries(view: ParsedView) -> list[Entry]:
                     m3 = _FAILED_TO_RE.search(line)
                     if m3 is not None:
                         addr = m3.group(1)
+            if addr is not None and (is_envelope_address(addr) or _SENDER_LINE_RE.search(line)):
+                addr = None  # a system's envelope address, or the sender in a transcript
             if addr is not None:
                 addr = addr.strip(".")
                 key = addr.lower()

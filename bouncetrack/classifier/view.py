@@ -85,6 +85,11 @@ def clean_header(v: object) -> str:
     return decode_words(" ".join(s.split()))
 
 
+# Fields that may repeat within one block, all values kept (joined by ", "):
+# RFC 5965 §3.2 Original-Rcpt-To (one per recipient of a multi-recipient complaint).
+MULTI_FIELDS = frozenset({"original-rcpt-to"})
+
+
 def parse_fields(text: str) -> list[Fields]:
     """Parse blank-line separated blocks of ``Name: value`` fields (RFC 3464 §2.1 layout).
 
@@ -111,6 +116,10 @@ def parse_fields(text: str) -> list[Fields]:
             continue
         name = m.group(1).lower()
         if name in cur:
+            if name in MULTI_FIELDS:
+                cur[name] += ", " + m.group(2).strip()
+                last = None
+                continue
             # a repeated field starts a new block when the writer forgot the blank line
             if name in ("final-recipient", "original-recipient") and "action" in cur:
                 blocks.append(cur)
@@ -151,6 +160,8 @@ def _fields_of(msg: Message) -> Fields:
         k = k.lower()
         if k not in out:
             out[k] = " ".join(str(v).split())
+        elif k in MULTI_FIELDS:
+            out[k] += ", " + " ".join(str(v).split())
     return out
 
 

@@ -36,9 +36,10 @@ from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts
 from . import pipe_fallback, pipe_tempfail
 
-# The reason taxonomy (shared/corpus/README.md, Sisimai 5).
+# The reason taxonomy (shared/corpus/README.md, Sisimai 5), plus "challenge": the reason of an
+# auto_reply event from a challenge-response system (issue 18; never a bounce).
 REASONS = frozenset(
-    """authfailure badreputation blocked contenterror delivered exceedlimit expired
+    """authfailure badreputation blocked challenge contenterror delivered exceedlimit expired
     failedstarttls feedback filtered hasmoved hostunknown mailboxfull mailererror mesgtoobig
     networkerror norelaying notaccept notcompliantrfc onhold policyviolation rejected
     requireptr securityerror spamdetected speeding suppressed suspend syntaxerror systemerror

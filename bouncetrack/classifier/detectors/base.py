@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 else:  # the pipe process need not import typing: at run time a plain base class
     Protocol = object
 
-from ..common import data_phase, first_address, make_recipient
+from ..common import ADDR_RE, data_phase, is_daemon, is_envelope_address, make_recipient, recipient_address
 from ..model import BOUNCE, RecipientResult, Report
 from ..text import Entry, entries, text_after, whole_text
 from ..view import ParsedView
@@ -54,6 +54,13 @@ TEMP_RE = lazy_re(
     r"still trying|delivery (?:is |has been )?delayed|not yet been delivered|this is (?:just )?a warning",
     re.IGNORECASE,
 )
+
+
+# A recipient named by the subject of a report: "... to <addr>", "Undeliverable: <addr>",
+# "failure delivering to addr" (Sendmail's "Returned mail: Too many hops ..., to addr").
+SUBJECT_RCPT_RE = lazy_re(
+    r"(?:\bto|\bfor|undeliver(?:able|ed)(?: mail)?:|failure:|failed:)\s*[\"'<(]?(" + ADDR_RE.pattern + r")",
+    re.IGNORECASE)
 
 
 def looks_like_bounce(view: ParsedView) -> bool:
@@ -99,13 +106,17 @@ class TextDetector:
         return entries(view)
 
     def fallback_addresses(self, view: ParsedView) -> list[str]:
+        """Where a report that names no recipient in its text still names one: Exim's
+        X-Failed-Recipients, the subject ("Returned mail: ... to user@host", "Undeliverable:
+        user@host"), then the To of the returned original (the address the sender used)."""
         xf = view.headers.get("x-failed-recipients")
         if xf:
-            from ..common import ADDR_RE
-
-            return ADDR_RE.findall(xf)
+            return [a for a in ADDR_RE.findall(xf) if not is_envelope_address(a)]
+        m = SUBJECT_RCPT_RE.search(view.subject[:300])
+        if m is not None and not is_envelope_address(m.group(1)) and not is_daemon(m.group(1)):
+            return [m.group(1).strip(".")]
         if view.original:
-            a = first_address(view.original.get("to"))
+            a = recipient_address(view.original.get("to"))
             if a:
                 return [a]
         return []
