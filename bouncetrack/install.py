@@ -140,6 +140,8 @@ def wanted_for(
     bouncetrack_bin: str | None = None,
     map_type: str = "texthash",
     current: dict[str, str] | None = None,
+    pipe_socket: str = wiring.PIPE_SOCKET,
+    pipe_client: str | None = None,
 ) -> wiring.Wanted:
     """What to wire for ``config`` into ``config_dir``; :class:`~bouncetrack.postfix_wiring.WiringError`
     when the milter socket is out of reach of a chrooted smtpd or cleanup."""
@@ -157,7 +159,8 @@ def wanted_for(
         config_dir=str(config_dir.resolve()),
         map_type=map_type,
         size_limit=size or None,
-        pipe_client=default_pipe_client(),
+        pipe_client=pipe_client or default_pipe_client(),
+        pipe_socket=pipe_socket,
     )
 
 
@@ -273,13 +276,21 @@ def install(
     bouncetrack_bin: str | None = None,
     map_type: str = "texthash",
     echo: Echo = print,
+    pipe_socket: str = wiring.PIPE_SOCKET,
+    pipe_client: str | None = None,
 ) -> bool:
-    """Wire bouncetrack in. Returns True when something changed (or would change)."""
+    """Wire bouncetrack in. Returns True when something changed (or would change).
+
+    ``pipe_socket``: where the pipe server listens (the pipe client's ``--socket``);
+    ``pipe_client``: the client script pipe(8) starts (default: this package's).
+    Raises :class:`~bouncetrack.postfix_wiring.WiringError`, before writing anything,
+    when a chrooted smtpd or cleanup could not reach the milter socket."""
     config_dir = config_dir.resolve()
     if not (config_dir / "main.cf").is_file() or not (config_dir / "master.cf").is_file():
         raise InstallError(f"{config_dir} has no main.cf and master.cf: not a Postfix config directory")
     current = main_values(config_dir)
-    w = wanted_for(config, config_dir, bouncetrack_bin=bouncetrack_bin, map_type=map_type, current=current)
+    w = wanted_for(config, config_dir, bouncetrack_bin=bouncetrack_bin, map_type=map_type, current=current,
+                   pipe_socket=pipe_socket, pipe_client=pipe_client)
     if not Path(w.bouncetrack_bin).exists():
         echo(f"warning: {w.bouncetrack_bin} does not exist (use --bouncetrack-bin); pipe(8) would fail")
     cur_master = master_entry(config_dir)
@@ -460,11 +471,18 @@ def _load(path: str) -> Config:
 @click.option("--bouncetrack-bin", default=None, help="The bouncetrack program pipe(8) runs [default: next to this Python].")
 @click.option("--map-type", type=click.Choice(["texthash", "hash", "lmdb", "cdb"]), default="texthash", show_default=True,
               help="Type of the transport map file we manage (hash/lmdb/cdb: postmap is run).")
-def install_command(postfix_dir: Path, config_file: str, dry_run: bool, bouncetrack_bin: str | None, map_type: str) -> None:
-    """Wire bouncetrack into Postfix (milter, bounce pipe, transport), with a backup."""
+@click.option("--pipe-socket", default=wiring.PIPE_SOCKET, show_default=True,
+              help="The pipe server's socket (bouncetrack pipe-server --socket), which the pipe client connects to.")
+def install_command(postfix_dir: Path, config_file: str, dry_run: bool, bouncetrack_bin: str | None, map_type: str,
+                    pipe_socket: str) -> None:
+    """Wire bouncetrack into Postfix (milter, bounce pipe, transport), with a backup.
+
+    Refuses (exit 1, nothing written) when master.cf runs smtpd or cleanup chrooted and
+    milter_socket lies outside Postfix's queue directory."""
     config = _load(config_file)
     try:
-        install(config, postfix_dir, dry_run=dry_run, bouncetrack_bin=bouncetrack_bin, map_type=map_type, echo=click.echo)
+        install(config, postfix_dir, dry_run=dry_run, bouncetrack_bin=bouncetrack_bin, map_type=map_type,
+                echo=click.echo, pipe_socket=pipe_socket)
     except (InstallError, wiring.WiringError) as exc:
         raise click.ClickException(str(exc)) from None
 

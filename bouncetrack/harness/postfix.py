@@ -49,12 +49,34 @@ Measured on this machine (Debian 12, Postfix 3.7.11, as root, no systemd):
   notices would only bounce around; problems are in the log file instead.
 - ``in_flow_delay = 0s`` and no smtpd error sleeps, so benchmarks measure the milter,
   not Postfix's own throttling.
+
+``packaged=True`` (issue 15) builds the instance from the distribution's own files
+instead, as an operator's host has them, chroot on:
+
+- main.cf: ``/usr/share/postfix/main.cf.debian`` (plus ``main.cf.tls`` when the snakeoil
+  key exists), then what Debian's postinst sets for an "Internet Site"
+  (:data:`DEBIAN_POSTINST`, its ``set_postconf`` lines with their debconf defaults;
+  ``newaliases`` becomes ``postalias`` of the instance's own copy of ``/etc/aliases``),
+  then only what a private instance on loopback needs (:meth:`PrivatePostfix.packaged_overrides`:
+  its directories, the port, routes to the fake MX, no DNS, no local delivery, fast retries);
+- master.cf: ``/usr/share/postfix/master.cf.dist`` (the file postinst copies to
+  ``/etc/postfix/master.cf``, identical to ``master.cf.proto``), byte for byte but for the
+  ``smtp inet`` service renamed to the private port: ``smtpd``, ``cleanup`` and most
+  others keep chroot ``y``;
+- start: ``/usr/lib/postfix/configure-instance.sh`` populates the chroot (``etc/resolv.conf``,
+  ``etc/hosts``, ``etc/services``, nsswitch, the NSS libraries ...) before ``postfix start``,
+  as Debian's ``postfix@.service`` does (``ExecStartPre``); it reads the instance from
+  ``MAIL_CONFIG``. Measured here: 0.2 s, 3 MB.
+
+Neither the milter nor the bounce pipe is wired: ``bouncetrack install`` does that, and
+:meth:`PrivatePostfix.start` is then called with ``write=False`` so it keeps install's edits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,6 +93,37 @@ POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
 POSTSUPER = "/usr/sbin/postsuper"
 SENDMAIL = "/usr/sbin/sendmail"
+POSTALIAS = "/usr/sbin/postalias"
+
+# The distribution's packaged configuration (Debian 12, package postfix).
+DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")
+DEBIAN_MAIN_CF_TLS = Path("/usr/share/postfix/main.cf.tls")
+DEBIAN_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
+DEBIAN_SNAKEOIL_KEY = Path("/etc/ssl/private/ssl-cert-snakeoil.key")
+DEBIAN_CONFIGURE_INSTANCE = Path("/usr/lib/postfix/configure-instance.sh")
+#: What Debian's postinst (/var/lib/dpkg/info/postfix.postinst) sets on a new main.cf for
+#: the "Internet Site" type, with its debconf defaults, in its order ({etc}: the config dir).
+DEBIAN_POSTINST: tuple[tuple[str, str], ...] = (
+    ("smtpd_relay_restrictions", "permit_mynetworks permit_sasl_authenticated defer_unauth_destination"),
+    ("myhostname", "mx.harness.test"),
+    ("alias_maps", "hash:{etc}/aliases"),
+    ("alias_database", "hash:{etc}/aliases"),
+    ("mydestination", "$myhostname, localhost.localdomain, localhost"),
+    ("relayhost", ""),
+    ("mynetworks", "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"),
+    ("mailbox_size_limit", "0"),
+    ("recipient_delimiter", "+"),
+    ("inet_interfaces", "all"),
+    ("inet_protocols", "all"),
+)
+
+
+def packaged_unavailable() -> str | None:
+    """Why a :class:`PrivatePostfix` cannot be built from the packaged files here, or None."""
+    for path in (DEBIAN_MAIN_CF, DEBIAN_MASTER_CF, DEBIAN_CONFIGURE_INSTANCE):
+        if not path.exists():
+            return f"{path} does not exist (Debian's postfix package)"
+    return None
 
 #: Services the harness needs (no local delivery, no TLS, no postscreen).
 _MASTER_CF = """\
@@ -168,7 +221,9 @@ class PrivatePostfix:
         bounce_queue_lifetime: str = "1h",
         delay_warning_time: str = "0h",
         extra: Mapping[str, str] | None = None,
+        packaged: bool = False,
     ) -> None:
+        self.packaged = packaged
         self.base = Path(base).resolve()
         self.config_dir = self.base / "etc"
         self.queue_dir = self.base / "spool"
@@ -266,8 +321,33 @@ class PrivatePostfix:
             )
         return text
 
-    def write(self) -> None:
-        """(Re)write the whole instance configuration and its directories."""
+    def packaged_overrides(self) -> dict[str, str]:
+        """With ``packaged``: what the private instance changes in Debian's main.cf, and
+        nothing else (its own directories and log, loopback and its port, routes to the
+        fake MX, no DNS, no local delivery, no postmaster notices, fast retries)."""
+        return {
+            "config_directory": str(self.config_dir),
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.data_dir),
+            "maillog_file": str(self.log_file),
+            "maillog_file_prefixes": str(self.log_dir),
+            "inet_interfaces": self.host,
+            "inet_protocols": "ipv4",
+            "transport_maps": f"texthash:{self.config_dir / 'transport'}",
+            "default_transport": "error:no route in the harness",
+            "local_transport": "error:no local delivery in the harness",
+            "smtp_dns_support_level": "disabled",
+            "notify_classes": "",
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "maximal_queue_lifetime": self.maximal_queue_lifetime,
+            "bounce_queue_lifetime": self.bounce_queue_lifetime,
+            "delay_warning_time": self.delay_warning_time,
+            **self.extra,
+        }
+
+    def _make_dirs(self) -> None:
         for d in (self.config_dir, self.queue_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
             os.chown(d, 0, 0)
@@ -275,21 +355,66 @@ class PrivatePostfix:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.data_dir, "postfix", "postfix")
         self.data_dir.chmod(0o700)
+
+    def _write_transport(self) -> None:
+        path = self.config_dir / "transport"
+        path.write_text("".join(f"{d} {t}\n" for d, t in self.routes.items()))
+        path.chmod(0o644)
+
+    def _write_packaged(self) -> None:
+        """main.cf and master.cf from the distribution's files (see the module docstring)."""
+        self._make_dirs()
+        etc = self.config_dir
+        main = DEBIAN_MAIN_CF.read_text()
+        if DEBIAN_SNAKEOIL_KEY.exists():  # as postinst: TLS with the snakeoil certificate
+            main += DEBIAN_MAIN_CF_TLS.read_text()
+        (etc / "main.cf").write_text(main)
+        postinst = [f"{k}={v.format(etc=etc)}" for k, v in DEBIAN_POSTINST]
+        self._run([POSTCONF, "-c", str(etc), "-e", *postinst])
+        shutil.copyfile("/etc/aliases", etc / "aliases")
+        self._run([POSTCONF, "-c", str(etc), "-e", *(f"{k}={v}" for k, v in self.packaged_overrides().items())])
+        # smtp inet -> the private port; every column and line else as packaged.
+        master, n = re.subn(r"(?m)^smtp(?=\s+inet\b)", f"{self.host}:{self.port}", DEBIAN_MASTER_CF.read_text(), count=1)
+        if n != 1:
+            raise PostfixError(f"{DEBIAN_MASTER_CF} has no 'smtp inet' service")
+        (etc / "master.cf").write_text(master)
+        self._write_transport()
+        for name in ("main.cf", "master.cf", "aliases"):
+            (etc / name).chmod(0o644)
+        self._run([POSTALIAS, "-c", str(etc), f"hash:{etc / 'aliases'}"])
+
+    def configure_chroot(self) -> None:
+        """Populate the chroot as Debian's own instance set-up does: run
+        ``configure-instance.sh`` for this instance (``MAIL_CONFIG``)."""
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MAIL_CONFIG": str(self.config_dir), "LANG": "C"}
+        proc = subprocess.run([str(DEBIAN_CONFIGURE_INSTANCE), "-"], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+        if proc.returncode != 0:
+            raise PostfixError(f"{DEBIAN_CONFIGURE_INSTANCE} exited {proc.returncode}: {proc.stderr or proc.stdout}")
+
+    def write(self) -> None:
+        """(Re)write the whole instance configuration and its directories."""
+        if self.packaged:
+            self._write_packaged()
+            return
+        self._make_dirs()
         main = "".join(f"{k} = {v}\n" for k, v in self.main_cf().items())
         (self.config_dir / "main.cf").write_text(
             "# Generated by bouncetrack.harness.postfix (private test instance).\n" + main
         )
         (self.config_dir / "master.cf").write_text(self.master_cf())
-        (self.config_dir / "transport").write_text(
-            "".join(f"{d} {t}\n" for d, t in self.routes.items())
-        )
-        for name in ("main.cf", "master.cf", "transport"):
+        self._write_transport()
+        for name in ("main.cf", "master.cf"):
             (self.config_dir / name).chmod(0o644)
 
     def set_routes(self, routes: Mapping[str, str], *, reload: bool = True) -> None:
-        """Replace the transport map (and relay_domains); reload a running instance."""
+        """Replace the transport map (and, unless ``packaged``, relay_domains); reload a
+        running instance. A packaged instance keeps its main.cf and master.cf."""
         self.routes = dict(routes)
-        self.write()
+        if self.packaged:
+            self._write_transport()
+        else:
+            self.write()
         if reload and self.running():
             self.reload()
 
@@ -310,13 +435,18 @@ class PrivatePostfix:
     def postconf(self, *args: str) -> str:
         return self._run([POSTCONF, "-c", str(self.config_dir), *args]).stdout.decode()
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Write the configuration, start the master, wait until smtpd answers."""
+    def start(self, timeout: float = 30.0, *, write: bool = True) -> None:
+        """Write the configuration (unless ``write`` is false: keep what is there, e.g.
+        after ``bouncetrack install``), start the master, wait until smtpd answers. A
+        ``packaged`` instance has its chroot populated first."""
         if os.geteuid() != 0:
             raise PostfixError("the private Postfix instance needs root")
         if self.running():
             self.stop()
-        self.write()
+        if write:
+            self.write()
+        if self.packaged:
+            self.configure_chroot()
         self._run([POSTFIX, "-c", str(self.config_dir), "start"])
         self._started = True
         self._wait_smtp(timeout)

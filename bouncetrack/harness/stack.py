@@ -57,6 +57,9 @@ REMOTE = "remote.test"
 BOUNCE_DOMAIN = "bounce.test"
 
 PipeMode = Literal["files", "real"]
+#: "harness": the harness writes main.cf/master.cf itself (chroot off, wired directly);
+#: "debian": the distribution's packaged files, chroot on, wired by `bouncetrack install`.
+PostfixConfig = Literal["harness", "debian"]
 
 _live: set["Stack"] = set()
 _live_lock = threading.Lock()
@@ -209,6 +212,13 @@ class Stack:
     ``pipe_wrapper``: a script staged as ``lib/<its name>`` and run in front of the real
     pipe: pipe(8) runs ``PYTHON lib/<wrapper> *pipe_wrapper_args -- <the pipe's argv>``
     (fault injection: the wrapper may kill the pipe at a random point).
+    ``postfix_config``: ``"debian"`` builds Postfix from the distribution's packaged
+    main.cf/master.cf with chroot on (:class:`PrivatePostfix` ``packaged``), puts the
+    milter socket under its queue directory (``spool/bouncetrack/milter.sock``, directory
+    ``bouncetrack:postfix 0750``, as the milter's systemd unit does) and wires milter,
+    pipe client and transport with ``bouncetrack install`` (its output in
+    :attr:`install_output`; main.cf and master.cf as they were before it in
+    :attr:`packaged_files`), as an operator would. Needs ``with_milter`` and ``pipe="real"``.
     """
 
     def __init__(
@@ -233,9 +243,15 @@ class Stack:
         user: str = DEFAULT_USER,
         log_level: str = "DEBUG",
         keep: bool = False,
+        postfix_config: PostfixConfig = "harness",
     ) -> None:
         if pipe not in ("files", "real"):
             raise ValueError(f"pipe must be 'files' or 'real', not {pipe!r}")
+        if postfix_config == "debian" and (not with_milter or pipe != "real"):
+            raise ValueError("postfix_config='debian' needs with_milter=True and pipe='real'")
+        self.postfix_config: PostfixConfig = postfix_config
+        self.install_output: list[str] = []
+        self.packaged_files: dict[str, bytes] = {}
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(
             tempfile.mkdtemp(prefix="bouncetrack-", dir="/var/tmp"))
@@ -271,12 +287,16 @@ class Stack:
             routes={},  # set in start(), once the fake MX port and the pipe argv are known
             pipe_argv=[],
             pipe_user=user,
-            milter_socket=self.milter_socket if with_milter else None,
+            milter_socket=self.milter_socket if with_milter and postfix_config == "harness" else None,
             maximal_queue_lifetime=maximal_queue_lifetime,
             bounce_queue_lifetime=bounce_queue_lifetime,
             delay_warning_time=delay_warning_time,
             extra=postfix_extra,
+            packaged=postfix_config == "debian",
         )
+        if postfix_config == "debian":
+            # Where a chrooted smtpd/cleanup can reach it (HACKING.md "Socket locations").
+            self.milter_socket = self.postfix.queue_dir / "bouncetrack" / "milter.sock"
         self._routes_extra = dict(routes or {})
         self._milter: subprocess.Popen[bytes] | None = None
         self._pipe_server: subprocess.Popen[bytes] | None = None
@@ -299,17 +319,21 @@ class Stack:
         try:
             self._prepare()
             self.fakemx.start()
+            packaged = self.postfix_config == "debian"
             self.postfix.routes = {
                 REMOTE: f"smtp:[127.0.0.1]:{self.fakemx.port}",
-                self.bounce_domain: "bouncepipe:",
+                **({} if packaged else {self.bounce_domain: "bouncepipe:"}),
                 **self._routes_extra,
             }
-            self.postfix.pipe_argv = self.pipe_argv()
+            if packaged:
+                self._install_into_packaged()
+            else:
+                self.postfix.pipe_argv = self.pipe_argv()
             if self.with_milter:
                 self.start_milter()
             if self.pipe_server:
                 self.start_pipe_server()
-            self.postfix.start()
+            self.postfix.start(write=not packaged)
             self._started = True
         except BaseException:
             self.close()
@@ -346,6 +370,25 @@ class Stack:
         self.secret_file.chmod(0o600)
         self.config_path.write_text(self.config_yaml())
         self.config_path.chmod(0o644)
+
+    def _install_into_packaged(self) -> None:
+        """Write the packaged configuration, make the milter's socket directory under the
+        queue directory (what systemd/bouncetrack-milter.service's ExecStartPre does) and
+        run ``bouncetrack install`` against it."""
+        from ..config_loader import load_config
+        from ..install import install
+
+        self.postfix.write()
+        sock_dir = self.milter_socket.parent
+        sock_dir.mkdir(exist_ok=True)
+        os.chown(sock_dir, ensure_user(self.user)[0], gid_of("postfix"))
+        sock_dir.chmod(0o750)
+        self.packaged_files = {n: (self.postfix.config_dir / n).read_bytes() for n in ("main.cf", "master.cf")}
+        install(load_config(self.config_path), self.postfix.config_dir,
+                bouncetrack_bin=str(Path(self.python).parent / "bouncetrack"),
+                pipe_socket=str(self.pipe_socket),
+                pipe_client=str(self.lib / "bouncetrack" / "bounce_pipe" / "client.py"),
+                echo=self.install_output.append)
 
     def config_yaml(self) -> str:
         """The generated configuration (schema: conf/example.yaml)."""
