@@ -87,10 +87,16 @@ _ENVELOPE_LOCAL_RE = lazy_re(
 )
 
 
+# Every match of the pattern without an "=" starts with one of these.
+_ENVELOPE_PREFIXES = ("bounce", "bnc", "verp", "rp", "return", "b+")
+
+
 def is_envelope_address(addr: str) -> bool:
     """True for an address that names a mail system's envelope (VERP, SRS, BATV, a bounce
     handler) or a trace field's ``key=value@host`` token: never a recipient of the report."""
     local = addr.rsplit("@", 1)[0]
+    if "=" not in local and not local[:6].lower().startswith(_ENVELOPE_PREFIXES):
+        return False  # the common case, decided without the pattern
     return not local.startswith('"') and bool(_ENVELOPE_LOCAL_RE.search(local))
 
 

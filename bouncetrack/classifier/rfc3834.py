@@ -70,6 +70,8 @@ _CHALLENGE_FROM_RE = lazy_re(
     r"|\bconfirm-[^@\s]*@|-confirm(?:ation)?[-+=][^@\s]*@",  # TMDA/qconfirm's reply-to-confirm address
     re.IGNORECASE,
 )
+_CHALLENGE_FROM_WORDS = ("boxbe", "spamarrest", "bluebottle", "mailinblack", "choicemail", "digiportal", "sendio",
+                         "confirm")
 _CHALLENGE_BODY_RE = lazy_re(
     r"(?:prove|verify|confirm|show)(?: to us)?(?: that)? you(?:'re| are) (?:a )?(?:real |live )?(?:human|person|not a (?:ro)?bot)"
     r"|(?:added?|adds?|put) (?:yourself |you |your (?:e-?mail )?address )?(?:to|on) (?:my|the recipient'?s?|our|his|her) "
@@ -103,7 +105,8 @@ def challenge(view: ParsedView) -> Report | None:
     headers or one search of the report's own text (not the returned original)."""
     h = view.headers
     frm = view.from_[:300]
-    if _CHALLENGE_FROM_RE.search(frm):
+    low = frm.lower()
+    if any(w in low for w in _CHALLENGE_FROM_WORDS) and _CHALLENGE_FROM_RE.search(frm):
         pass  # a screening service's or a confirm address's own message
     elif view.ds_blocks:
         # a DSN-shaped challenge states it in the remote server's reply (RFC 3464 §2.3.6)

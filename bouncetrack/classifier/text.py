@@ -165,7 +165,8 @@ def entries(view: ParsedView) -> list[Entry]:
                     m3 = _FAILED_TO_RE.search(line)
                     if m3 is not None:
                         addr = m3.group(1)
-            if addr is not None and (is_envelope_address(addr) or _SENDER_LINE_RE.search(line)):
+            if addr is not None and (is_envelope_address(addr) or (("rom" in line or "ROM" in line)
+                                                                   and _SENDER_LINE_RE.search(line))):
                 addr = None  # a system's envelope address, or the sender in a transcript
             if addr is not None:
                 addr = addr.strip(".")

@@ -62,6 +62,8 @@ SUBJECT_RCPT_RE = lazy_re(
     r"(?:\bto|\bfor|undeliver(?:able|ed)(?: mail)?:|failure:|failed:)\s*[\"'<(]?(" + ADDR_RE.pattern + r")",
     re.IGNORECASE)
 
+_TEMP_WORDS = ("temporar", "will ", "still trying", "delayed", "not yet been", "warning")
+
 
 def looks_like_bounce(view: ParsedView) -> bool:
     if BOUNCE_SUBJECT_RE.search(view.subject[:300]):
@@ -140,9 +142,11 @@ class TextDetector:
         return None
 
     def temporary(self, view: ParsedView) -> bool | None:
-        head = view.report_text[:3000]
-        if TEMP_RE.search(head) or TEMP_RE.search(view.subject):
-            return True
+        for text in (view.report_text[:3000], view.subject):
+            low = text.lower()
+            # every TEMP_RE match holds one of these words: substring tests first (cheap)
+            if any(w in low for w in _TEMP_WORDS) and TEMP_RE.search(text):
+                return True
         return None
 
     def detect(self, view: ParsedView) -> Report | None:
