@@ -113,7 +113,7 @@ def test_tracked_and_untracked_mail_and_a_bounce_end_to_end(own_stack: Stack, re
         return got if len(got) == 2 else None
 
     senders = st.fakemx.wait_for(senders_of, 30)
-    assert senders[f"ok-deb@{REMOTE}"].startswith(f"b+") and senders[f"ok-deb@{REMOTE}"].endswith(f"@{st.bounce_domain}")
+    assert senders[f"ok-deb@{REMOTE}"].startswith("b+") and senders[f"ok-deb@{REMOTE}"].endswith(f"@{st.bounce_domain}")
     assert senders[f"ok2-deb@{REMOTE}"] == f"info@{UNTRACKED}"
 
     # The fake MX refused unknown-deb: Postfix's DSN goes to the VERP address, pipe(8) runs

@@ -353,6 +353,38 @@ def test_milter_metrics_listen_config(tmp_path: Path) -> None:
     assert f"{path}:4: milter_metrics_listen:" in str(err.value)
 
 
+# ------------------------------------------------------------ the milter probe (issue 15)
+
+
+def test_milter_up_is_probed_by_the_api_at_each_scrape(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The milter's own metrics vanish when it is down: the API's /metrics says so instead."""
+    from tests.test_doctor import _fake_milter
+
+    sock = config.milter_socket
+    assert not sock.exists()
+    assert value(parse(scrape_text(config, monkeypatch)), "bouncetrack_milter_up") == 0.0
+    assert ("bouncetrack_milter_up", frozenset()) in parse(scrape_text(config, monkeypatch))
+    t = _fake_milter(str(sock), 0x1FF)  # answers one negotiation
+    try:
+        assert value(parse(scrape_text(config, monkeypatch)), "bouncetrack_milter_up") == 1.0
+    finally:
+        t.join(5)
+        sock.unlink()
+    # a socket that accepts but never answers: 0, within the probe's timeout
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(sock))
+    silent.listen(1)
+    try:
+        started = time.monotonic()
+        assert value(parse(scrape_text(config, monkeypatch)), "bouncetrack_milter_up") == 0.0
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+    # no milter on this host at all (an API instance elsewhere): no series, nothing fires
+    elsewhere = Config(**{**config.__dict__, "milter_socket": config.path.parent / "absent" / "milter.sock"})
+    assert ("bouncetrack_milter_up", frozenset()) not in parse(scrape_text(elsewhere, monkeypatch))
+
+
 # ------------------------------------------------------------ the alert rules
 
 
@@ -383,7 +415,7 @@ def test_alert_rules_parse_and_name_existing_metrics(
     assert {r["alert"] for r in rules} >= {
         "BouncetrackHardBounceRateHigh", "BouncetrackComplaintRateHigh", "BouncetrackOutboxStuck",
         "BouncetrackDeadLetters", "BouncetrackForgedTokensSpike", "BouncetrackPipeTempfails",
-        "BouncetrackPipeServerMissing",
+        "BouncetrackPipeServerMissing", "BouncetrackMilterDown", "BouncetrackTrackedMailStopped",
     }
     for rule in rules:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}, rule

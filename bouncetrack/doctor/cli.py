@@ -31,7 +31,6 @@ import pwd
 import shutil
 import socket
 import stat
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +40,8 @@ import click
 
 from .. import postfix_wiring as wiring
 from ..config import Config, ConfigError
+from ..milter.probe import SMFIF_CHGFROM
+from ..milter.probe import negotiate as milter_negotiate
 from .checks import (
     FAIL,
     OK,
@@ -55,13 +56,6 @@ from .checks import (
     postfix_results,
     store_file_results,
 )
-
-# Milter protocol (libmilter's mfdef.h).
-SMFIC_OPTNEG = b"O"
-SMFIC_QUIT = b"Q"
-SMFI_V6_PROT = 0x1FFFFF
-SMFIF_CHGFROM = 0x40
-
 
 # ---------------------------------------------------------------------------
 # 1. config
@@ -80,38 +74,6 @@ def check_config(path: str) -> tuple[Result, Config | None]:
 
 # ---------------------------------------------------------------------------
 # 2. milter
-
-
-def milter_negotiate(path: str, timeout: float = 5.0) -> tuple[int, int, int]:
-    """Send SMFIC_OPTNEG as an MTA would; return the milter's (version, actions, protocol)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        body = SMFIC_OPTNEG + struct.pack(">III", 6, 0x1FF, SMFI_V6_PROT)
-        s.sendall(struct.pack(">I", len(body)) + body)
-        head = _recv(s, 4)
-        (length,) = struct.unpack(">I", head)
-        if not 13 <= length <= 1 << 16:
-            raise ValueError(f"unexpected reply length {length}")
-        reply = _recv(s, length)
-        if reply[:1] != SMFIC_OPTNEG:
-            raise ValueError(f"unexpected reply command {reply[:1]!r}")
-        version, actions, protocol = struct.unpack(">III", reply[1:13])
-        try:
-            s.sendall(struct.pack(">I", 1) + SMFIC_QUIT)
-        except OSError:
-            pass
-        return version, actions, protocol
-
-
-def _recv(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ValueError("connection closed during negotiation")
-        buf += chunk
-    return buf
 
 
 def check_milter(config: Config) -> Result:

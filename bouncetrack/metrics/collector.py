@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import events
 from ..config import Config
+from ..milter.probe import negotiate
 from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts
 from . import pipe_fallback, pipe_tempfail
@@ -262,6 +263,43 @@ def _store_families(config: Config, counts: MetricCounts) -> Iterator[Metric]:
     )
 
 
+class MilterProbeCollector(Collector):
+    """``bouncetrack_milter_up``: does the milter answer on its configured socket?
+
+    The milter's own metrics vanish with it, so the API checks it at each scrape, the
+    way Postfix and ``bouncetrack doctor`` do (:func:`bouncetrack.milter.probe.negotiate`:
+    connect, SMFIC_OPTNEG, at most ``timeout`` seconds). 1: it answered; 0: no socket,
+    refused, no answer, or not a milter's answer: Postfix then tempfails every message
+    (451 4.7.1). The series is left out when the socket's *directory* does not exist:
+    no milter is installed on this host (an API instance elsewhere), and nothing should
+    fire; on a milter host the directory outlives the milter (the unit creates it, it is
+    not a runtime directory).
+    """
+
+    def __init__(self, config: Callable[[], Config], *, timeout: float = 1.0) -> None:
+        self._config = config
+        self._timeout = timeout
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no probe when registering
+
+    def collect(self) -> Iterator[Metric]:
+        path = self._config().milter_socket
+        if not path.parent.is_dir():
+            return
+        try:
+            negotiate(str(path), self._timeout)
+            up = 1
+        except (OSError, ValueError):
+            up = 0  # the series is the record of it (and what the alert rule reads)
+        yield GaugeMetricFamily(
+            "bouncetrack_milter_up",
+            "1 when the milter answered the milter negotiation on milter_socket at this scrape, else 0 "
+            "(Postfix then answers every message 451 4.7.1)",
+            value=up,
+        )
+
+
 def build_registry(
     config: Callable[[], Config],
     store: Callable[[], object],
@@ -270,9 +308,11 @@ def build_registry(
     tempfail_dir: str | None = None,
     process_metrics: bool = True,
 ) -> CollectorRegistry:
-    """A registry for one API app: the store collector plus the process's own metrics."""
+    """A registry for one API app: the store collector, the milter probe and the process's
+    own metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(config, store, clock=clock, tempfail_dir=tempfail_dir))
+    registry.register(MilterProbeCollector(config))
     if process_metrics:
         from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
