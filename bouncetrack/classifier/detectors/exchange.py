@@ -16,6 +16,7 @@ _REMOTE_RE = lazy_re(r"Remote Server (?:at \S+ )?returned '([^']{1,500})'", re.I
 # following recipient(s): / <recipient>; on <date> / <reason>". The To: above the
 # phrase is the original message's (often a mailing list), not the failed recipient.
 _DID_NOT_REACH_RE = lazy_re(r"did not reach the following recipient", re.IGNORECASE)
+_YOUR_MESSAGE_TO_RE = lazy_re(r"^\s*To:\s*<?(" + ADDR_RE.pattern + r")>?\s*$", re.IGNORECASE)
 # A recipient given as an X.400 address with its SMTP form: "c=US;a= ;p=ORG;…;dda:SMTP=addr;".
 # (ADDR_RE's own start rule would not begin a match right after "=", an atext character.)
 _X400_SMTP_RE = lazy_re(r"\bSMTP=([A-Za-z0-9!#$%&*+/?^_`{|}~-][A-Za-z0-9.!#$%&'*+/?^_`{|}~-]{0,63}@"
@@ -48,6 +49,20 @@ class Exchange(TextDetector):
                     explained.append(following.strip())
                 after.append(Entry(m.group(1), explained, True, i))
         return sorted(after, key=lambda e: e.index) or found
+
+    def fallback_addresses(self, view: ParsedView) -> list[str]:
+        """A recipient named only by its display name ("Jane Doe on <date>"): the guess is the
+        "To:" of the "Your message" block, the address the sender used."""
+        found = super().fallback_addresses(view)
+        if found:
+            return found
+        lines = report_lines(view)
+        start = next((i for i, line in enumerate(lines) if _DID_NOT_REACH_RE.search(line)), None)
+        for line in lines[max(0, (start or 0) - 8) : start or 0]:
+            m = _YOUR_MESSAGE_TO_RE.match(line)
+            if m is not None:
+                return [m.group(1)]
+        return []
 
     def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
         base = super().diagnostic(view, entry)
