@@ -6,7 +6,7 @@ import re
 
 from ..lazy import lazy_re
 
-from ..common import ADDR_RE
+from ..common import ADDR_RE, first_address
 from ..text import Entry, entries
 from ..view import ParsedView
 from .base import TextDetector
@@ -26,5 +26,9 @@ class Exim(TextDetector):
             picked = [e for e in ents if e.address.lower() in failed]
             if picked:
                 return picked
-            return [Entry(a) for a in ADDR_RE.findall(view.headers.get("x-failed-recipients", ""))]
+            # The header and the text disagree: the text's address wins when it is the one
+            # the sender used (the returned original's To), else the header's.
+            sent_to = first_address((view.original or {}).get("to"))
+            used = [e for e in ents if sent_to and e.address.lower() == sent_to.lower()]
+            return used or [Entry(a) for a in ADDR_RE.findall(view.headers.get("x-failed-recipients", ""))]
         return ents
