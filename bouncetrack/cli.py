@@ -185,7 +185,7 @@ def _build() -> "click.Group":
 
     import click
 
-    from bouncetrack.config import ConfigError
+    from bouncetrack.config import DEFAULT_CONFIG_PATH, ConfigError
 
     def load(path: str) -> "Config":
         from bouncetrack.config_loader import load_config
@@ -277,7 +277,7 @@ def _build() -> "click.Group":
         click.echo(f"ok: {file}: {config_summary(config)}")
 
     @bouncetrack.command("verp")
-    @click.option("--config", "config_file", required=True, help="YAML configuration.")
+    @click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True, help="YAML configuration.")
     @click.option("--sender", "-s", required=True, help="Envelope sender (MAIL FROM) of the message.")
     @click.option("--recipient", "-r", "recipients", required=True, multiple=True, help="Envelope recipient (repeatable).")
     def verp(config_file: str, sender: str, recipients: tuple[str, ...]) -> None:
@@ -305,7 +305,7 @@ def _build() -> "click.Group":
             click.echo(note)
 
     @bouncetrack.command("rotate-key")
-    @click.option("--config", "config_file", required=True, help="YAML configuration.")
+    @click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True, help="YAML configuration.")
     @click.option("--force", is_flag=True, help="Rotate even if the previous key is still inside its grace period.")
     def rotate_key_cmd(config_file: str, force: bool) -> None:
         """Make a new VERP key (the old one verifies for a grace period).

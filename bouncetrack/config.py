@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Mapping
 
 
+#: Where every command looks for the configuration when ``--config`` is not given.
+DEFAULT_CONFIG_PATH = "/etc/bouncetrack/config.yaml"
+
+
 class ConfigError(Exception):
     """One or more problems in a configuration file.
 

@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from . import postfix_wiring as wiring
-from .config import Config
+from .config import DEFAULT_CONFIG_PATH, Config
 
 POSTCONF = "/usr/sbin/postconf"
 POSTMAP = "/usr/sbin/postmap"
@@ -465,7 +465,7 @@ def _load(path: str) -> Config:
 @click.command("install")
 @click.option("--postfix-dir", default="/etc/postfix", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Postfix configuration directory (main.cf, master.cf).")
-@click.option("--config", "config_file", default="/etc/bouncetrack/config.yaml", show_default=True,
+@click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True,
               help="bouncetrack YAML configuration (bounce domain, milter socket).")
 @click.option("--dry-run", is_flag=True, help="Print the diff, change nothing.")
 @click.option("--bouncetrack-bin", default=None, help="The bouncetrack program pipe(8) runs [default: next to this Python].")

@@ -14,6 +14,7 @@ from dataclasses import fields
 import click
 
 from . import retention
+from .config import DEFAULT_CONFIG_PATH
 
 
 def _iso(ts: float | None) -> str:
@@ -23,7 +24,7 @@ def _iso(ts: float | None) -> str:
 
 
 @click.command("purge")
-@click.option("--config", "config_file", required=True, help="YAML configuration.")
+@click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True, help="YAML configuration.")
 @click.option("--dry-run", "dry", is_flag=True, help="Only count what would be deleted.")
 @click.option("--batch-size", type=click.IntRange(1, 10000), default=None,
               help="Rows per transaction (default: retention.batch_size).")

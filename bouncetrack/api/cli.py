@@ -6,9 +6,12 @@ from pathlib import Path
 
 import click
 
+from ..config import DEFAULT_CONFIG_PATH
+
 
 @click.command("api")
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML configuration")
+@click.option("--config", "config_path", default=DEFAULT_CONFIG_PATH, show_default=True, type=click.Path(path_type=Path),
+              help="YAML configuration")
 @click.option("--listen", default=None, help="host:port (default: api_listen from the configuration)")
 def api_command(config_path: Path, listen: str | None) -> None:
     """Serve the HTTP API (download, send, dashboard, /metrics)."""

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from ..config import DEFAULT_CONFIG_PATH
+
 
 @click.command("pipe-server")
 @click.option("--socket", "socket_path", required=True, type=click.Path(path_type=Path),
               help="Unix socket the pipe client (master.cf) connects to, e.g. /run/bouncetrack/pipe.sock")
-@click.option("--config", "config_path", default=None, type=click.Path(path_type=Path),
+@click.option("--config", "config_path", default=DEFAULT_CONFIG_PATH, show_default=True, type=click.Path(path_type=Path),
               help="YAML configuration: read only to warm up the store backend; each bounce reads it anew.")
 @click.option("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
 def pipe_server_command(socket_path: Path, config_path: Path | None, log_level: str) -> None:

@@ -22,7 +22,6 @@ from types import FrameType
 
 EX_OK = 0
 EX_TEMPFAIL = 75
-DEFAULT_CONFIG = "/etc/bouncetrack/config.yaml"
 PROG = "bouncetrack pipe"
 
 
@@ -41,7 +40,9 @@ def _say(message: str) -> None:
 
 def parse_argv(argv: list[str]) -> tuple[str, str, str]:
     """``[--config PATH] RECIPIENT [SENDER]`` → (config path, recipient, sender)."""
-    config = os.environ.get("BOUNCETRACK_CONFIG", DEFAULT_CONFIG)
+    from ..config import DEFAULT_CONFIG_PATH
+
+    config = os.environ.get("BOUNCETRACK_CONFIG", DEFAULT_CONFIG_PATH)
     rest: list[str] = []
     args = iter(argv)
     for arg in args:
@@ -56,13 +57,36 @@ def parse_argv(argv: list[str]) -> tuple[str, str, str]:
     return config, rest[0], rest[1] if len(rest) > 1 else ""
 
 
+HELP = """\
+usage: bouncetrack pipe [--config FILE] RECIPIENT [SENDER] < MESSAGE
+
+Store one bounce report read from stdin: what Postfix's pipe(8) runs for mail to the
+bounce domain (master.cf normally starts the pipe client, which hands the bounce to
+`bouncetrack pipe-server` and runs this only when no server answers).
+
+  --config FILE   the configuration (default: $BOUNCETRACK_CONFIG, else {default})
+  RECIPIENT       the bounce address the report was sent to (${{recipient}})
+  SENDER          its envelope sender (${{sender}}; MAILER-DAEMON for a DSN)
+
+Exit status (sysexits, read by pipe(8)): 0 stored, 75 not stored and Postfix retries.
+Nothing is written on stdout; the pipe's messages go to stderr.
+"""
+
+
 def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: float | None = None) -> int:
     """Store one bounce; the exit code for pipe(8).
 
     ``raw`` and ``started`` come from the pipe server (:mod:`.server`), which has
     read the message from its client; by default the message is stdin and the
-    clock starts now.
+    clock starts now. ``-h``/``--help`` prints :data:`HELP` and stores nothing (stdin
+    is not read); no address can be those words, so pipe(8) never triggers it.
     """
+    args = sys.argv[1:] if argv is None else argv
+    if raw is None and any(a in ("-h", "--help") for a in args):
+        from ..config import DEFAULT_CONFIG_PATH
+
+        sys.stdout.write(HELP.format(default=DEFAULT_CONFIG_PATH))
+        return EX_OK
     started = time.time() if started is None else started
     code = _main(argv, started, raw)
     if code == EX_TEMPFAIL:

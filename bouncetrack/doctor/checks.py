@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 from .. import postfix_wiring as wiring
+from ..config import Config
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 
@@ -400,3 +401,40 @@ def store_file_results(modes: Mapping[str, int]) -> list[Result]:
         "readable by group/others: " + ", ".join(f"{p} {m:04o}" for p, m in loose.items()),
         "chmod 600 " + " ".join(loose),
     )]
+
+
+# ---------------------------------------------------------------------------
+# Config file mode (issue 15)
+
+
+def config_secrets(config: Config) -> list[str]:
+    """What in ``config`` must not be world-readable: webhook secrets (anyone holding one
+    can forge deliveries), API token hashes, a password in the store URL."""
+    policies = [*config.domains.values(), config.default]
+    found: list[str] = []
+    if any(p.webhook is not None and p.webhook.secret for p in policies):
+        found.append("webhook secrets")
+    if any(p.api_token_hashes for p in policies):
+        found.append("API token hashes")
+    userinfo = config.store_url.partition("://")[2].rpartition("@")[0]
+    if ":" in userinfo:
+        found.append("a store URL password")
+    return found
+
+
+def config_mode_result(path: str, mode: int, secrets: Sequence[str]) -> Result:
+    """The configuration file's permission bits (``mode``) against what it holds.
+
+    WARN when it is writable by others (anyone could redirect webhooks), or holds
+    ``secrets`` and is readable by others. The intended set-up is ``root:bouncetrack``
+    ``0640``: the services (user bouncetrack, the pipe included) read it, nobody else.
+    """
+    name = "config file mode"
+    fix = f"chown root:bouncetrack {path}; chmod 0640 {path}"
+    if mode & 0o002:
+        return Result(name, WARN, f"{path} is mode {mode & 0o7777:04o}: every user can change it", fix)
+    if mode & 0o004 and secrets:
+        return Result(name, WARN, f"{path} is mode {mode & 0o7777:04o}, readable by every user, and holds "
+                      f"{', '.join(secrets)}", fix)
+    held = f"holds {', '.join(secrets)}" if secrets else "holds no secret"
+    return Result(name, OK, f"{path} is mode {mode & 0o7777:04o} ({held})")

@@ -4,7 +4,9 @@ Probes (I/O) are here; verdicts are in :mod:`.checks`, DNS in :mod:`.dnscheck`.
 
 Checks, in order:
 
-1. config: the YAML file loads and validates (everything else needs it).
+1. config: the YAML file loads and validates (everything else needs it); its mode:
+   WARN when it holds secrets (webhook secrets, API token hashes, a store password)
+   and every user can read it, or every user can write it.
 2. milter socket: connect to the unix socket and do the milter negotiation
    (SMFIC_OPTNEG); the answer must be a milter's, asking for CHGFROM (ours does).
 3. postfix: effective main.cf values and the ``bouncepipe`` master.cf entry
@@ -39,7 +41,7 @@ from typing import Callable, Sequence
 import click
 
 from .. import postfix_wiring as wiring
-from ..config import Config, ConfigError
+from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from ..milter.probe import SMFIF_CHGFROM
 from ..milter.probe import negotiate as milter_negotiate
 from .checks import (
@@ -52,6 +54,8 @@ from .checks import (
     SOCKET_UNKNOWN,
     WARN,
     Result,
+    config_mode_result,
+    config_secrets,
     exit_code,
     postfix_results,
     store_file_results,
@@ -70,6 +74,15 @@ def check_config(path: str) -> tuple[Result, Config | None]:
         return Result("config", FAIL, f"{path}: " + "; ".join(str(p) for p in exc.problems),
                       f"fix the file (bouncetrack check-config {path})"), None
     return Result("config", OK, f"{path} is valid (bounce domain {config.bounce_domain})"), config
+
+
+def check_config_mode(config: Config) -> list[Result]:
+    """1b. The config file's mode against the secrets it holds (:func:`checks.config_mode_result`)."""
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        return []
+    return [config_mode_result(str(config.path), mode, config_secrets(config))]
 
 
 # ---------------------------------------------------------------------------
@@ -415,6 +428,7 @@ def run_checks(config_path: str, *, postfix_dir: Path | None, pipe_user: str, py
     emit([first])
     if config is None:
         return results
+    emit(check_config_mode(config))
     emit([check_milter(config)])
     if postfix_dir is not None:
         emit(check_postfix(config, postfix_dir, pipe_user))
@@ -428,7 +442,7 @@ def run_checks(config_path: str, *, postfix_dir: Path | None, pipe_user: str, py
 
 
 @click.command("doctor")
-@click.option("--config", "config_file", default="/etc/bouncetrack/config.yaml", show_default=True,
+@click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True,
               help="bouncetrack YAML configuration.")
 @click.option("--postfix-dir", default="/etc/postfix", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Postfix configuration directory to check.")

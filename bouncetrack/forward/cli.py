@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import click
 
-from ..config import Config, ConfigError
+from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from ..events import iso_utc
 from ..store.base import OutboxJob, StoreUnavailable
 from ..store.interfaces import Store
@@ -51,7 +51,8 @@ def _with_store(config: Config, action: Callable[[Store], T]) -> T:
 _config_option = click.option(
     "--config",
     "config_path",
-    required=True,
+    default=DEFAULT_CONFIG_PATH,
+    show_default=True,
     type=click.Path(dir_okay=False),
     envvar="BOUNCETRACK_CONFIG",
     help="The configuration file.",

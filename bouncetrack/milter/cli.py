@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
+from ..config import DEFAULT_CONFIG_PATH
+
 
 @click.command("milter")
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML configuration")
+@click.option("--config", "config_path", default=DEFAULT_CONFIG_PATH, show_default=True, type=click.Path(path_type=Path),
+              help="YAML configuration")
 @click.option("--no-supervisor", is_flag=True, help="Run libmilter in this process (no SIGHUP reload).")
 @click.option("--log-level", default=None, help="Override the configured log level (DEBUG, INFO, …).")
 def milter_command(config_path: Path, no_supervisor: bool, log_level: str | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..config import DEFAULT_CONFIG_PATH
 from ..store.base import REASON_MANUAL
 from ..store.views import Suppression
 from ..addresses import AddressError, parse_address, parse_domain
@@ -70,7 +71,7 @@ def _domain(raw: str) -> str:
         raise click.BadParameter(f"{raw[:100]!r}: {exc}", param_hint="--domain") from None
 
 
-_config = click.option("--config", "config_file", required=True, help="YAML configuration.")
+_config = click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True, help="YAML configuration.")
 
 
 @click.group("suppression")
