@@ -59,6 +59,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "pipe-server": ("bouncetrack.bounce_pipe.cli:pipe_server_command", "Serve the bounce pipe warm, for the pipe client in master.cf."),
     # purge: retention of raw reports, events and messages (bouncetrack/purge_cli.py, issue 6)
     "purge": ("bouncetrack.purge_cli:purge_command", "Delete raw reports, events and messages past retention (--dry-run: count)."),
+    # check-address: pre-send address validation (bouncetrack/validation_cli.py, issue 19)
+    "check-address": ("bouncetrack.validation_cli:check_address_command", "Can these addresses receive mail? (syntax, MX/A, provider rules, suppression)"),
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}

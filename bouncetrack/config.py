@@ -95,6 +95,8 @@ class DomainPolicy:
     api_token_hashes: tuple[str, ...] = ()  # "sha256:<hex>" of each API token
     dsn: DsnDefaults = field(default_factory=DsnDefaults)
     suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)  # issue 6
+    # issue 19: the send API refuses recipients that cannot receive mail (bouncetrack.validation)
+    validate_recipients: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,21 @@ class ApiConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 1 << 20
     max_send_body_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Address validation (issue 19): ``check-address``, ``/v1/addresses/validate``, the send
+    API's ``validate_recipients``. DNS answers are cached (LRU of ``cache_size`` domains) for
+    their TTL, at most ``max_ttl`` seconds (negative answers ``max_negative_ttl``)."""
+
+    cache_size: int = 10_000
+    max_ttl: float = 86_400.0
+    max_negative_ttl: float = 3_600.0
+    dns_timeout: float = 5.0
+    nameserver: str | None = None  # "ip" or "ip:port"; None: the system's resolvers
+    max_batch: int = 100  # addresses per /v1/addresses/validate request
+    rate_per_minute: int = 600  # addresses per API token per minute
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,7 @@ class Config:
     # metrics (issue 5): host:port of the milter's own Prometheus endpoint; None = off.
     milter_metrics_listen: str | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)  # issue 6
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # issue 19
 
     def policy_for(self, domain: str) -> DomainPolicy:
         """The policy for a sender domain; the ``default`` entry when not listed."""

@@ -34,6 +34,7 @@ PyYAML is imported only here so the model stays importable without it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os.path
 import re
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from bouncetrack.config import (
     SUPPRESSION_POLICIES,
     RetentionConfig,
     SuppressionPolicy,
+    ValidationConfig,
     WebhookConfig,
 )
 
@@ -106,10 +108,13 @@ TOP_KEYS = (
     "domains",
     "api",  # the HTTP API (issue 5)
     "retention",  # events and messages retention (issue 6)
+    "validation",  # address validation (issue 19)
 )
 PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses")
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
-DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression")
+DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression", "validate_recipients")
+VALIDATION_KEYS = ("cache_size", "max_ttl", "max_negative_ttl", "dns_timeout", "nameserver", "max_batch",
+                   "rate_per_minute")  # issue 19
 WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
 DSN_KEYS = ("notify", "ret")
 API_KEYS = ("max_range_days", "max_header_bytes", "max_body_bytes", "max_send_body_bytes")  # issues 5, 16
@@ -553,6 +558,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
     outbox = _field(ctx, top, "outbox", "", _outbox, OutboxConfig())
     api = _field(ctx, top, "api", "", _api, ApiConfig())
     retention = _field(ctx, top, "retention", "", _retention, RetentionConfig())
+    validation = _field(ctx, top, "validation", "", _validation, ValidationConfig())
     no_domains: tuple[dict[str, DomainPolicy], DomainPolicy] = ({}, DomainPolicy(name="default"))
     domains, default = _field(
         ctx, top, "domains", "", lambda c, n, k: _domains(c, n, k, bounce_domain), no_domains
@@ -577,6 +583,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
         api=api,
         milter_metrics_listen=milter_metrics_listen,
         retention=retention,
+        validation=validation,
     )
 
 
@@ -629,6 +636,39 @@ def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:
         max_header_bytes=size("max_header_bytes", d.max_header_bytes, 1024),
         max_body_bytes=size("max_body_bytes", d.max_body_bytes, 1024),
         max_send_body_bytes=size("max_send_body_bytes", d.max_send_body_bytes, 1024),
+    )
+
+
+def _validation(ctx: _Ctx, node: yaml.Node, key: str) -> ValidationConfig:
+    """The ``validation:`` section (issue 19): the DNS cache and the endpoint's limits."""
+    if _is_null(node):
+        return ValidationConfig()
+    e = _entries(ctx, node, key, VALIDATION_KEYS)
+    d = ValidationConfig()
+
+    def nameserver(c: _Ctx, n: yaml.Node, k: str) -> str | None:
+        if _is_null(n):
+            return None
+        value = _str(c, n, k)
+        host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+        try:
+            ipaddress.ip_address(host)
+            if port and not 0 < int(port) < 65536:
+                raise ValueError(port)
+        except ValueError:
+            raise c.fail(n, k, f"expected an IP address, optionally with :port, got {value!r}") from None
+        return value
+
+    return ValidationConfig(
+        cache_size=_field(ctx, e, "cache_size", key, lambda c, n, k: _int(c, n, k, 1, 10_000_000), d.cache_size),
+        max_ttl=_field(ctx, e, "max_ttl", key, lambda c, n, k: _number(c, n, k, 0, 7 * 86400, False), d.max_ttl),
+        max_negative_ttl=_field(ctx, e, "max_negative_ttl", key,
+                                lambda c, n, k: _number(c, n, k, 0, 86400, False), d.max_negative_ttl),
+        dns_timeout=_field(ctx, e, "dns_timeout", key, lambda c, n, k: _number(c, n, k, 0, 60, True), d.dns_timeout),
+        nameserver=_field(ctx, e, "nameserver", key, nameserver, d.nameserver),
+        max_batch=_field(ctx, e, "max_batch", key, lambda c, n, k: _int(c, n, k, 1, 10_000), d.max_batch),
+        rate_per_minute=_field(ctx, e, "rate_per_minute", key, lambda c, n, k: _int(c, n, k, 1, 10_000_000),
+                               d.rate_per_minute),
     )
 
 
@@ -749,6 +789,7 @@ def _policy(
                 )
         hashes = tuple(out)
     dsn = _field(ctx, e, "dsn", key, _dsn, DsnDefaults())
+    validate_recipients = _field(ctx, e, "validate_recipients", key, _bool, False)
     suppression = _field(
         ctx, e, "suppression", key, lambda c, n, k: _suppression(c, n, k, base_suppression), base_suppression
     )
@@ -760,6 +801,7 @@ def _policy(
         api_token_hashes=hashes,
         dsn=dsn,
         suppression=suppression,
+        validate_recipients=validate_recipients,
     )
 
 

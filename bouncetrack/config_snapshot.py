@@ -39,6 +39,7 @@ from .config import (
     OutboxConfig,
     PipeConfig,
     RetentionConfig,
+    ValidationConfig,
     SuppressionPolicy,
     WebhookConfig,
 )
@@ -55,6 +56,7 @@ _NESTED: dict[str, type] = {
     "ApiConfig": ApiConfig,
     "SuppressionPolicy": SuppressionPolicy,  # issue 6
     "RetentionConfig": RetentionConfig,  # issue 6, retention
+    "ValidationConfig": ValidationConfig,  # issue 19
 }
 
 

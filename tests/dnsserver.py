@@ -1,8 +1,11 @@
 """A tiny authoritative DNS server for tests (dnspython, UDP on 127.0.0.1).
 
 Answers from in-test zones: ``{"name.": [("MX", "10 mx.name."), ("TXT", '"v=spf1 -all"')]}``
-(record data in zone-file presentation format). A name with no records of the asked
-type is NOERROR/no data; an unknown name is NXDOMAIN; every answer is authoritative.
+(record data in zone-file presentation format; a third item sets the TTL, default 300).
+A name with no records of the asked type is NOERROR/no data; an unknown name is
+NXDOMAIN; every answer is authoritative. With ``negative_ttl`` set, negative answers
+carry an SOA whose TTL and MINIMUM are that value (RFC 2308 §5). Names in ``silent``
+get no answer at all (the client times out).
 No recursion, no wildcards, no CNAME chasing: just enough for doctor's checks. Zones
 can be replaced while the server runs (``server.zones = {...}``).
 
@@ -25,12 +28,15 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-Zones = Mapping[str, Sequence[tuple[str, str]]]
+Zones = Mapping[str, Sequence[tuple[str, str] | tuple[str, str, int]]]
 
 
 class DnsServer:
-    def __init__(self, zones: Zones, host: str = "127.0.0.1") -> None:
+    def __init__(self, zones: Zones, host: str = "127.0.0.1", *, negative_ttl: int | None = None,
+                 silent: Sequence[str] = ()) -> None:
         self.zones = zones
+        self.negative_ttl = negative_ttl
+        self.silent = {n.lower().rstrip(".") + "." for n in silent}
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((host, 0))
@@ -49,10 +55,19 @@ class DnsServer:
         self._thread.join(5)
         self._sock.close()
 
-    def _records(self) -> dict[str, list[tuple[str, str]]]:
-        return {k.lower().rstrip(".") + ".": list(v) for k, v in self.zones.items()}
+    def _records(self) -> dict[str, list[tuple[str, str, int]]]:
+        return {k.lower().rstrip(".") + ".": [(r[0], r[1], int(r[2]) if len(r) > 2 else 300) for r in v]
+                for k, v in self.zones.items()}
 
-    def answer(self, wire: bytes) -> bytes:
+    def _soa(self, response: dns.message.Message, qname: dns.name.Name) -> None:
+        if self.negative_ttl is None:
+            return
+        zone = dns.name.Name(qname.labels[-3:]) if len(qname.labels) > 3 else qname
+        n = self.negative_ttl
+        response.authority.append(dns.rrset.from_text_list(
+            zone, n, dns.rdataclass.IN, dns.rdatatype.SOA, [f"ns.{zone} host.{zone} 1 3600 600 86400 {n}"]))
+
+    def answer(self, wire: bytes) -> bytes | None:
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
@@ -60,14 +75,20 @@ class DnsServer:
         for q in query.question:
             name = q.name.to_text().lower()
             self.queries.append((name, dns.rdatatype.to_text(q.rdtype)))
+            if name in self.silent:
+                return None
             if name not in records:
                 response.set_rcode(dns.rcode.NXDOMAIN)
+                self._soa(response, q.name)
                 continue
             wanted = dns.rdatatype.to_text(q.rdtype)
-            datas = [d for t, d in records[name] if t.upper() == wanted]
+            datas = [(d, ttl) for t, d, ttl in records[name] if t.upper() == wanted]
             if datas:
-                rrset = dns.rrset.from_text_list(q.name, 300, dns.rdataclass.IN, q.rdtype, datas)
+                ttl = min(t for _, t in datas)
+                rrset = dns.rrset.from_text_list(q.name, ttl, dns.rdataclass.IN, q.rdtype, [d for d, _ in datas])
                 response.answer.append(rrset)
+            else:
+                self._soa(response, q.name)
         return response.to_wire()
 
     def _serve(self) -> None:
@@ -79,6 +100,8 @@ class DnsServer:
             except OSError:
                 return
             try:
-                self._sock.sendto(self.answer(wire), addr)
+                reply = self.answer(wire)
+                if reply is not None:
+                    self._sock.sendto(reply, addr)
             except Exception:  # a malformed query: no answer, the client times out
                 continue

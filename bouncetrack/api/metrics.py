@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .app import ApiContext, context
+from .validate import ValidationCollector
 
 router = APIRouter()
 _lock = threading.Lock()
@@ -32,6 +33,7 @@ def registry_for(request: Request, ctx: ApiContext) -> CollectorRegistry:
             registry = getattr(request.app.state, "metrics_registry", None)
             if registry is None:
                 registry = build_registry(lambda: ctx.config, ctx.store, tempfail_dir=cache_dir())
+                registry.register(ValidationCollector(request.app))  # issue 19: address validation
                 request.app.state.metrics_registry = registry
     return registry
 

@@ -32,7 +32,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
@@ -42,6 +42,7 @@ from ..store import StoreUnavailable
 from .app import ApiContext, context
 from .auth import Principal, require_token
 from .compose import SendRequest, Submission, compose, cross_field_errors, domains_outside
+from .validate import undeliverable_recipients
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 def send_message(
     request: SendRequest,
+    http: Request,
     principal: Principal = Depends(require_token),
     ctx: ApiContext = Depends(context),
 ) -> SendResponse:
@@ -142,13 +144,19 @@ def send_message(
                         f"{request.mail_from.rpartition('@')[2]!r}",
             ).model_dump(),
         )
+    # issue 19: the sender domain's validate_recipients refuses recipients that cannot receive mail
+    errors, warnings = undeliverable_recipients(http.app, ctx, request.mail_from, request.recipients)
+    if errors:
+        raise RequestValidationError(errors)
     submission = compose(request)
     try:
         queued = submit(ctx.config, submission)
     except SmtpFailure as exc:
         log.warning("send: %s not queued: %s", submission.message_id, exc)
         raise exc.http_exception() from None
-    return _response(ctx, request, submission, queued)
+    response = _response(ctx, request, submission, queued)
+    response.warnings.extend(warnings)
+    return response
 
 
 # --------------------------------------------------------------------------- SMTP

@@ -1,13 +1,9 @@
 """DNS checks of ``bouncetrack doctor``: MX, SPF and DMARC, behind one small seam.
 
-Every lookup goes through a :class:`Resolver` (``txt``, ``mx``, ``a``), like dkimpy's
-``dnsplug``: the default implementation uses dnspython with an optional nameserver and
-port, and the tests point it at a local authoritative server with their own zones.
-
-Lookups return an empty list for "no such name" and "no data" (the SPF "void
-lookup" of RFC 7208 §4.6.4); :class:`DnsTempError` is raised for timeouts and server
-failures. :class:`NxDomain` (a subclass of nothing the callers must catch) is only
-raised by :meth:`Resolver.mx` so that the MX check can tell a missing domain apart.
+Every lookup goes through a :class:`~bouncetrack.resolver.Resolver` (``txt``, ``mx``,
+``a``; :mod:`bouncetrack.resolver`), like dkimpy's ``dnsplug``: the default
+implementation uses dnspython with an optional nameserver and port, and the tests point
+it at a local authoritative server with their own zones.
 
 SPF (RFC 7208) is evaluated by a small bounded evaluator: mechanisms ``all``,
 ``ip4``, ``ip6``, ``a``, ``mx``, ``include``, ``exists`` (without macros), ``ptr``
@@ -20,76 +16,17 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
 from ..config import Config
+# The seam lives in a neutral module (the API's address validation uses it too); doctor's
+# callers and tests keep importing it from here.
+from ..resolver import DnsPythonResolver as DnsPythonResolver
+from ..resolver import DnsTempError as DnsTempError
+from ..resolver import NxDomain as NxDomain
+from ..resolver import Resolver as Resolver
 from . import checks
 from .checks import WARN, Result
-
-
-class DnsTempError(Exception):
-    """Timeout, SERVFAIL, refused: the answer is unknown."""
-
-
-class NxDomain(Exception):
-    """The name does not exist (raised by :meth:`Resolver.mx` only)."""
-
-
-class Resolver(Protocol):
-    def txt(self, name: str) -> list[str]:
-        """TXT strings of ``name`` (each record's strings joined), [] if none."""
-
-    def mx(self, name: str) -> list[tuple[int, str]]:
-        """(preference, exchange) of ``name``, [] if none; :class:`NxDomain` if no such name."""
-
-    def a(self, name: str) -> list[str]:
-        """A and AAAA addresses of ``name``, [] if none."""
-
-
-class DnsPythonResolver:
-    """The default :class:`Resolver`: dnspython, the system's resolvers unless
-    ``nameserver`` (an IP address) and ``port`` are given."""
-
-    def __init__(self, nameserver: str | None = None, port: int = 53, timeout: float = 5.0) -> None:
-        import dns.resolver
-
-        self._r = dns.resolver.Resolver(configure=nameserver is None)
-        if nameserver is not None:
-            self._r.nameservers = [nameserver]
-            self._r.port = port
-        self._r.lifetime = timeout
-        self._r.timeout = timeout
-
-    def _query(self, name: str, rdtype: str, *, nx_raises: bool = False) -> list[object]:
-        import dns.exception
-        import dns.resolver
-
-        try:
-            return list(self._r.resolve(name, rdtype, search=False))
-        except dns.resolver.NXDOMAIN:
-            if nx_raises:
-                raise NxDomain(name) from None
-            return []
-        except dns.resolver.NoAnswer:
-            return []
-        except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
-            raise DnsTempError(f"{name} {rdtype}: {exc}") from None
-        except dns.exception.DNSException as exc:
-            raise DnsTempError(f"{name} {rdtype}: {exc}") from None
-
-    def txt(self, name: str) -> list[str]:
-        out = []
-        for r in self._query(name, "TXT"):
-            strings: Iterable[bytes] = getattr(r, "strings", ())
-            out.append(b"".join(strings).decode("utf-8", errors="replace"))
-        return out
-
-    def mx(self, name: str) -> list[tuple[int, str]]:
-        return [(int(getattr(r, "preference")), str(getattr(r, "exchange")).rstrip(".") or ".")
-                for r in self._query(name, "MX", nx_raises=True)]
-
-    def a(self, name: str) -> list[str]:
-        return [str(r) for t in ("A", "AAAA") for r in self._query(name, t)]
 
 
 # ---------------------------------------------------------------------------
