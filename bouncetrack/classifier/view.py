@@ -42,6 +42,9 @@ ORIGINAL_MARKERS = lazy_re(
 )
 
 
+_RULE_LINE_RE = lazy_re(r"^[-=*_#~]{3,}\s*$")  # "=====" separator lines around a copied original
+
+
 def decode_words(value: str) -> str:
     """Decode RFC 2047 encoded-words, tolerantly (unknown charsets, bad base64)."""
     if "=?" not in value:
@@ -338,7 +341,11 @@ class ParsedView:
             if ORIGINAL_MARKERS.match(s):
                 self.report_text = "\n".join(lines[:i])
                 if self.original is None:
-                    rest = "\n".join(lines[i + 1 : i + 200]).lstrip("\n")
+                    tail = lines[i + 1 : i + 200]
+                    if sum(1 for ln in tail[:12] if ln.startswith(">")) >= 3:
+                        # the copy quoted with "> " (old gateways): unquote it to read its headers
+                        tail = [ln[1:].lstrip(" ") if ln.startswith(">") else ln for ln in tail]
+                    rest = "\n".join(ln for ln in tail if not _RULE_LINE_RE.match(ln)).lstrip("\n")
                     hb = parse_fields(rest)
                     if hb:
                         self.original = hb[0]
