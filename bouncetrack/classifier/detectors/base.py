@@ -36,9 +36,13 @@ BOUNCE_SUBJECT_RE = lazy_re(
     r"delivery notification|mail failure|nondeliverable|permanent error|delayed mail|delivery delayed",
     re.IGNORECASE,
 )
+# A mail system's sender (not "Delivery Hero <news@...>" nor "Bounce Fitness <info@...>": the
+# words "delivery" and "bounce" count only in a mail system's phrasing or as a local part).
 DAEMON_FROM_RE = lazy_re(
     r"mailer-daemon|post_?master|mail delivery (?:sub)?system|maildelivery|mail-daemon|"
-    r"mail administrator|\bm?daemon\b|bounce|delivery", re.IGNORECASE,  # MDaemon@host (Alt-N MDaemon)
+    r"mail administrator|\bm?daemon\b|"  # MDaemon@host (Alt-N MDaemon)
+    r"(?:mail |message )?delivery (?:sub)?system|mail delivery service|delivery status|\bbounces?(?:@|[-+])",
+    re.IGNORECASE,
 )
 # Phrases of a failure report, scanned in the report text when headers do not say so.
 FAILURE_BODY_RE = lazy_re(
