@@ -122,6 +122,11 @@ def test_tracked_and_untracked_mail_and_a_bounce_end_to_end(own_stack: Stack, re
     assert rows == [("valid", f"unknown-deb@{REMOTE}", "bounce", 1, queue_id)], rows
     assert st.wait_for(lambda: "relay=bouncepipe" in st.postfix.log_text() or None, 20)
     assert "status=sent (delivered via bouncepipe service" in st.postfix.log_text()
+    # ... through the pipe server (pipe(8) is not chrooted: the client reached its socket),
+    # not the client's fallback: the server logged the bounce after its start line.
+    server_log = st.pipe_server_log.read_text().splitlines()
+    started = max(i for i, line in enumerate(server_log) if "listening on" in line)
+    assert server_log[started + 1:], server_log
 
     # Forwarded: the worker delivers the event to the webhook, signed.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

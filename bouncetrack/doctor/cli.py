@@ -111,7 +111,7 @@ def check_milter(config: Config) -> Result:
         if group != "postfix" and not st.st_mode & 0o001:
             return Result(name, WARN, f"answers, but {parent} is group {group} mode {st.st_mode & 0o777:o}: "
                           "the postfix user may not reach the socket",
-                          f"chgrp postfix {parent}; chmod 0750 {parent} (RuntimeDirectory in the systemd unit)")
+                          f"chgrp postfix {parent}; chmod 0750 {parent} (the milter unit's ExecStartPre creates it so)")
     except OSError:
         pass
     return Result(name, OK, f"{path} answers the milter negotiation (protocol {version}, CHGFROM requested)")
