@@ -23,6 +23,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from bouncetrack.redact import redact_url
+
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
@@ -109,21 +111,11 @@ def config_summary(config: "Config") -> str:
     untracked = sorted(d for d, p in config.domains.items() if not p.tracking)
     n = len(config.domains)
     return (
-        f"bounce domain {config.bounce_domain}, store {_safe_url(config.store_url)}, "
+        f"bounce domain {config.bounce_domain}, store {redact_url(config.store_url)}, "
         f"{n} domain{'s' if n != 1 else ''} (tracked: {', '.join(tracked) or 'none'}; "
         f"untracked: {', '.join(untracked) or 'none'}), "
         f"default tracking {'on' if config.default.tracking else 'off'}"
     )
-
-
-def _safe_url(url: str) -> str:
-    """A store URL with any password masked (postgresql://user:***@host/db)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if sep and at and ":" in userinfo:
-        user = userinfo.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{hostpart}"
-    return url
 
 
 def verp_report(config: "Config", sender: str, recipients: list[str], token: str) -> list[str]:

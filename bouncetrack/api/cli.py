@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -14,11 +17,15 @@ from ..config import DEFAULT_CONFIG_PATH
               help="YAML configuration")
 @click.option("--listen", default=None, help="host:port (default: api_listen from the configuration)")
 def api_command(config_path: Path, listen: str | None) -> None:
-    """Serve the HTTP API (download, send, dashboard, /metrics)."""
+    """Serve the HTTP API (download, send, dashboard, /metrics); SIGHUP reloads the configuration."""
     import uvicorn
 
+    from .. import __version__
     from ..config import ConfigError
     from ..config_loader import load_config
+    from ..logsetup import setup
+    from ..redact import config_secrets, register
+    from ..reload import RESTART_ONLY, on_sighup, reload_config
     from .app import create_app
     from .server import server_config
 
@@ -26,5 +33,26 @@ def api_command(config_path: Path, listen: str | None) -> None:
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    setup("api", config.log_level)
+    register(config_secrets(config))
+    log = logging.getLogger("bouncetrack.api")
+    app = create_app(config)
+    ctx = app.state.ctx
+    # Runs in the main thread, between two steps of the event loop: requests see
+    # either the old configuration or the new one, never a mix.
+    on_sighup(lambda: reload_config(config_path, ctx.config, ctx.apply, RESTART_ONLY["api"], log))
+    # uvicorn shuts down on SIGTERM/SIGINT, then re-raises the signal to the handler it
+    # found: this one, so that the process ends normally and logs its stop line.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_quietly)
     host, _, port = (listen or config.api_listen).rpartition(":")
-    uvicorn.Server(server_config(create_app(config), config, host or "127.0.0.1", int(port))).run()
+    log.info("bouncetrack api %s starting, configuration %s, listening on %s", __version__, config_path,
+             listen or config.api_listen)
+    try:
+        uvicorn.Server(server_config(app, config, host or "127.0.0.1", int(port))).run()
+    finally:
+        log.info("bouncetrack api stopped")
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

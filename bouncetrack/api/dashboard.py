@@ -44,6 +44,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from ..config import Config
 from ..events import EVENT_TYPES, event_to_json, iso_utc
 from ..store import Store
 from ..store.base import MAX_ROW_ID, BounceEvent
@@ -130,6 +131,11 @@ def mount_static(app: FastAPI) -> None:
     ctx = getattr(app.state, "ctx", None)
     if isinstance(ctx, ApiContext):
         app.state.dashboard_sessions = SessionManager.for_config(ctx.config, cookie_name=SESSION_COOKIE)
+
+        def renew_sessions(config: Config) -> None:  # a reload: the session settings may have changed
+            app.state.dashboard_sessions = SessionManager.for_config(config, cookie_name=SESSION_COOKIE)
+
+        ctx.on_apply.append(renew_sessions)
 
 
 def sessions(request: Request, ctx: ApiContext = Depends(context)) -> SessionManager:

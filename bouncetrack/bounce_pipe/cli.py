@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -18,10 +17,8 @@ from ..config import DEFAULT_CONFIG_PATH
 @click.option("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
 def pipe_server_command(socket_path: Path, config_path: Path | None, log_level: str) -> None:
     """Serve the bounce pipe warm: Postfix's pipe client hands each bounce over a unix socket."""
+    from ..logsetup import setup
     from .server import serve
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
-    )
+    setup("pipe-server", log_level)
     raise SystemExit(serve(socket_path.absolute(), str(config_path) if config_path else None))

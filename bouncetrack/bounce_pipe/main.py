@@ -19,6 +19,11 @@ import signal
 import sys
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: the pipe's import path stays lean
+    from ..config import Config
+    from ..tokens import KeyRing
 
 EX_OK = 0
 EX_TEMPFAIL = 75
@@ -34,8 +39,11 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _say(message: str) -> None:
-    # Prefixed so it can never begin with an enhanced status code.
-    sys.stderr.write(f"{PROG}: {message}\n")
+    # Prefixed so it can never begin with an enhanced status code. Postfix logs it:
+    # no secret in it (a configuration error may quote a line of the YAML file).
+    from ..redact import redact_text
+
+    sys.stderr.write(redact_text(f"{PROG}: {message}") + "\n")
 
 
 def parse_argv(argv: list[str]) -> tuple[str, str, str]:
@@ -73,12 +81,13 @@ Nothing is written on stdout; the pipe's messages go to stderr.
 """
 
 
-def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: float | None = None) -> int:
+def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: float | None = None,
+         fallback: "tuple[Config, KeyRing] | None" = None) -> int:
     """Store one bounce; the exit code for pipe(8).
 
-    ``raw`` and ``started`` come from the pipe server (:mod:`.server`), which has
-    read the message from its client; by default the message is stdin and the
-    clock starts now. ``-h``/``--help`` prints :data:`HELP` and stores nothing (stdin
+    ``raw``, ``started`` and ``fallback`` (its last good configuration and keys)
+    come from the pipe server (:mod:`.server`), which has read the message from
+    its client; by default the message is stdin and the clock starts now. ``-h``/``--help`` prints :data:`HELP` and stores nothing (stdin
     is not read); no address can be those words, so pipe(8) never triggers it.
     """
     args = sys.argv[1:] if argv is None else argv
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: fl
         sys.stdout.write(HELP.format(default=DEFAULT_CONFIG_PATH))
         return EX_OK
     started = time.time() if started is None else started
-    code = _main(argv, started, raw)
+    code = _main(argv, started, raw, fallback)
     if code == EX_TEMPFAIL:
         # Metrics (issue 5): a run that failed cannot count itself in the store
         # (often the store is what failed); log it best-effort for /metrics.
@@ -98,7 +107,8 @@ def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: fl
     return code
 
 
-def _main(argv: list[str] | None, started: float, raw: bytes | None = None) -> int:
+def _main(argv: list[str] | None, started: float, raw: bytes | None = None,
+          fallback: "tuple[Config, KeyRing] | None" = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     # A first deadline before the configuration is read; replaced by the
@@ -111,7 +121,7 @@ def _main(argv: list[str] | None, started: float, raw: bytes | None = None) -> i
                 raw = sys.stdin.buffer.read()
             from .process import process
 
-            return process(config_path, recipient, sender, raw, started)
+            return process(config_path, recipient, sender, raw, started, fallback)
         except _Deadline:
             _say("deadline reached before the report was stored; Postfix will retry")
             return EX_TEMPFAIL

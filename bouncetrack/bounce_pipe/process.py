@@ -19,17 +19,56 @@ from . import attribution
 from .attribution import Delivery
 
 LOOP_HEADER = b"\nx-bouncetrack-forwarded:"
+SUMMARY_EVENTS = 5  # events named in the per-bounce line; more are counted
 
 
-def process(config_path: str, recipient: str, sender: str, raw: bytes, started: float) -> int:
+def runtime(config_path: str, fallback: tuple[Config, KeyRing] | None = None) -> tuple[Config, KeyRing]:
+    """The configuration and keys for one bounce, read anew (a change applies at once).
+
+    ``fallback`` is the pipe server's last good pair (loaded at its start and at
+    each SIGHUP): while the file or the key file does not load, bounces use it
+    rather than wait in Postfix's queue; without one, the error escapes (exit 75).
+    """
+    from ..config import ConfigError
     from ..config_snapshot import load as load_config
-    from ..store import open_store
-    from ..tokens import load_keyring
+    from ..tokens import KeyFileError, load_keyring
 
-    config = load_config(config_path)  # a validated snapshot when fresh: no PyYAML per bounce
+    try:
+        config = load_config(config_path)  # a validated snapshot when fresh: no PyYAML per bounce
+        return config, load_keyring(config)
+    except (ConfigError, OSError, KeyFileError) as exc:
+        if fallback is None:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sys.stderr.write(f"bouncetrack pipe: configuration not loaded ({first}); "
+                         "using the pipe server's last good one\n")
+        return fallback
+
+
+def summary(what: str, token: str | None, token_status: str, message: MessageRecord | None,
+            events: list[BounceEvent]) -> str:
+    """The one line per bounce (issue 15): token, the original's queue id, each event.
+
+    Postfix logs it inside its own line for the delivery to the pipe (``status=sent
+    (delivered via bouncepipe service (…))``), which carries the bounce's queue id.
+    """
+    parts = [f"{e.type}{'/' + e.reason if e.type == 'bounce' else ''} {e.recipient or '-'} {e.event_id}"
+             for e in events[:SUMMARY_EVENTS]]
+    if len(events) > SUMMARY_EVENTS:
+        parts.append(f"+{len(events) - SUMMARY_EVENTS} more")
+    queue_id = message.queue_id if message is not None and message.queue_id else "-"
+    return (f"bouncetrack pipe: {what}: {len(events)} event(s), token {token_status}, "
+            f"{', '.join(sorted({e.type for e in events}))}; token={token or '-'} queue_id={queue_id}; "
+            f"{'; '.join(parts) or 'no event'}")
+
+
+def process(config_path: str, recipient: str, sender: str, raw: bytes, started: float,
+            fallback: tuple[Config, KeyRing] | None = None) -> int:
+    from ..store import open_store
+
+    config, keyring = runtime(config_path, fallback)
     remaining = config.pipe.deadline_seconds - (time.time() - started)
     signal.alarm(max(1, int(remaining)))
-    keyring = load_keyring(config)
 
     report = _classify(raw)
     token, token_status, token_id = find_token(config, keyring, recipient, report, started)
@@ -50,10 +89,7 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     finally:
         store.close()
     what = "stored" if outcome.stored else "already stored (retry)"
-    sys.stderr.write(
-        f"bouncetrack pipe: {what}: {len(events)} event(s), token {token_status}, "
-        f"{', '.join(sorted({e.type for e in events}))}\n"
-    )
+    sys.stderr.write(summary(what, token, token_status, message, events) + "\n")
     return 0
 
 

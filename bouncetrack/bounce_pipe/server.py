@@ -11,7 +11,13 @@ alone. That gives it its own deadline (SIGALRM), its own store connection, and
 its own memory, freed at exit. A crash costs one bounce, which its client then
 hands to the full pipe. The parent never opens the store, so no connection crosses
 a fork. Configuration and keys are read by each child, as by each pipe: a change
-needs no restart.
+needs no restart. The server itself holds the last good configuration and keys
+(loaded at start and on SIGHUP, a broken file refused and logged): while the file
+does not load, children use those instead of sending every bounce back to
+Postfix's queue.
+
+One INFO line per bounce: the pipe's own summary (token, the original message's
+queue id, each event's type, recipient and id) with its exit code.
 
 The socket is created with mode 0600. Run the server as the user of the
 ``bouncepipe`` service in master.cf.
@@ -28,8 +34,13 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .client import MAGIC
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..tokens import KeyRing
 
 log = logging.getLogger("bouncetrack.pipe_server")
 
@@ -88,9 +99,14 @@ def _recv_all(conn: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
-def handle(conn: socket.socket) -> int:
-    """One bounce, in the forked child: run the pipe, answer, return its exit code."""
-    from .main import main
+def handle(conn: socket.socket, config_path: str | None = None,
+           fallback: "tuple[Config, KeyRing] | None" = None) -> int:
+    """One bounce, in the forked child: run the pipe, answer, return its exit code.
+
+    ``fallback`` (the server's last good configuration and keys) serves the
+    bounces whose ``--config`` is the server's own ``config_path``.
+    """
+    from .main import main, parse_argv
 
     conn.settimeout(READ_TIMEOUT_SECONDS)
     try:
@@ -102,24 +118,55 @@ def handle(conn: socket.socket) -> int:
         # No answer: the client hands the bounce to the full pipe.
         log.warning("bad or unfinished request, not answered: %s", exc)
         return EX_TEMPFAIL
+    if fallback is not None and config_path is not None:
+        try:
+            same = os.path.abspath(parse_argv(pipe_args)[0]) == os.path.abspath(config_path)
+        except ValueError:
+            same = False
+        fallback = fallback if same else None
     said = io.StringIO()
     sys.stderr = said
     try:
-        code = main(pipe_args, raw=raw, started=started)
+        code = main(pipe_args, raw=raw, started=started, fallback=fallback)
     finally:
         sys.stderr = sys.__stderr__
-    conn.sendall(f"{code}\n".encode() + said.getvalue().encode("utf-8", "replace"))
-    log.debug("bounce handled: exit %d, %.1f ms after the client started", code, (time.time() - started) * 1000)
+    text = said.getvalue()
+    conn.sendall(f"{code}\n".encode() + text.encode("utf-8", "replace"))
+    lines = " | ".join(line for line in text.splitlines() if line) or "(nothing said)"
+    log.log(logging.INFO if code == 0 else logging.WARNING, "bounce handled: exit %d in %.0f ms: %s",
+            code, (time.time() - started) * 1000, lines)
     return code
 
 
 class Server:
-    """The accept loop: fork per connection, reap children, stop on SIGTERM/SIGINT."""
+    """The accept loop: fork per connection, reap children, stop on SIGTERM/SIGINT,
+    reload the configuration on SIGHUP."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, config_path: str | None = None,
+                 runtime: "tuple[Config, KeyRing] | None" = None) -> None:
         self.socket_path = socket_path
+        self.config_path = config_path
+        self.runtime = runtime  # the last good configuration and keys
         self.stopping = False
+        self.reload_requested = False
         self.children: set[int] = set()
+
+    def _hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True  # applied by the accept loop, between bounces
+
+    def reload(self) -> None:
+        from ..reload import RESTART_ONLY, reload_config
+        from ..tokens import load_keyring
+
+        self.reload_requested = False
+        if self.config_path is None or self.runtime is None:
+            log.warning("SIGHUP: started without --config; each bounce reads its own configuration")
+            return
+
+        def apply(new: "Config") -> None:
+            self.runtime = (new, load_keyring(new))
+
+        reload_config(self.config_path, self.runtime[0], apply, RESTART_ONLY["pipe-server"], log)
 
     def _listen(self) -> socket.socket:
         if self.socket_path.is_socket():
@@ -161,9 +208,12 @@ class Server:
         listener = self._listen()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
         log.info("pipe server listening on %s", self.socket_path)
         try:
             while not self.stopping:
+                if self.reload_requested:
+                    self.reload()
                 self._reap()
                 try:
                     conn, _ = listener.accept()
@@ -180,9 +230,9 @@ class Server:
                     code = EX_TEMPFAIL
                     try:
                         listener.close()
-                        for sig in (signal.SIGTERM, signal.SIGINT):
+                        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                             signal.signal(sig, signal.SIG_DFL)
-                        code = handle(conn)
+                        code = handle(conn, self.config_path, self.runtime)
                     except BaseException:  # noqa: BLE001 - never back into the accept loop
                         log.exception("pipe server child failed")
                     finally:
@@ -204,5 +254,23 @@ class Server:
 
 
 def serve(socket_path: Path, config_path: str | None = None) -> int:
+    """Run the pipe server until SIGTERM/SIGINT; refuses to start on an invalid configuration."""
+    from .. import __version__
+    from ..redact import config_secrets, register
+
+    log.info("bouncetrack pipe-server %s starting, configuration %s", __version__, config_path or "(per bounce)")
+    runtime = None
+    if config_path is not None:
+        from ..config import ConfigError
+        from ..reload import load
+        from ..tokens import KeyFileError, load_keyring
+
+        try:
+            config = load(config_path)
+            runtime = (config, load_keyring(config))
+        except (ConfigError, OSError, KeyFileError) as exc:
+            log.error("invalid configuration, not starting:\n%s", exc)
+            return 78  # EX_CONFIG
+        register(config_secrets(config))
     warm(config_path)
-    return Server(socket_path).run()
+    return Server(socket_path, config_path, runtime).run()

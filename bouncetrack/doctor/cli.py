@@ -321,10 +321,10 @@ def check_pg_store(config: Config) -> Result:
     """
     import math
 
-    from ..store.postgres import redact
+    from ..redact import redact_url
 
     url = config.store_url
-    name = redact(url)
+    name = redact_url(url)
     timeout = max(1.0, min(10.0, config.pipe.deadline_seconds - 1))  # as bounce_pipe.process
     try:
         import psycopg

@@ -63,15 +63,21 @@ _config_option = click.option(
 @_config_option
 @click.option("--once", is_flag=True, help="Deliver the jobs due now, then exit.")
 def worker(config_path: str, once: bool) -> None:
-    """Deliver outbox jobs (webhooks, SMTP forwards) with retries; stop on SIGTERM."""
+    """Deliver outbox jobs (webhooks, SMTP forwards) with retries; stop on SIGTERM, reload on SIGHUP."""
+    from .. import __version__
+    from ..logsetup import setup
+    from ..redact import config_secrets, register
     from .worker import run_worker
 
     config = _load(config_path)
-    logging.basicConfig(
-        level=getattr(logging, config.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    stats = _with_store(config, lambda store: run_worker(config, store, once=once))
+    setup("worker", config.log_level)
+    register(config_secrets(config))
+    log = logging.getLogger("bouncetrack.worker")
+    log.info("bouncetrack worker %s starting, configuration %s", __version__, config_path)
+    try:
+        stats = _with_store(config, lambda store: run_worker(config, store, once=once, config_path=config_path))
+    finally:
+        log.info("bouncetrack worker stopped")
     if once:
         click.echo(
             f"delivered {stats.delivered}, retrying {stats.retried}, dead {stats.dead}"

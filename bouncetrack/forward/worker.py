@@ -29,6 +29,12 @@ Guarantees
 * **Graceful stop.** SIGTERM/SIGINT (or ``stop_event``) finish the delivery in
   flight, then stop; unprocessed jobs of the batch are re-claimed when their
   lease expires.
+* **Reload.** SIGHUP re-reads the configuration file between two deliveries
+  (:mod:`bouncetrack.reload`: a broken file is refused and logged, the running
+  configuration kept); webhook URLs and secrets, forward addresses, backoff and
+  retention apply to the next delivery. The store URL needs a restart.
+* **One line per delivery** (issue 15): event id, the original message's queue
+  id, the target (a URL without its query) and the outcome.
 
 Attempt counting: the store's ``attempts`` counts finished attempts;
 :meth:`Store.job_failed` increments it, :meth:`Store.claim_jobs` does not. So
@@ -51,7 +57,7 @@ import httpx
 
 from ..config import Config
 from .. import retention
-from ..store.base import OutboxJob, StoreUnavailable
+from ..store.base import BounceEvent, OutboxJob, StoreUnavailable
 from ..store.interfaces import Store
 from ..store.views import PurgeCounts
 from . import smtp as smtp_forward
@@ -91,6 +97,15 @@ class Outcome:
     outcome: str  # delivered | retry | dead
     error: str | None = None
     retry_after: float | None = None
+    target: str | None = None  # where it went (webhook URL, forward address), for the log
+    queue_id: str | None = None  # the original message's Postfix queue id, for the log
+
+
+def log_target(target: str | None) -> str:
+    """A delivery target as logged: a URL without its query or fragment (they may hold a key)."""
+    if not target:
+        return "-"
+    return target.split("?", 1)[0].split("#", 1)[0]
 
 
 def _job_budget(config: Config, smtp_timeout: float) -> float:
@@ -122,6 +137,7 @@ class Worker:
         self.config = config
         self.store = store
         self.clock = clock
+        self.config_path: str | None = None  # set by run_worker: what SIGHUP re-reads
         self.rng: Random = rng if rng is not None else random.Random()
         self._own_client = http_client is None
         self.client = http_client if http_client is not None else httpx.Client(follow_redirects=False)
@@ -193,26 +209,37 @@ class Worker:
         if self._own_client:
             self.client.close()
 
+    def apply(self, config: Config) -> None:
+        """Use ``config`` from the next delivery on (a reload)."""
+        self.config = config
+        self.job_budget = _job_budget(config, self.smtp_timeout)
+        if self.lease_seconds <= self.job_budget:
+            self.lease_seconds = 2 * self.job_budget
+
     # --- one job ----------------------------------------------------------
 
     def attempt(self, job: OutboxJob) -> Outcome:
         """Try to deliver ``job`` once; never raises for delivery trouble."""
         event = self.store.event(job.event_id)
         if event is None:
-            return Outcome(webhook.DEAD, "event no longer in the store")
+            return Outcome(webhook.DEAD, "event no longer in the store", target=job.target)
+        outcome = self._attempt(job, event)
+        return replace(outcome, target=outcome.target or job.target, queue_id=event.queue_id)
+
+    def _attempt(self, job: OutboxJob, event: BounceEvent) -> Outcome:
         policy = self.config.policy_for(event.domain or "")
         if job.channel == WEBHOOK:
             if policy.webhook is None:
                 return Outcome(webhook.DEAD, f"no webhook configured for {event.domain!r} any more")
             if policy.webhook.url != job.target:
-                log.info("job %s: webhook URL changed since queued, using %s", job.id, policy.webhook.url)
+                log.info("job %s: webhook URL changed since queued, using %s", job.id, log_target(policy.webhook.url))
             now = self.clock()
             try:
                 request = webhook.build_request(event, policy.webhook.url, policy.webhook.secret, now)
             except ValueError as exc:  # a bad whsec_ secret: fixable by the operator
                 return Outcome(webhook.RETRY, str(exc))
             result = webhook.deliver(self.client, request, policy.webhook.timeout_seconds, now)
-            return Outcome(result.outcome, result.error, result.retry_after)
+            return Outcome(result.outcome, result.error, result.retry_after, target=policy.webhook.url)
         if job.channel == SMTP:
             target = policy.forward
             if not target:
@@ -230,8 +257,8 @@ class Worker:
                     timeout=self.smtp_timeout,
                 )
             except (smtplib.SMTPException, OSError) as exc:
-                return Outcome(webhook.RETRY, f"SMTP: {type(exc).__name__}: {exc}"[:512])
-            return Outcome(webhook.DELIVERED)
+                return Outcome(webhook.RETRY, f"SMTP: {type(exc).__name__}: {exc}"[:512], target=target)
+            return Outcome(webhook.DELIVERED, target=target)
         return Outcome(webhook.DEAD, f"unknown channel {job.channel!r}")
 
     def settle(self, job: OutboxJob, outcome: Outcome) -> None:
@@ -239,27 +266,26 @@ class Worker:
         assert job.id is not None
         now = self.clock()
         outbox = self.config.outbox
+        what = (f"job {job.id} event_id={job.event_id} queue_id={outcome.queue_id or '-'} "
+                f"{job.channel} {log_target(outcome.target or job.target)}")
         if outcome.outcome == webhook.DELIVERED:
             self.store.job_delivered(job.id, now)
             self.stats.delivered += 1
-            log.info("job %s (%s %s) delivered", job.id, job.channel, job.event_id)
+            log.info("%s: delivered", what)
             return
         error = outcome.error or "failed"
         attempt = job.attempts + 1
         if outcome.outcome == webhook.DEAD or attempt >= outbox.max_attempts:
             self.store.job_failed(job.id, now, error, None)
             self.stats.dead += 1
-            log.warning("job %s (%s %s) dead after %d attempt(s): %s", job.id, job.channel, job.event_id, attempt, error)
+            log.warning("%s: dead after %d attempt(s): %s", what, attempt, error)
             return
         delay = next_delay(attempt, outbox.base_delay_seconds, outbox.max_delay_seconds, self.rng)
         if outcome.retry_after is not None:
             delay = max(delay, min(outcome.retry_after, outbox.max_delay_seconds))
         self.store.job_failed(job.id, now, error, now + delay)
         self.stats.retried += 1
-        log.info(
-            "job %s (%s %s) attempt %d failed, retry in %.0f s: %s",
-            job.id, job.channel, job.event_id, attempt, delay, error,
-        )
+        log.info("%s: attempt %d failed, retry in %.0f s: %s", what, attempt, delay, error)
 
     def process(self, job: OutboxJob) -> None:
         try:
@@ -300,11 +326,13 @@ def run_worker(
     rng: Random | None = None,
     http_client: httpx.Client | None = None,
     handle_signals: bool = True,
+    config_path: str | None = None,
 ) -> WorkerStats:
     """Deliver due outbox jobs until stopped (or, with ``once``, until none is due).
 
     ``stop_event`` stops the loop from another thread; SIGTERM and SIGINT set it
-    when called from the main thread (``handle_signals``). ``sleep`` waits
+    when called from the main thread (``handle_signals``), and SIGHUP reloads
+    ``config_path`` between deliveries (the loop's wait is cut short). ``sleep`` waits
     between polls; the default waits on the stop event so a stop is immediate.
     ``clock``/``sleep``/``rng`` are injectable for tests (fake time).
     """
@@ -320,6 +348,16 @@ def run_worker(
         lease_seconds=lease_seconds,
     )
 
+    worker.config_path = config_path
+    reload_requested = threading.Event()
+
+    def reload() -> None:
+        from ..reload import RESTART_ONLY, reload_config
+
+        reload_requested.clear()
+        assert config_path is not None
+        reload_config(config_path, worker.config, worker.apply, RESTART_ONLY["worker"], log)
+
     previous: dict[signal.Signals, object] = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
 
@@ -327,10 +365,17 @@ def run_worker(
             log.info("signal %d: finishing the delivery in flight, then stopping", signum)
             stop.set()
 
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            reload_requested.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
+        if config_path is not None:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     try:
         while not stop.is_set():
+            if reload_requested.is_set():
+                reload()
             try:
                 claimed = worker.run_batch(stop)
             except StoreUnavailable as exc:

@@ -281,15 +281,18 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         decision = policy.decide(runtime.config, envelope, token)
         self.shared.count(decision.why)
         queue_id = self._symval("i")
-        log.debug(
-            "queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why
-        )
 
         if decision.kind == policy.REFUSE:
             return self._reject(replies.RETURN_PATH_FOREIGN)
         if decision.kind == policy.TRACK:
             assert token is not None and decision.new_sender is not None
             self.shared.record(self._message_record(envelope, decision, token, token_id, queue_id))
+            # The one line per tracked message (issue 15): ties Postfix's queue id to the
+            # token a bounce will carry. One call, formatted only when INFO is on.
+            log.info("tracked queue_id=%s token=%s sender_domain=%s recipients=%d",
+                     queue_id, token, decision.sender_domain, len(envelope.recipients))
+        else:
+            log.debug("queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why)
 
         if decision.new_sender is not None:
             self.chgfrom(f"<{decision.new_sender}>", decision.sender_params)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -17,10 +16,8 @@ from ..config import DEFAULT_CONFIG_PATH
 @click.option("--log-level", default=None, help="Override the configured log level (DEBUG, INFO, …).")
 def milter_command(config_path: Path, no_supervisor: bool, log_level: str | None) -> None:
     """Run the tracking milter on the configured unix socket."""
+    from ..logsetup import setup
     from .runner import main
 
-    logging.basicConfig(
-        level=(log_level or "INFO").upper(),
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
-    )
+    setup("milter", log_level or "INFO")
     raise SystemExit(main(config_path.resolve(), foreground_child=no_supervisor))

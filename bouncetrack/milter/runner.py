@@ -23,7 +23,9 @@ from types import FrameType
 from typing import Callable
 
 from ..config import Config, ConfigError
-from ..tokens import KeyRing
+from ..redact import config_secrets, register
+from ..reload import REFUSED, RESTART_ONLY, reload_config
+from ..tokens import KeyFileError, KeyRing
 
 log = logging.getLogger("bouncetrack.milter")
 
@@ -41,9 +43,15 @@ def load_runtime(config_path: Path) -> "tuple[Config, KeyRing]":
 
 
 def run_child(config_path: Path, control_fd: int | None) -> int:
-    """Run libmilter in this process until stopped."""
+    """Run libmilter in this process until stopped (SIGTERM: stops cleanly, socket removed)."""
     import Milter
     import milter as _milter
+
+    # libmilter's signal thread takes SIGTERM/SIGINT/SIGHUP with sigwait(), which sees
+    # only signals blocked in every thread: block them before our own threads start,
+    # or the kernel may hand one to a thread of ours, where the default action kills
+    # the process at once (the socket left behind, no stop line).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
     from ..store import open_store
     from .app import ACTIONS, Runtime, Shared, make_factory
@@ -59,17 +67,10 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     refresher.start()
 
     def reload() -> None:
-        try:
-            new_config, new_keyring = load_runtime(config_path)
-        except (ConfigError, OSError) as exc:
-            log.error("reload refused, keeping the running configuration:\n%s", exc)
-            return
-        if new_config.milter_socket != shared.runtime.config.milter_socket:
-            log.warning("milter_socket changed: takes effect at the next restart")
-        if new_config.milter_metrics_listen != shared.runtime.config.milter_metrics_listen:
-            log.warning("milter_metrics_listen changed: takes effect at the next restart")
-        shared.swap(Runtime(new_config, new_keyring))
-        log.info("configuration reloaded from %s", config_path)
+        from ..tokens import load_keyring
+
+        reload_config(config_path, shared.runtime.config,
+                      lambda new: shared.swap(Runtime(new, load_keyring(new))), RESTART_ONLY["milter"], log)
 
     if control_fd is not None:
         threading.Thread(target=_control_loop, args=(control_fd, reload, _milter.stop), daemon=True).start()
@@ -102,7 +103,15 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
         shared.close()
         if stop_metrics is not None:
             stop_metrics()
-    log.info("milter stopped; decisions: %s", dict(shared.decisions))
+        # libmilter leaves its socket behind; a stale one would make Postfix's
+        # connects fail with "Connection refused" instead of "No such file".
+        try:
+            socket_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove the socket %s: %s", socket_path, exc)
+    log.info("milter child stopped; decisions: %s", dict(shared.decisions))
     return 0
 
 
@@ -147,11 +156,13 @@ class Supervisor:
         log.info("milter child %d started", pid)
 
     def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        # Validated here, applied by the child (which logs "configuration reloaded").
         try:
-            load_runtime(self.config_path)
-        except (ConfigError, OSError) as exc:
-            log.error("SIGHUP: configuration invalid, not reloading:\n%s", exc)
+            config, _ = load_runtime(self.config_path)
+        except (ConfigError, OSError, KeyFileError) as exc:
+            log.error("%s (%s):\n%s", REFUSED, self.config_path, exc)
             return
+        register(config_secrets(config))
         if self.control_w is not None:
             try:
                 os.write(self.control_w, RELOAD)
@@ -195,10 +206,17 @@ class Supervisor:
 def main(config_path: Path, *, foreground_child: bool = False) -> int:
     """Entry point of ``bouncetrack milter``; refuses to start on an invalid config."""
     try:
-        load_runtime(config_path)
+        config, _ = load_runtime(config_path)
     except ConfigError as exc:
         print(f"bouncetrack milter: invalid configuration:\n{exc}", file=sys.stderr)
         return 78  # EX_CONFIG
-    if foreground_child:
-        return run_child(config_path, None)
-    return Supervisor(config_path).run()
+    register(config_secrets(config))
+    from .. import __version__
+
+    log.info("bouncetrack milter %s starting, configuration %s", __version__, config_path)
+    try:
+        if foreground_child:
+            return run_child(config_path, None)
+        return Supervisor(config_path).run()
+    finally:
+        log.info("bouncetrack milter stopped")

@@ -44,6 +44,7 @@ from typing import Any, Iterator, Sequence
 
 import psycopg
 
+from ..redact import redact_url
 from . import postgres_migrations as migrations
 from . import rows as _rows
 from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, StoreUnavailable, SuppressionCandidate, pipe_bucket
@@ -118,25 +119,10 @@ def _is_unavailable(exc: psycopg.Error) -> bool:
     return state in _UNAVAILABLE_CODES or state[:2] in _UNAVAILABLE_CLASSES
 
 
-def redact(url: str) -> str:
-    """The URL with any password masked (error messages end up in logs and bounces)."""
-    try:
-        from urllib.parse import urlsplit, urlunsplit
-
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        userinfo = (parts.username or "") + ":***"
-        return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
-    except ValueError:
-        return "postgresql://…"
-
-
 def _conninfo(url: str) -> str:
     # libpq knows postgresql:// and postgres://; anything else is our caller's bug.
     if not url.startswith(("postgresql://", "postgres://")):
-        raise ValueError(f"not a PostgreSQL store URL: {redact(url)!r}")
+        raise ValueError(f"not a PostgreSQL store URL: {redact_url(url)!r}")
     return url
 
 
@@ -146,7 +132,7 @@ class PostgresStore:
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = _conninfo(url)
         self.timeout = timeout
-        self._name = redact(url)
+        self._name = redact_url(url)
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         with self._lock:

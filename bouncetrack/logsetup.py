@@ -1,0 +1,80 @@
+"""The one log format of every bouncetrack process (issue 15).
+
+Every long-running process (milter, pipe server, worker, API) and the pipe log
+one line per record to stderr (journald or the container runtime keeps it)::
+
+    2026-12-07T13:05:42.120Z bouncetrack-milter[4242] INFO tracked queue_id=4Xk9Qn1vZtz3Jb token=… sender_domain=example.com recipients=2
+
+timestamp (ISO 8601, UTC, milliseconds), process name and pid, level, message;
+continuation lines of a record (a traceback) are indented.
+uvicorn's loggers (``uvicorn``, ``uvicorn.error``, ``uvicorn.access``) use the
+same handler. Every line goes through :func:`bouncetrack.redact.redact_text`
+(access tokens, webhook secrets, session cookies, passwords never reach a log).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from .redact import redact_text
+
+FORMAT = "%(asctime)s %(program)s[%(process)d] %(levelname)s %(message)s"
+
+
+class Formatter(logging.Formatter):
+    """FORMAT with a UTC millisecond timestamp, and every secret masked."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__(FORMAT)
+        self.program = program
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One record; the lines after its first (a configuration error's list, a
+        traceback) are indented, so every line at the margin starts a record."""
+        record.program = self.program
+        return redact_text(super().format(record)).replace("\n", "\n    ")
+
+
+def setup(process: str, level: str | int = "INFO") -> logging.Handler:
+    """Send every logger's records (uvicorn's included) to stderr in :data:`FORMAT`.
+
+    ``process`` names the program: ``milter`` -> ``bouncetrack-milter``. Replaces
+    any handler set before (calling it twice, or after ``basicConfig``, is safe).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Formatter(f"bouncetrack-{process}"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # httpx logs every request's full URL at INFO: the worker's own line per delivery
+    # says it without the query (which may hold a receiver's key).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return handler
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """``log_config`` for uvicorn.run that leaves its loggers to :func:`setup`."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True},
+        },
+    }
+
+
+__all__ = ["FORMAT", "Formatter", "setup", "uvicorn_log_config"]
