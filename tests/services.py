@@ -63,7 +63,7 @@ class Service:
     def hup(self) -> None:
         os.kill(self.proc.pid, signal.SIGHUP)
 
-    def wait_log(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> str:
+    def wait_log(self, predicate: Callable[[str], bool], timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while True:
             text = self.text()
