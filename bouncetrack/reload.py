@@ -44,12 +44,14 @@ def load(config_path: str | Path) -> Config:
 
 def reload_config(
     config_path: str | Path,
-    current: Config,
+    current: Config | None,
     apply: Callable[[Config], T],
     restart_only: Sequence[str],
     log: logging.Logger,
 ) -> T | None:
     """Load ``config_path``; when it is valid, ``apply`` it and return what apply returned.
+
+    ``current`` is the running configuration (None: none loaded yet).
 
     A configuration that fails to load, or that ``apply`` refuses by raising
     ConfigError, OSError or KeyFileError (e.g. its key file is unreadable), is
@@ -62,7 +64,7 @@ def reload_config(
         log.error("%s (%s):\n%s", REFUSED, config_path, exc)
         return None
     for key in restart_only:
-        if getattr(new, key) != getattr(current, key):
+        if current is not None and getattr(new, key) != getattr(current, key):
             log.warning("%s changed: takes effect at the next restart", key)
     register(config_secrets(new))
     log.info("configuration reloaded from %s", config_path)

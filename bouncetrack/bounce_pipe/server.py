@@ -159,14 +159,15 @@ class Server:
         from ..tokens import load_keyring
 
         self.reload_requested = False
-        if self.config_path is None or self.runtime is None:
+        if self.config_path is None:
             log.warning("SIGHUP: started without --config; each bounce reads its own configuration")
             return
 
         def apply(new: "Config") -> None:
             self.runtime = (new, load_keyring(new))
 
-        reload_config(self.config_path, self.runtime[0], apply, RESTART_ONLY["pipe-server"], log)
+        reload_config(self.config_path, self.runtime[0] if self.runtime else None, apply,
+                      RESTART_ONLY["pipe-server"], log)
 
     def _listen(self) -> socket.socket:
         if self.socket_path.is_socket():
@@ -254,7 +255,11 @@ class Server:
 
 
 def serve(socket_path: Path, config_path: str | None = None) -> int:
-    """Run the pipe server until SIGTERM/SIGINT; refuses to start on an invalid configuration."""
+    """Run the pipe server until SIGTERM/SIGINT.
+
+    A configuration that does not load is logged, not fatal: each bounce reads its
+    own (``--config`` of the pipe client) as before, and SIGHUP loads it again.
+    """
     from .. import __version__
     from ..redact import config_secrets, register
 
@@ -268,9 +273,8 @@ def serve(socket_path: Path, config_path: str | None = None) -> int:
         try:
             config = load(config_path)
             runtime = (config, load_keyring(config))
+            register(config_secrets(config))
         except (ConfigError, OSError, KeyFileError) as exc:
-            log.error("invalid configuration, not starting:\n%s", exc)
-            return 78  # EX_CONFIG
-        register(config_secrets(config))
+            log.error("configuration not loaded (each bounce reads its own; SIGHUP retries):\n%s", exc)
     warm(config_path)
     return Server(socket_path, config_path, runtime).run()
