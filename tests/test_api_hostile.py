@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import socket
 import struct
@@ -26,7 +27,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bouncetrack.api.app import create_app
-from bouncetrack.api.compose import html_to_text
+from bouncetrack.api import send
+from bouncetrack.api.compose import SendRequest, html_to_text
 from bouncetrack.api.pagination import _fingerprint, decode_cursor, parse_range
 from bouncetrack.api.server import server_config
 from bouncetrack.config import Config
@@ -293,3 +295,18 @@ def test_rotate_key_ends_dashboard_sessions_in_the_running_api(config: Config) -
         # a new login works with the new key
         assert c.post("/login", data={"token": TOKEN}).status_code == 303
         assert c.get("/dashboard").status_code == 200
+
+
+def test_the_composing_process_is_replaced_when_it_dies() -> None:
+    """POST /v1/send composes in a child process (its CPU off the API's GIL); a dead one is replaced."""
+    request = SendRequest.model_validate({"from": "info@a.test", "to": "x@remote.test", "recipient": "x@remote.test",
+                                          "html": "<p>Hello &amp; welcome</p>"})
+    first = send.compose_elsewhere(request)
+    assert b"Hello & welcome" in first.message
+    processes = list(send._pool()._processes.values())
+    assert processes and all(p.pid != os.getpid() for p in processes)
+    for p in processes:
+        p.kill()
+        p.join(10)
+    again = send.compose_elsewhere(request)
+    assert b"Hello & welcome" in again.message

@@ -26,9 +26,14 @@ retry unchanged); 503 Postfix unreachable or answered 4xx (retry later,
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
 import smtplib
 import socket
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +153,7 @@ def send_message(
     errors, warnings = undeliverable_recipients(http.app, ctx, request.mail_from, request.recipients)
     if errors:
         raise RequestValidationError(errors)
-    submission = compose(request)
+    submission = compose_elsewhere(request)
     try:
         queued = submit(ctx.config, submission)
     except SmtpFailure as exc:
@@ -157,6 +162,48 @@ def send_message(
     response = _response(ctx, request, submission, queued)
     response.warnings.extend(warnings)
     return response
+
+
+# --------------------------------------------------------------------------- composing
+
+
+COMPOSER_NICE = 10
+_composer: ProcessPoolExecutor | None = None
+_composer_lock = threading.Lock()
+
+
+def _pool() -> ProcessPoolExecutor:
+    global _composer
+    with _composer_lock:
+        if _composer is None:
+            # spawn: a clean interpreter, not a fork of this threaded server; niced, so
+            # that the API's other requests come first when the cores are busy.
+            _composer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=os.nice, initargs=(COMPOSER_NICE,))
+        return _composer
+
+
+def compose_elsewhere(request: SendRequest) -> Submission:
+    """:func:`compose` in a child process (one, started on first use).
+
+    Building the message is the send endpoint's CPU: the HTML-to-text rendering
+    and the transfer encoding take about 0.2 s per MB of HTML, up to seconds for
+    the 10 million characters allowed. Here it never holds this process's GIL, so
+    every other request keeps its latency while large sends are composed (issue 16,
+    bench/api_hostile.py); one worker, niced, leaves the other cores to the API.
+    A worker that died is replaced once.
+    """
+    global _composer
+    for attempt in (1, 2):
+        pool = _pool()
+        try:
+            return pool.submit(compose, request).result()
+        except BrokenProcessPool:
+            log.warning("send: the composing process died; starting another (attempt %d)", attempt)
+            with _composer_lock:
+                if _composer is pool:
+                    _composer = None
+    return compose(request)  # two workers died in a row: compose here rather than fail the send
 
 
 # --------------------------------------------------------------------------- SMTP
