@@ -63,6 +63,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "purge": ("bouncetrack.purge_cli:purge_command", "Delete raw reports, events and messages past retention (--dry-run: count)."),
     # check-address: pre-send address validation (bouncetrack/validation_cli.py, issue 19)
     "check-address": ("bouncetrack.validation_cli:check_address_command", "Can these addresses receive mail? (syntax, MX/A, provider rules, suppression)"),
+    # forget: everything about one address, for privacy requests (bouncetrack/forget.py, issue 16)
+    "forget": ("bouncetrack.forget:forget_command", "Delete everything the store holds about one address."),
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}

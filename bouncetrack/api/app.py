@@ -62,7 +62,7 @@ def context(request: Request) -> ApiContext:
 
 
 def create_app(config: Config, *, store_factory: Callable[[Config], Store] | None = None) -> FastAPI:
-    from . import dashboard, download, metrics, send, suppression, validate
+    from . import dashboard, download, forget, metrics, send, suppression, validate
     from .guard import RequestGuard
 
     ctx = ApiContext(config) if store_factory is None else ApiContext(config, store_factory)
@@ -78,6 +78,7 @@ def create_app(config: Config, *, store_factory: Callable[[Config], Store] | Non
     app.include_router(dashboard.router)
     app.include_router(suppression.router)  # issue 6: /v1/suppressions
     app.include_router(validate.router)  # issue 19: /v1/addresses/validate
+    app.include_router(forget.router)  # issue 16: DELETE /v1/addresses/{address}
     dashboard.mount_static(app)
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:

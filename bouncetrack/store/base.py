@@ -134,6 +134,7 @@ REASON_HARD_BOUNCE = "hard_bounce"
 REASON_COMPLAINT = "complaint"
 REASON_SOFT_BOUNCES = "soft_bounces"
 REASON_MANUAL = "manual"
+REASON_FORGOTTEN = "forgotten"  # a tombstone left by `bouncetrack forget` (address replaced by a pseudonym)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ build these Protocol classes once per bounce.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 if TYPE_CHECKING:
     from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, SuppressionCandidate
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         DailyCount,
         DownloadQuery,
         EventQuery,
+        ForgetCounts,
         JobView,
         MetricCounts,
         PurgeCounts,
@@ -79,6 +80,17 @@ class Store(Protocol):
     def purge_events_before(self, cutoff: float, batch: int = 1000) -> "PurgeCounts": ...
     def purge_messages_before(self, cutoff: float, batch: int = 1000) -> "PurgeCounts": ...
     # --- end of retention section
+
+    # --- forgetting one address (issue 16; bouncetrack.forget): in one transaction,
+    # delete the events about ``address`` (lower-case; recipient or reported
+    # recipient, case-insensitive) with their outbox jobs, drop the raw bodies of
+    # their reports, delete the recipient rows naming it, and turn its suppression
+    # entries into tombstones whose address is ``pseudonym(domain, address)``
+    # (removed now, with a new change number, so milters learn of it).
+    # ``domains``: only within these sender domains; None: everywhere (the CLI).
+    def forget_address(
+        self, address: str, domains: Sequence[str] | None, now: float, pseudonym: Callable[[str, str], str]
+    ) -> "ForgetCounts": ...
 
     # --- the dashboard's daily sent counts (issue 5; owner: dashboard): the worker
     # rolls the messages of completed UTC days before ``until`` up into per-day

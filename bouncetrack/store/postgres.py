@@ -40,15 +40,34 @@ import time
 import uuid
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 
 from ..redact import redact_url
 from . import postgres_migrations as migrations
 from . import rows as _rows
-from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, StoreUnavailable, SuppressionCandidate, pipe_bucket
-from .views import DailyCount, DownloadQuery, EventQuery, JobView, MetricCounts, PurgeCounts, Suppression, SuppressionChange
+from .base import (
+    REASON_FORGOTTEN,
+    BounceEvent,
+    MessageRecord,
+    OutboxJob,
+    StoreOutcome,
+    StoreUnavailable,
+    SuppressionCandidate,
+    pipe_bucket,
+)
+from .views import (
+    DailyCount,
+    DownloadQuery,
+    EventQuery,
+    ForgetCounts,
+    JobView,
+    MetricCounts,
+    PurgeCounts,
+    Suppression,
+    SuppressionChange,
+)
 from .rows import EVENT_COLUMNS as _EVENT_COLUMNS, EVENT_FIELDS as _EVENT_FIELDS  # shared with sqlite
 from .rows import FETCH_BATCH as _FETCH_BATCH, MAX_ERROR_LEN as _MAX_ERROR_LEN
 from .rows import JOB_COLUMNS as _JOB_COLUMNS, MESSAGE_COLUMNS as _MESSAGE_COLUMNS
@@ -746,6 +765,51 @@ class PostgresStore:
             with conn.cursor() as cur:
                 cur.executemany(_SUP_UPSERT_MANUAL, _rows.suppression_manual_params(entries, seq))
         return len(entries)
+
+    def forget_address(
+        self, address: str, domains: Sequence[str] | None, now: float, pseudonym: Callable[[str, str], str]
+    ) -> ForgetCounts:
+        """The contract of :meth:`~bouncetrack.store.interfaces.Store.forget_address`, one transaction."""
+        if domains is not None and not domains:
+            return ForgetCounts()
+        scoped = domains is not None
+        scope: list[Any] = [list(domains)] if domains is not None else []
+        in_scope = " AND domain = ANY(%s)" if scoped else ""
+        with self._write("forgetting an address") as conn:
+            found = conn.execute(
+                "SELECT event_id, raw_pk FROM events WHERE (lower(recipient) = %s OR lower(reported_recipient) = %s)"
+                f"{in_scope}",
+                [address, address, *scope],
+            ).fetchall()
+            event_ids = [r[0] for r in found]
+            raw_ids = sorted({r[1] for r in found if r[1] is not None})
+            jobs = conn.execute("DELETE FROM outbox WHERE event_id = ANY(%s)", (event_ids,)).rowcount
+            events = conn.execute("DELETE FROM events WHERE event_id = ANY(%s)", (event_ids,)).rowcount
+            raw = conn.execute(
+                "UPDATE raw_reports SET compressed = NULL WHERE id = ANY(%s) AND compressed IS NOT NULL", (raw_ids,)
+            ).rowcount
+            # Tombstones under a pseudonym, with new change numbers: milters drop the entry.
+            seq = _sup_next_seq(conn)  # the suppression write lock first, as every writer takes it
+            listed = conn.execute(
+                f"SELECT id, domain FROM suppressions WHERE address = %s{in_scope} ORDER BY id FOR UPDATE",
+                [address, *scope],
+            ).fetchall()
+            if listed:
+                for i, (row_id, domain) in enumerate(listed):
+                    alias = pseudonym(domain, address)
+                    conn.execute("DELETE FROM suppressions WHERE domain = %s AND address = %s", (domain, alias))
+                    conn.execute(
+                        "UPDATE suppressions SET address = %s, reason = %s, source_event_id = NULL, "
+                        "removed_at = %s, seq = %s WHERE id = %s",
+                        (alias, REASON_FORGOTTEN, now, seq + i, row_id),
+                    )
+            msg_scope = " AND message_pk IN (SELECT id FROM messages WHERE sender_domain = ANY(%s))" if scoped else ""
+            recipients = conn.execute(
+                f"DELETE FROM recipients WHERE (lower(address) = %s OR lower(orcpt) = %s){msg_scope}",
+                [address, "rfc822;" + address, *scope],
+            ).rowcount
+        return ForgetCounts(events=events, outbox_jobs=jobs, raw_reports=raw, suppressions=len(listed),
+                            recipients=recipients)
 
     def remove_suppressions(
         self, domains: Sequence[str] | None, addresses: Sequence[str], now: float

@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Sequence
 
 from . import migrations
 from . import rows as _rows
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # read-side records: not built on the pipe's path (HACKING.md
         DailyCount,
         DownloadQuery,
         EventQuery,
+        ForgetCounts,
         JobView,
         MetricCounts,
         PurgeCounts,
@@ -813,6 +814,14 @@ class SQLiteStore:
             return 0
         with self._write("adding suppressions") as conn:
             return sup.add(conn, entries)
+
+    def forget_address(
+        self, address: str, domains: Sequence[str] | None, now: float, pseudonym: Callable[[str, str], str]
+    ) -> ForgetCounts:
+        from .sqlite_forget import forget
+
+        with self._write("forgetting an address") as conn:
+            return forget(conn, address, domains, now, pseudonym)
 
     def remove_suppressions(
         self, domains: Sequence[str] | None, addresses: Sequence[str], now: float

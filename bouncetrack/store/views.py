@@ -35,6 +35,17 @@ class DownloadQuery:
 
 
 @dataclass(frozen=True)
+class ForgetCounts:
+    """What ``forget`` removed about one address (issue 13 of issue 16), per kind."""
+
+    events: int = 0  # events whose recipient or reported recipient is the address
+    outbox_jobs: int = 0  # their queued or past deliveries (webhook, forward)
+    raw_reports: int = 0  # raw report bodies of those events, dropped (the row keeps deduplicating)
+    suppressions: int = 0  # suppression entries turned into anonymous tombstones
+    recipients: int = 0  # recipient rows of tracked messages
+
+
+@dataclass(frozen=True)
 class PurgeCounts:
     """Rows a retention purge deletes (or, for a dry run, would delete), per kind."""
 

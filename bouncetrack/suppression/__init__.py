@@ -66,6 +66,24 @@ def key_hash(domain: str, address: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+# A forgotten address (``bouncetrack forget``) leaves a tombstone whose address is
+# this prefix and the entry's index key in hex: milters can still drop the key
+# from their index, and the row no longer holds the address.
+FORGOTTEN_PREFIX = "forgotten:"
+
+
+def forgotten_address(domain: str, address: str) -> str:
+    """The pseudonym a forgotten entry's tombstone carries instead of ``address``."""
+    return f"{FORGOTTEN_PREFIX}{key_hash(domain, address):016x}"
+
+
+def index_key(domain: str, address: str) -> int:
+    """The index key of a suppression row: :func:`key_hash`, or the one a pseudonym carries."""
+    if address.startswith(FORGOTTEN_PREFIX):
+        return int(address[len(FORGOTTEN_PREFIX):], 16)
+    return key_hash(domain, address)
+
+
 def candidates(config: Config, events: Sequence[BounceEvent], now: float) -> list[SuppressionCandidate]:
     """What one report's events put on the list (see the module doc)."""
     out: list[SuppressionCandidate] = []

@@ -47,7 +47,7 @@ from typing import Callable, Iterator
 
 from ..config import Config
 from ..store.interfaces import Store
-from . import OFF, key_hash
+from . import OFF, index_key, key_hash
 
 log = logging.getLogger("bouncetrack.milter")
 
@@ -134,12 +134,12 @@ class SuppressionIndex:
             changes = store.suppression_changes(seq, CHANGES_BATCH)  # type: ignore[attr-defined]
             for c in changes:
                 active = not c.removed and (c.expires_at is None or c.expires_at > now)
-                updates[key_hash(c.domain, c.address)] = active
+                updates[index_key(c.domain, c.address)] = active
                 seq = c.seq
             if len(changes) < CHANGES_BATCH:
                 break
         for domain, address in store.suppressions_expiring(self.checked_until, now):  # type: ignore[attr-defined]
-            updates[key_hash(domain, address)] = False
+            updates[index_key(domain, address)] = False
         self.seq = seq
         self.checked_until = now
         if updates:
