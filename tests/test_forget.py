@@ -39,12 +39,13 @@ def seed(store: Any) -> dict[str, str]:
     ))
     store.record_message(msg)
     ids: dict[str, str] = {}
-    for name, over in {
+    shapes: dict[str, dict[str, Any]] = {
         "recipient": {"recipient": "Gone@X.test", "reported_recipient": None},
         "reported": {"recipient": "alias@x.test", "reported_recipient": GONE},
         "stay": {"recipient": "stay@x.test", "reported_recipient": "stay@x.test"},
         "other_domain": {"recipient": GONE, "domain": "other.test"},
-    }.items():
+    }
+    for name, over in shapes.items():
         e = make_event(dedupe_key=name, received_at=NOW - 10, **over)
         jobs = [OutboxJob(event_id=e.event_id, channel="webhook", target="https://hook", created_at=NOW - 10)]
         assert store.store_report([e], f"raw report about {name}".encode(), jobs, name).stored
