@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from bouncetrack.api.app import create_app
+from bouncetrack.api.guard import BODY_METHODS
 from bouncetrack.config_loader import load_config_text
 from bouncetrack.store.base import BounceEvent
 from bouncetrack.store.sqlite import SQLiteStore
@@ -94,7 +95,10 @@ def test_download_api_conforms(case: Any) -> None:
 def test_download_api_without_token(case: Any) -> None:
     # Whatever else is generated (a random ?access_token= included): 401 first.
     response = case.call()
-    if case.method.upper() != "GET":  # the coverage phase also tries other methods
+    if case.method.upper() in BODY_METHODS:  # the coverage phase also tries other methods:
+        assert response.status_code == 401  # with a body, the token comes first (issue 16, api/guard.py)
+        return
+    if case.method.upper() != "GET":
         assert response.status_code == 405
         return
     assert response.status_code == 401, response.text
