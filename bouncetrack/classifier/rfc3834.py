@@ -76,6 +76,7 @@ _CHALLENGE_BODY_RE = lazy_re(
     r"(?:prove|verify|confirm|show)(?: to us)?(?: that)? you(?:'re| are) (?:a )?(?:real |live )?(?:human|person|not a (?:ro)?bot)"
     r"|(?:added?|adds?|put) (?:yourself |you |your (?:e-?mail )?address )?(?:to|on) (?:my|the recipient'?s?|our|his|her) "
     r"(?:\w+ ){0,2}(?:allowed|approved|accepted|trusted|guest|white|safe) ?(?:senders? )?list"
+    r"[\s\S]{0,200}?(?:https?://|click|reply|visit|link)"  # a request to act, not a rejection's advice
     r"|(?:requires?|awaiting|pending|needs?) (?:your )?(?:sender )?(?:confirmation|verification)\b[^\n]{0,80}(?:https?://|click|reply|visit)"
     r"|(?:spam ?arrest|boxbe|bluebottle|mailinblack|choicemail|tagged message delivery agent|\btmda\b|qconfirm|spamblocker)"
     r"[^\n]{0,80}(?:protect|verif|confirm|approv|guest list|challenge)"

@@ -43,7 +43,7 @@ _FAILED_TO_RE = lazy_re(
     r"\b(?:delivery to|deliver(?:ing|ed)? (?:your |the )?(?:message|mail|e-?mail)? ?to|not (?:be )?delivered to|"
     r"delivery (?:has )?failed(?: to| for)?|failed (?:recipient|to deliver to)|could not reach|"
     r"(?:undeliverable|failed|unknown|invalid|rejected|bad) (?:recipient|address|user|mailbox)(?:\(?s\)?)?|"
-    r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed(?: to|,)|sent to|mailbox|user|"
+    r"recipient(?:\(s\))?|following address(?:\(?es\)?)?|addressed(?: to|,)|sent (?:(?:a |an |your )?(?:mail|message|e-?mail) )?to|mailbox|user|"
     r"the address|the recipient|userid|user id|generated from|for|to)\s*:?\s*[\"'(\[]?<?(" + ADDR_RE.pattern + r")",
     re.IGNORECASE,
 )

@@ -50,7 +50,8 @@ FAILURE_BODY_RE = lazy_re(
     r"permanent (?:fatal )?error|following address(?:\(?es\)?)? failed|unable to deliver|"
     r"wasn'?t able to deliver|was not delivered|not (?:be )?delivered|delivery failure|"
     r"returned to (?:the )?sender|rejected your message|could not deliver|"
-    r"requested action not taken|error message below|invalid (?:user|recipient) address",
+    r"requested action not taken|error message below|invalid (?:user|recipient) address|"
+    r"(?:is )?not a valid (?:user|recipient|mailbox|address)|no such (?:user|mailbox)|user unknown",
     re.IGNORECASE,
 )
 TEMP_RE = lazy_re(
