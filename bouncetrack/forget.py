@@ -26,6 +26,7 @@ from typing import Sequence
 
 import click
 
+from .config import DEFAULT_CONFIG_PATH
 from .store.interfaces import Store
 from .store.views import ForgetCounts
 from .suppression import forgotten_address
@@ -43,7 +44,7 @@ def counts_dict(counts: ForgetCounts) -> dict[str, int]:
 
 @click.command("forget")
 @click.argument("address")
-@click.option("--config", "config_file", required=True, help="YAML configuration.")
+@click.option("--config", "config_file", default=DEFAULT_CONFIG_PATH, show_default=True, help="YAML configuration.")
 @click.option("--domain", "domains", multiple=True, help="Only within this sender domain (repeatable; default: all).")
 def forget_command(address: str, config_file: str, domains: tuple[str, ...]) -> None:
     """Delete everything the store holds about ADDRESS; print what went (tab-separated)."""
