@@ -13,10 +13,12 @@ and ``challenge`` hold issue 18's four classes of failure. Runs on a clean clone
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bouncetrack.bounce_pipe.attribution import event_type
 from bouncetrack.classifier import classify
@@ -112,3 +114,14 @@ def test_a_challenge_through_the_real_pipe_is_stored_as_auto_reply_and_never_sup
     assert (event["type"], event["reason"], event["hard"], event["recipient"]) == (
         "auto_reply", "challenge", 0, "vera@example.net")
     assert listed(config) == []
+
+
+def test_bounce_alert_rules_count_only_bounce_events() -> None:
+    """Issue 18: the shipped alert rules that read the events counter select type="bounce"
+    (never a regex that an ``auto_reply`` event could match), so challenges fire no bounce alert."""
+    doc: Any = yaml.safe_load((Path(__file__).parents[1] / "conf" / "prometheus" / "alerts.yml").read_text())
+    exprs = [r["expr"] for g in doc["groups"] for r in g["rules"] if "bouncetrack_events_total" in r["expr"]]
+    assert exprs
+    for expr in exprs:
+        for selector in re.findall(r"bouncetrack_events_total\{([^}]*)\}", expr):
+            assert 'type="bounce"' in selector and "auto_reply" not in selector and "type=~" not in selector, expr
