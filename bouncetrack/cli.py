@@ -63,6 +63,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "purge": ("bouncetrack.purge_cli:purge_command", "Delete raw reports, events and messages past retention (--dry-run: count)."),
     # check-address: pre-send address validation (bouncetrack/validation_cli.py, issue 19)
     "check-address": ("bouncetrack.validation_cli:check_address_command", "Can these addresses receive mail? (syntax, MX/A, provider rules, suppression)"),
+    # backup: an online, consistent copy of a SQLite store (bouncetrack/backup.py, issue 15)
+    "backup": ("bouncetrack.backup:backup_command", "Copy the SQLite store while bouncetrack runs (PostgreSQL: pg_dump)."),
     # forget: everything about one address, for privacy requests (bouncetrack/forget.py, issue 16)
     "forget": ("bouncetrack.forget:forget_command", "Delete everything the store holds about one address."),
 }
