@@ -112,3 +112,81 @@ Buy now.
 
 --B--
 """.encode()
+
+
+# --- Hostile reports (issue 16): each within Postfix's message_size_limit (10240000) ---------
+
+SIZE_LIMIT = 10_240_000
+
+
+def hostile_many_recipients(verp: str, recipient: str, n: int = 100_000) -> bytes:
+    """A DSN naming ``n`` recipients in compact blocks (100,000: about 6 MB), the first one ``recipient``."""
+    raw = dsn(verp, recipient, diagnostic="smtp; 550 5.1.1 unknown")
+    blocks = "".join(f"\nFinal-Recipient: rfc822;r{i}@v.test\nAction: failed\nStatus: 5.1.1\n" for i in range(1, n))
+    return raw.replace(b"\n\n--BOUNDARY\nContent-Description: Undelivered Message Headers",
+                       blocks.encode() + b"\n\n--BOUNDARY\nContent-Description: Undelivered Message Headers", 1)
+
+
+def hostile_long_boundary(verp: str, boundary_len: int = 5_000_000) -> bytes:
+    """A ~10 MB report whose MIME boundary is ``boundary_len`` bytes (once in the header, once as a delimiter)."""
+    b = "B" * boundary_len
+    return (
+        f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {verp}\r\nSubject: Undelivered\r\n"
+        f"Message-ID: <long-boundary@mx.remote.test>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{b}"\r\n\r\n'
+        f"--{b}\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+    ).encode()
+
+
+def hostile_semicolons(verp: str, recipient: str, n: int = 800_000, *, inner: bool = False) -> bytes:
+    """A DSN with ``n`` ``;`` in a Content-Type: the top-level one, or (``inner``) the
+    message/delivery-status part's. Otherwise a valid report about ``recipient``."""
+    raw = dsn(verp, recipient, original_recipient=recipient)
+    if inner:
+        return raw.replace(b"Content-Type: message/delivery-status\n",
+                           b"Content-Type: message/delivery-status" + b";" * n + b"\n", 1)
+    return raw.replace(b'boundary="BOUNDARY"\n', b'boundary="BOUNDARY"' + b";" * n + b"\n", 1)
+
+
+def hostile_nested_boundaries(verp: str, size: int = SIZE_LIMIT - 100_000) -> bytes:
+    """Nested multiparts, each with its own short boundary, until ``size`` (~100,000 of them)."""
+    head = (f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {verp}\r\nSubject: Undelivered\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"top\"\r\n\r\n")
+    parts = [head.encode()]
+    total, i = len(parts[0]), 0
+    while total < size:
+        b = f"{i:08d}"
+        part = (f"--top\r\nContent-Type: multipart/mixed; boundary=\"{b}\"\r\n\r\n--{b}\r\n"
+                f"Content-Type: text/plain\r\n\r\nhi\r\n--{b}--\r\n").encode()
+        parts.append(part)
+        total += len(part)
+        i += 1
+    parts.append(b"--top--\r\n")
+    return b"".join(parts)
+
+
+def hostile_folded_semicolons(verp: str, size: int = SIZE_LIMIT - 100_000) -> bytes:
+    """One Content-Type folded over ~``size`` bytes of short continuation lines of ``;``."""
+    line = b" " + b";" * 70 + b"\r\n"
+    head = (f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {verp}\r\nSubject: Undelivered\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n").encode()
+    return head + line * (size // len(line)) + b"\r\n--b\r\n\r\nhi\r\n--b--\r\n"
+
+
+def hostile_flat_parts(verp: str, size: int = SIZE_LIMIT - 100_000) -> bytes:
+    """One multipart with as many empty parts as fit (~1.4 million delimiter lines)."""
+    head = (f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {verp}\r\nSubject: Undelivered\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n").encode()
+    return head + b"--b\r\n\r\n" * (size // 7) + b"--b--\r\n"
+
+
+def hostile_header_fields(verp: str, size: int = SIZE_LIMIT - 100_000) -> bytes:
+    """About 600,000 header fields."""
+    head = f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {verp}\r\nSubject: Undelivered\r\n".encode()
+    field = b"X-A: b\r\n"
+    return head + field * (size // len(field)) + b"\r\nbody\r\n"
+
+
+def hostile_long_line(verp: str, size: int = SIZE_LIMIT - 100_000) -> bytes:
+    """A single body line of ~``size`` bytes in a text/plain bounce."""
+    return (f"From: MAILER-DAEMON@mx.remote.test\r\nTo: {verp}\r\nSubject: Undelivered\r\n\r\n").encode() + b"x" * size + b"\r\n"

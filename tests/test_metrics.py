@@ -425,3 +425,14 @@ def test_alert_rules_parse_and_name_existing_metrics(
         assert used, rule["alert"]
         assert used <= names, (rule["alert"], used - names)
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+
+
+def test_pipe_guards_reach_metrics(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    verp, _ = record(config, "only@remote.test")
+    assert run_pipe(config, verp, mailgen.hostile_many_recipients(verp, "only@remote.test", 3000)).returncode == 0
+    bad = forged(verp)
+    assert run_pipe(config, bad, mailgen.dsn(bad, "someone@remote.test")).returncode == 0
+    samples = parse(scrape_text(config, monkeypatch))
+    assert value(samples, "bouncetrack_pipe_guards_total", guard="events_dropped") == 2999
+    assert value(samples, "bouncetrack_pipe_guards_total", guard="unparsed_bad_token") == 1
+    assert ("bouncetrack_pipe_guards_total", frozenset({("guard", "classify_budget")})) in samples

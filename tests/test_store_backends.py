@@ -750,3 +750,21 @@ def test_pipe_path_does_not_import_psycopg(tmp_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
 
+
+
+def test_pipe_guards_and_the_untrusted_quota_agree(both: tuple[Any, Any]) -> None:
+    from bouncetrack.store.base import UNTRUSTED_OVER_QUOTA, UntrustedQuota
+
+    day = 20000 * 86400.0
+    for store in both:
+        outcomes = []
+        for i in range(4):
+            e = make_event(event_id=f"q{i}", dedupe_key=f"q{i}", received_at=day + i, domain=None, token_status="forged")
+            outcomes.append(store.store_report([e], b"raw", [], f"q{i}", guards={"events_dropped": 7, "unused": 0},
+                                               untrusted=UntrustedQuota("192.0.2.1", 2)))
+        other = make_event(event_id="q9", dedupe_key="q9", received_at=day + 9, domain=None, token_status="forged")
+        outcomes.append(store.store_report([other], b"raw", [], "q9", untrusted=UntrustedQuota("192.0.2.2", 2)))
+        assert [(o.stored, o.over_quota) for o in outcomes] == [(True, False)] * 2 + [(False, True)] * 2 + [(True, False)]
+        assert store.event("q2") is None and store.event("q9") is not None
+    a, b = (s.metric_counts(day) for s in both)
+    assert sorted(a.pipe_guards) == sorted(b.pipe_guards) == [("events_dropped", 28), (UNTRUSTED_OVER_QUOTA, 2)]

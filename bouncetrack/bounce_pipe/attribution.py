@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .. import esmtp
 from ..classifier.model import AUTO_REPLY, COMPLAINT, HARD_REASONS, NOT_BOUNCE, RecipientResult, Report
 from ..store.base import BounceEvent, MessageRecord, RecipientRecord
+from . import guard
 
 # Event types (the webhook's and the API's "type").
 BOUNCE = "bounce"
@@ -154,3 +155,42 @@ def build_events(report: Report, delivery: Delivery, message: MessageRecord | No
             )
         )
     return events
+
+
+def bound_events(events: list[BounceEvent]) -> tuple[list[BounceEvent], int]:
+    """The events one report may store, and how many were dropped (issue 16).
+
+    A report is one message from the Internet and may name any number of
+    recipients; anyone who received a tracked message holds a valid token. Kept,
+    in the report's order: one event per (recipient, type) of an attributed,
+    unflagged event (at most one per recipient of the message and kind); flagged
+    events collapsed to one per recipient they point to, and none for a recipient
+    that already has an unflagged event (a single-recipient message's DSN naming
+    100,000 others gives one event), at most ``MAX_FLAGGED_EVENTS``; at most
+    ``MAX_UNATTRIBUTED_EVENTS`` events of a report we cannot attribute; at most
+    ``MAX_EVENTS_PER_REPORT`` in all. Event ids are unchanged (computed from the
+    position in the report), so a retry keeps the same ids.
+    """
+    if len(events) <= 1:
+        return events, 0
+    kept: list[BounceEvent] = []
+    seen: set[tuple[str | None, str]] = set()
+    unflagged = {e.recipient for e in events if e.message_pk is not None and not e.flagged}
+    flagged = unattributed = 0
+    for event in events:
+        if len(kept) >= guard.MAX_EVENTS_PER_REPORT:
+            break
+        key = (event.recipient, event.type)
+        if event.message_pk is None:
+            if unattributed >= guard.MAX_UNATTRIBUTED_EVENTS:
+                continue
+            unattributed += 1
+        elif event.flagged:
+            if event.recipient in unflagged or key in seen or flagged >= guard.MAX_FLAGGED_EVENTS:
+                continue
+            flagged += 1
+        elif key in seen:
+            continue
+        seen.add(key)
+        kept.append(event)
+    return kept, len(events) - len(kept)

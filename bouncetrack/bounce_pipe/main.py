@@ -30,8 +30,8 @@ EX_TEMPFAIL = 75
 PROG = "bouncetrack pipe"
 
 
-class _Deadline(Exception):
-    pass
+class _Deadline(BaseException):
+    """The pipe's deadline: a BaseException, so no ``except Exception`` below can swallow it."""
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections import Counter
+from types import FrameType
 
-from ..classifier.model import Report
+from ..classifier.model import NOT_BOUNCE, Report
 from ..config import Config
 from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate
 from ..tokens import KeyRing
-from . import attribution
+from . import attribution, guard
 from .attribution import Delivery
 
 LOOP_HEADER = b"\nx-bouncetrack-forwarded:"
+_NOTHING = Report(kind=NOT_BOUNCE)
 SUMMARY_EVENTS = 5  # events named in the per-bounce line; more are counted
 
 
@@ -69,9 +72,18 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     config, keyring = runtime(config_path, fallback)
     remaining = config.pipe.deadline_seconds - (time.time() - started)
     signal.alarm(max(1, int(remaining)))
+    guards: Counter[str] = Counter()
 
-    report = _classify(raw)
-    token, token_status, token_id = find_token(config, keyring, recipient, report, started)
+    # Token first (issue 16): a delivery address whose token does not verify gets
+    # no MIME parsing at all; the report is stored as it came, as unknown.
+    token, token_status, token_id = direct_token(config, keyring, recipient, started)
+    if token is not None and token_status != attribution.VALID:
+        report = _NOTHING
+        guards[guard.UNPARSED_BAD_TOKEN] += 1
+    else:
+        report = _classify(raw, guards)
+        if token is None:
+            token, token_status, token_id = find_token(config, keyring, recipient, report, started)
 
     store = open_store(config.store_url, timeout=max(1.0, min(10.0, remaining - 1)))
     try:
@@ -80,11 +92,18 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
             token_status = attribution.UNKNOWN_TOKEN
         key = attribution.dedupe_key(recipient, raw)
         delivery = Delivery(recipient, sender, token, token_status, started, key)
-        events = _events(report, delivery, message)
+        events, dropped = attribution.bound_events(_events(report, delivery, message, guards, raw))
+        guards[guard.EVENTS_DROPPED] += dropped
         jobs = _jobs(config, events, message, raw)
-        suppress = _suppress(config, events)  # issue 6: written in the report's transaction
+        if len(jobs) > guard.MAX_JOBS_PER_REPORT:
+            guards[guard.JOBS_DROPPED] += len(jobs) - guard.MAX_JOBS_PER_REPORT
+            jobs = jobs[: guard.MAX_JOBS_PER_REPORT]
+        suppress = _suppress(config, events, guards)  # issue 6: written in the report's transaction
+        if dropped or guards[guard.JOBS_DROPPED]:
+            _say(f"report names too many recipients: {dropped} event(s) and {guards[guard.JOBS_DROPPED]} "
+                 f"forward(s) dropped ({guard.describe_caps()}); {_ids(raw)}")
         outcome = store.store_report(
-            events, raw, jobs, key, pipe_started=started, suppress=suppress
+            events, raw, jobs, key, pipe_started=started, suppress=suppress, guards=+guards
         )  # counts the run (metrics)
     finally:
         store.close()
@@ -93,13 +112,94 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     return 0
 
 
-def _classify(raw: bytes) -> Report:
-    from ..classifier import classify
+def _say(line: str) -> None:
+    sys.stderr.write(f"bouncetrack pipe: {line}\n")
+
+
+def _ids(raw: bytes) -> str:
+    """``Message-ID <…>`` of the report, read from its top without parsing (for log lines)."""
+    head = raw[:65536]
+    at = head.lower().find(b"\nmessage-id:")
+    value = head[at + 12 : head.find(b"\n", at + 12)].strip()[:200] if at >= 0 else b""
+    return f"Message-ID {value.decode('ascii', 'replace') or '(none)'}"
+
+
+class ClassifyBudget(BaseException):
+    """Classification used up its CPU budget.
+
+    A BaseException, so that no ``except Exception`` in the classifier or the
+    parser can swallow it: running out is an outcome the pipe defines (stored as
+    ``unknown``, counted, logged), never an accident.
+    """
+
+
+def _on_budget(signum: int, frame: FrameType | None) -> None:
+    raise ClassifyBudget()
+
+
+def _classify(raw: bytes, guards: Counter[str]) -> Report:
+    """The report's classification within :data:`guard.CLASSIFY_CPU_SECONDS` of CPU.
+
+    The budget is CPU time (ITIMER_PROF, SIGPROF), apart from the pipe's wall-clock
+    deadline (SIGALRM): a report that is merely slow to read (store waits, a loaded
+    machine) is not cut short, one that costs CPU is. Out of budget, or a crash of
+    the classifier (a bug): the report is stored as ``unknown`` with its raw bytes,
+    the outcome is logged with the report's Message-ID and counted
+    (``bouncetrack_pipe_guards_total``). Outside the main thread (no signals) the
+    classification runs without a budget.
+    """
+    from ..classifier import classify_strict
 
     try:
-        return classify(raw)
-    except Exception:  # classify promises never to raise; if it does, keep the report anyway
-        return Report(kind="not_bounce")
+        previous = signal.signal(signal.SIGPROF, _on_budget)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        if previous is not None:
+            signal.setitimer(signal.ITIMER_PROF, guard.CLASSIFY_CPU_SECONDS)
+        try:
+            report, trimmed = classify_strict(raw)
+        finally:
+            if previous is not None:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+    except ClassifyBudget:
+        guards[guard.CLASSIFY_BUDGET] += 1
+        _say(f"classification stopped at its budget ({guard.CLASSIFY_CPU_SECONDS:g} s of CPU): "
+             f"stored as unknown with its raw bytes; {_ids(raw)}")
+        return _NOTHING
+    except Exception as exc:  # a classifier bug must not lose the report: logged, counted, stored
+        guards[guard.CLASSIFY_CRASH] += 1
+        _say(f"classifier failed ({type(exc).__name__}: {str(exc)[:200]}): stored as unknown "
+             f"with its raw bytes; {_ids(raw)}")
+        return _NOTHING
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGPROF, previous)
+    for cut in trimmed:
+        guards[guard.TRIMMED_PREFIX + cut] += 1
+    if trimmed:
+        _say(f"report beyond the parser's bounds ({', '.join(trimmed)}): classified from its "
+             f"bounded part, stored whole; {_ids(raw)}")
+    return report
+
+
+def direct_token(
+    config: Config, keyring: KeyRing, recipient: str, now: float
+) -> tuple[str | None, str, int | None]:
+    """The token of the delivery address (``b+TOKEN@bounce domain``) and its verification.
+
+    ``(None, MISSING, None)`` when the address carries none (a feedback-loop address,
+    another domain). Needs no parsing of the report: the pipe asks this first.
+    """
+    from ..tokens import token_from_address, verify
+
+    token = token_from_address(config, recipient)
+    if not token:
+        return None, attribution.MISSING, None
+    check = verify(keyring, token, now)
+    if check.status == "valid":
+        return token, attribution.VALID, check.token_id
+    return token, {"expired": attribution.EXPIRED}.get(check.status, attribution.FORGED), None
 
 
 def find_token(
@@ -146,20 +246,25 @@ def _addresses_in_original(report: Report) -> list[str]:
     return out
 
 
-def _events(report: Report, delivery: Delivery, message: MessageRecord | None) -> list[BounceEvent]:
+def _events(
+    report: Report, delivery: Delivery, message: MessageRecord | None, guards: Counter[str], raw: bytes
+) -> list[BounceEvent]:
     try:
         return attribution.build_events(report, delivery, message)
-    except Exception:
-        # A bug in attribution must not lose the bounce: store it unattributed.
-        return attribution.build_events(Report(kind="not_bounce"), delivery, None)
+    except Exception as exc:  # a bug in attribution must not lose the bounce: logged, counted, stored unattributed
+        guards[guard.ATTRIBUTION_CRASH] += 1
+        _say(f"attribution failed ({type(exc).__name__}: {str(exc)[:200]}): stored unattributed; {_ids(raw)}")
+        return attribution.build_events(_NOTHING, delivery, None)
 
 
-def _suppress(config: Config, events: list[BounceEvent]) -> list[SuppressionCandidate]:
+def _suppress(config: Config, events: list[BounceEvent], guards: Counter[str]) -> list[SuppressionCandidate]:
     from ..suppression import candidates
 
     try:
         return candidates(config, events, time.time())
-    except Exception:  # a bug in the rules must not lose the bounce: store it unsuppressed
+    except Exception as exc:  # a bug in the rules must not lose the bounce: logged, counted, stored unsuppressed
+        guards[guard.SUPPRESSION_CRASH] += 1
+        _say(f"suppression rules failed ({type(exc).__name__}: {str(exc)[:200]}): stored unsuppressed")
         return []
 
 
@@ -173,4 +278,4 @@ def _jobs(config: Config, events: list[BounceEvent], message: MessageRecord | No
     return list(jobs_for(events, config.policy_for(message.sender_domain)))
 
 
-__all__ = ["process", "find_token"]
+__all__ = ["ClassifyBudget", "direct_token", "find_token", "process"]

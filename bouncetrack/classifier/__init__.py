@@ -3,7 +3,13 @@
 Order: ARF complaints (RFC 5965), challenge-response requests (auto-replies, never bounces,
 even when shaped as a DSN), RFC 3464 DSNs, RFC 3834 auto-replies, then the MTA family
 detectors (cheap ``matches`` pre-check first), then the generic text reader, then bounces
-nested inside an attached message. Any exception yields ``Report(kind="not_bounce")``.
+nested inside an attached message.
+
+Entry points: :func:`classify_strict` lets any exception through (the pipe's guard
+logs and counts it; the fuzzers use it so that a crash fails them);
+:func:`classify` never raises (unreadable input is ``not_bounce``), for callers that
+only want an answer (the ``classify`` command, benchmarks, the pipe server's warm-up).
+Both hand the MIME parser only what :func:`.bounds.bound` lets through.
 """
 
 from __future__ import annotations
@@ -11,26 +17,38 @@ from __future__ import annotations
 from email.message import Message
 
 from . import arf, rfc3464, rfc3834
+from .bounds import bound
 from .detectors import FAMILIES, GENERIC
 from .detectors.base import DAEMON_FROM_RE, looks_like_bounce
 from .model import NOT_BOUNCE, Report
 from .view import ParsedView, parse
 
-__all__ = ["Report", "classify", "classify_view"]
+__all__ = ["Report", "classify", "classify_strict", "classify_view"]
 
 MAX_NESTING = 3
 _NOTHING = Report(kind=NOT_BOUNCE)
 
 
+def classify_strict(raw: bytes) -> tuple[Report, tuple[str, ...]]:
+    """The report of one message and what :func:`.bounds.bound` cut before parsing.
+
+    Raises whatever a detector or the parser raises: a bug shows as a bug.
+    """
+    bounded = bound(bytes(raw))
+    return classify_view(parse(bounded.data), 0), bounded.trimmed
+
+
 def classify(raw: bytes) -> Report:
-    """Classify one message. Never raises: unreadable input is ``not_bounce``."""
-    try:
-        if not isinstance(raw, (bytes, bytearray, memoryview)):
-            return _NOTHING
-        return classify_view(parse(bytes(raw)), 0)
-    except Exception:  # noqa: BLE001 - the contract is "never raises"
+    """Classify one message. Never raises: unreadable input is ``not_bounce``.
+
+    For callers that want an answer whatever happens; the pipe uses
+    :func:`classify_strict` so that a crash is logged and counted.
+    """
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
         return _NOTHING
-    except RecursionError:  # pragma: no cover - subclass of Exception, kept explicit
+    try:
+        return classify_strict(bytes(raw))[0]
+    except Exception:  # noqa: BLE001 - the contract is "never raises"; classify_strict shows the bug
         return _NOTHING
 
 

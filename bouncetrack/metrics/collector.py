@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import events
+from ..bounce_pipe.guard import GUARDS
 from ..config import Config
 from ..milter.probe import negotiate
 from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
@@ -162,8 +163,27 @@ class StoreCollector(Collector):
         yield fallbacks
 
 
+def _guard_family(counts: MetricCounts) -> Metric:
+    guards: dict[str, int] = {g: 0 for g in GUARDS}
+    for name, n in counts.pipe_guards:
+        key = _one_of(name, GUARDS)
+        guards[key] = guards.get(key, 0) + n
+    family = CounterMetricFamily(
+        "bouncetrack_pipe_guards",
+        "Bounds the bounce pipe applied to a report (issue 16), by guard: classify_budget, "
+        "classify_crash (stored as unknown), trimmed_* (cut before MIME parsing), "
+        "unparsed_bad_token, untrusted_over_quota (not stored), unverified_not_suppressed, ... "
+        "(runs); events_dropped and jobs_dropped count the events and forwards dropped",
+        labels=["guard"],
+    )
+    for key, n in sorted(guards.items()):
+        family.add_metric([key], n)
+    return family
+
+
 def _store_families(config: Config, counts: MetricCounts) -> Iterator[Metric]:
     configured = set(config.domains)
+    yield _guard_family(counts)
 
     def domain(value: str) -> str:
         if not value:

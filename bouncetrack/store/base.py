@@ -93,8 +93,25 @@ class OutboxJob:
 
 @dataclass(frozen=True)
 class StoreOutcome:
-    stored: bool  # False: duplicate, already stored earlier (idempotent retry)
+    stored: bool  # False: duplicate, already stored earlier (idempotent retry), or over quota
     event_ids: tuple[str, ...] = field(default_factory=tuple)
+    over_quota: bool = False  # not stored: the sending host's untrusted reports of the day are used up
+
+
+# The pipe's guards (issue 16): store_report counts them in metric_pipe_guards;
+# the names are bounce_pipe/guard.py's. This one the store applies itself.
+UNTRUSTED_OVER_QUOTA = "untrusted_over_quota"
+DAY_SECONDS = 86400
+
+
+@dataclass(frozen=True)
+class UntrustedQuota:
+    """A report without a valid token: stored only while ``host`` has stored fewer
+    than ``per_day`` such reports this UTC day (issue 16); else nothing is stored
+    and the run is counted under :data:`UNTRUSTED_OVER_QUOTA`."""
+
+    host: str  # the SMTP client that handed it to Postfix; "local", or "unknown"
+    per_day: int
 
 
 # Metrics (issue 5): the pipe's runs are counted by store_report in the report's

@@ -7,10 +7,10 @@ build these Protocol classes once per bounce.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, SuppressionCandidate
+    from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, SuppressionCandidate, UntrustedQuota
     from .views import (
         DailyCount,
         DownloadQuery,
@@ -46,6 +46,8 @@ class Store(Protocol):
         *,
         pipe_started: float | None = None,  # metrics: count this pipe run (issue 5)
         suppress: Sequence["SuppressionCandidate"] = (),  # suppression list (issue 6), same transaction
+        guards: Mapping[str, int] = {},  # the pipe's guards that applied (issue 16), counted
+        untrusted: UntrustedQuota | None = None,  # a report without a valid token: its quota (issue 16)
     ) -> StoreOutcome: ...
 
     def raw_report(self, event_id: str) -> bytes | None: ...

@@ -410,6 +410,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # --- pipe guards (issue 16; owner: bounce pipe) -----------------------------
+    # metric_pipe_guards: how often the pipe's bounds on one report applied
+    # (bounce_pipe/guard.py names them), upserted by store_report in the report's
+    # transaction. untrusted_reports: reports stored without a valid token, per
+    # sending host and UTC day (day = received_at // 86400), for the pipe's quota;
+    # old days are deleted by the quota check itself.
+    (
+        10,
+        "pipe guard counters and the per-host daily count of untrusted reports",
+        (
+            """
+            CREATE TABLE metric_pipe_guards (
+                guard TEXT PRIMARY KEY,
+                count INTEGER NOT NULL
+            ) WITHOUT ROWID
+            """,
+            """
+            CREATE TABLE untrusted_reports (
+                host  TEXT NOT NULL,
+                day   INTEGER NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (host, day)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -40,7 +40,7 @@ import time
 import uuid
 import zlib
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psycopg
 
@@ -68,6 +68,7 @@ from .views import (
     Suppression,
     SuppressionChange,
 )
+from .base import DAY_SECONDS, UNTRUSTED_OVER_QUOTA, UntrustedQuota  # pipe guards (issue 16)
 from .rows import EVENT_COLUMNS as _EVENT_COLUMNS, EVENT_FIELDS as _EVENT_FIELDS  # shared with sqlite
 from .rows import FETCH_BATCH as _FETCH_BATCH, MAX_ERROR_LEN as _MAX_ERROR_LEN
 from .rows import JOB_COLUMNS as _JOB_COLUMNS, MESSAGE_COLUMNS as _MESSAGE_COLUMNS
@@ -290,6 +291,8 @@ class PostgresStore:
         *,
         pipe_started: float | None = None,
         suppress: Sequence[SuppressionCandidate] = (),
+        guards: Mapping[str, int] = {},
+        untrusted: UntrustedQuota | None = None,
     ) -> StoreOutcome:
         """Raw report, events and outbox jobs in ONE transaction, idempotently.
 
@@ -307,12 +310,16 @@ class PostgresStore:
                 "SELECT id FROM raw_reports WHERE dedupe_key = %s", (dedupe_key,)
             ).fetchone()
             if row is None:
+                if untrusted is not None and not self._untrusted_allowed(conn, untrusted, received_at):
+                    self._count_guards(conn, {**guards, UNTRUSTED_OVER_QUOTA: 1})
+                    return StoreOutcome(stored=False, over_quota=True)
                 row = conn.execute(
                     "INSERT INTO raw_reports (dedupe_key, sha256, size, compressed, received_at) "
                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
                     (dedupe_key, digest, len(raw), compressed, received_at),
                 ).fetchone()
                 if row is not None:
+                    self._count_guards(conn, guards)
                     self._insert_report(conn, int(row[0]), events, jobs, suppress, now, pipe_started)
                     return StoreOutcome(stored=True, event_ids=tuple(e.event_id for e in events))
             ids = conn.execute(
@@ -323,6 +330,27 @@ class PostgresStore:
             if pipe_started is not None:  # metrics (issue 5)
                 self._count_pipe_run(conn, "duplicate", pipe_started)
             return StoreOutcome(stored=False, event_ids=tuple(r[0] for r in ids))
+
+    def _count_guards(self, conn: psycopg.Connection[Any], guards: Mapping[str, int]) -> None:
+        # In key order: two pipes upserting the same rows never deadlock.
+        for guard, n in sorted(guards.items()):
+            if n > 0:
+                conn.execute(
+                    "INSERT INTO metric_pipe_guards (guard, count) VALUES (%s, %s) "
+                    "ON CONFLICT (guard) DO UPDATE SET count = metric_pipe_guards.count + EXCLUDED.count",
+                    (guard, n),
+                )
+
+    def _untrusted_allowed(self, conn: psycopg.Connection[Any], quota: UntrustedQuota, received_at: float) -> bool:
+        """As SQLiteStore._untrusted_allowed; the upsert's row lock orders concurrent pipes."""
+        day = int(received_at // DAY_SECONDS)
+        conn.execute("DELETE FROM untrusted_reports WHERE day < %s", (day - 1,))
+        row = conn.execute(
+            "INSERT INTO untrusted_reports (host, day, count) VALUES (%s, %s, 1) "
+            "ON CONFLICT (host, day) DO UPDATE SET count = untrusted_reports.count + 1 RETURNING count",
+            (quota.host, day),
+        ).fetchone()
+        return row is not None and int(row[0]) <= quota.per_day
 
     def _insert_report(
         self,
@@ -709,6 +737,7 @@ class PostgresStore:
                 runs = conn.execute(
                     "SELECT outcome, le, count, seconds_sum FROM metric_pipe_runs"
                 ).fetchall()
+                guards = conn.execute("SELECT guard, count FROM metric_pipe_guards").fetchall()
                 row = conn.execute(
                     "SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= %(now)s), "
                     "count(*) FILTER (WHERE lease_until > %(now)s), min(created_at) "
@@ -717,7 +746,7 @@ class PostgresStore:
                 ).fetchone()
                 dead_row = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
         assert row is not None and dead_row is not None
-        return _rows.metric_counts(now, events, messages, deliveries, runs, row, dead_row[0])
+        return _rows.metric_counts(now, events, messages, deliveries, runs, row, dead_row[0], guards)
 
     # =========================================================================
     # Suppression list (issue 6). Implements base.SuppressionStore with the

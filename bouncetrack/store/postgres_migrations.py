@@ -319,6 +319,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # --- SQLite migration 10: pipe guards (issue 16; owner: bounce pipe) --------
+    (
+        5,
+        "pipe guard counters and the per-host daily count of untrusted reports",
+        (
+            """
+            CREATE TABLE metric_pipe_guards (
+                guard TEXT PRIMARY KEY,
+                count BIGINT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE untrusted_reports (
+                host  TEXT NOT NULL,
+                day   BIGINT NOT NULL,
+                count BIGINT NOT NULL,
+                PRIMARY KEY (host, day)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

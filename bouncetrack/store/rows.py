@@ -325,6 +325,7 @@ def metric_counts(
     runs: Sequence[Sequence[Any]],
     outbox: Sequence[Any],
     dead: Any,
+    guards: Sequence[Sequence[Any]] = (),
 ) -> MetricCounts:
     """MetricCounts from the counter tables' rows, the pending outbox row
     (count, due, leased, oldest created_at) and the dead-job count."""
@@ -335,6 +336,7 @@ def metric_counts(
         messages=tuple((r[0], int(r[1])) for r in messages),
         deliveries=tuple((r[0], r[1], int(r[2])) for r in deliveries),
         pipe_runs=tuple((r[0], float(r[1]), int(r[2]), float(r[3])) for r in runs),
+        pipe_guards=tuple((r[0], int(r[1])) for r in guards),
         outbox_pending=int(pending),
         outbox_due=int(due),
         outbox_leased=int(leased),

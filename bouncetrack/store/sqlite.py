@@ -23,13 +23,14 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Mapping, Sequence
 
 from . import migrations
 from . import rows as _rows
 from .base import BounceEvent, MessageRecord, OutboxJob, StoreOutcome, StoreUnavailable
 from .base import pipe_bucket  # metrics (issue 5)
 from .base import SuppressionCandidate  # suppression (issue 6)
+from .base import DAY_SECONDS, UNTRUSTED_OVER_QUOTA, UntrustedQuota  # pipe guards (issue 16)
 
 if TYPE_CHECKING:  # read-side records: not built on the pipe's path (HACKING.md)
     from .views import (
@@ -336,6 +337,8 @@ class SQLiteStore:
         *,
         pipe_started: float | None = None,
         suppress: Sequence[SuppressionCandidate] = (),
+        guards: Mapping[str, int] = {},
+        untrusted: UntrustedQuota | None = None,
     ) -> StoreOutcome:
         """Raw report, events and outbox jobs in ONE transaction, idempotently.
 
@@ -349,6 +352,11 @@ class SQLiteStore:
         ``suppress`` (issue 6): recipients to put on their domain's suppression
         list, written after the events (the soft-bounce rule counts them) in
         this transaction; a duplicate writes nothing (the first run did).
+
+        ``guards`` (issue 16): the pipe's bounds that applied to this report,
+        added to ``metric_pipe_guards`` in this transaction. ``untrusted``: the
+        report has no valid token; when its host has used up its quota of the
+        day, nothing of it is stored (``over_quota``, counted as a guard).
         """
         # Hash and compress before taking the write lock: keep it short.
         digest = hashlib.sha256(raw).hexdigest()
@@ -366,6 +374,10 @@ class SQLiteStore:
                 if pipe_started is not None:  # metrics (issue 5)
                     self._count_pipe_run(conn, "duplicate", pipe_started)
                 return StoreOutcome(stored=False, event_ids=tuple(r[0] for r in ids))
+            if untrusted is not None and not self._untrusted_allowed(conn, untrusted, received_at):
+                self._count_guards(conn, {**guards, UNTRUSTED_OVER_QUOTA: 1})
+                return StoreOutcome(stored=False, over_quota=True)
+            self._count_guards(conn, guards)
             raw_pk = conn.execute(
                 "INSERT INTO raw_reports (dedupe_key, sha256, size, compressed, received_at) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -753,6 +765,29 @@ class SQLiteStore:
     # reading them costs a few small scans, whatever the number of events.
     # =========================================================================
 
+    def _count_guards(self, conn: sqlite3.Connection, guards: Mapping[str, int]) -> None:
+        conn.executemany(
+            "INSERT INTO metric_pipe_guards (guard, count) VALUES (?, ?) "
+            "ON CONFLICT (guard) DO UPDATE SET count = count + excluded.count",
+            sorted((g, n) for g, n in guards.items() if n > 0),
+        )
+
+    def _untrusted_allowed(self, conn: sqlite3.Connection, quota: UntrustedQuota, received_at: float) -> bool:
+        """Count one more untrusted report of ``quota.host`` today, unless its quota is used up."""
+        day = int(received_at // DAY_SECONDS)
+        conn.execute("DELETE FROM untrusted_reports WHERE day < ?", (day - 1,))
+        row = conn.execute(
+            "SELECT count FROM untrusted_reports WHERE host = ? AND day = ?", (quota.host, day)
+        ).fetchone()
+        if row is not None and row[0] >= quota.per_day:
+            return False
+        conn.execute(
+            "INSERT INTO untrusted_reports (host, day, count) VALUES (?, ?, 1) "
+            "ON CONFLICT (host, day) DO UPDATE SET count = count + 1",
+            (quota.host, day),
+        )
+        return True
+
     def _count_pipe_run(self, conn: sqlite3.Connection, outcome: str, started: float) -> None:
         seconds = max(0.0, time.time() - started)
         conn.execute(
@@ -776,6 +811,7 @@ class SQLiteStore:
             runs = conn.execute(
                 "SELECT outcome, le, count, seconds_sum FROM metric_pipe_runs"
             ).fetchall()
+            guards = conn.execute("SELECT guard, count FROM metric_pipe_guards").fetchall()
             outbox = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE next_attempt_at <= ?1), "
                 "count(*) FILTER (WHERE lease_until > ?1), min(created_at) "
@@ -783,7 +819,7 @@ class SQLiteStore:
                 (now,),
             ).fetchone()
             (dead,) = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
-        return _rows.metric_counts(now, events, messages, deliveries, runs, outbox, dead)
+        return _rows.metric_counts(now, events, messages, deliveries, runs, outbox, dead, guards)
 
     # ============================================================ end of metrics
 

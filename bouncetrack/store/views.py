@@ -77,6 +77,7 @@ class MetricCounts:
     outbox_leased: int
     outbox_dead: int
     outbox_oldest_pending_age: float  # seconds; 0 when nothing is pending
+    pipe_guards: tuple[tuple[str, int], ...] = ()  # (guard, count): the pipe's bounds (issue 16)
 
 
 # Dashboard aggregates (issue 5): every query takes the caller's domain scope
