@@ -113,6 +113,16 @@ def services(config_dir: Path) -> list[wiring.Service]:
     return wiring.parse_services(run([POSTCONF, "-c", str(config_dir), "-M"]).stdout)
 
 
+def service_overrides(config_dir: Path) -> dict[str, dict[str, str]]:
+    """master.cf ``-o name=value`` overrides (``postconf -P``): service key -> {name: value}."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in _parse_postconf(run([POSTCONF, "-c", str(config_dir), "-P"]).stdout).items():
+        service, _, name = key.rpartition("/")
+        if service:
+            out.setdefault(service, {})[name] = value
+    return out
+
+
 def explicit_values(config_dir: Path) -> dict[str, str]:
     """Only what main.cf sets explicitly (``postconf -n``)."""
     return _parse_postconf(run([POSTCONF, "-c", str(config_dir), "-n"]).stdout)

@@ -182,3 +182,25 @@ def test_install_names_the_socket_relative_to_the_queue_directory_and_doctor_agr
         assert rs[f"postfix {param} chroot"].verdict == OK, rs[f"postfix {param} chroot"].line()
         assert str(sock) in rs[f"postfix {param} chroot"].why
     assert rs["postfix relay_domains"].verdict == OK
+
+
+@needs_postfix
+def test_doctor_warns_about_a_service_that_overrides_the_milters_without_ours(tmp_path: Path) -> None:
+    from bouncetrack.doctor.cli import check_postfix
+    from bouncetrack.install import install
+
+    config_dir, queue = _chrooted_instance(tmp_path)
+    sock = queue / "bouncetrack" / "milter.sock"
+    sock.parent.mkdir(parents=True)
+    config = _config(tmp_path, str(sock))
+    install(config, config_dir, echo=lambda s: None)
+    ours = wiring.milter_entry("bouncetrack/milter.sock")
+    for key, override in (("submission/inet", "inet:127.0.0.1:8891"), ("smtps/inet", ours)):
+        name = key.split("/")[0]
+        subprocess.run(["postconf", "-c", str(config_dir), "-M", "-e",
+                        f"{key}={name} inet n - y - - smtpd -o smtpd_milters={override.replace(' ', '')}"],
+                       check=True)
+    rs = _by_name(check_postfix(config, config_dir, "bouncetrack"))
+    r = rs["postfix submission/inet smtpd_milters"]
+    assert r.verdict == "WARN" and "not tracked" in r.why and "inet:127.0.0.1:8891" in r.why, r.line()
+    assert "postfix smtps/inet smtpd_milters" not in rs  # its own list includes ours

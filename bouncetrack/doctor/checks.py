@@ -66,6 +66,7 @@ def postfix_results(
     queue_directory: str = wiring.DEFAULT_QUEUE_DIRECTORY,
     probe: SocketProbe | None = None,
     wiring_error: str = "",
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[Result]:
     """Checks of the effective main.cf values and the ``bouncepipe`` master.cf entry.
 
@@ -74,7 +75,9 @@ def postfix_results(
     None when no name reaches it through the chroot (``wiring_error`` says why). Our
     element of each milter list is found under either name. With ``probe``, each
     service that connects to it (``services``: master.cf) is checked to find the socket
-    where *it* looks (:func:`reach_result`).
+    where *it* looks (:func:`reach_result`). ``overrides``: master.cf's ``-o`` settings
+    per service (``postconf -P``); a service that replaces a milter list without our
+    milter gets a WARN (its mail is not tracked).
     ``transport_lookup``: what Postfix's transport_maps return for the bounce domain
     (first hit, as ``postmap -q`` gives it), None for no hit.
     """
@@ -94,6 +97,13 @@ def postfix_results(
             out.append(reach_result(param, target[5:] if target.startswith("unix:") else target, services,
                                     queue_directory=queue_directory, milter_socket=milter_socket, probe=probe,
                                     fix=fix_wiring))
+        for key, settings in sorted((overrides or {}).items()):
+            if param in settings and wiring.find_milter(settings[param], name, also=[milter_socket]) is None:
+                out.append(Result(f"postfix {key} {param}", WARN,
+                                  f"master.cf gives {key} its own {param} ({settings[param] or 'empty'}) without "
+                                  "our milter: mail it receives is not tracked",
+                                  f"add {{ unix:{name}, default_action=tempfail, protocol=6 }} to that -o {param}=, "
+                                  "or drop the override"))
         eff = wiring.effective_milter_settings(item, main)
         if eff["default_action"] != "tempfail":
             out.append(Result(f"postfix {param}", FAIL,

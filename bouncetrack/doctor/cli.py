@@ -131,7 +131,7 @@ def _group_name(gid: int) -> str:
 
 
 def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Result]:
-    from ..install import InstallError, main_values, master_entry, queue_directory, services
+    from ..install import InstallError, main_values, master_entry, queue_directory, service_overrides, services
 
     if not (postfix_dir / "main.cf").is_file():
         return [Result("postfix", SKIP, f"no {postfix_dir}/main.cf (pass --postfix-dir)")]
@@ -142,6 +142,7 @@ def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Res
         master = master_entry(postfix_dir)
         queue = queue_directory(postfix_dir)
         all_services = services(postfix_dir)
+        overrides = service_overrides(postfix_dir)
     except InstallError as exc:
         return [Result("postfix", FAIL, str(exc), "fix main.cf/master.cf (postfix check)")]
     try:
@@ -155,6 +156,7 @@ def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Res
         config_path=str(Path(config.path).resolve()), pipe_user=pipe_user, transport_lookup=lookup,
         config_dir=str(postfix_dir), milter_address=address, services=all_services, queue_directory=queue,
         probe=lambda path: probe_socket(path, str(config.milter_socket)), wiring_error=wiring_error,
+        overrides=overrides,
     )
 
 
