@@ -92,6 +92,16 @@ def postfix_results(
                               + (" (mail is not tracked)" if param == "smtpd_milters" else
                                  " (locally submitted mail is not tracked)"), fix_wiring))
             continue
+        eff = wiring.effective_milter_settings(item, main)
+        if eff["default_action"] != "tempfail":
+            out.append(Result(f"postfix {param}", FAIL,
+                              f"our milter's default_action is {eff['default_action']}: while it is down mail "
+                              "passes untracked (or is refused)", install))
+        elif eff["protocol"] != "6":
+            out.append(Result(f"postfix {param}", FAIL, f"our milter speaks protocol {eff['protocol']}; "
+                              "changing the envelope sender needs 6", install))
+        else:
+            out.append(Result(f"postfix {param}", OK, f"{item} (default_action=tempfail, protocol 6)"))
         if probe is not None:
             target = wiring.milter_target(item)[0]
             out.append(reach_result(param, target[5:] if target.startswith("unix:") else target, services,
@@ -104,16 +114,6 @@ def postfix_results(
                                   "our milter: mail it receives is not tracked",
                                   f"add {{ unix:{name}, default_action=tempfail, protocol=6 }} to that -o {param}=, "
                                   "or drop the override"))
-        eff = wiring.effective_milter_settings(item, main)
-        if eff["default_action"] != "tempfail":
-            out.append(Result(f"postfix {param}", FAIL,
-                              f"our milter's default_action is {eff['default_action']}: while it is down mail "
-                              "passes untracked (or is refused)", install))
-        elif eff["protocol"] != "6":
-            out.append(Result(f"postfix {param}", FAIL, f"our milter speaks protocol {eff['protocol']}; "
-                              "changing the envelope sender needs 6", install))
-        else:
-            out.append(Result(f"postfix {param}", OK, f"{item} (default_action=tempfail, protocol 6)"))
     drops = [h.lower() for h in wiring.split_list(main.get("message_drop_headers", ""))]
     if "return-path" in drops:
         out.append(Result("postfix message_drop_headers", WARN, "Postfix drops Return-Path before the milter "
