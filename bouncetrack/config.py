@@ -131,6 +131,16 @@ class ApiConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 1 << 20
     max_send_body_bytes: int = 64 << 20
+    # Host header values ``bouncetrack api`` answers (DNS rebinding: a page on
+    # another name must not read /metrics); None: the loopback names and the host
+    # of api_listen. "*" allows any.
+    allowed_hosts: tuple[str, ...] | None = None
+    # A reverse proxy in front: only then is X-Forwarded-Host believed (login's origin check).
+    behind_proxy: bool = False
+    # "sha256:<hex>" of a token /metrics then requires (Authorization: Bearer); None: open.
+    metrics_token_hash: str | None = None
+    # Failed tokens and logins per client address and minute before 429s (0: no limit).
+    failed_auth_per_minute: int = 30
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,10 @@ VALIDATION_KEYS = ("cache_size", "max_ttl", "max_negative_ttl", "dns_timeout", "
                    "rate_per_minute")  # issue 19
 WEBHOOK_KEYS = ("url", "secret", "timeout_seconds")
 DSN_KEYS = ("notify", "ret")
-API_KEYS = ("max_range_days", "max_header_bytes", "max_body_bytes", "max_send_body_bytes")  # issues 5, 16
+API_KEYS = (  # issues 5, 16
+    "max_range_days", "max_header_bytes", "max_body_bytes", "max_send_body_bytes", "allowed_hosts", "behind_proxy",
+    "metrics_token", "failed_auth_per_minute",
+)
 SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days")  # issue 6
 RETENTION_KEYS = ("events_days", "messages_days", "batch_size", "automatic")  # issue 6
 # A bounce can arrive days after the message (Postfix keeps retrying for
@@ -631,11 +634,31 @@ def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:
     def size(name: str, default: int, minimum: int) -> int:
         return _field(ctx, e, name, key, lambda c, n, k: _int(c, n, k, minimum, 1 << 30), default)
 
+    def hosts(c: _Ctx, n: yaml.Node, k: str) -> tuple[str, ...]:
+        out = []
+        for i, (item, value) in enumerate(_str_list(c, n, k)):
+            host = value.lower().rstrip(".")
+            if host != "*" and not re.fullmatch(r"[a-z0-9.-]+|\[?[0-9a-f:.]+\]?", host):
+                raise c.fail(item, f"{k}[{i}]", f"{value!r} is not a host name or address (no port, no scheme)")
+            out.append(host.strip("[]"))
+        return tuple(out)
+
+    def token_hash(c: _Ctx, n: yaml.Node, k: str) -> str:
+        value = _str(c, n, k).lower()
+        if not _TOKEN_HASH_RE.match(value):
+            raise c.fail(n, k, "expected 'sha256:<64 hex digits>' (run 'bouncetrack hash-token --new')")
+        return value
+
     return ApiConfig(
         max_range_days=days,
         max_header_bytes=size("max_header_bytes", d.max_header_bytes, 1024),
         max_body_bytes=size("max_body_bytes", d.max_body_bytes, 1024),
         max_send_body_bytes=size("max_send_body_bytes", d.max_send_body_bytes, 1024),
+        allowed_hosts=_field(ctx, e, "allowed_hosts", key, hosts, d.allowed_hosts),
+        behind_proxy=_field(ctx, e, "behind_proxy", key, _bool, d.behind_proxy),
+        metrics_token_hash=_field(ctx, e, "metrics_token", key, token_hash, d.metrics_token_hash),
+        failed_auth_per_minute=_field(ctx, e, "failed_auth_per_minute", key,
+                                      lambda c, n, k: _int(c, n, k, 0, 100000), d.failed_auth_per_minute),
     )
 
 

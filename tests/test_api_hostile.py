@@ -29,8 +29,10 @@ from fastapi.testclient import TestClient
 from bouncetrack.api.app import create_app
 from bouncetrack.api import send
 from bouncetrack.api.compose import SendRequest, html_to_text
+from bouncetrack.api.edge import MAX_TRACKED, FailureLimit
 from bouncetrack.api.pagination import _fingerprint, decode_cursor, parse_range
 from bouncetrack.api.server import server_config
+from bouncetrack.api.session import same_origin
 from bouncetrack.config import Config
 from bouncetrack.store.views import DownloadQuery
 from bouncetrack.tokens import hash_api_token, load_keyring
@@ -310,3 +312,101 @@ def test_the_composing_process_is_replaced_when_it_dies() -> None:
         p.join(10)
     again = send.compose_elsewhere(request)
     assert b"Hello & welcome" in again.message
+
+
+# --------------------------------------------------------------------------- the edge
+
+
+def raw_get(server: tuple[str, int], path: str, host: str) -> bytes:
+    with socket.create_connection(server) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return read_response(sock)
+
+
+def test_dns_rebinding_host_cannot_read_metrics(server: tuple[str, int]) -> None:
+    host, port = server
+    assert raw_get(server, "/metrics", "evil.example").startswith(b"HTTP/1.1 400")
+    assert raw_get(server, "/metrics", f"evil.example:{port}").startswith(b"HTTP/1.1 400")
+    for good in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert raw_get(server, "/metrics", good).startswith(b"HTTP/1.1 200"), good
+
+
+def test_allowed_hosts_and_a_metrics_token_from_the_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""\
+        log_level: WARNING
+        api:
+          allowed_hosts: [bt.example.org]
+          metrics_token: "{hash_api_token('scrape-me')}"
+        domains:
+          a.test: {{api_tokens: ["{hash_api_token(TOKEN)}"]}}
+        """)
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(server_config(create_app(config), config, "127.0.0.1", port))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        while not srv.started:
+            assert thread.is_alive()
+            time.sleep(0.02)
+        assert raw_get(("127.0.0.1", port), "/metrics", "127.0.0.1").startswith(b"HTTP/1.1 400")
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Host": "bt.example.org"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics",
+                      headers={"Host": "bt.example.org", "Authorization": "Bearer scrape-me"})
+        assert r.status_code == 200 and "bouncetrack_" in r.text
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_failed_tokens_are_limited_per_address(server: tuple[str, int], config: Config) -> None:
+    host, port = server
+    base = f"http://{host}:{port}"
+    limit = config.api.failed_auth_per_minute
+    for _ in range(limit):
+        assert httpx.get(base + "/v1/suppressions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = httpx.get(base + "/v1/suppressions", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+    # the right token too, from this address, until the minute ends; failed logins likewise
+    assert httpx.get(base + "/v1/suppressions", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 429
+    assert httpx.post(base + "/login", data={"token": TOKEN}).status_code == 429
+    assert httpx.get(base + "/metrics").status_code == 200  # the rest is not concerned
+
+
+def test_failure_limit_windows_and_bounded_memory() -> None:
+    now = [1000.0]
+    limit = FailureLimit(3, clock=lambda: now[0])
+    for _ in range(3):
+        assert limit.retry_after("198.51.100.7") == 0
+        limit.failed("198.51.100.7")
+    assert limit.retry_after("198.51.100.7") == 60 and limit.retry_after("198.51.100.8") == 0
+    now[0] += 59.5
+    assert limit.retry_after("198.51.100.7") == 1
+    now[0] += 1
+    assert limit.retry_after("198.51.100.7") == 0
+    limit.failed("198.51.100.7")  # a new window
+    assert limit.retry_after("198.51.100.7") == 0
+    for i in range(MAX_TRACKED + 500):
+        limit.failed(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+    assert len(limit) == MAX_TRACKED
+    assert FailureLimit(0).retry_after("x") == 0  # 0: no limit
+
+
+def test_every_response_has_a_csp_and_docs_are_not_served(config: Config) -> None:
+    with TestClient(create_app(config)) as c:
+        for path in ("/openapi.json", "/v1/suppressions", "/metrics"):
+            r = c.get(path)
+            assert r.headers["content-security-policy"].startswith("default-src 'none'"), path
+            assert r.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+        assert c.get("/openapi.json").json()["info"]["title"] == "bouncetrack"
+        login = c.get("/login")  # the dashboard keeps its own policy (its stylesheet)
+        assert "style-src 'self'" in login.headers["content-security-policy"]
+
+
+def test_x_forwarded_host_counts_only_behind_a_proxy() -> None:
+    headers = {"origin": "https://dash.example", "host": "127.0.0.1:8025", "x-forwarded-host": "dash.example"}
+    assert not same_origin(headers)
+    assert same_origin(headers, behind_proxy=True)

@@ -70,6 +70,10 @@ def create_app(config: Config, *, store_factory: Callable[[Config], Store] | Non
         title="bouncetrack",
         version=_version(),
         description="Bounce and complaint tracking for Postfix: download API, send endpoint, suppression lists, dashboard.",
+        # No /docs nor /redoc: they load their UI from a CDN onto the dashboard's
+        # origin (issue 16). The schema stays at /openapi.json for any viewer.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.include_router(download.router)

@@ -198,7 +198,8 @@ def _error_page(
 
 def _cross_site(request: Request, session: Session | None = None) -> Response | None:
     """A 403 page for a POST another site's page made the browser send; None when it is ours."""
-    if same_origin(request.headers):
+    ctx: ApiContext = request.app.state.ctx
+    if same_origin(request.headers, behind_proxy=ctx.config.api.behind_proxy):
         return None
     return _error_page(
         request, 403, "Forbidden",

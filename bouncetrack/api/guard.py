@@ -8,6 +8,8 @@ A plain ASGI middleware, so that it acts before FastAPI reads a body:
   ``Connection: close`` so the server does not read it afterwards either.
   The handler's own :func:`~bouncetrack.api.auth.require_token` still decides
   the token's scope; this only refuses early what it would refuse late.
+- **A Content-Security-Policy on every response** (and ``nosniff``), unless the
+  page sets its own (the dashboard's).
 - **Bounded bodies.** A declared ``Content-Length`` over the endpoint's limit is
   a 413 before reading; a body without a length (chunked) is read up to the
   limit and refused as soon as it goes beyond. ``/v1/send`` has its own, larger
@@ -34,6 +36,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# On every response that does not set its own (the dashboard's pages set a stricter
+# CSP allowing their stylesheet): nothing in a JSON or text answer may load or run.
+DEFAULT_HEADERS = (
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+)
 SEND_PATH = "/v1/send"
 
 
@@ -49,8 +57,19 @@ class RequestGuard:
         self.app = app
         self.config = config
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+    async def __call__(self, scope: Scope, receive: Receive, outer: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, outer)
+            return
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", ())}
+                message["headers"] = [*message.get("headers", ()),
+                                      *((k, v) for k, v in DEFAULT_HEADERS if k not in names)]
+            await outer(message)
+
+        if scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]

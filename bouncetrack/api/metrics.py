@@ -4,19 +4,26 @@ Every count comes from the store at scrape time (see
 :mod:`bouncetrack.metrics.collector`): the pipe and the worker are other
 processes, and counts kept in the store survive their restarts and ours. Each
 app gets its own registry, built on first scrape, so several apps (tests) never
-share series. Unauthenticated, like every exporter: bind ``api_listen`` to a
-trusted address. It shows configured domain names and counts, never recipients.
+share series. It shows configured domain names and their volumes, never
+recipients. Unauthenticated by default, like every exporter: ``api_listen`` is
+bound to loopback by default, and the Host allow-list (:mod:`.edge`) keeps
+DNS-rebinding pages out; with ``api.metrics_token`` (a ``sha256:`` hash, as for
+API tokens) a scrape must present the token (``Authorization: Bearer``, Prometheus'
+``authorization.credentials``), else 401 (issue 16).
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from ..tokens import hash_api_token
 from .app import ApiContext, context
+from .auth import presented_token
 from .validate import ValidationCollector
 
 router = APIRouter()
@@ -42,4 +49,10 @@ def registry_for(request: Request, ctx: ApiContext) -> CollectorRegistry:
 def metrics(request: Request, ctx: ApiContext = Depends(context)) -> Response:
     # A sync handler: FastAPI runs it in its thread pool, and ctx.store() gives
     # that thread its own store connection.
+    wanted = ctx.config.api.metrics_token_hash
+    if wanted is not None:
+        presented = hash_api_token(presented_token(request) or "").encode()
+        if not hmac.compare_digest(presented, wanted.encode()):
+            return Response("missing or invalid metrics token\n", status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"}, media_type="text/plain")
     return Response(generate_latest(registry_for(request, ctx)), media_type=CONTENT_TYPE_LATEST)

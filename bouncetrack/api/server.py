@@ -7,6 +7,7 @@ from typing import Any
 import uvicorn
 
 from ..config import Config
+from .edge import Edge, FailureLimit, allowed_hosts
 from ..logsetup import uvicorn_log_config
 
 
@@ -16,10 +17,12 @@ def server_config(app: Any, config: Config, host: str, port: int) -> uvicorn.Con
     h11, not httptools: h11 refuses a request head over the limit (400, the
     connection closed, nothing more buffered); httptools buffers header fields
     of any size (issue 16: one 100 MB header stalled every request for 7 s).
-    uvloop stays (the event loop, not the parser; figures in README).
+    uvloop stays (the event loop, not the parser; figures in README). The app is
+    served behind :class:`~bouncetrack.api.edge.Edge`: the Host allow-list and the
+    failed-auth limit.
     """
     return uvicorn.Config(
-        app,
+        Edge(app, allowed_hosts(config), FailureLimit(config.api.failed_auth_per_minute)),
         host=host,
         port=port,
         log_level=config.log_level.lower(),

@@ -234,7 +234,7 @@ def csrf_ok(session: Session, presented: str | None) -> bool:
     return hmac.compare_digest(session.csrf.encode("utf-8"), presented.encode("utf-8", "replace"))
 
 
-def same_origin(headers: Mapping[str, str]) -> bool:
+def same_origin(headers: Mapping[str, str], *, behind_proxy: bool = False) -> bool:
     """Whether a dashboard POST comes from one of our own pages, by the browser's word.
 
     The CSRF field guards logout and replay, but login has no session yet: a page
@@ -243,7 +243,9 @@ def same_origin(headers: Mapping[str, str]) -> bool:
     Fetch Metadata's ``Sec-Fetch-Site`` first, then ``Origin`` (compared with the
     host asked for, or the one a proxy forwarded; the scheme may differ behind a
     TLS-terminating proxy). A client sending neither (curl, scripts, an old browser)
-    is not a victim's browser being driven, and passes.
+    is not a victim's browser being driven, and passes. ``X-Forwarded-Host`` counts
+    only with ``behind_proxy`` (``api.behind_proxy``): without a proxy, anybody can
+    send it (issue 16).
     """
     site = headers.get("sec-fetch-site")
     if site is not None:
@@ -255,7 +257,7 @@ def same_origin(headers: Mapping[str, str]) -> bool:
     if not netloc:  # "null": a sandboxed frame, a data: URL, a cross-origin redirect
         return False
     hosts = {headers.get("host", "").strip().lower()}
-    forwarded = headers.get("x-forwarded-host")
+    forwarded = headers.get("x-forwarded-host") if behind_proxy else None
     if forwarded:
         hosts.add(forwarded.split(",")[0].strip().lower())
     return netloc in hosts
