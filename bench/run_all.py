@@ -56,6 +56,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("export", "export.py", ["-n", "1000000", "--rounds", "1"], ["export"]),
     ("webhook", "webhook.py", ["-n", "1000", "--rounds", "5"], ["webhook"]),
     ("soak", "soak.py", ["--short"], ["soak-short"]),
+    ("address_validate", "address_validate.py", ["--domains", "10000", "--addresses", "100000"], ["address_validate"]),
 ]
 
 

@@ -43,6 +43,7 @@ class DnsServer:
         self._sock.settimeout(0.2)
         self.port: int = self._sock.getsockname()[1]
         self.queries: list[tuple[str, str]] = []
+        self._cache: tuple[Any, dict[str, list[tuple[str, str, int]]]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="test-dns", daemon=True)
 
@@ -56,8 +57,14 @@ class DnsServer:
         self._sock.close()
 
     def _records(self) -> dict[str, list[tuple[str, str, int]]]:
-        return {k.lower().rstrip(".") + ".": [(r[0], r[1], int(r[2]) if len(r) > 2 else 300) for r in v]
-                for k, v in self.zones.items()}
+        # Normalised once per zones object (replacing server.zones rebuilds it): a query
+        # against thousands of names (bench/address_validate.py) costs no rebuild.
+        if self._cache is not None and self._cache[0] is self.zones:
+            return self._cache[1]
+        records = {k.lower().rstrip(".") + ".": [(r[0], r[1], int(r[2]) if len(r) > 2 else 300) for r in v]
+                   for k, v in self.zones.items()}
+        self._cache = (self.zones, records)
+        return records
 
     def _soa(self, response: dns.message.Message, qname: dns.name.Name) -> None:
         if self.negative_ttl is None:

@@ -353,3 +353,23 @@ def test_send_api_validate_recipients_option(api: tuple[TestClient, Config], fak
     r = send("info@b.test", "a@nullmx.test")  # b.test has no validate_recipients
     assert r.status_code == 202, r.text
     assert len(fake_mx.delivered()) == 2
+
+
+def test_dashboard_panel_shows_own_counts_only(api: tuple[TestClient, Config]) -> None:
+    client, _ = api
+
+    def panel(token: str) -> str:
+        client.cookies.clear()
+        r = client.post("/login", data={"token": token, "next": ""}, follow_redirects=False)
+        assert r.status_code in (302, 303), r.text
+        page: str = client.get("/dashboard").text
+        start = page.index('id="address-validation"')
+        return page[start:page.index("</section>", start)]
+
+    assert "No addresses validated" in panel(TOKEN_A)
+    assert _validate(client, TOKEN_A, ["ok@good.test", "a@nx.test", "gone@good.test"]).status_code == 200
+    text = panel(TOKEN_A)
+    assert "<td>valid</td><td class=\"n\">1</td>" in text and "<td>invalid</td><td class=\"n\">1</td>" in text
+    assert "<td>suppressed</td><td class=\"n\">1</td>" in text
+    other = panel(TOKEN_B)  # b.test's user: a.test's validations are not theirs
+    assert "<td>valid</td><td class=\"n\">0</td>" in other and "<td>invalid</td><td class=\"n\">0</td>" in other

@@ -54,6 +54,7 @@ from .app import ApiContext, context
 from ..tokens import hash_api_token
 from .auth import SESSION_COOKIE, domains_for_token
 from .session import Session, SessionManager, csrf_ok, same_origin
+from .validate import dashboard_counts
 
 router = APIRouter(include_in_schema=False)
 
@@ -553,6 +554,7 @@ def overview(
             "chart": build_chart(span.days, daily),
             "top_reasons": dash.dashboard_top_reasons(scope, span.start, span.end, TOP_N),
             "top_domains": dash.dashboard_top_recipient_domains(scope, span.start, span.end, TOP_N),
+            "validation": dashboard_counts(request.app, tuple(scope)),  # issue 19
             "events_link": lambda **kw: "/events?" + urlencode({**filters, **span_filter, **kw}),
         },
         session=session,

@@ -74,6 +74,26 @@ class ValidationState:
         self.max_batch = max_batch
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+        # Verdicts by the sender domains a request was scoped to (the dashboard shows a
+        # user only the scopes inside its own domains); keys are configured domains only.
+        self._by_scope: dict[tuple[str, ...], dict[str, int]] = {}
+
+    def record(self, scope: tuple[str, ...], verdicts: list[str]) -> None:
+        with self._lock:
+            counts = self._by_scope.setdefault(tuple(sorted(scope)), dict.fromkeys(VERDICTS, 0))
+            for v in verdicts:
+                counts[v] = counts.get(v, 0) + 1
+
+    def visible_counts(self, domains: tuple[str, ...]) -> dict[str, int]:
+        """Verdict counts of the requests scoped within ``domains`` (never another tenant's)."""
+        allowed = set(domains)
+        out = dict.fromkeys(VERDICTS, 0)
+        with self._lock:
+            for scope, counts in self._by_scope.items():
+                if set(scope) <= allowed:
+                    for v, n in counts.items():
+                        out[v] = out.get(v, 0) + n
+        return out
 
     def take(self, token_hash: str, n: int, now: float) -> float:
         """Spend ``n`` addresses of the token's minute allowance; 0 when allowed, else
@@ -154,6 +174,7 @@ def validate_addresses(
     counts = {v: 0 for v in VERDICTS}
     for r in results:
         counts[r.verdict] += 1
+    state.record(scope, [r.verdict for r in results])
     out = ValidateResponse(results=[VerdictOut(**r.as_dict()) for r in results], counts=counts)
     return JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
 
@@ -165,17 +186,27 @@ def undeliverable_recipients(app: Starlette, ctx: ApiContext, mail_from: str,
     DNS could not decide, which are sent). Suppression is left to the milter's policy."""
     if not ctx.config.policy_for(mail_from.rpartition("@")[2]).validate_recipients:
         return [], []
-    validator = state_for(app, ctx).validator
+    state = state_for(app, ctx)
     errors: list[dict[str, Any]] = []
     warnings: list[str] = []
+    verdicts: list[str] = []
     for i, rcpt in enumerate(recipients):
-        v = validator.check(rcpt)
+        v = state.validator.check(rcpt)
+        verdicts.append(v.verdict)
         if v.verdict == "invalid":
             errors.append({"type": "value_error", "loc": ("body", "recipient", i), "input": rcpt,
                            "msg": f"cannot receive mail ({v.check} check): {v.reason}"})
         elif v.verdict == "unknown":
             warnings.append(f"{rcpt}: not validated ({v.reason})")
+    state.record((mail_from.rpartition("@")[2].lower(),), verdicts)
     return errors, warnings
+
+
+def dashboard_counts(app: Starlette, domains: tuple[str, ...]) -> dict[str, int] | None:
+    """The dashboard's panel: verdicts since the API started, within ``domains``; None
+    before the first validation."""
+    state: ValidationState | None = getattr(app.state, "validation", None)
+    return None if state is None else state.visible_counts(domains)
 
 
 class ValidationCollector(Collector):
