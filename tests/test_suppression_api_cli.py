@@ -59,14 +59,17 @@ def test_cli_add_list_remove(config: Config) -> None:
     assert "added 2 to a.test" in r.output
     r = cli(config, "list")
     assert r.exit_code == 0
-    lines = [line.split("\t") for line in r.output.strip().splitlines()]
+    header, *rows = r.output.strip().splitlines()
+    assert header.split("\t") == ["DOMAIN", "ADDRESS", "REASON", "LISTED", "EXPIRES", "STATE", "SOURCE_EVENT"]
+    lines = [line.split("\t") for line in rows]
     assert [(f[0], f[1], f[2], f[5]) for f in lines] == [
         ("a.test", "y@remote.test", "asked to", "active"), ("a.test", "z@remote.test", "asked to", "active")]
     r = cli(config, "remove", "y@remote.test", "nobody@remote.test")
     assert r.exit_code == 0 and "removed y@remote.test from a.test" in r.output
     assert "not listed: nobody@remote.test" in r.output
-    assert [line.split("\t")[1] for line in cli(config, "list").output.strip().splitlines()] == ["z@remote.test"]
-    r = cli(config, "list", "--all", "y@remote.test")
+    assert [line.split("\t")[1] for line in cli(config, "list", "--no-header").output.strip().splitlines()] == [
+        "z@remote.test"]
+    r = cli(config, "list", "--all", "--no-header", "y@remote.test")
     assert r.output.split("\t")[5] == "removed"
     assert cli(config, "remove", "y@remote.test").exit_code == 1  # already gone
     assert cli(config, "add", "--domain", "a.test", "not-an-address").exit_code == 1
@@ -79,8 +82,20 @@ def test_cli_remove_scoped_by_domain_and_expired_entries_hidden(config: Config) 
     assert "\texpired\t" in cli(config, "list", "--all", "--domain", "a.test", "old@remote.test").output
     r = cli(config, "remove", "--domain", "b.test", "x@remote.test")
     assert r.exit_code == 0 and r.output.strip() == "removed x@remote.test from b.test"
-    domains = sorted(line.split("\t")[0] for line in cli(config, "list", "x@remote.test").output.strip().splitlines())
+    domains = sorted(line.split("\t")[0]
+                     for line in cli(config, "list", "--no-header", "x@remote.test").output.strip().splitlines())
     assert domains == ["a.test", "c.test"]
+
+
+def test_cli_add_refuses_a_domain_no_list_is_read_for(config: Config, tmp_path: Path) -> None:
+    r = cli(config, "add", "--domain", "typo.test", "x@remote.test")
+    assert r.exit_code == 1
+    assert "typo.test is not a configured domain (domains: a.test, b.test, c.test)" in r.output
+    assert "nothing would ever read this list" in r.output
+    assert "x@remote.test" not in cli(config, "list").output
+    # With the default entry's policy on, every domain's list is read: accepted.
+    on = write_config(tmp_path, "domains:\n  default:\n    suppression: {policy: reject}\n", name="on.yaml")
+    assert cli(on, "add", "--domain", "typo.test", "x@remote.test").exit_code == 0
 
 
 # ------------------------------------------------------------------------ API

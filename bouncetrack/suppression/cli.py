@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH
+from ..config import DEFAULT_CONFIG_PATH, Config
 from ..store.base import REASON_MANUAL
 from ..store.views import Suppression
 from ..addresses import AddressError, parse_address, parse_domain
@@ -27,21 +27,41 @@ def _iso(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _open(config_file: str) -> Any:
+HEADER = ("DOMAIN", "ADDRESS", "REASON", "LISTED", "EXPIRES", "STATE", "SOURCE_EVENT")
+
+
+def _load(config_file: str) -> Config:
     from ..config import ConfigError
     from ..config_loader import load_config
-    from ..store import StoreUnavailable, open_store
 
     try:
-        config = load_config(config_file)
+        return load_config(config_file)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise SystemExit(1) from None
+
+
+def _open(config_file: str, config: Config | None = None) -> Any:
+    from ..store import StoreUnavailable, open_store
+
+    config = config if config is not None else _load(config_file)
     try:
         return open_store(config.store_url)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def check_domain_used(config: Config, domain: str) -> None:
+    """Refuse a list nobody reads: ``domain`` must be under ``domains:``, or the
+    ``default`` entry's policy must use the lists (then every domain's is read)."""
+    if domain in config.domains or config.default.suppression.policy != "off":
+        return
+    known = ", ".join(sorted(config.domains)) or "none"
+    raise click.ClickException(
+        f"{domain} is not a configured domain (domains: {known}) and the default entry's "
+        "suppression policy is off: nothing would ever read this list. Add the domain under "
+        "domains: (with a suppression policy) first, or check its spelling.")
 
 
 def _addresses(raw: tuple[str, ...]) -> list[str]:
@@ -84,16 +104,21 @@ def suppression() -> None:
 @click.option("--domain", "domains", multiple=True, help="Only this sender domain (repeatable); default: all.")
 @click.option("--all", "include_inactive", is_flag=True, help="Also expired and removed entries.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many lines.")
+@click.option("--no-header", is_flag=True, help="Leave out the header line (for scripts).")
 @click.argument("addresses", nargs=-1)
 def list_command(
-    config_file: str, domains: tuple[str, ...], include_inactive: bool, limit: int | None, addresses: tuple[str, ...]
+    config_file: str, domains: tuple[str, ...], include_inactive: bool, limit: int | None, no_header: bool,
+    addresses: tuple[str, ...],
 ) -> None:
-    """Print entries: domain, address, reason, listed, expires, state, source event (tab-separated)."""
+    """Print entries: domain, address, reason, listed, expires, state, source event (tab-separated,
+    after a header line)."""
     store = _open(config_file)
     wanted = _addresses(addresses) if addresses else [None]
     scope = [_domain(d) for d in domains] or None
     now = time.time()
     shown = 0
+    if not no_header:
+        click.echo("\t".join(HEADER))
     try:
         for address in wanted:
             after = 0
@@ -131,7 +156,9 @@ def add_command(config_file: str, domain: str, reason: str, expire_days: float |
     the addresses from stdin, one a line (a bulk import: all or nothing)."""
     wanted = _addresses(addresses)
     name = _domain(domain)
-    store = _open(config_file)
+    config = _load(config_file)
+    check_domain_used(config, name)
+    store = _open(config_file, config)
     now = time.time()
     expires = None if expire_days is None else now + expire_days * DAY
     try:
