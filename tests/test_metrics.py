@@ -297,6 +297,34 @@ def test_fallback_log_is_best_effort_fixed_size_and_counted_by_reason(tmp_path: 
     assert pipe_fallback.read_counts(str(tmp_path / "missing-dir")) == {NO_SERVER: 0, SERVER_LOST: 0}
 
 
+def test_a_fresh_store_does_not_count_an_earlier_installs_pipe_logs(
+        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tempfail and fallback logs live in the cache directory, which outlives a store
+    (issue 15: a new store showed 143 tempfails): only records since the store's
+    creation (its first migration) are counted."""
+    directory = cache_dir(config)
+    directory.mkdir(exist_ok=True)
+    old = int(time.time()) - 86400
+    with open(directory / pipe_tempfail.FILENAME, "wb") as fh:
+        for i in range(143):
+            fh.write(f"{old + i:010d} {0.5:12.6f}\n".encode())
+    with open(directory / client.FALLBACK_LOG, "wb") as fh:
+        for i in range(7):
+            fh.write(("%010d %-*s\n" % (old + i, client.REASON_WIDTH, NO_SERVER)).encode())
+    open_store(config.store_url).close()  # the store is created now
+    samples = parse(scrape_text(config, monkeypatch))
+    assert value(samples, "bouncetrack_pipe_runs_total", outcome="tempfail") == 0
+    assert value(samples, "bouncetrack_pipe_fallbacks_total", reason=NO_SERVER) == 0
+    pipe_tempfail.note_tempfail(1.5, str(directory))  # this store's own
+    note_fallback_in(directory, NO_SERVER)
+    samples = parse(scrape_text(config, monkeypatch))
+    assert value(samples, "bouncetrack_pipe_runs_total", outcome="tempfail") == 1
+    assert value(samples, "bouncetrack_pipe_fallbacks_total", reason=NO_SERVER) == 1
+    # The readers find the first recent record by binary search, at any size.
+    assert pipe_tempfail.read_durations(str(directory), since=old + 100)[0] == 44
+    assert pipe_tempfail.read_durations(str(directory), since=old + 100, max_bytes=10) == (44, [])
+
+
 # ------------------------------------------------------------------ the milter
 
 

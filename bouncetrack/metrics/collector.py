@@ -83,6 +83,9 @@ class StoreCollector(Collector):
         self._store = store
         self._clock = clock
         self._tempfail_dir = tempfail_dir
+        # The store's creation time, kept for scrapes while the store is down: the pipe's
+        # logs outside the store are counted from then on (an earlier install's are not).
+        self._since = 0.0
 
     def describe(self) -> Iterable[Metric]:
         return []  # no store access when registering
@@ -121,7 +124,9 @@ class StoreCollector(Collector):
                 buckets[outcome][pipe_bucket(le)] += n
                 sums[outcome] += seconds
                 observed[outcome] += n
-        tempfails, durations = pipe_tempfail.read_durations(self._tempfail_dir)
+        if counts is not None:
+            self._since = counts.store_created_at
+        tempfails, durations = pipe_tempfail.read_durations(self._tempfail_dir, since=self._since)
         runs["tempfail"] = tempfails
         for seconds in durations:
             buckets["tempfail"][pipe_bucket(seconds)] += 1
@@ -158,7 +163,7 @@ class StoreCollector(Collector):
             "stored all the same, at the cost of a full start",
             labels=["reason"],
         )
-        for reason, n in pipe_fallback.read_counts(self._tempfail_dir).items():
+        for reason, n in pipe_fallback.read_counts(self._tempfail_dir, since=self._since).items():
             fallbacks.add_metric([reason], n)
         yield fallbacks
 

@@ -6,7 +6,8 @@ listening (``no-server``), or it went away before answering (``server-lost``).
 The bounce is stored either way; the count tells an operator that every bounce now
 pays a full interpreter start (``bench/pipe.py``: about 3 times the client's time),
 and that the server should be started again. Truncating the file resets the
-counter (Prometheus copes with counter resets).
+counter (Prometheus copes with counter resets). Records older than the store's
+creation are not counted (``since``; see :mod:`.pipe_tempfail`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 
 from ..bounce_pipe.client import FALLBACK_LOG, FALLBACK_RECORD_LEN, NO_SERVER, SERVER_LOST, cache_dir
+from .pipe_tempfail import first_record_since
 
 REASONS = (NO_SERVER, SERVER_LOST)
 _CHUNK = FALLBACK_RECORD_LEN * 4096  # whole records per read
@@ -24,8 +26,9 @@ def path(directory: str | None = None) -> str:
     return os.path.join(directory or cache_dir(), FALLBACK_LOG)
 
 
-def read_counts(directory: str | None = None) -> dict[str, int]:
-    """Records per reason (every reason present, 0 when none); a missing file is all 0.
+def read_counts(directory: str | None = None, since: float = 0.0) -> dict[str, int]:
+    """Records per reason stamped at or after ``since`` (every reason present, 0 when
+    none); a missing file is all 0.
 
     Read in whole records, so a long outage's log is counted in constant memory.
     """
@@ -33,6 +36,8 @@ def read_counts(directory: str | None = None) -> dict[str, int]:
     tokens = {reason: f" {reason}".encode() for reason in REASONS}
     try:
         with open(path(directory), "rb") as fh:
+            if since > 0:
+                fh.seek(first_record_since(fh, os.fstat(fh.fileno()).st_size, FALLBACK_RECORD_LEN, since))
             while chunk := fh.read(_CHUNK):
                 for reason, token in tokens.items():
                     counts[reason] += chunk.count(token)

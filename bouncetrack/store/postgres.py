@@ -745,8 +745,10 @@ class PostgresStore:
                     {"now": now},
                 ).fetchone()
                 dead_row = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
-        assert row is not None and dead_row is not None
-        return _rows.metric_counts(now, events, messages, deliveries, runs, row, dead_row[0], guards)
+                created_row = conn.execute(_rows.STORE_CREATED_SQL).fetchone()
+        assert row is not None and dead_row is not None and created_row is not None
+        return _rows.metric_counts(now, events, messages, deliveries, runs, row, dead_row[0], guards,
+                                   created_row[0])
 
     # =========================================================================
     # Suppression list (issue 6). Implements base.SuppressionStore with the

@@ -52,6 +52,8 @@ EVENT_FIELDS = (
     "queue_id",
 )
 EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+# When the store was created: its first migration (metric_counts.created_at).
+STORE_CREATED_SQL = "SELECT min(applied_at) FROM schema_migrations"
 JOB_COLUMNS = (
     "id, event_id, channel, target, state, attempts, next_attempt_at, "
     "last_error, created_at, updated_at, lease_until"
@@ -326,9 +328,11 @@ def metric_counts(
     outbox: Sequence[Any],
     dead: Any,
     guards: Sequence[Sequence[Any]] = (),
+    created_at: Any = None,
 ) -> MetricCounts:
     """MetricCounts from the counter tables' rows, the pending outbox row
-    (count, due, leased, oldest created_at) and the dead-job count."""
+    (count, due, leased, oldest created_at), the dead-job count and when the
+    store was created (``min(applied_at)`` of schema_migrations)."""
     pending, due, leased, oldest = outbox
     from .views import MetricCounts
     return MetricCounts(
@@ -342,6 +346,7 @@ def metric_counts(
         outbox_leased=int(leased),
         outbox_dead=int(dead),
         outbox_oldest_pending_age=pending_age(now, oldest),
+        store_created_at=float(created_at or 0.0),
     )
 
 

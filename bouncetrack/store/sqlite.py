@@ -819,7 +819,8 @@ class SQLiteStore:
                 (now,),
             ).fetchone()
             (dead,) = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()
-        return _rows.metric_counts(now, events, messages, deliveries, runs, outbox, dead, guards)
+            (created,) = conn.execute(_rows.STORE_CREATED_SQL).fetchone()
+        return _rows.metric_counts(now, events, messages, deliveries, runs, outbox, dead, guards, created)
 
     # ============================================================ end of metrics
 

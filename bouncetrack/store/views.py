@@ -78,6 +78,9 @@ class MetricCounts:
     outbox_dead: int
     outbox_oldest_pending_age: float  # seconds; 0 when nothing is pending
     pipe_guards: tuple[tuple[str, int], ...] = ()  # (guard, count): the pipe's bounds (issue 16)
+    # When the store was created (its first migration): the pipe's tempfail and
+    # fallback logs, kept outside the store, are counted from then on (issue 15).
+    store_created_at: float = 0.0
 
 
 # Dashboard aggregates (issue 5): every query takes the caller's domain scope
