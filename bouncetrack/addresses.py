@@ -108,7 +108,7 @@ def parse_address(value: str) -> Address:
     parsed = mod.parse(text, addr_spec_only=True, strict=True)
     if parsed is None or not hasattr(parsed, "mailbox"):
         raise AddressError(f"is not a valid address (RFC 5322 §3.4.1 addr-spec): {_diagnose(mod, local, domain)}")
-    return _checked(parsed.mailbox, parsed.hostname, "", literal=_literal(domain))
+    return _checked(parsed.mailbox, parsed.hostname, "")
 
 
 def parse_mailbox_list(value: str) -> tuple[Address, ...]:
@@ -125,8 +125,7 @@ def parse_mailbox_list(value: str) -> tuple[Address, ...]:
     for item in parsed:
         if not hasattr(item, "mailbox"):  # flanker also parses URLs
             raise AddressError(f"{str(item)[:60]!r} is not an email address")
-        literal = item.hostname.startswith("[")
-        out.append(_checked(item.mailbox, item.hostname, item.display_name or "", literal=literal))
+        out.append(_checked(item.mailbox, item.hostname, item.display_name or ""))
     if not out:
         raise AddressError("holds no address")
     return tuple(out)
@@ -221,17 +220,13 @@ def _diagnose(mod: Any, local: str, domain: str) -> str:
     return "invalid syntax"
 
 
-def _literal(domain: str) -> bool:
-    return domain.startswith("[")
-
-
-def _checked(local: str, hostname: str, display_name: str, *, literal: bool) -> Address:
+def _checked(local: str, hostname: str, display_name: str) -> Address:
     """What flanker's grammar lets through and we do not: lengths, SMTPUTF8, labels."""
     if not local.isascii():
         raise AddressError("has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531): not supported")
     if len(local) > MAX_LOCAL:
         raise AddressError(f"the local part is {len(local)} characters long; at most {MAX_LOCAL} (RFC 5321 §4.5.3.1.1)")
-    if literal or hostname.startswith("["):
+    if hostname.startswith("["):
         return Address(local, _address_literal(hostname), display_name)
     domain = _ascii_domain(hostname)
     if len(local) + 1 + len(domain) > MAX_ADDRESS:
