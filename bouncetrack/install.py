@@ -305,8 +305,12 @@ def install(
         echo(f"warning: {w.bouncetrack_bin} does not exist (use --bouncetrack-bin); pipe(8) would fail")
     cur_master = master_entry(config_dir)
     state = State.load(config_dir)
+    # Other names of our milter, replaced in place: what an earlier install wrote, and the
+    # configured path itself (written absolute by hand or by an install before issue 15,
+    # which a chrooted smtpd cannot reach).
     earlier = str(state.wanted.get("milter_socket", "")) if state is not None else ""
-    p = wiring.plan(current, cur_master, w, replaces=[earlier] if earlier and earlier != w.milter_socket else [])
+    replaces = [n for n in dict.fromkeys((earlier, str(config.milter_socket))) if n and n != w.milter_socket]
+    p = wiring.plan(current, cur_master, w, replaces=replaces)
     transport_path = config_dir / wiring.TRANSPORT_FILE
     transport_ok = transport_path.exists() and transport_path.read_text() == p.transport_text
     if p.empty and transport_ok:

@@ -204,3 +204,19 @@ def test_doctor_warns_about_a_service_that_overrides_the_milters_without_ours(tm
     r = rs["postfix submission/inet smtpd_milters"]
     assert r.verdict == "WARN" and "not tracked" in r.why and "inet:127.0.0.1:8891" in r.why, r.line()
     assert "postfix smtps/inet smtpd_milters" not in rs  # its own list includes ours
+
+
+@needs_postfix
+def test_install_replaces_an_absolute_entry_of_our_socket_by_the_relative_name(tmp_path: Path) -> None:
+    from bouncetrack.install import install
+
+    config_dir, queue = _chrooted_instance(tmp_path)
+    sock = queue / "bouncetrack" / "milter.sock"
+    config = _config(tmp_path, str(sock))
+    # Written by hand (or by an install before issue 15): unreachable for the chrooted smtpd.
+    subprocess.run(["postconf", "-c", str(config_dir), "-e",
+                    f"smtpd_milters=inet:127.0.0.1:8891, {wiring.milter_entry(str(sock))}"], check=True)
+    install(config, config_dir, echo=lambda s: None)
+    out = subprocess.run(["postconf", "-c", str(config_dir), "-h", "smtpd_milters"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == f"inet:127.0.0.1:8891, {wiring.milter_entry('bouncetrack/milter.sock')}"

@@ -152,6 +152,39 @@ def test_doctor_sees_the_socket_through_the_chroot(own_stack: Stack) -> None:
     assert rs["postfix master.cf bouncepipe"].verdict != "FAIL", rs["postfix master.cf bouncepipe"].line()
 
 
+def test_milter_down_postfix_tempfails_and_the_api_probe_says_so(own_stack: Stack, tmp_path: Path) -> None:
+    """The outage the alert is for: all mail 451 4.7.1, the milter's own metrics gone, and
+    the API's /metrics (bouncetrack_milter_up) telling it."""
+    from fastapi.testclient import TestClient
+
+    from bouncetrack.api.app import create_app
+    from bouncetrack.config_loader import load_config
+
+    st = own_stack
+    config = load_config(st.config_path)
+
+    def milter_up() -> float:
+        os.environ["BOUNCETRACK_CACHE_DIR"] = str(tmp_path)
+        try:
+            with TestClient(create_app(config)) as client:
+                text = client.get("/metrics").text
+        finally:
+            del os.environ["BOUNCETRACK_CACHE_DIR"]
+        line = next(x for x in text.splitlines() if x.startswith("bouncetrack_milter_up "))
+        return float(line.split()[1])
+
+    assert milter_up() == 1.0
+    st.stop_milter()
+    try:
+        r = st.send(f"info@{UNTRACKED}", [f"ok3-deb@{REMOTE}"])
+        assert not r.accepted and any(code == 451 for code in r.codes), r
+        assert milter_up() == 0.0
+    finally:
+        st.start_milter()
+    assert milter_up() == 1.0
+    assert st.send(f"info@{UNTRACKED}", [f"ok4-deb@{REMOTE}"]).accepted
+
+
 def test_uninstall_gives_back_the_packaged_files_byte_for_byte(own_stack: Stack) -> None:
     from bouncetrack.install import uninstall
 
@@ -162,3 +195,34 @@ def test_uninstall_gives_back_the_packaged_files_byte_for_byte(own_stack: Stack)
     for name in ("main.cf", "master.cf"):
         assert (etc / name).read_bytes() == st.packaged_files[name], name
     assert not (etc / wiring.TRANSPORT_FILE).exists()
+
+
+def test_the_issue_15_outage_reproduced_diagnosed_and_repaired() -> None:
+    """The milter named by an absolute path, as before issue 15: the chrooted smtpd cannot
+    reach it, every message gets 451 4.7.1 while the milter runs; doctor FAILs naming the
+    path smtpd looked at; ``install`` again puts the relative name in its place."""
+    from bouncetrack.config_loader import load_config
+    from bouncetrack.doctor.cli import check_postfix
+
+    reason = harness_unavailable() or packaged_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with Stack(postfix_config="debian", pipe="real") as st:
+        pf = st.postfix
+        absolute = wiring.milter_entry(str(st.milter_socket))
+        pf.postconf("-e", f"smtpd_milters={absolute}", f"non_smtpd_milters={absolute}")
+        pf.reload()
+        r = st.send(f"info@{UNTRACKED}", [f"ok5-deb@{REMOTE}"])
+        assert not r.accepted and any(code == 451 for code in r.codes), r
+        assert st.wait_for(lambda: "connect to Milter service" in pf.log_text() or None, 10)
+        config = load_config(st.config_path)
+        rs = {x.name: x for x in check_postfix(config, pf.config_dir, st.user)}
+        fail = rs["postfix smtpd_milters chroot"]
+        assert fail.verdict == "FAIL" and f"{pf.queue_dir}{st.milter_socket}" in fail.why, fail.line()
+        assert st.run_install()
+        entry = wiring.milter_entry("bouncetrack/milter.sock")
+        assert pf.postconf("-h", "smtpd_milters", "non_smtpd_milters").splitlines() == [entry, entry]
+        pf.reload()
+        assert st.send(f"info@{UNTRACKED}", [f"ok6-deb@{REMOTE}"]).accepted
+        rs = {x.name: x for x in check_postfix(config, pf.config_dir, st.user)}
+        assert rs["postfix smtpd_milters chroot"].verdict == "OK"

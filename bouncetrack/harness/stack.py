@@ -375,20 +375,26 @@ class Stack:
         """Write the packaged configuration, make the milter's socket directory under the
         queue directory (what systemd/bouncetrack-milter.service's ExecStartPre does) and
         run ``bouncetrack install`` against it."""
-        from ..config_loader import load_config
-        from ..install import install
-
         self.postfix.write()
         sock_dir = self.milter_socket.parent
         sock_dir.mkdir(exist_ok=True)
         os.chown(sock_dir, ensure_user(self.user)[0], gid_of("postfix"))
         sock_dir.chmod(0o750)
         self.packaged_files = {n: (self.postfix.config_dir / n).read_bytes() for n in ("main.cf", "master.cf")}
-        install(load_config(self.config_path), self.postfix.config_dir,
-                bouncetrack_bin=str(Path(self.python).parent / "bouncetrack"),
-                pipe_socket=str(self.pipe_socket),
-                pipe_client=str(self.lib / "bouncetrack" / "bounce_pipe" / "client.py"),
-                echo=self.install_output.append)
+        self.run_install()
+
+    def run_install(self) -> bool:
+        """``bouncetrack install`` against this stack's Postfix, with the stack's pipe client,
+        pipe server socket and interpreter (output appended to :attr:`install_output`);
+        True when it changed something."""
+        from ..config_loader import load_config
+        from ..install import install
+
+        return install(load_config(self.config_path), self.postfix.config_dir,
+                       bouncetrack_bin=str(Path(self.python).parent / "bouncetrack"),
+                       pipe_socket=str(self.pipe_socket),
+                       pipe_client=str(self.lib / "bouncetrack" / "bounce_pipe" / "client.py"),
+                       echo=self.install_output.append)
 
     def config_yaml(self) -> str:
         """The generated configuration (schema: conf/example.yaml)."""
