@@ -155,6 +155,15 @@ def test_doctor_fails_on_the_old_socket_path_in_a_chrooted_master_cf(tmp_path: P
         install(config, config_dir, echo=lambda s: None)
     assert f"milter_socket: {queue}/bouncetrack/milter.sock" in str(err.value)
     assert (config_dir / "main.cf").read_bytes() == before
+    # the command: exit 1, the explanation, nothing written
+    from click.testing import CliRunner
+
+    from bouncetrack.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["install", "--postfix-dir", str(config_dir), "--config", str(config.path)])
+    assert r.exit_code == 1 and "chrooted" in r.output and f"{queue}/bouncetrack/milter.sock" in r.output, r.output
+    assert (config_dir / "main.cf").read_bytes() == before
+    assert not list(config_dir.glob("*.bouncetrack-backup-*"))
 
 
 @needs_postfix
