@@ -160,8 +160,8 @@ def test_doctor_fails_on_the_old_socket_path_in_a_chrooted_master_cf(tmp_path: P
 
     from bouncetrack.cli import build_cli
 
-    r = CliRunner().invoke(build_cli(), ["install", "--postfix-dir", str(config_dir), "--config", str(config.path)])
-    assert r.exit_code == 1 and "chrooted" in r.output and f"{queue}/bouncetrack/milter.sock" in r.output, r.output
+    cli = CliRunner().invoke(build_cli(), ["install", "--postfix-dir", str(config_dir), "--config", str(config.path)])
+    assert cli.exit_code == 1 and "chrooted" in cli.output and f"{queue}/bouncetrack/milter.sock" in cli.output, cli.output
     assert (config_dir / "main.cf").read_bytes() == before
     assert not list(config_dir.glob("*.bouncetrack-backup-*"))
 
