@@ -269,9 +269,17 @@ def _build() -> "click.Group":
     def check_config(file: str) -> None:
         """Validate a config FILE (exit 1 on problems).
 
-        Prints "ok" and a summary, or every problem, one per line, on stderr.
+        Prints "ok" and a summary, or every problem, one per line, on stderr; API
+        tokens and webhook secrets everybody knows (examples, "test") are problems.
         """
+        from bouncetrack.known_secrets import known_secret_problems
+
         config = load(file)
+        known = known_secret_problems(config)
+        for line in known:  # issue 16: a secret everybody knows is refused
+            click.echo(f"{file}: {line}", err=True)
+        if known:
+            raise SystemExit(1)
         click.echo(f"ok: {file}: {config_summary(config)}")
 
     @bouncetrack.command("verp")

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -410,3 +411,42 @@ def test_x_forwarded_host_counts_only_behind_a_proxy() -> None:
     headers = {"origin": "https://dash.example", "host": "127.0.0.1:8025", "x-forwarded-host": "dash.example"}
     assert not same_origin(headers)
     assert same_origin(headers, behind_proxy=True)
+
+
+def test_the_guard_follows_a_reloaded_configuration(config: Config, tmp_path: Path) -> None:
+    """A token added by SIGHUP (ApiContext.apply) passes the early token check at once."""
+    app = create_app(config)
+    newer = write_config(tmp_path, f"""\
+        domains:
+          a.test: {{api_tokens: ["{hash_api_token(TOKEN)}", "{hash_api_token('tok-added')}"]}}
+        """, name="reloaded.yaml")
+    with TestClient(app) as c:
+        added = {"Authorization": "Bearer tok-added"}
+        assert c.post("/v1/suppressions", json={"addresses": ["x@remote.test"]}, headers=added).status_code == 401
+        app.state.ctx.apply(newer)
+        assert c.post("/v1/suppressions", json={"addresses": ["x@remote.test"]}, headers=added).status_code == 201
+
+
+def test_check_config_refuses_secrets_everybody_knows(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / "copied.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        bounce_domain: bounce.test
+        secret_file: {tmp_path}/verp.key
+        store: sqlite:///{tmp_path}/bt.db
+        domains:
+          a.test:
+            api_tokens: ["{hash_api_token('test')}"]
+            webhook: {{url: "https://hooks.example.com/b", secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}
+          b.test:
+            webhook: {{url: "https://hooks.example.com/b", secret: short}}
+        """))
+    proc = subprocess.run([sys.executable, "-m", "bouncetrack", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=root)
+    assert proc.returncode == 1, proc.stdout
+    assert "domains.a.test.api_tokens: the hash of the well-known token 'test'" in proc.stderr
+    assert "domains.a.test.webhook.secret: the example's secret" in proc.stderr
+    assert "domains.b.test.webhook.secret: 5 characters" in proc.stderr
+    ok = subprocess.run([sys.executable, "-m", "bouncetrack", "check-config", str(root / "conf" / "example.yaml")],
+                        capture_output=True, text=True, timeout=60, cwd=root)
+    assert ok.returncode == 0, ok.stderr

@@ -94,7 +94,7 @@ def create_app(config: Config, *, store_factory: Callable[[Config], Store] | Non
         return dashboard.store_unavailable_page(request)
 
     app.add_exception_handler(StoreUnavailable, store_unavailable)
-    app.add_middleware(RequestGuard, config=config)  # issue 16: token before body, bounded bodies
+    app.add_middleware(RequestGuard, current=lambda: ctx.config)  # issue 16: token before body, bounded bodies
     return app
 
 

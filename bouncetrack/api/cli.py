@@ -23,6 +23,7 @@ def api_command(config_path: Path, listen: str | None) -> None:
     from .. import __version__
     from ..config import ConfigError
     from ..config_loader import load_config
+    from ..known_secrets import known_secret_problems
     from ..logsetup import setup
     from ..redact import config_secrets, register
     from ..reload import RESTART_ONLY, on_sighup, reload_config
@@ -45,6 +46,8 @@ def api_command(config_path: Path, listen: str | None) -> None:
     # found: this one, so that the process ends normally and logs its stop line.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_quietly)
+    for line in known_secret_problems(config):  # issue 16: loudly, but mail flow goes on
+        log.error("%s: %s", config_path, line)
     host, _, port = (listen or config.api_listen).rpartition(":")
     log.info("bouncetrack api %s starting, configuration %s, listening on %s", __version__, config_path,
              listen or config.api_listen)

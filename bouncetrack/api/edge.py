@@ -87,17 +87,28 @@ class FailureLimit:
 class Edge:
     """The Host allow-list and the failed-auth limit around an ASGI app (module doc)."""
 
-    def __init__(self, app: ASGIApp, hosts: tuple[str, ...], limit: FailureLimit) -> None:
+    def __init__(self, app: ASGIApp, current: Callable[[], Config]) -> None:
+        """``current``: the configuration now (SIGHUP changes it; so do the hosts and the limit)."""
         self.app = app
-        self.hosts = frozenset(hosts)
-        self.any_host = "*" in self.hosts
-        self.limit = limit
+        self.current = current
+        self._for: Config | None = None
+        self.hosts: frozenset[str] = frozenset()
+        self.limit = FailureLimit(0)
+
+    def _follow(self) -> None:
+        config = self.current()
+        if config is not self._for:
+            self.hosts = frozenset(allowed_hosts(config))
+            if config.api.failed_auth_per_minute != self.limit.per_minute:
+                self.limit = FailureLimit(config.api.failed_auth_per_minute)
+            self._for = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not self.any_host:
+        self._follow()
+        if "*" not in self.hosts:
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
             if host_name(host) not in self.hosts:
                 await _plain(send, 400, "Invalid Host header: not one of api.allowed_hosts\n")

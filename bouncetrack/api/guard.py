@@ -53,9 +53,10 @@ def body_limit(config: Config, path: str) -> int:
 class RequestGuard:
     """Token-before-body and body limits for every HTTP request (see the module doc)."""
 
-    def __init__(self, app: ASGIApp, config: Config) -> None:
+    def __init__(self, app: ASGIApp, current: Callable[[], Config]) -> None:
+        """``current``: the configuration now (it changes on SIGHUP)."""
         self.app = app
-        self.config = config
+        self.current = current
 
     async def __call__(self, scope: Scope, receive: Receive, outer: Send) -> None:
         if scope["type"] != "http":
@@ -73,10 +74,11 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path.startswith("/v1/") and not domains_for_token(self.config, presented_token(Request(scope))):
+        config = self.current()
+        if path.startswith("/v1/") and not domains_for_token(config, presented_token(Request(scope))):
             await _answer(send, 401, {"detail": UNAUTHORIZED_DETAIL}, {"WWW-Authenticate": "Bearer"})
             return
-        limit = body_limit(self.config, path)
+        limit = body_limit(config, path)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _answer(send, 413, _too_large(limit))

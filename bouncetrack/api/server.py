@@ -7,7 +7,7 @@ from typing import Any
 import uvicorn
 
 from ..config import Config
-from .edge import Edge, FailureLimit, allowed_hosts
+from .edge import Edge
 from ..logsetup import uvicorn_log_config
 
 
@@ -22,7 +22,7 @@ def server_config(app: Any, config: Config, host: str, port: int) -> uvicorn.Con
     failed-auth limit.
     """
     return uvicorn.Config(
-        Edge(app, allowed_hosts(config), FailureLimit(config.api.failed_auth_per_minute)),
+        Edge(app, lambda: app.state.ctx.config),  # the configuration now: SIGHUP changes it
         host=host,
         port=port,
         log_level=config.log_level.lower(),

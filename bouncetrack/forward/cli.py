@@ -18,6 +18,7 @@ import click
 
 from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from ..events import iso_utc
+from ..known_secrets import known_secret_problems
 from ..store.base import OutboxJob, StoreUnavailable
 from ..store.interfaces import Store
 
@@ -74,6 +75,8 @@ def worker(config_path: str, once: bool) -> None:
     register(config_secrets(config))
     log = logging.getLogger("bouncetrack.worker")
     log.info("bouncetrack worker %s starting, configuration %s", __version__, config_path)
+    for line in known_secret_problems(config):  # issue 16: loudly, but deliveries go on
+        log.error("%s: %s", config_path, line)
     try:
         stats = _with_store(config, lambda store: run_worker(config, store, once=once, config_path=config_path))
     finally:
