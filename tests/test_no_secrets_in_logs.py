@@ -135,3 +135,9 @@ def test_no_secret_reaches_any_log(make_stack: Any, tmp_path: Path) -> None:
         assert "HTTP 500" in logs["worker"] and ": delivered" in logs["worker"]
         assert "bouncetrack:***@127.0.0.1" in logs["worker --once (PostgreSQL down)"] + logs["check-config"]
         assert "reload refused" in logs["milter"] and "reload refused" in logs["pipe server"]
+        # Every process said when it started and when it stopped.
+        for name in ("api", "worker", "milter", "pipe server"):
+            assert " starting, configuration " in logs[name], name
+        assert "bouncetrack milter stopped" in logs["milter"]
+        assert "bouncetrack pipe-server stopped" in logs["pipe server"]
+        assert "bouncetrack worker stopped" in logs["worker"] and "bouncetrack api stopped" in logs["api"]

@@ -250,7 +250,7 @@ class Server:
         while self.children and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
-        log.info("pipe server stopped")
+        log.info("bouncetrack pipe-server stopped")
         return 0
 
 
