@@ -94,6 +94,9 @@ class TextDetector:
     subject_re: LazyRe | None = None
     header_names: tuple[str, ...] = ()
     body_re: LazyRe | None = None
+    # Lower-case literal fragments, one of which every match of ``body_re`` contains: tested
+    # first on the case-folded head, a cheap way past the case-insensitive search.
+    body_keys: tuple[str, ...] = ()
     # Temporary failure ("will retry") detection scope.
     status_hint_re: LazyRe | None = None
 
@@ -105,8 +108,15 @@ class TextDetector:
         for h in self.header_names:
             if h in view.headers:
                 return True
-        if self.body_re is not None and self.body_re.search(view.report_text[:4000]):
-            return True
+        if self.body_re is not None:
+            if self.body_keys:
+                head = view._cache.get("head")
+                if not isinstance(head, str):
+                    head = view._cache["head"] = view.report_text[:4000].casefold()
+                if not any(k in head for k in self.body_keys):
+                    return False
+            if self.body_re.search(view.report_text[:4000]):
+                return True
         return False
 
     def entries(self, view: ParsedView) -> list[Entry]:

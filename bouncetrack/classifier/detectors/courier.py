@@ -12,3 +12,4 @@ from .base import TextDetector
 class Courier(TextDetector):
     name = "courier"
     body_re = lazy_re(r"This is a delivery status notification from|Courier mail server at", re.IGNORECASE)
+    body_keys = ("delivery status notification from", "courier mail server at")

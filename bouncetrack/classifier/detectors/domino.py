@@ -12,3 +12,4 @@ from .base import TextDetector
 class Domino(TextDetector):
     name = "domino"
     body_re = lazy_re(r"was not delivered to:|Failure Reasons|Domino Directory|Lotus Notes", re.IGNORECASE)
+    body_keys = ("was not delivered to:", "failure reasons", "domino directory", "lotus notes")

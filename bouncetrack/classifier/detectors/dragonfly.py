@@ -14,6 +14,7 @@ from .base import TextDetector
 class DragonFly(TextDetector):
     name = "dragonfly"
     body_re = lazy_re(r"This is the DragonFly Mail Agent|There was an error delivering your mail to", re.IGNORECASE)
+    body_keys = ("dragonfly mail agent", "error delivering your mail to")
 
     def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
         # the remote reply follows the sentence naming the recipient, after a blank line

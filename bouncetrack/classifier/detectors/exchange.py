@@ -29,6 +29,10 @@ class Exchange(TextDetector):
     body_re = lazy_re(r"did not reach the following recipient|Delivery has failed to these recipients|"
                          r"Diagnostic information for administrators|Your message couldn't be delivered",
                          re.IGNORECASE)
+    body_keys = ("did not reach the following recipient",
+                 "delivery has failed to these recipients",
+                 "diagnostic information for administrators",
+                 "your message couldn't be delivered")
 
     def entries(self, view: ParsedView) -> list[Entry]:
         found = entries(view)

@@ -17,6 +17,7 @@ class Exim(TextDetector):
     header_names = ("x-failed-recipients",)
     subject_re = lazy_re(r"^Mail delivery failed|^Warning: message .{1,40} delayed|^Mail failure", re.IGNORECASE)
     body_re = lazy_re(r"This message was created automatically by mail delivery software", re.IGNORECASE)
+    body_keys = ("created automatically by mail delivery software",)
 
     def entries(self, view: ParsedView) -> list[Entry]:
         ents = entries(view)

@@ -19,6 +19,7 @@ class Gmail(TextDetector):
     from_re = lazy_re(r"mailer-daemon@(?:googlemail|google)\.com", re.IGNORECASE)
     body_re = lazy_re(r"Technical details of (?:permanent|temporary) failure|Google tried to deliver your message",
                          re.IGNORECASE)
+    body_keys = ("technical details of ", "google tried to deliver your message")
 
     def diagnostic(self, view: ParsedView, entry: Entry | None) -> str:
         base = super().diagnostic(view, entry)

@@ -13,3 +13,5 @@ class MessagingServer(TextDetector):
     name = "messagingserver"
     body_re = lazy_re(r"This report relates to a message you sent|Your message cannot be delivered to the following recipients",
                          re.IGNORECASE)
+    body_keys = ("this report relates to a message you sent",
+                 "your message cannot be delivered to the following recipients")

@@ -13,3 +13,4 @@ class OpenSMTPD(TextDetector):
     name = "opensmtpd"
     body_re = lazy_re(r"please DO NOT REPLY to this e-?mail|An error has occurred while attempting to deliver",
                          re.IGNORECASE)
+    body_keys = ("please do not reply to this e", "an error has occurred while attempting to deliver")

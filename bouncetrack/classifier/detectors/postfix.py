@@ -13,4 +13,8 @@ class Postfix(TextDetector):
     name = "postfix"
     body_re = lazy_re(r"This is the mail system at host|I'm sorry to have to inform you that your message|"
                          r"The Postfix program|could not be delivered to one or more recipients", re.IGNORECASE)
+    body_keys = ("this is the mail system at host",
+                 "i'm sorry to have to inform you that your message",
+                 "the postfix program",
+                 "could not be delivered to one or more recipients")
     subject_re = lazy_re(r"^Undelivered Mail Returned to Sender|^Delayed Mail", re.IGNORECASE)

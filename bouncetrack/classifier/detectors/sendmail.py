@@ -14,3 +14,4 @@ class Sendmail(TextDetector):
     subject_re = lazy_re(r"^Returned mail:|^Warning: could not send message", re.IGNORECASE)
     body_re = lazy_re(r"-{3,} The following addresses had (?:permanent fatal|transient non-fatal) errors|"
                          r"-{3,} Transcript of session follows", re.IGNORECASE)
+    body_keys = ("the following addresses had ", "transcript of session follows")

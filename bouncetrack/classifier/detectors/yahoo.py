@@ -22,6 +22,7 @@ class Yahoo(TextDetector):
     name = "yahoo"
     from_re = lazy_re(r"@(?:\S+\.)?(?:yahoo(?:inc)?\.(?:com|co\.\w+|\w+)|aol\.com\b)", re.IGNORECASE)
     body_re = lazy_re(r"Sorry, we were unable to deliver your message to the following address", re.IGNORECASE)
+    body_keys = ("sorry, we were unable to deliver your message to the following address",)
 
     def entries(self, view: ParsedView) -> list[Entry]:
         ents = entries(view)
