@@ -1,0 +1,102 @@
+"""The one redactor and the one log format (issue 15), without processes.
+
+The processes are driven end to end in tests/test_no_secrets_in_logs.py and
+tests/faults/test_reload.py; here each rule on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+from bouncetrack.logsetup import Formatter, setup
+from bouncetrack.redact import config_secrets, redact_text, redact_url, register
+from bouncetrack.tokens import new_api_token
+from tests.configkit import write_config
+from tests.services import LOG_LINE
+
+
+@pytest.fixture(autouse=True)
+def no_known_values() -> None:
+    register([])
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://app:s3cret@db/bt", "postgresql://app:***@db/bt"),
+    ("postgresql://app:pa/ss@db:5432/bt?sslmode=require", "postgresql://app:***@db:5432/bt?sslmode=require"),
+    ("postgresql://db/bt?user=app&password=s3cret", "postgresql://db/bt?user=app&password=***"),
+    ("postgresql://app@db/bt", "postgresql://app@db/bt"),
+    ("sqlite:////var/lib/bouncetrack/bouncetrack.db", "sqlite:////var/lib/bouncetrack/bouncetrack.db"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_every_secret_shape_is_masked() -> None:
+    token = new_api_token()
+    line = (f'127.0.0.1:5 - "GET /v1/bounces/2026-01-01/2026-01-02?format=csv&access_token={token} HTTP/1.1" 200 '
+            f"Authorization: Bearer {token}; Cookie: bt_session=eyJ2IjoxfQ.c2lnbmF0dXJl; "
+            "secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw postgresql://bt:pw123456@db/bt "
+            'webhook: {url: "http://x/", secret: "two words"}')
+    out = redact_text(line)
+    for secret in (token, "eyJ2IjoxfQ.c2lnbmF0dXJl", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "pw123456", "two words"):
+        assert secret not in out, secret
+    assert "access_token=***" in out and "Bearer ***" in out and "bt_session=***" in out
+    assert "bt:***@db" in out and "format=csv" in out
+
+
+def test_known_values_are_masked_and_ordinary_lines_untouched() -> None:
+    register(["plain-and-long", "Hunter2-long", "abc"])  # too short to register: "abc"
+    assert redact_text("HTTP 401: bad signature with plain-and-long") == "HTTP 401: bad signature with ***"
+    assert redact_text("abc Hunter2-long") == "abc ***"
+    line = "tracked queue_id=4Xk9Qn1vZtz3Jb token=aebagbafaydqqcikbmgq2dq4 sender_domain=example.com recipients=2"
+    assert redact_text(line) == line  # the VERP token is no secret: it is in Postfix's log
+
+
+def test_config_secrets_lists_webhook_secrets_and_the_store_password(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """\
+        domains:
+          a.test:
+            tracking: true
+            webhook: {url: "http://127.0.0.1:9/h", secret: plain-and-long}
+    """)
+    found = config_secrets(config)
+    assert "plain-and-long" in found
+    from dataclasses import replace
+
+    assert "p%40ss-word" in config_secrets(replace(config, store_url="postgresql://u:p%40ss-word@h/d"))
+
+
+def test_the_log_format_and_its_continuation_lines() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(Formatter("bouncetrack-test"))
+    log = logging.getLogger("bouncetrack.test-format")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.error("reload refused:\nfile:3: key: bad access_token=bt_%s", "x" * 30)
+    finally:
+        log.removeHandler(handler)
+    first, second = stream.getvalue().splitlines()
+    match = LOG_LINE.match(first)
+    assert match and match["process"] == "test" and match["level"] == "ERROR"
+    assert second == "    file:3: key: bad access_token=***"
+
+
+def test_setup_sends_uvicorns_loggers_to_the_one_handler() -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        handler = setup("api", "INFO")
+        assert root.handlers == [handler]
+        assert all(logging.getLogger(n).propagate and not logging.getLogger(n).handlers
+                   for n in ("uvicorn", "uvicorn.error", "uvicorn.access"))
+        assert logging.getLogger("httpx").level == logging.WARNING
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
