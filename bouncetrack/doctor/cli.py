@@ -43,7 +43,7 @@ import click
 from .. import postfix_wiring as wiring
 from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from ..milter.probe import SMFIF_CHGFROM
-from ..milter.probe import negotiate as milter_negotiate
+from ..milter.probe import negotiate
 from .checks import (
     FAIL,
     OK,
@@ -89,14 +89,15 @@ def check_config_mode(config: Config) -> list[Result]:
 # 2. milter
 
 
-def check_milter(config: Config) -> Result:
+def check_milter(config: Config, timeout: float = 5.0) -> Result:
+    """2. The milter answers the negotiation on ``milter_socket`` within ``timeout`` per step."""
     path = str(config.milter_socket)
     name = "milter socket"
     fix = "start the milter (systemctl start bouncetrack-milter) and check its log"
     if not os.path.exists(path):
         return Result(name, FAIL, f"{path} does not exist: Postfix tempfails every message (451)", fix)
     try:
-        version, actions, _ = milter_negotiate(path)
+        version, actions, _ = negotiate(path, timeout)
     except PermissionError as exc:
         return Result(name, FAIL, f"{path}: {exc}", "run doctor as root, or check the socket's mode (0660 or looser)")
     except (OSError, ValueError) as exc:
