@@ -224,3 +224,46 @@ def test_client_failures_of_its_own_are_exit_75_never_a_bounce(config: Config, t
     no_python = subprocess.run([sys.executable, "-S", "-c", code], input=b"x", capture_output=True, timeout=30,
                                env=_env(config))
     assert no_python.returncode == 75 and b"cannot run the full pipe" in no_python.stderr
+
+
+def test_a_broken_configuration_is_refused_and_bounces_use_the_last_good_one(
+        config: Config, tmp_path: Path) -> None:
+    """Issue 15: the server holds the configuration and keys it loaded at start (and at each
+    SIGHUP); while the file does not load, its bounces use those instead of exit 75."""
+    sock, log = tmp_path / "run" / "pipe.sock", tmp_path / "pipe-server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*BT, "pipe-server", "--socket", str(sock), "--config", str(config.path)],
+                                cwd=ROOT, env=_env(config), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_listening(sock, proc)
+        good = config.path.read_text()
+        config.path.write_text(good + "\ndomains: [\n")
+        verp, _ = record(config, "unknown-1@remote.test")
+        answer = run_client(config, sock, verp, mailgen.dsn(verp, "unknown-1@remote.test"))
+        assert answer.returncode == 0, answer.stderr
+        assert b"using the pipe server's last good one" in answer.stderr
+        assert b"stored: 1 event(s), token valid" in answer.stderr
+        (event,) = events(config)
+        assert event["domain"] == "tracked.test" and event["token_status"] == "valid"
+
+        def wait_log(fragment: str) -> None:
+            deadline = time.monotonic() + 30
+            while fragment not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_log("reload refused, keeping the running configuration")
+        config.path.write_text(good)
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_log("configuration reloaded from")
+        assert proc.poll() is None  # SIGHUP no longer kills it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        text = log.read_text()
+        assert "bounce handled: exit 0" in text and "bouncetrack pipe-server stopped" in text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
