@@ -7,7 +7,7 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 (``bench/results/*.png``, matplotlib, Agg) are generated from those files.
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
-list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``webhook``, ``soak
+list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``webhook``, ``soak
 --short``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
@@ -54,6 +54,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("heldout_bounced", "heldout_bounced.py", [], ["heldout_bounced"]),
     ("pipe", "pipe.py", ["-n", "150"], ["pipe"]),
     ("export", "export.py", ["-n", "1000000", "--rounds", "1"], ["export"]),
+    ("api_hostile", "api_hostile.py", ["--rounds", "5"], ["api_hostile"]),
     ("webhook", "webhook.py", ["-n", "1000", "--rounds", "5"], ["webhook"]),
     ("soak", "soak.py", ["--short"], ["soak-short"]),
     ("address_validate", "address_validate.py", ["--domains", "10000", "--addresses", "100000"], ["address_validate"]),
@@ -61,7 +62,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
 
 
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
-         "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export",
+         "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export", "api_hostile",
          "webhook", "soak-short", "soak")
 
 
@@ -566,6 +567,12 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                      f"{d['bare_select']['seconds_median']:.1f} s | {rt:.1f}× time | "
                      f"{tg.get('seconds', 10)} s, {tg.get('rss_mb', 150)} MB, ≤ {tg.get('ratio', 3)}× | "
                      f"{'yes' if x.get('meets_targets') else 'no'} |")
+    d = results.get("api_hostile")
+    if d:
+        for name, x in d["attacks"].items():
+            L.append(f"| API p99 beside hostile requests ({name}) | {x['p99_ms_median']:.1f} ms | idle p99 "
+                     f"{d['idle_p99_ms_median']:.1f} ms | {x['p99_ratio_to_idle_median']:.2f}× | "
+                     f"≤ {d['goal_ratio']:g}× | {'yes' if x['meets_goal'] else 'no'} |")
     d = results.get("webhook")
     if d:
         L.append(f"| webhook delivery | {d['worker_per_s']['median']:.0f} deliveries/s (worker) | "
