@@ -30,7 +30,7 @@ from fastapi.testclient import TestClient
 from bouncetrack.api.app import create_app
 from bouncetrack.api import send
 from bouncetrack.api.compose import SendRequest, html_to_text
-from bouncetrack.api.edge import MAX_TRACKED, FailureLimit
+from bouncetrack.api.edge import MAX_TRACKED, FailureLimit, allowed_hosts, host_name
 from bouncetrack.api.pagination import _fingerprint, decode_cursor, parse_range
 from bouncetrack.api.server import server_config
 from bouncetrack.api.session import same_origin
@@ -450,3 +450,10 @@ def test_check_config_refuses_secrets_everybody_knows(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "bouncetrack", "check-config", str(root / "conf" / "example.yaml")],
                         capture_output=True, text=True, timeout=60, cwd=root)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_default_hosts_follow_where_the_api_listens(config: Config) -> None:
+    assert allowed_hosts(config) == ("localhost", "127.0.0.1", "::1")
+    assert allowed_hosts(config, "10.1.2.3") == ("localhost", "127.0.0.1", "::1", "10.1.2.3")
+    assert allowed_hosts(config, "0.0.0.0") == ("localhost", "127.0.0.1", "::1")  # a wildcard names no host
+    assert host_name("[::1]:8025") == "::1" and host_name("Bt.Example.org:443") == "bt.example.org"

@@ -30,11 +30,12 @@ WINDOW_SECONDS = 60.0
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def allowed_hosts(config: Config) -> tuple[str, ...]:
-    """``api.allowed_hosts``, or the loopback names plus the host ``api_listen`` names."""
+def allowed_hosts(config: Config, listen_host: str | None = None) -> tuple[str, ...]:
+    """``api.allowed_hosts``, or the loopback names plus the host the API listens on
+    (``listen_host``, from ``--listen``, else ``api_listen``'s) unless a wildcard."""
     if config.api.allowed_hosts is not None:
         return config.api.allowed_hosts
-    host = config.api_listen.rpartition(":")[0].strip("[]").lower()
+    host = (listen_host or config.api_listen.rpartition(":")[0]).strip("[]").lower()
     extra = () if host in ("", "0.0.0.0", "::") or host in LOOPBACK_HOSTS else (host,)
     return LOOPBACK_HOSTS + extra
 
@@ -87,10 +88,11 @@ class FailureLimit:
 class Edge:
     """The Host allow-list and the failed-auth limit around an ASGI app (module doc)."""
 
-    def __init__(self, app: ASGIApp, current: Callable[[], Config]) -> None:
+    def __init__(self, app: ASGIApp, current: Callable[[], Config], listen_host: str | None = None) -> None:
         """``current``: the configuration now (SIGHUP changes it; so do the hosts and the limit)."""
         self.app = app
         self.current = current
+        self.listen_host = listen_host
         self._for: Config | None = None
         self.hosts: frozenset[str] = frozenset()
         self.limit = FailureLimit(0)
@@ -98,7 +100,7 @@ class Edge:
     def _follow(self) -> None:
         config = self.current()
         if config is not self._for:
-            self.hosts = frozenset(allowed_hosts(config))
+            self.hosts = frozenset(allowed_hosts(config, self.listen_host))
             if config.api.failed_auth_per_minute != self.limit.per_minute:
                 self.limit = FailureLimit(config.api.failed_auth_per_minute)
             self._for = config

@@ -22,7 +22,7 @@ def server_config(app: Any, config: Config, host: str, port: int) -> uvicorn.Con
     failed-auth limit.
     """
     return uvicorn.Config(
-        Edge(app, lambda: app.state.ctx.config),  # the configuration now: SIGHUP changes it
+        Edge(app, lambda: app.state.ctx.config, host),  # the configuration now: SIGHUP changes it
         host=host,
         port=port,
         log_level=config.log_level.lower(),
