@@ -21,12 +21,16 @@ MAX_LINES = 400
 _ENTRY_RE = lazy_re(
     r"^\s*(?:[-*>•]{1,2}\s*)?(?:(?:recipient|to|address|rcpt|user|e-?mail|mailbox)(?:\s+address)?\s*:\s*)?"
     r"[\"'\[]?<?(?:mailto:|smtp:)?(" + ADDR_RE.pattern + r")>?[\"'\]]?"
-    r"(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|\s+(?=[A-Z])|\s+<[^<>@\s]+@[^<>\s]+>\s*$)",
+    r"(?:\s*(?:\.{3}|[:,;]|\s-\s|$)|\s+[(\[]|\s+on\s|(?-i:\s+(?=[A-Z]))|\s+<[^<>@\s]+@[^<>\s]+>\s*$)",
     re.IGNORECASE,
 )
 # The sender's side of a transcript or a trace (RFC 5321 §4.1.1.2 MAIL FROM, Exim's
 # envelope-from=, Received: ... envelope-from): the address on such a line is never the failed one.
 _SENDER_LINE_RE = lazy_re(r"^\s*(?:>>>\s*|in:\s*)?(?:mail\s+)?from\s*:\s*<|envelope-from|\bmail\s+from\s*:", re.IGNORECASE)
+# Prose that names an address as advice, not as the failed one ("try emailing to NAME@...",
+# "contact helpdesk@...", "e.g. user@...", "write to ..."): a sentence match right after it is no entry.
+_SUGGESTION_RE = lazy_re(r"(?:\btry\b|\be\.g\.|for example|such as|\bcontact\b|write to|instead of)[^@.;]{0,40}$",
+                         re.IGNORECASE)
 _RCPT_TO_RE = lazy_re(r"RCPT\s+TO\s*:\s*<?(" + ADDR_RE.pattern + r")", re.IGNORECASE)
 # A short reason, a colon, then the address alone in angle brackets, nothing after:
 # "User's mailbox is full: <addr>" (Prodigy/SBC, and many small MTAs alike).
@@ -163,7 +167,7 @@ def entries(view: ParsedView) -> list[Entry]:
                     addr, strong, whole = m2.group(1), True, True
                 else:
                     m3 = _FAILED_TO_RE.search(line)
-                    if m3 is not None:
+                    if m3 is not None and not _SUGGESTION_RE.search(line, max(0, m3.start(1) - 60), m3.start(1)):
                         addr = m3.group(1)
             if addr is not None and (is_envelope_address(addr) or (("rom" in line or "ROM" in line)
                                                                    and _SENDER_LINE_RE.search(line))):
@@ -209,6 +213,53 @@ def entries(view: ParsedView) -> list[Entry]:
     result = strong_entries if strong_entries else order
     view._cache["entries"] = result
     return result
+
+
+# Site gateways of the early 2000s (AOL's "Mail Delivery Problem", university directory
+# gateways) list failed mailboxes by bare local part under a heading, one per line, maybe
+# followed by the reason: "\tscreenname", " userx    No matches to nameserver query".
+_BARE_LIST_HEAD_RE = lazy_re(
+    r"(?:following|these) (?:recipients?|addresses|users?|mailbox(?:es)?)\b.{0,80}(?:could not be delivered|"
+    r"failed|undeliverable|:)|not delivered to the following", re.IGNORECASE)
+_BARE_NAME_RE = lazy_re(r"^[ \t]+([A-Za-z][A-Za-z0-9._-]{0,63})(?:[ \t]{2,}(\S.{0,200}))?[ \t]*$")
+# Second-level labels under which organisations register (example.co.uk, example.com.au).
+_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "edu", "gov", "ne", "or", "go", "gr", "ad", "ed", "lg"})
+
+
+def org_domain(host: str) -> str:
+    """The registered domain of a host name, by the usual rule (last two labels, three under a
+    country's second level: mr2.its.yale.edu -> yale.edu, mx.example.co.uk -> example.co.uk)."""
+    labels = host.lower().strip(".").split(".")
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def bare_name_entries(view: ParsedView) -> list[Entry]:
+    """Recipients a gateway lists by bare local part, as addresses at the registered domain of
+    the notice's sender (AOL: ``screenname`` -> ``screenname@aol.com``); [] when none."""
+    sender = first_address(view.from_)
+    if sender is None or "." not in sender.rsplit("@", 1)[1]:
+        return []
+    domain = org_domain(sender.rsplit("@", 1)[1])
+    out: list[Entry] = []
+    heading: str | None = None
+    for idx, line in enumerate(report_lines(view)):
+        if heading is None:
+            if _BARE_LIST_HEAD_RE.search(line):
+                heading = line.strip()
+            continue
+        if not line.strip():
+            if out:
+                break
+            continue
+        m = _BARE_NAME_RE.match(line)
+        if m is None:
+            break
+        out.append(Entry(m.group(1) + "@" + domain, [heading] + ([m.group(2).strip()] if m.group(2) else []), True, idx))
+        if len(out) >= 50:
+            break
+    return out
 
 
 def diagnostic_for(view: ParsedView, addr: str) -> str | None:

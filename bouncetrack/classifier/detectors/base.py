@@ -14,7 +14,7 @@ else:  # the pipe process need not import typing: at run time a plain base class
 
 from ..common import ADDR_RE, data_phase, is_daemon, is_envelope_address, make_recipient, recipient_address
 from ..model import BOUNCE, RecipientResult, Report
-from ..text import Entry, entries, text_after, whole_text
+from ..text import Entry, bare_name_entries, entries, text_after, whole_text
 from ..view import ParsedView
 
 
@@ -165,7 +165,7 @@ class TextDetector:
         return None
 
     def detect(self, view: ParsedView) -> Report | None:
-        ents = self.entries(view)
+        ents = self.entries(view) or bare_name_entries(view)
         pairs: list[tuple[str, Entry | None]] = [(e.address, e) for e in ents]
         guessed = not pairs
         if guessed:
