@@ -82,6 +82,10 @@ class SuppressionPolicy:
     soft_bounce_limit: int = 3  # this many soft bounces ...
     soft_bounce_days: float = 7.0  # ... within this many days suppress; limit 0 = never
     expire_days: float | None = 365.0  # entries the pipe adds expire after this; None = never
+    # Reports the pipe cannot verify (issue 16, README "What suppresses"): a DSN from
+    # the Internet about a multi-recipient message, a complaint about one. Any
+    # recipient of that message could have written it, so by default it suppresses nobody.
+    unverified: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class PipeConfig:
     raw_retention_days: int = 90
     # Spam-complaint (feedback loop) local parts at the bounce domain, e.g. "fbl".
     feedback_addresses: tuple[str, ...] = ("fbl", "abuse")
+    # Reports without a valid token stored per sending host and UTC day (issue 16);
+    # beyond it they are counted (untrusted_over_quota) and not stored.
+    untrusted_reports_per_host_per_day: int = 200
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ TOP_KEYS = (
     "retention",  # events and messages retention (issue 6)
     "validation",  # address validation (issue 19)
 )
-PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses")
+PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses", "untrusted_reports_per_host_per_day")
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
 DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression", "validate_recipients")
 VALIDATION_KEYS = ("cache_size", "max_ttl", "max_negative_ttl", "dns_timeout", "nameserver", "max_batch",
@@ -121,7 +121,7 @@ API_KEYS = (  # issues 5, 16
     "max_range_days", "max_header_bytes", "max_body_bytes", "max_send_body_bytes", "allowed_hosts", "behind_proxy",
     "metrics_token", "failed_auth_per_minute",
 )
-SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days")  # issue 6
+SUPPRESSION_KEYS = ("policy", "soft_bounce_limit", "soft_bounce_days", "expire_days", "unverified")  # issues 6, 16
 RETENTION_KEYS = ("events_days", "messages_days", "batch_size", "automatic")  # issue 6
 # A bounce can arrive days after the message (Postfix keeps retrying for
 # maximal_queue_lifetime, 5 days by default; other MTAs similar): a message
@@ -620,7 +620,10 @@ def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
             else:
                 out.append(local)
         feedback = tuple(out)
-    return PipeConfig(deadline_seconds=deadline, raw_retention_days=retention, feedback_addresses=feedback)
+    quota = _field(ctx, e, "untrusted_reports_per_host_per_day", key, lambda c, n, k: _int(c, n, k, 0, 10**9),
+                   d.untrusted_reports_per_host_per_day)
+    return PipeConfig(deadline_seconds=deadline, raw_retention_days=retention, feedback_addresses=feedback,
+                      untrusted_reports_per_host_per_day=quota)
 
 
 def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:
@@ -845,7 +848,9 @@ def _suppression(ctx: _Ctx, node: yaml.Node, key: str, base: SuppressionPolicy) 
         ctx, e, "soft_bounce_days", key, lambda c, n, k: _number(c, n, k, 0, 3660, True), base.soft_bounce_days
     )
     expire = _field(ctx, e, "expire_days", key, _expire_days, base.expire_days)
-    return SuppressionPolicy(policy=policy, soft_bounce_limit=limit, soft_bounce_days=days, expire_days=expire)
+    unverified = _field(ctx, e, "unverified", key, _bool, base.unverified)
+    return SuppressionPolicy(policy=policy, soft_bounce_limit=limit, soft_bounce_days=days, expire_days=expire,
+                             unverified=unverified)
 
 
 def _suppression_policy(ctx: _Ctx, node: yaml.Node, key: str) -> str:

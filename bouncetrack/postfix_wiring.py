@@ -359,7 +359,7 @@ def master_entry(w: Wanted) -> str:
         command = f"{pipe_python(w)} -S {w.pipe_client} --socket {w.pipe_socket}"
     return (
         f"{SERVICE} unix - n n - {PIPE_MAXPROC} pipe flags={PIPE_FLAGS} user={w.pipe_user}{size} "
-        f"argv={command} --config {w.config_path} ${{recipient}} ${{sender}}"
+        f"argv={command} --config {w.config_path} --client-address=${{client_address}} ${{recipient}} ${{sender}}"
     )
 
 

@@ -50,10 +50,17 @@ def test_rejected_recipient_bounce_is_piped(stack: Stack) -> None:
     item = stack.wait_for(
         lambda: [b for b in stack.bounces_in_spool() if b.recipient == sender], 20)[0]
     assert item.argv == [sender, "MAILER-DAEMON"]  # pipe(8): null sender → MAILER-DAEMON
+    # Made by this Postfix's bounce service: no SMTP client (issue 16: what the pipe trusts).
+    assert item.client_address == ""
     assert item.uid == pwd.getpwnam("bouncetrack").pw_uid  # never root
     assert b"multipart/report" in item.data and b"report-type=delivery-status" in item.data
     assert b"Final-Recipient: rfc822; unknown-1@remote.test" in item.data
     assert b"Status: 5.1.1" in item.data
+    # The same report handed over by an SMTP client (anyone on the Internet): its address.
+    forged = f"{uniq('y')}@bounce.test"
+    assert stack.send("", [forged], item.data).accepted
+    relayed = stack.wait_for(lambda: [b for b in stack.bounces_in_spool() if b.recipient == forged], 20)[0]
+    assert relayed.client_address == "127.0.0.1"
 
 
 def test_notify_never_produces_no_bounce(stack: Stack) -> None:

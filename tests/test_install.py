@@ -74,7 +74,7 @@ def test_plan_is_empty_once_applied() -> None:
     assert set(p.main) == set(wiring.MAIN_PARAMS)
     assert p.master is not None and "user=bouncetrack" in p.master and "size=10240000" in p.master
     assert p.master.endswith("argv=/opt/bouncetrack/venv/bin/bouncetrack pipe --config /etc/bouncetrack/config.yaml "
-                             "${recipient} ${sender}")
+                             "--client-address=${client_address} ${recipient} ${sender}")
     after = {**current, **p.main}
     # postconf -M prints the entry with its own spacing: still "the same"
     assert wiring.plan(after, "  ".join(p.master.split(" ")), w).empty
@@ -84,7 +84,7 @@ def test_master_entry_starts_the_pipe_client_as_install_writes_it() -> None:
     client = "/opt/bouncetrack/src/bouncetrack/bounce_pipe/client.py"
     assert wiring.master_entry(_wanted(pipe_client=client)).endswith(
         f"argv=/opt/bouncetrack/venv/bin/python -S {client} --socket /run/bouncetrack-pipe/pipe.sock "
-        "--config /etc/bouncetrack/config.yaml ${recipient} ${sender}")
+        "--config /etc/bouncetrack/config.yaml --client-address=${client_address} ${recipient} ${sender}")
     with pytest.raises(wiring.WiringError):
         wiring.master_entry(_wanted(pipe_client="/opt/my dir/client.py"))
     from bouncetrack.install import default_pipe_client

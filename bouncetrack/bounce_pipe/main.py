@@ -46,11 +46,19 @@ def _say(message: str) -> None:
     sys.stderr.write(redact_text(f"{PROG}: {message}") + "\n")
 
 
-def parse_argv(argv: list[str]) -> tuple[str, str, str]:
-    """``[--config PATH] RECIPIENT [SENDER]`` → (config path, recipient, sender)."""
+def parse_argv(argv: list[str]) -> tuple[str, str, str, str | None]:
+    """``[--config PATH] [--client-address=ADDR] RECIPIENT [SENDER]`` → (config path,
+    recipient, sender, client address).
+
+    The client address is pipe(8)'s ``${client_address}`` (master.cf as ``bouncetrack
+    install`` writes it): the SMTP client that handed the report to Postfix, empty
+    for mail Postfix made itself (its bounce service) or took from a local
+    submission; None when master.cf does not pass it (an older entry).
+    """
     from ..config import DEFAULT_CONFIG_PATH
 
     config = os.environ.get("BOUNCETRACK_CONFIG", DEFAULT_CONFIG_PATH)
+    client_address: str | None = None
     rest: list[str] = []
     args = iter(argv)
     for arg in args:
@@ -58,21 +66,25 @@ def parse_argv(argv: list[str]) -> tuple[str, str, str]:
             config = next(args, config)
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
+        elif arg.startswith("--client-address="):
+            client_address = arg.split("=", 1)[1]
         else:
             rest.append(arg)
     if not rest:
         raise ValueError("usage: bouncetrack pipe [--config FILE] RECIPIENT [SENDER]")
-    return config, rest[0], rest[1] if len(rest) > 1 else ""
+    return config, rest[0], rest[1] if len(rest) > 1 else "", client_address
 
 
 HELP = """\
-usage: bouncetrack pipe [--config FILE] RECIPIENT [SENDER] < MESSAGE
+usage: bouncetrack pipe [--config FILE] [--client-address=ADDR] RECIPIENT [SENDER] < MESSAGE
 
 Store one bounce report read from stdin: what Postfix's pipe(8) runs for mail to the
 bounce domain (master.cf normally starts the pipe client, which hands the bounce to
 `bouncetrack pipe-server` and runs this only when no server answers).
 
   --config FILE   the configuration (default: $BOUNCETRACK_CONFIG, else {default})
+  --client-address=ADDR  the SMTP client the report came from (${{client_address}};
+                  empty: made by this Postfix); decides which reports may suppress
   RECIPIENT       the bounce address the report was sent to (${{recipient}})
   SENDER          its envelope sender (${{sender}}; MAILER-DAEMON for a DSN)
 
@@ -116,12 +128,12 @@ def _main(argv: list[str] | None, started: float, raw: bytes | None = None,
     signal.alarm(120)
     try:
         try:
-            config_path, recipient, sender = parse_argv(argv)
+            config_path, recipient, sender, client_address = parse_argv(argv)
             if raw is None:
                 raw = sys.stdin.buffer.read()
             from .process import process
 
-            return process(config_path, recipient, sender, raw, started, fallback)
+            return process(config_path, recipient, sender, raw, started, fallback, client_address)
         except _Deadline:
             _say("deadline reached before the report was stored; Postfix will retry")
             return EX_TEMPFAIL

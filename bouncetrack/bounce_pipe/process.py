@@ -13,9 +13,10 @@ import time
 from collections import Counter
 from types import FrameType
 
-from ..classifier.model import NOT_BOUNCE, Report
+from ..classifier.model import BOUNCE, DELIVERY_REPORT, NOT_BOUNCE, Report
 from ..config import Config
-from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate
+from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate, UntrustedQuota
+from ..suppression import candidates, report_verified, sending_host, trusted
 from ..tokens import KeyRing
 from . import attribution, guard
 from .attribution import Delivery
@@ -66,7 +67,7 @@ def summary(what: str, token: str | None, token_status: str, message: MessageRec
 
 
 def process(config_path: str, recipient: str, sender: str, raw: bytes, started: float,
-            fallback: tuple[Config, KeyRing] | None = None) -> int:
+            fallback: tuple[Config, KeyRing] | None = None, client_address: str | None = None) -> int:
     from ..store import open_store
 
     config, keyring = runtime(config_path, fallback)
@@ -99,14 +100,29 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
             guards[guard.JOBS_DROPPED] += len(jobs) - guard.MAX_JOBS_PER_REPORT
             jobs = jobs[: guard.MAX_JOBS_PER_REPORT]
         suppress = _suppress(config, events, guards)  # issue 6: written in the report's transaction
+        host = sending_host(client_address)
+        suppress, withheld = trusted(
+            config, suppress, report_verified(report.kind in (BOUNCE, DELIVERY_REPORT), message, host))
+        if withheld:  # issue 16: any recipient of the message could have written this report
+            guards[guard.UNVERIFIED_NOT_SUPPRESSED] += 1
+            _say(f"report not verified (from {host}, about a message with {len(message.recipients) if message else 0} "
+                 f"recipients): {withheld} recipient(s) not suppressed (domain option suppression.unverified); "
+                 f"{_ids(raw)}")
+        untrusted = None
+        if token_status != attribution.VALID:  # issue 16: bounded per sending host and day
+            untrusted = UntrustedQuota(host, config.pipe.untrusted_reports_per_host_per_day)
         if dropped or guards[guard.JOBS_DROPPED]:
             _say(f"report names too many recipients: {dropped} event(s) and {guards[guard.JOBS_DROPPED]} "
                  f"forward(s) dropped ({guard.describe_caps()}); {_ids(raw)}")
         outcome = store.store_report(
-            events, raw, jobs, key, pipe_started=started, suppress=suppress, guards=+guards
+            events, raw, jobs, key, pipe_started=started, suppress=suppress, guards=+guards, untrusted=untrusted
         )  # counts the run (metrics)
     finally:
         store.close()
+    if outcome.over_quota:
+        _say(f"not stored: {host} has sent {config.pipe.untrusted_reports_per_host_per_day} reports without a "
+             f"valid token today (pipe.untrusted_reports_per_host_per_day); token {token_status}, {_ids(raw)}")
+        return 0
     what = "stored" if outcome.stored else "already stored (retry)"
     sys.stderr.write(summary(what, token, token_status, message, events) + "\n")
     return 0
@@ -258,8 +274,6 @@ def _events(
 
 
 def _suppress(config: Config, events: list[BounceEvent], guards: Counter[str]) -> list[SuppressionCandidate]:
-    from ..suppression import candidates
-
     try:
         return candidates(config, events, time.time())
     except Exception as exc:  # a bug in the rules must not lose the bounce: logged, counted, stored unsuppressed

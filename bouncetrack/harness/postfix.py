@@ -317,7 +317,8 @@ class PrivatePostfix:
             argv = " ".join(self.pipe_argv)
             text += (
                 f"bouncepipe  unix  -       n       n       -       -       pipe\n"
-                f"  flags=Rq user={self.pipe_user} argv={argv} ${{recipient}} ${{sender}}\n"
+                f"  flags=Rq user={self.pipe_user} argv={argv} --client-address=${{client_address}} "
+                "${recipient} ${sender}\n"
             )
         return text
 

@@ -132,6 +132,7 @@ class SpoolItem:
     data: bytes
     uid: int
     path: Path
+    client_address: str | None = None  # pipe(8)'s ${client_address}: "" for mail Postfix made itself
 
 
 def _reply(r: tuple[int, bytes]) -> tuple[int, str]:
@@ -590,7 +591,8 @@ class Stack:
             except (OSError, ValueError):
                 continue
             items.append(SpoolItem(meta["recipient"], meta["sender"], list(meta["argv"]),
-                                   data, int(meta["uid"]), meta_path.with_suffix(".eml")))
+                                   data, int(meta["uid"]), meta_path.with_suffix(".eml"),
+                                   meta.get("client_address")))
         return items
 
     def clear_spool(self) -> None:

@@ -31,14 +31,16 @@ sys.exit(main())
 
 #: The "files" pipe: stores each delivered message and its argv, exits 0 (EX_OK).
 FILES_PIPE_SCRIPT = '''\
-"""Harness pipe(8) stand-in: argv = SPOOL_DIR RECIPIENT SENDER; message on stdin."""
+"""Harness pipe(8) stand-in: argv = SPOOL_DIR [--client-address=A] RECIPIENT SENDER; message on stdin."""
 import json, os, sys, time
 
 spool, args = sys.argv[1], sys.argv[2:]
+client = [a.split("=", 1)[1] for a in args if a.startswith("--client-address=")]
+args = [a for a in args if not a.startswith("--client-address=")]
 data = sys.stdin.buffer.read()
 name = "%.6f-%d" % (time.time(), os.getpid())
 meta = {"argv": args, "recipient": args[0] if args else "", "sender": args[1] if len(args) > 1 else "",
-        "uid": os.getuid(), "time": time.time()}
+        "client_address": client[0] if client else None, "uid": os.getuid(), "time": time.time()}
 for ext, payload in ((".eml", data), (".json", json.dumps(meta).encode())):
     tmp = os.path.join(spool, "." + name + ext)
     with open(tmp, "wb") as f:

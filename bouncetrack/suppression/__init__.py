@@ -10,6 +10,18 @@ the report's transaction):
   (this one included) within ``soft_bounce_days`` at the same sender domain; the
   store counts them (``events_soft_bounces``), so the rule sees every pipe run.
 
+Which reports may suppress (issue 16, README "What suppresses"): the VERP token
+names a message, not a recipient, and every recipient of the message sees it. So a
+report is *verified* (:func:`report_verified`) only when no one but the Internet's
+honest parties could have written it about that recipient: the message had one
+recipient (only that recipient, or whoever they pass it to, holds the token), or
+the report is a DSN this host's own Postfix made (``${client_address}`` empty: it
+never crossed the Internet). Other reports (a DSN from the Internet, or a
+complaint, about a multi-recipient message) are stored and forwarded as usual but
+suppress only where the domain's ``suppression.unverified`` is true
+(:func:`trusted`). Complaints are not DKIM-verified: a feedback loop's complaint
+about a multi-recipient message is unverified like any other.
+
 Entries expire ``expire_days`` after they are (re)written; ``None`` never. The
 list is per sender domain: a recipient that bounced mail of example.com is not
 suppressed for example.org. Addresses are compared lower-cased (local part
@@ -34,6 +46,7 @@ from ..store.base import (
     REASON_HARD_BOUNCE,
     REASON_SOFT_BOUNCES,
     BounceEvent,
+    MessageRecord,
     SuppressionCandidate,
 )
 
@@ -124,6 +137,39 @@ def candidates(config: Config, events: Sequence[BounceEvent], now: float) -> lis
             )
         )
     return out
+
+
+LOCAL_HOST = "local"  # the pipe's name for "no SMTP client": made or submitted on this host
+UNKNOWN_HOST = "unknown"  # master.cf passes no ${client_address} (an entry older than issue 16)
+
+
+def sending_host(client_address: str | None) -> str:
+    """The quota and trust key of a report's origin, from pipe(8)'s ``${client_address}``."""
+    if client_address is None:
+        return UNKNOWN_HOST
+    address = client_address.strip().lower()[:64]
+    return address or LOCAL_HOST
+
+
+def report_verified(is_dsn: bool, message: MessageRecord | None, host: str) -> bool:
+    """True when a report attributed to ``message`` may suppress without the domain's
+    ``unverified`` option (see the module doc): one recipient, or a DSN (``is_dsn``:
+    a delivery report, not a complaint) of our own Postfix."""
+    if message is None:
+        return False
+    if len(message.recipients) == 1:
+        return True
+    return host == LOCAL_HOST and is_dsn
+
+
+def trusted(
+    config: Config, found: Sequence[SuppressionCandidate], verified: bool
+) -> tuple[list[SuppressionCandidate], int]:
+    """The candidates a report may write, and how many it may not (unverified, option off)."""
+    if verified:
+        return list(found), 0
+    kept = [c for c in found if config.policy_for(c.domain).suppression.unverified]
+    return kept, len(found) - len(kept)
 
 
 def verdict(

@@ -32,7 +32,7 @@ postconf -c $C -e "relay_domains = ${R:+$R, }bounce.example.com"
 # One recipient per pipe run, so ${recipient} is one address.
 postconf -c $C -e 'bouncepipe_destination_recipient_limit = 1'
 # The master.cf entry (see ./master.cf):
-postconf -c $C -M -e 'bouncepipe/unix=bouncepipe unix - n n - 10 pipe flags=Rq user=bouncetrack size=10240000 argv=/opt/bouncetrack/venv/bin/python -S /opt/bouncetrack/src/bouncetrack/bounce_pipe/client.py --socket /run/bouncetrack-pipe/pipe.sock --config /etc/bouncetrack/config.yaml ${recipient} ${sender}'
+postconf -c $C -M -e 'bouncepipe/unix=bouncepipe unix - n n - 10 pipe flags=Rq user=bouncetrack size=10240000 argv=/opt/bouncetrack/venv/bin/python -S /opt/bouncetrack/src/bouncetrack/bounce_pipe/client.py --socket /run/bouncetrack-pipe/pipe.sock --config /etc/bouncetrack/config.yaml --client-address=${client_address} ${recipient} ${sender}'
 # Only valid VERP addresses are accepted for the bounce domain at SMTP time: the milter
 # refuses the others at RCPT (550 5.1.1), so no main.cf restriction is needed for that.
 postfix -c $C check
