@@ -567,3 +567,23 @@ def test_static_assets_are_packaged(app_client: TestClient) -> None:
     login(app_client)
     page = app_client.get("/dashboard").text
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing from another origin
+
+
+def test_a_reload_applies_tokens_and_scopes_to_running_sessions(tmp_path: Path) -> None:
+    """Issue 15: the API's SIGHUP (ApiContext.apply) takes effect at the next request: a
+    token added works, a removed one ends its sessions, a narrowed scope narrows them."""
+    config = write_config(tmp_path, with_b_token=False)
+    app = create_app(config)
+    with TestClient(app, follow_redirects=False) as client:
+        assert login(client, TOKEN_B).status_code != 303  # not configured yet
+        assert login(client, TOKEN_AC).status_code == 303
+        assert 'value="c.test"' in client.get("/events").text
+        text = config.path.read_text()
+        narrowed = text.replace(f'api_tokens: ["{hash_api_token(TOKEN_AC)}"]', "api_tokens: []")
+        narrowed = narrowed.replace("api_tokens: []\n  c.test", f'api_tokens: ["{hash_api_token(TOKEN_B)}"]\n  c.test', 1)
+        config.path.write_text(narrowed)
+        app.state.ctx.apply(load_config(config.path))
+        page = client.get("/events").text
+        assert 'value="c.test"' not in page and 'value="a.test"' in page  # scope narrowed in place
+        client.cookies.clear()
+        assert login(client, TOKEN_B).status_code == 303  # the token added by the reload
