@@ -33,7 +33,9 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(\bbt_session=)[^\s;\"',]+"), r"\1" + MASK),
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s@/]*@"), r"\1" + MASK + "@"),
     (re.compile(r"(\bpassword=)[^\s&\"';,]+", re.IGNORECASE), r"\1" + MASK),
-    (re.compile(r"(\b(?:secret|password|passwd)[\"']?\s*:\s*)(\"[^\"\n]*\"?|'[^'\n]*'?|[^\s,}]+)", re.IGNORECASE),
+    # A YAML key (at a line's start, or in a flow mapping), not prose ("without a secret: add …").
+    (re.compile(r"((?:^|[{,])[ \t-]*[\"']?(?:secret|password|passwd)[\"']?[ \t]*:[ \t]*)"
+                r"(\"[^\"\n]*\"?|'[^'\n]*'?|[^\s,}]+)", re.IGNORECASE | re.MULTILINE),
      r"\1" + MASK),
 )
 # Cheap pre-check: a line holding none of these needs no regular expression.

@@ -48,6 +48,12 @@ def test_every_secret_shape_is_masked() -> None:
     assert "bt:***@db" in out and "format=csv" in out
 
 
+def test_prose_about_secrets_is_left_alone() -> None:
+    line = "file:7: domains.a.test.webhook: webhook without a secret: add 'secret' (each delivery is signed with it)"
+    assert redact_text(line) == line
+    assert redact_text("  secret: plainvalue\n  password: 'a b'") == "  secret: ***\n  password: ***"
+
+
 def test_known_values_are_masked_and_ordinary_lines_untouched() -> None:
     register(["plain-and-long", "Hunter2-long", "abc"])  # too short to register: "abc"
     assert redact_text("HTTP 401: bad signature with plain-and-long") == "HTTP 401: bad signature with ***"
