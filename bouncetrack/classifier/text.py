@@ -82,8 +82,9 @@ def report_lines(view: ParsedView) -> list[str]:
     run_start = -1
     run_len = 0
     anchored = False
+    header_match = _ORIG_HEADER_RE.compiled().match  # bound once: this loop runs per line
     for line in view.report_text.split("\n")[: MAX_LINES * 2]:
-        if _ORIG_HEADER_RE.match(line):
+        if header_match(line):
             if run_len == 0:
                 run_start = len(out)
                 anchored = False
@@ -143,16 +144,17 @@ def entries(view: ParsedView) -> list[Entry]:
     # Session transcript lines (">>> MAIL From:", "<<< 550 ...") seen before any recipient
     # is named: they explain the first one named after them (Sendmail's transcript order).
     pending: list[str] = []
+    rule_match, entry_match = _RULE_RE.compiled().match, _ENTRY_RE.compiled().match  # bound once: per line
     for idx, line in enumerate(report_lines(view)):
         s = line.strip()
         if not s:
             if cur is not None and cur.lines:
                 cur = None
             continue
-        if _RULE_RE.match(s):  # "=====", "-----": decoration, not content
+        if rule_match(s):  # "=====", "-----": decoration, not content
             continue
         if "@" in s:
-            m = _ENTRY_RE.match(line)
+            m = entry_match(line)
             addr = None
             strong = False
             whole = False  # keep the whole line: it names the SMTP command or the reply

@@ -102,6 +102,7 @@ def parse_fields(text: str) -> list[Fields]:
     blocks: list[Fields] = []
     cur: Fields = {}
     last: str | None = None
+    field_match = _FIELD_RE.compiled().match  # bound once: this loop runs per line
     for line in text.splitlines():
         if not line.strip():
             if cur:
@@ -113,7 +114,7 @@ def parse_fields(text: str) -> list[Fields]:
             if last is not None:
                 cur[last] = (cur[last] + " " + line.strip()).strip()
             continue
-        m = _FIELD_RE.match(line)
+        m = field_match(line)
         if m is None:
             last = None
             continue
