@@ -114,6 +114,10 @@ class PipeConfig:
     # Reports without a valid token stored per sending host and UTC day (issue 16);
     # beyond it they are counted (untrusted_over_quota) and not stored.
     untrusted_reports_per_host_per_day: int = 200
+    # Feedback-loop providers whose DKIM-signed complaints are trusted (issue 16):
+    # a complaint signed (d=) by one of these domains or a subdomain may suppress even
+    # for a multi-recipient message. Keys are looked up through validation.nameserver.
+    feedback_loop_senders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,8 @@ TOP_KEYS = (
     "retention",  # events and messages retention (issue 6)
     "validation",  # address validation (issue 19)
 )
-PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses", "untrusted_reports_per_host_per_day")
+PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses", "untrusted_reports_per_host_per_day",
+             "feedback_loop_senders")
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
 DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression", "validate_recipients")
 VALIDATION_KEYS = ("cache_size", "max_ttl", "max_negative_ttl", "dns_timeout", "nameserver", "max_batch",
@@ -622,8 +623,21 @@ def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
         feedback = tuple(out)
     quota = _field(ctx, e, "untrusted_reports_per_host_per_day", key, lambda c, n, k: _int(c, n, k, 0, 10**9),
                    d.untrusted_reports_per_host_per_day)
+    senders: list[str] = []
+    if "feedback_loop_senders" in e:
+        skey = _join(key, "feedback_loop_senders")
+        try:
+            listed = _str_list(ctx, e["feedback_loop_senders"][1], skey)
+        except _Invalid:
+            listed = []
+        for i, (n, v) in enumerate(listed):
+            domain = v.strip().rstrip(".").lower()
+            if not domain or "@" in domain or any(c.isspace() for c in domain) or "." not in domain:
+                ctx.add(n, f"{skey}[{i}]", f"invalid domain {v[:100]!r} (a DKIM d= domain, e.g. fbl.example.net)")
+            else:
+                senders.append(domain)
     return PipeConfig(deadline_seconds=deadline, raw_retention_days=retention, feedback_addresses=feedback,
-                      untrusted_reports_per_host_per_day=quota)
+                      untrusted_reports_per_host_per_day=quota, feedback_loop_senders=tuple(senders))
 
 
 def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:

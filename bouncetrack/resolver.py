@@ -58,6 +58,17 @@ class Resolver(Protocol):
         """Where ``name``'s mail goes, with the answer's TTL; :class:`DnsTempError` if unknown."""
 
 
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``1.2.3.4``, ``1.2.3.4:5353``, ``::1``, ``[::1]:5353`` -> (address, port)."""
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else 53
+    if spec.count(":") == 1:
+        host, _, port = spec.partition(":")
+        return host, int(port)
+    return spec, 53
+
+
 class DnsPythonResolver:
     """The default :class:`Resolver`: dnspython, the system's resolvers unless
     ``nameserver`` (an IP address) and ``port`` are given."""

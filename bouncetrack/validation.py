@@ -35,7 +35,7 @@ import flanker.addresslib.validate as _esp
 
 from .addresses import AddressError, parse_address
 from .config import ValidationConfig
-from .resolver import DnsPythonResolver, DnsTempError, MailHosts, Resolver
+from .resolver import DnsPythonResolver, DnsTempError, MailHosts, Resolver, parse_nameserver
 
 VALID = "valid"
 INVALID = "invalid"
@@ -211,14 +211,6 @@ def store_suppressed(store: Any, domains: Iterable[str] | None) -> Callable[[str
         return [row.domain for row in rows]
 
     return lookup
-
-
-def parse_nameserver(value: str) -> tuple[str, int]:
-    """``"192.0.2.53"`` or ``"192.0.2.53:5353"`` (IPv6 without a port) → (ip, port)."""
-    if value.count(":") == 1:
-        host, _, port = value.partition(":")
-        return host, int(port)
-    return value, 53
 
 
 def build_validator(settings: ValidationConfig, *, nameserver: str | None = None, timeout: float | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -136,3 +137,68 @@ def test_untrusted_reports_are_stored_within_a_quota_per_host_and_day(config: Co
     verp, _ = record(config, "only@remote.test")
     assert run_pipe(config, verp, mailgen.dsn(verp, "only@remote.test"), INTERNET).returncode == 0
     assert len(events(config)) == 4
+
+
+# --- complaints DKIM-signed by a configured feedback loop -------------------------------
+
+def _rsa_key() -> tuple[bytes, str]:
+    """(PEM private key, the DKIM key record's p= value) of a fresh 1024-bit RSA key."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, base64.b64encode(der).decode()
+
+
+def _signed(report: bytes, pem: bytes, domain: str) -> bytes:
+    import dkim
+
+    crlf = report.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    header: bytes = dkim.sign(crlf, b"sel", domain.encode(), pem,
+                              include_headers=[b"from", b"to", b"subject", b"message-id", b"date"])
+    return header + crlf
+
+
+def test_complaint_signed_by_a_configured_feedback_loop_suppresses(tmp_path: Path) -> None:
+    from tests.dnsserver import DnsServer
+
+    pem, public = _rsa_key()
+    record_data = '"v=DKIM1; k=rsa; p=' + public + '"'
+    zones = {"sel._domainkey.isp.test.": [("TXT", record_data)],
+             "sel._domainkey.other.test.": [("TXT", record_data)]}
+    with DnsServer(zones) as dns:
+        config = write_config(tmp_path, f"""\
+            pipe: {{deadline_seconds: 8, feedback_loop_senders: [isp.test]}}
+            validation: {{nameserver: "127.0.0.1:{dns.port}", dns_timeout: 1}}
+            domains:
+              tracked.test:
+                tracking: true
+                suppression: {{policy: reject}}
+            """)
+        cases: list[tuple[str, Callable[[bytes], bytes]]] = [  # only the first: signed by the listed loop, intact
+            ("a@remote.test", lambda r: _signed(r, pem, "isp.test")),
+            ("c@remote.test", lambda r: _signed(r, pem, "other.test")),  # valid signature, loop not listed
+            ("e@remote.test", lambda r: _signed(r, pem, "isp.test").replace(b"This is an email abuse",
+                                                                               b"This is an e-mail abuse")),
+            ("g@remote.test", lambda r: r),  # not signed
+        ]
+        for i, (complainer, sign) in enumerate(cases):
+            verp, _ = record(config, complainer, f"co{i}@remote.test")
+            report = sign(mailgen.arf("fbl@bounce.test", verp, complainer))
+            proc = run_pipe(config, "fbl@bounce.test", report, INTERNET)
+            assert proc.returncode == 0, proc.stderr
+        assert listed(config) == ["a@remote.test"]
+        assert guards(config) == {guard.UNVERIFIED_NOT_SUPPRESSED: 3}
+
+
+def test_the_pipe_imports_dkimpy_only_for_such_a_complaint() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, bouncetrack.bounce_pipe.process; assert 'dkim' not in sys.modules, 'dkim imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

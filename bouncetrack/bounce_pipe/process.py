@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from types import FrameType
 
-from ..classifier.model import BOUNCE, DELIVERY_REPORT, NOT_BOUNCE, Report
+from ..classifier.model import BOUNCE, COMPLAINT, DELIVERY_REPORT, NOT_BOUNCE, Report
 from ..config import Config
 from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate, UntrustedQuota
 from ..suppression import candidates, report_verified, sending_host, trusted
@@ -101,8 +101,10 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
             jobs = jobs[: guard.MAX_JOBS_PER_REPORT]
         suppress = _suppress(config, events, guards)  # issue 6: written in the report's transaction
         host = sending_host(client_address)
-        suppress, withheld = trusted(
-            config, suppress, report_verified(report.kind in (BOUNCE, DELIVERY_REPORT), message, host))
+        verified = report_verified(report.kind in (BOUNCE, DELIVERY_REPORT), message, host)
+        if suppress and not verified and report.kind == COMPLAINT and config.pipe.feedback_loop_senders:
+            verified = _signed_by_feedback_loop(config, raw)
+        suppress, withheld = trusted(config, suppress, verified)
         if withheld:  # issue 16: any recipient of the message could have written this report
             guards[guard.UNVERIFIED_NOT_SUPPRESSED] += 1
             _say(f"report not verified (from {host}, about a message with {len(message.recipients) if message else 0} "
@@ -138,6 +140,21 @@ def _ids(raw: bytes) -> str:
     at = head.lower().find(b"\nmessage-id:")
     value = head[at + 12 : head.find(b"\n", at + 12)].strip()[:200] if at >= 0 else b""
     return f"Message-ID {value.decode('ascii', 'replace') or '(none)'}"
+
+
+def _signed_by_feedback_loop(config: Config, raw: bytes) -> bool:
+    """A complaint DKIM-signed by a configured feedback loop (:mod:`.dkimcheck`; imported
+    only here: dkimpy costs import time that no other report pays)."""
+    from ..resolver import DnsPythonResolver, parse_nameserver
+    from .dkimcheck import signed_by
+
+    ns = config.validation.nameserver
+    host, port = parse_nameserver(ns) if ns else (None, 53)
+    resolver = DnsPythonResolver(host, port, timeout=config.validation.dns_timeout)
+    domain = signed_by(raw, config.pipe.feedback_loop_senders, resolver)
+    if domain is not None:
+        _say(f"complaint DKIM-signed by feedback loop {domain}: verified; {_ids(raw)}")
+    return domain is not None
 
 
 class ClassifyBudget(BaseException):

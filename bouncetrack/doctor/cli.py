@@ -394,18 +394,8 @@ def local_addresses() -> list[str]:
     return out
 
 
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``1.2.3.4``, ``1.2.3.4:5353``, ``::1``, ``[::1]:5353`` -> (address, port)."""
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 53
-    if spec.count(":") == 1:
-        host, _, port = spec.partition(":")
-        return host, int(port)
-    return spec, 53
-
-
 def check_dns(config: Config, nameserver: str | None, expect_ips: Sequence[str]) -> list[Result]:
+    from ..resolver import parse_nameserver
     from .dnscheck import DnsPythonResolver, dns_results
 
     host, port = parse_nameserver(nameserver) if nameserver else (None, 53)
