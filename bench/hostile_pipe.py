@@ -13,7 +13,10 @@ figures are medians. Goal: each input under 150 MB and 2 s, exit 0.
 
     python bench/hostile_pipe.py [-r 3]
 
-Writes bench/results/hostile_pipe.json and bench/results/hostile_pipe.md.
+Writes bench/results/hostile_pipe.json and bench/results/hostile_pipe.md. ``--code DIR
+--name hostile_pipe_before`` runs the pipe of another source tree (e.g. ``git archive``
+of the commit before issue 16) on the same inputs; the table then shows those figures
+beside this tree's (``hostile_pipe_before.json``, when present).
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-r", "--rounds", type=int, default=3)
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--code", default=str(ROOT), help="source tree whose pipe runs (default: this one)")
+    ap.add_argument("--name", default="hostile_pipe", help="result file name")
     a = ap.parse_args()
     launcher = Launcher(a.python)
 
@@ -126,7 +131,7 @@ def main() -> None:
         store = open_store(config.store_url)
         cache = tmp / "cache"
         cache.mkdir(mode=0o700)
-        env = {**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "BOUNCETRACK_CACHE_DIR": str(cache), "PYTHONPATH": a.code}
         cmd = [a.python, "-m", "bouncetrack.bounce_pipe", "--config", str(cfg)]
         n = 0
         for _round in range(a.rounds):
@@ -161,21 +166,32 @@ def main() -> None:
     for row in rows:
         row["time_vs_baseline"] = round(row["seconds_median"] / base["seconds_median"], 2)
         row["rss_vs_baseline"] = round(row["rss_mb_median"] / base["rss_mb_median"], 2)
-    path = write_result("hostile_pipe", {"rounds": a.rounds, "goal": {"rss_mb": RSS_GOAL_MB, "seconds": TIME_GOAL_S},
+    path = write_result(a.name, {"rounds": a.rounds, "code": a.code, "goal": {"rss_mb": RSS_GOAL_MB, "seconds": TIME_GOAL_S},
                                          "inputs": rows})
+    if a.name != "hostile_pipe":
+        print(f"wrote {path}")
+        return
+    before_path = RESULTS / "hostile_pipe_before.json"
+    before = {r["input"]: r for r in json.loads(before_path.read_text())["inputs"]} if before_path.exists() else {}
     lines = [
         "# Hostile reports through the bounce pipe (bench/hostile_pipe.py)",
         "",
         f"Full pipe (`python -m bouncetrack.bounce_pipe`), a new process per report, SQLite store; "
         f"medians of {a.rounds} alternating rounds; goal: < {RSS_GOAL_MB:g} MB peak RSS and < {TIME_GOAL_S:g} s, exit 0.",
         "",
-        "| input | peak RSS (MB) | time (s) | × baseline time | exit | within goal |",
-        "|---|---:|---:|---:|---|---|",
+        "| input | peak RSS (MB) | time (s) | × baseline time | exit | within goal | before issue 16 |",
+        "|---|---:|---:|---:|---|---|---|",
     ]
     for row in rows:
+        old = before.get(row["input"])
+        then = (f"{old['rss_mb_median']:.0f} MB, {old['seconds_median']:.2f} s, exit "
+                f"{','.join(map(str, old['exits']))}" if old else "–")
         lines.append(f"| {row['what']} | {row['rss_mb_median']:.1f} | {row['seconds_median']:.2f} | "
                      f"{row['time_vs_baseline']:.1f} | {','.join(map(str, row['exits']))} | "
-                     f"{'yes' if row['within_goal'] else 'NO'} |")
+                     f"{'yes' if row['within_goal'] else 'NO'} | {then} |")
+    if before:
+        lines += ["", f"Before issue 16: the same inputs through the pipe of `{json.loads(before_path.read_text())['code']}` "
+                      f"(the tree before the bounds), {json.loads(before_path.read_text())['rounds']} round(s), same machine."]
     (RESULTS / "hostile_pipe.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {path} and {RESULTS / 'hostile_pipe.md'}")
 

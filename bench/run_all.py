@@ -7,7 +7,7 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 (``bench/results/*.png``, matplotlib, Agg) are generated from those files.
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
-list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``webhook``, ``soak
+list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``hostile_pipe``, ``webhook``, ``soak
 --short``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
@@ -55,6 +55,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("pipe", "pipe.py", ["-n", "150"], ["pipe"]),
     ("export", "export.py", ["-n", "1000000", "--rounds", "1"], ["export"]),
     ("api_hostile", "api_hostile.py", ["--rounds", "5"], ["api_hostile"]),
+    ("hostile_pipe", "hostile_pipe.py", ["--rounds", "3"], ["hostile_pipe"]),
     ("webhook", "webhook.py", ["-n", "1000", "--rounds", "5"], ["webhook"]),
     ("soak", "soak.py", ["--short"], ["soak-short"]),
     ("address_validate", "address_validate.py", ["--domains", "10000", "--addresses", "100000"], ["address_validate"]),
@@ -63,7 +64,7 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
 
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
          "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export", "api_hostile",
-         "webhook", "soak-short", "soak")
+         "hostile_pipe", "webhook", "soak-short", "soak")
 
 
 def machine() -> dict[str, Any]:
@@ -573,6 +574,12 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
             L.append(f"| API p99 beside hostile requests ({name}) | {x['p99_ms_median']:.1f} ms | idle p99 "
                      f"{d['idle_p99_ms_median']:.1f} ms | {x['p99_ratio_to_idle_median']:.2f}× | "
                      f"≤ {d['goal_ratio']:g}× | {'yes' if x['meets_goal'] else 'no'} |")
+    d = results.get("hostile_pipe")
+    if d:
+        for x in d["inputs"][1:]:
+            L.append(f"| pipe on {x['what']} | {x['rss_mb_median']:.0f} MB, {x['seconds_median']:.2f} s | a normal "
+                     f"DSN | {x['time_vs_baseline']:.1f}× time | < {d['goal']['rss_mb']:g} MB, < {d['goal']['seconds']:g} s "
+                     f"| {'yes' if x['within_goal'] else 'no'} |")
     d = results.get("webhook")
     if d:
         L.append(f"| webhook delivery | {d['worker_per_s']['median']:.0f} deliveries/s (worker) | "
