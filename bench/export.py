@@ -128,6 +128,12 @@ uvicorn.Server(settings).run()
 """
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (less sensitive to a loaded machine than wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path, http: str = "h11") -> dict[str, Any]:
     """One export through a fresh server (``http``: h11, as shipped, or httptools); returns the figures."""
     port = free_port()
@@ -149,6 +155,7 @@ def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path, http: str = "h11
                     raise RuntimeError(f"the API did not start; see {log.name}") from None
                 time.sleep(0.1)
         rss_idle = proc_kib(server.pid, "VmRSS")
+        cpu_idle = proc_cpu_seconds(server.pid)
         url = f"{base}/v1/bounces/2026-01-01/2026-12-31"
         rows = size = 0
         t0 = time.perf_counter()
@@ -160,6 +167,7 @@ def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path, http: str = "h11
                 size += len(chunk)
         elapsed = time.perf_counter() - t0
         peak = proc_kib(server.pid, "VmHWM")
+        cpu = proc_cpu_seconds(server.pid) - cpu_idle
     finally:
         server.terminate()
         server.wait(10)
@@ -168,7 +176,7 @@ def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path, http: str = "h11
         rows -= 1  # the header
     if rows != n:
         raise RuntimeError(f"{fmt}: exported {rows} rows, expected {n}")
-    return {"seconds": elapsed, "rows": rows, "bytes": size, "rows_per_s": rows / elapsed,
+    return {"seconds": elapsed, "server_cpu_seconds": cpu, "rows": rows, "bytes": size, "rows_per_s": rows / elapsed,
             "rss_idle_mb": rss_idle / 1024, "rss_peak_mb": peak / 1024}
 
 
@@ -243,8 +251,14 @@ def main() -> None:
             fmt: statistics.median(x["seconds"] / y["seconds"] for x, y in zip(runs[fmt], runs[f"{fmt}-httptools"]))
             for fmt in ("ndjson", "csv")
         }
-        print("h11 / httptools time, median of rounds: "
-              + ", ".join(f"{k} {v:.3f}x" for k, v in out["h11_vs_httptools"].items()))
+        out["h11_vs_httptools_server_cpu"] = {
+            fmt: statistics.median(x["server_cpu_seconds"] / y["server_cpu_seconds"]
+                                   for x, y in zip(runs[fmt], runs[f"{fmt}-httptools"]))
+            for fmt in ("ndjson", "csv")
+        }
+        print("h11 / httptools, medians of rounds: wall time "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in out["h11_vs_httptools"].items())
+              + "; server CPU " + ", ".join(f"{k} {v:.3f}x" for k, v in out["h11_vs_httptools_server_cpu"].items()))
     print(f"written {write_result('export', out)}")
 
 
