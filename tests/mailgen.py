@@ -140,11 +140,12 @@ def hostile_long_boundary(verp: str, boundary_len: int = 5_000_000) -> bytes:
 
 def hostile_semicolons(verp: str, recipient: str, n: int = 800_000, *, inner: bool = False) -> bytes:
     """A DSN with ``n`` ``;`` in a Content-Type: the top-level one, or (``inner``) the
-    message/delivery-status part's. Otherwise a valid report about ``recipient``."""
+    text/plain notification part's (its charset is read: quadratic in ``;`` too).
+    Otherwise a valid report about ``recipient``."""
     raw = dsn(verp, recipient, original_recipient=recipient)
     if inner:
-        return raw.replace(b"Content-Type: message/delivery-status\n",
-                           b"Content-Type: message/delivery-status" + b";" * n + b"\n", 1)
+        return raw.replace(b"Content-Type: text/plain; charset=us-ascii\n",
+                           b"Content-Type: text/plain; charset=us-ascii" + b";" * n + b"\n", 1)
     return raw.replace(b'boundary="BOUNDARY"\n', b'boundary="BOUNDARY"' + b";" * n + b"\n", 1)
 
 
