@@ -3,7 +3,8 @@
 ``tests/samples/classifier/<folder>/`` holds sample messages and one ``expected.jsonl`` beside
 them (flufl.bounce's layout: a folder per detector family, the results next to the samples).
 Each line names a ``file`` and what ``classify`` must say of it: ``kind``, ``detector``, and
-per recipient, in order, the ``address`` and, where given, ``status`` and ``reason``. The
+per recipient, in order, the ``address`` and, where given, ``status``, ``reason`` and
+``original_recipient`` (the address the sender used). The
 ``source`` of each line says where the sample comes from (Sisimai's set-of-emails under
 ``LICENSE-set-of-emails``, or hand-written after a named real format). Folders named after a
 detector family cover that family; ``not-recognised``, ``wrong-address``, ``multi-recipient``
@@ -55,6 +56,8 @@ def test_sample(folder: str, row: dict[str, Any]) -> None:
             assert got.status == want["status"], got
         if "reason" in want:
             assert got.reason == want["reason"], got
+        if "original_recipient" in want:
+            assert got.original_recipient == want["original_recipient"], got
 
 
 def test_every_sample_is_listed_with_its_source() -> None:

@@ -67,6 +67,7 @@ SUBJECT_RCPT_RE = lazy_re(
     r"(?:\bto|\bfor|undeliver(?:able|ed)(?: mail)?:|failure:|failed:)\s*[\"'<(]?(" + ADDR_RE.pattern + r")",
     re.IGNORECASE)
 
+EXPANDED_FROM_RE = lazy_re(r"\(expanded from:?\s*<?(" + ADDR_RE.pattern + r")>?\s*\)", re.IGNORECASE)
 _TEMP_WORDS = ("temporar", "will ", "still trying", "delayed", "not yet been", "warning")
 
 
@@ -176,10 +177,13 @@ class TextDetector:
         out: list[RecipientResult] = []
         for addr, e in pairs[:50]:
             diag = self.diagnostic(view, e)
+            # "(expanded from: <addr>)" (Sendmail, Postfix): the address the sender used, which
+            # the pipe matches first (cf. RFC 3464 §2.3.1 Original-Recipient)
+            m = EXPANDED_FROM_RE.search(" ".join(e.lines[:3])) if e is not None else None
             out.append(make_recipient(
                 addr, status=self.status_hint(view, diag), diagnostic=diag, temporary=temp,
                 in_data=data_phase(diag), family=self.name, hosts=view.hosts,
-                preset=self.preset(view, diag),
+                preset=self.preset(view, diag), original_recipient=m.group(1) if m else None,
             ))
         return Report(kind=BOUNCE, recipients=tuple(out), detector=self.name, guessed=guessed)
 
