@@ -77,6 +77,8 @@ _CHALLENGE_BODY_RE = lazy_re(
     r"|(?:added?|adds?|put) (?:yourself |you |your (?:e-?mail )?address )?(?:to|on) (?:my|the recipient'?s?|our|his|her) "
     r"(?:\w+ ){0,2}(?:allowed|approved|accepted|trusted|guest|white|safe) ?(?:senders? )?list"
     r"[\s\S]{0,200}?(?:https?://|click|reply|visit|link)"  # a request to act, not a rejection's advice
+    r"|(?:list of|among) (?:my |the recipient'?s? )?(?:allowed|approved|accepted|trusted|safe) senders"
+    r"|only (?:from )?(?:senders|people|addresses) (?:i have|i've|who have been|that have been) (?:approved|verified|accepted)"
     r"|(?:requires?|awaiting|pending|needs?) (?:your )?(?:sender )?(?:confirmation|verification)\b[^\n]{0,80}(?:https?://|click|reply|visit)"
     r"|(?:spam ?arrest|boxbe|bluebottle|mailinblack|choicemail|tagged message delivery agent|\btmda\b|qconfirm|spamblocker)"
     r"[^\n]{0,80}(?:protect|verif|confirm|approv|guest list|challenge)"
