@@ -9,6 +9,8 @@
 | mail loop: our own SMTP forward (``X-Bouncetrack-Forwarded: 1``, null sender) bounced back to the VERP address | stored, never forwarded again (no outbox job) |
 | 50 MB message (``message_size_limit = 20480000`` set by this module) | rejected by Postfix with 552 5.3.4 (at MAIL FROM when SIZE= is declared, at end of DATA otherwise); nothing queued |
 | 1000 levels of nested ``message/rfc822`` sent to a VERP address | Postfix accepts it (its MIME parser stops at ``mime_nesting_limit`` 100 without refusing); the pipe stores it in bounded time (< 20 s asserted; well under 1 s measured), attributed by its token; classified or ``unknown``, never a crash |
+| a 100,000-recipient DSN (6.8 MB) by SMTP to a single-recipient message's VERP address (issue 16) | one event, at most two forwards, the dropped events counted (``metric_pipe_guards``); suppresses its recipient (a single-recipient message is trusted) |
+| a co-recipient's forged DSN by SMTP about another recipient of the same message (issue 16) | stored and attributed, suppresses nobody; the same recipient's rejection reported by this Postfix's own DSN does |
 | CR/LF, ``=cmd|'/C calc'!A0`` and ``<script>`` in a diagnostic | webhook: a JSON string (no header split); CSV download: formula neutralised, record structure intact; dashboard: HTML-escaped |
 """
 
@@ -281,3 +283,52 @@ def test_injection_in_webhook_csv_and_dashboard(env: Env) -> None:
             assert page.status_code == 200, path
             assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)" in page.text, path
     print("injection: webhook JSON string, CSV formula neutralised, dashboard escaped")
+
+
+def suppressed(st: Any, address: str) -> bool:
+    return bool(db_rows(st.db_path, "SELECT id FROM suppressions WHERE address = ?", (address,)))
+
+
+def test_issue16_flood_and_forgeries_through_postfix(env: Env) -> None:
+    """Issue 16 end to end: a 100,000-recipient DSN sent by SMTP to a single-recipient
+    message's VERP address is one event and at most two forwards; a co-recipient's forged
+    DSN (by SMTP: pipe(8)'s ${client_address} is 127.0.0.1) is stored but suppresses
+    nobody; the same recipient's real rejection, a DSN made by this Postfix
+    (${client_address} empty), does."""
+    from bouncetrack.harness.stack import make_message
+    from tests import mailgen
+
+    st = env.st
+    solo = "solo-h16@remote.test"
+    _, verp = tracked_message(st, solo)
+    flood = mailgen.hostile_many_recipients(verp, solo, 100_000)
+    r = st.send("", [verp], flood)
+    assert r.accepted, r
+    (event,) = st.wait_for(lambda: events_for(st, solo), 60)
+    assert event["token_status"] == "valid" and not event["flagged"]
+    assert len(db_rows(st.db_path, "SELECT id FROM outbox WHERE event_id = ?", (event["event_id"],))) <= 2
+    guards = {g["guard"]: g["count"] for g in db_rows(st.db_path, "SELECT guard, count FROM metric_pipe_guards")}
+    assert guards["events_dropped"] > 1000 and suppressed(st, solo)  # single recipient: trusted
+
+    victim, forger = "unknown-h16@remote.test", "ok-h16@remote.test"
+    mid = f"<{uuid.uuid4().hex}@faults.test>"
+    r = st.send("info@tracked.test", [forger, victim],
+                make_message("info@tracked.test", [forger, victim], headers={"Message-ID": mid}))
+    assert r.accepted, r
+    tx = st.fakemx.wait_for(lambda f: f.for_rcpt(forger), 20)[-1]
+    # Our Postfix's own DSN for the victim (the fake MX refuses unknown-*) is verified.
+    (real,) = st.wait_for(lambda: events_for(st, victim), 30)
+    assert real["hard"] and suppressed(st, victim)
+    db = sqlite3.connect(st.db_path, timeout=30)
+    try:
+        with db:
+            db.execute("DELETE FROM suppressions WHERE address = ?", (victim,))
+    finally:
+        db.close()
+    # The co-recipient's forgery, by SMTP, about the same victim: stored, suppresses nobody.
+    forged = dsn(tx.mail_from, victim, "550 5.1.1 <unknown-h16@remote.test>: forged by a co-recipient")
+    r = st.send("", [tx.mail_from], forged)
+    assert r.accepted, r
+    rows = st.wait_for(lambda: (e := events_for(st, victim)) and len(e) >= 2 and e, 30)
+    assert rows[-1]["token_status"] == "valid" and not rows[-1]["flagged"]
+    assert not suppressed(st, victim)
