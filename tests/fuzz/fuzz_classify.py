@@ -1,10 +1,12 @@
 """Coverage-guided fuzzing of the classifier with atheris (issue 7).
 
-The regular suite fuzzes ``classify`` with hypothesis (tests/test_classifier_fuzz.py);
+The regular suite fuzzes ``classify_strict`` with hypothesis (tests/test_classifier_fuzz.py);
 this harness runs for as long as you let it, guided by coverage, and keeps what it
-finds. The property is the classifier's contract: for any bytes it returns a
-``Report`` (never raises), its kind is one of the known ones, every recipient has a
-string reason and a bool ``hard``, and the report serialises to JSON.
+finds. It targets ``classify_strict``, the unguarded classifier the pipe runs (the pipe
+logs, counts and stores as unknown whatever it raises; ``classify`` would hide a crash).
+The property is the classifier's contract: for any bytes it returns a ``Report``
+(never raises), its kind is one of the known ones, every recipient has a string reason
+and a bool ``hard``, and the report serialises to JSON.
 
 Run (``pip install atheris`` into the venv first)::
 
