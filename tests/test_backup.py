@@ -49,7 +49,7 @@ def _write_reports(store: Any, stop: threading.Event, written: list[int], start:
 def test_online_backups_while_writing_are_consistent_and_restore(tmp_path: Path) -> None:
     config = write_config(tmp_path, "domains:\n  example.com:\n    tracking: true\n")
     store = SQLiteStore.from_url(config.store_url)
-    stop, written = threading.Event(), []
+    stop, written = threading.Event(), list[int]()
     writer = threading.Thread(target=_write_reports, args=(store, stop, written))
     writer.start()
     copies = []

@@ -92,7 +92,7 @@ def test_no_secret_reaches_any_log(make_stack: Any, tmp_path: Path) -> None:
             os.kill(stack._pipe_server.pid, signal.SIGHUP)
             stack.reload_milter()
             for text in (api.text, worker.text, stack.pipe_server_log.read_text, stack.milter_log_text):
-                stack.wait_for(lambda t=text: "reload refused" in t(), 60)  # type: ignore[misc]
+                stack.wait_for(lambda t=text: "reload refused" in t(), 60)
             rewrite(stack.config_path, good)
 
             # Error path: the store on a PostgreSQL server that is not there, with a password.

@@ -94,11 +94,13 @@ def test_upgraded_postgresql_store_gains_queue_ids(pg_cluster: Cluster) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         pgm.migrate(conn, tuple(m for m in pgm.MIGRATIONS if m[0] <= 3))
         assert pgm.current_version(conn) == 3
-        pk = conn.execute(
+        row = conn.execute(
             "INSERT INTO messages (token_id, token, queue_id, message_id, sender_domain, envelope_sender,"
             " verp_sender, created_at) VALUES (7, 'tok', '4Xk9QnPG', '<m@x>', 'example.com',"
             " 'news@example.com', 'b+tok@bounce.example.com', %s) RETURNING id", (T,)
-        ).fetchone()[0]
+        ).fetchone()
+        assert row is not None
+        pk = row[0]
         for i, message_pk in ((1, pk), (2, None)):
             conn.execute(
                 "INSERT INTO events (event_id, type, hard, reason, domain, token_status, flagged,"

@@ -143,7 +143,7 @@ def test_sighup_applies_token_webhook_and_domain_changes_in_every_process(
             for name, text in (("api", api.text), ("worker", worker.text),
                                ("pipe server", stack.pipe_server_log.read_text),
                                ("milter", stack.milter_log_text)):
-                stack.wait_for(lambda t=text: "configuration reloaded" in t(), 60)  # type: ignore[misc]
+                stack.wait_for(lambda t=text: "configuration reloaded" in t(), 60)
 
             # API: the new token is accepted, the old one still is.
             got = httpx.get(url, headers={"Authorization": f"Bearer {token2}"})
@@ -173,7 +173,7 @@ def test_sighup_applies_token_webhook_and_domain_changes_in_every_process(
             for name, text in (("api", api.text), ("worker", worker.text),
                                ("pipe server", stack.pipe_server_log.read_text),
                                ("milter", stack.milter_log_text)):
-                stack.wait_for(lambda t=text: "reload refused" in t(), 60)  # type: ignore[misc]
+                stack.wait_for(lambda t=text: "reload refused" in t(), 60)
             assert httpx.get(url, params={"access_token": token2}).status_code == 200
             rewrite(stack.config_path, stack.config_yaml())
 
