@@ -210,6 +210,9 @@ class Config:
     milter_metrics_listen: str | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)  # issue 6
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # issue 19
+    # issue 20: the milter appends message records here; its supervisor's journal
+    # writer moves them into the store (bouncetrack/milter/journal.py).
+    milter_journal: Path = Path("/var/lib/bouncetrack/milter-journal")
 
     def policy_for(self, domain: str) -> DomainPolicy:
         """The policy for a sender domain; the ``default`` entry when not listed."""

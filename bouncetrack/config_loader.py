@@ -81,6 +81,7 @@ DEFAULT_STORE = "sqlite:////var/lib/bouncetrack/bouncetrack.db"
 # master.cf) reaches it: `bouncetrack install` names it unix:bouncetrack/milter.sock
 # (bouncetrack/postfix_wiring.py, HACKING.md "Socket locations").
 DEFAULT_MILTER_SOCKET = "/var/spool/postfix/bouncetrack/milter.sock"
+DEFAULT_MILTER_JOURNAL = "/var/lib/bouncetrack/milter-journal"  # issue 20: beside the store
 DEFAULT_GRACE_SECONDS = 7 * 86400.0
 # The VERP token is 24 characters (HACKING.md); the local part is prefix + "+" + token
 # and must stay within 64 octets (RFC 5321 §4.5.3.1.1).
@@ -100,6 +101,7 @@ TOP_KEYS = (
     "key_grace_period",
     "store",
     "milter_socket",
+    "milter_journal",  # issue 20
     "api_listen",
     "log_level",
     "milter_metrics_listen",  # metrics (issue 5)
@@ -554,6 +556,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
     grace = _field(ctx, top, "key_grace_period", "", _duration, DEFAULT_GRACE_SECONDS)
     store = _field(ctx, top, "store", "", _store, DEFAULT_STORE)
     milter_socket = _field(ctx, top, "milter_socket", "", _socket, Path(DEFAULT_MILTER_SOCKET))
+    milter_journal = _field(ctx, top, "milter_journal", "", _path, Path(DEFAULT_MILTER_JOURNAL))
     api_listen = _field(ctx, top, "api_listen", "", _listen, "127.0.0.1:8025")
     log_level = _field(ctx, top, "log_level", "", _log_level, "INFO")
     # metrics (issue 5): the milter's Prometheus port; absent or null = off.
@@ -586,6 +589,7 @@ def _build(ctx: _Ctx, root: yaml.MappingNode, path: Path) -> Config | None:
         log_level=log_level,
         api=api,
         milter_metrics_listen=milter_metrics_listen,
+        milter_journal=milter_journal,
         retention=retention,
         validation=validation,
     )

@@ -6,6 +6,7 @@ API (which builds them) and the pipe (which reads ORCPT back from reports).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -69,6 +70,8 @@ def parse_ret(value: str) -> str:
 
 def xtext_encode(text: str) -> str:
     """RFC 3461 §4: xtext, "+" and "=" and anything outside "!".."~" as +HH."""
+    if text.isascii() and text.isprintable() and " " not in text and "+" not in text and "=" not in text:
+        return text  # the common address: nothing to encode
     out = []
     for byte in text.encode("utf-8"):
         if 33 <= byte <= 126 and byte not in (43, 61):
@@ -126,11 +129,13 @@ def strip_path(raw: str) -> str:
     return _SOURCE_ROUTE.sub("", text)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(raw: str) -> Address | None:
     """Parse an envelope address; None for the null sender or anything malformed.
 
     Malformed means: no "@", empty local part, control characters, or a domain
-    that is not a hostname or address literal (RFC 5321 §4.1.2).
+    that is not a hostname or address literal (RFC 5321 §4.1.2). Memoised (bounded):
+    the milter parses the same senders message after message; Address is frozen.
     """
     text = strip_path(raw)
     if not text or _CONTROL.search(text):

@@ -30,9 +30,18 @@ class Formatter(logging.Formatter):
     def __init__(self, program: str) -> None:
         super().__init__(FORMAT)
         self.program = program
+        self._second = -1
+        self._second_text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        # The seconds' text changes once a second: made then, not per record (the
+        # milter logs a line per message, issue 20). A race between two threads
+        # only makes the same text twice.
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         """One record; the lines after its first (a configuration error's list, a
@@ -47,6 +56,12 @@ def setup(process: str, level: str | int = "INFO") -> logging.Handler:
     ``process`` names the program: ``milter`` -> ``bouncetrack-milter``. Replaces
     any handler set before (calling it twice, or after ``basicConfig``, is safe).
     """
+    # FORMAT names no source line, thread or multiprocessing name: don't collect them
+    # for every record (the logging HOWTO's "Optimization"; a line per message in the
+    # milter, issue 20). Tracebacks do not depend on them.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Formatter(f"bouncetrack-{process}"))
     root = logging.getLogger()

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 # Configuration keys each process reads only at start.
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
-    "milter": ("milter_socket", "milter_metrics_listen"),
+    "milter": ("milter_socket", "milter_metrics_listen", "milter_journal"),
     "api": ("api_listen",),
     "worker": ("store_url",),
     "pipe-server": (),  # its socket is a command-line option; every bounce opens the store anew

@@ -19,6 +19,7 @@ def write_config(tmp_path: Path, body: str, *, name: str = "bouncetrack.yaml") -
         f"bounce_domain: bounce.test\n"
         f"secret_file: {tmp_path}/verp.key\n"
         f"store: sqlite:///{tmp_path}/bt.db\n"
-        f"milter_socket: {tmp_path}/milter.sock\n" + textwrap.dedent(body)
+        f"milter_socket: {tmp_path}/milter.sock\n"
+        f"milter_journal: {tmp_path}/journal\n" + textwrap.dedent(body)
     )
     return load_config(path)

@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.journal_helpers import drain, journal_shared
 from bouncetrack.api.app import create_app
 from bouncetrack.config import Config, ConfigError
 from bouncetrack.config_loader import load_config
@@ -331,8 +332,9 @@ def test_a_fresh_store_does_not_count_an_earlier_installs_pipe_logs(
 @pytest.fixture()
 def milter_shared(tmp_path: Path) -> Shared:
     base = make_config()
-    cfg = Config(**{**base.__dict__, "secret_file": tmp_path / "verp.key", "store_url": f"sqlite:///{tmp_path}/bt.db"})
-    shared = Shared(Runtime(cfg, load_keyring(cfg)), lambda c: open_store(c.store_url, timeout=2))
+    cfg = Config(**{**base.__dict__, "secret_file": tmp_path / "verp.key", "store_url": f"sqlite:///{tmp_path}/bt.db",
+                            "milter_journal": tmp_path / "journal"})
+    shared = journal_shared(cfg)
     Milter.factory = make_factory(shared)
     return shared
 

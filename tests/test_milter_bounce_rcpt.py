@@ -15,6 +15,7 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as _TestCtx
 
+from tests.journal_helpers import drain, journal_shared
 from bouncetrack import replies
 from bouncetrack.config import Config
 from bouncetrack.milter.app import Runtime, Shared, make_factory
@@ -66,8 +67,8 @@ def test_previous_key_accepted_in_grace_then_refused() -> None:
 @pytest.fixture()
 def shared(tmp_path: Path) -> Shared:
     config = Config(**{**make_config().__dict__, "secret_file": tmp_path / "verp.key",
-                       "store_url": f"sqlite:///{tmp_path}/bt.db"})
-    s = Shared(Runtime(config, load_keyring(config)), lambda c: open_store(c.store_url, timeout=2))
+                       "store_url": f"sqlite:///{tmp_path}/bt.db", "milter_journal": tmp_path / "journal"})
+    s = journal_shared(config)
     Milter.factory = make_factory(s)
     return s
 

@@ -92,8 +92,13 @@ def test_tracked_several_recipients_each_bounce_attributed(stack: Any) -> None:
     received = re.search(rb"\(Postfix\) with E?SMTP id ([0-9A-Za-z]+)", tx.data)
     assert received is not None, tx.data[:400]
     token = tx.mail_from[2:].partition("@")[0]
-    with sqlite3.connect(stack.db_path) as db:
-        (queue_id,) = db.execute("SELECT queue_id FROM messages WHERE token = ?", (token,)).fetchone()
+
+    def row() -> Any:
+        with sqlite3.connect(stack.db_path) as db:
+            return db.execute("SELECT queue_id FROM messages WHERE token = ?", (token,)).fetchone()
+
+    stack.wait_for(lambda: row() is not None, 10)  # the journal writer's lag (issue 20)
+    (queue_id,) = row()
     assert queue_id == received.group(1).decode()
     got = new_events(stack, before, 2)
     assert sorted((e["recipient"], e["type"], e["flagged"]) for e in got) == [

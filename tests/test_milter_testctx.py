@@ -12,6 +12,7 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as _TestCtx
 
+from tests.journal_helpers import drain, journal_shared
 from bouncetrack.config import Config
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
@@ -45,13 +46,14 @@ def config(tmp_path: Path) -> Config:
             **base.__dict__,
             "secret_file": tmp_path / "verp.key",
             "store_url": f"sqlite:///{tmp_path}/bt.db",
+            "milter_journal": tmp_path / "journal",
         }
     )
 
 
 @pytest.fixture()
 def shared(config: Config) -> Shared:
-    s = Shared(Runtime(config, load_keyring(config)), lambda c: open_store(c.store_url, timeout=2))
+    s = journal_shared(config)
     Milter.factory = make_factory(s)
     return s
 
@@ -97,6 +99,7 @@ def test_tracked_message_is_rewritten_and_recorded(shared: Shared, config: Confi
 
     check = verify(shared.runtime.keyring, token, 0)
     assert check.ok and check.token_id is not None
+    assert drain(config) == 1  # what the journal writer does
     store = open_store(config.store_url)
     record = store.message_by_token_id(check.token_id)
     assert record is not None
@@ -131,16 +134,17 @@ def test_pass_untouched(shared: Shared, sender: str) -> None:
     assert rc == Milter.CONTINUE and not ctx._envfromchanged and not ctx._addrcpt
 
 
-def test_store_unavailable_tempfails(config: Config) -> None:
-    def broken(c: Config) -> Any:
-        raise StoreUnavailable("locked")
-
-    shared = Shared(Runtime(config, load_keyring(config)), broken)
+def test_journal_write_failure_tempfails(config: Config, tmp_path: Path) -> None:
+    # Issue 20: the journal is the milter's store; a directory it cannot create
+    # (a file in its place: disk full and a read-only disk fail the same way) is a 451.
+    (tmp_path / "journal").write_text("not a directory")
+    shared = journal_shared(config)
     Milter.factory = make_factory(shared)
     ctx, rc = feed("<info@tracked.test>", [("<a@remote.test>", ())])
     assert rc == Milter.TEMPFAIL
     assert ctx._reply is not None and ctx._reply[0] == "451"
     assert not ctx._envfromchanged  # nothing half-done
+    assert shared.decisions["tempfail-store"] == 1
 
 
 def test_transactions_on_one_connection_do_not_leak_state(shared: Shared, config: Config) -> None:

@@ -155,6 +155,20 @@ def test_duplicate_token_id_is_an_integrity_error(store: Any) -> None:
     assert store.record_message(make_message(8)) > 0  # nothing left half-done
 
 
+def test_record_messages_is_one_batch_and_skips_known_token_ids(store: Any) -> None:
+    # The milter journal's writer (issue 20): a batch in one transaction; a replay
+    # after its crash adds nothing twice and leaves the first rows as they were.
+    first = store.record_messages([make_message(20 + i, n_rcpts=i) for i in range(4)])
+    assert first == 4
+    assert store.record_messages([make_message(21, n_rcpts=9), make_message(30, n_rcpts=2)]) == 1
+    assert store.record_messages([]) == 0
+    got = store.message_by_token_id(21)
+    assert got is not None and len(got.recipients) == 1
+    new = store.message_by_token_id(30)
+    assert new is not None and [r.address for r in new.recipients] == ["r0@example.net", "r1@example.net"]
+    assert [m.token_id for m in (store.message_by_token_id(t) for t in range(20, 24)) if m] == [20, 21, 22, 23]
+
+
 # ------------------------------------------------------------------- reports
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import Milter
 import pytest
 
+from tests.journal_helpers import drain, journal_shared
 from bouncetrack import replies
 from bouncetrack.config import Config, DomainPolicy, SuppressionPolicy
 from bouncetrack.milter.app import Runtime, Shared, make_factory
@@ -42,12 +43,12 @@ def make_shared(tmp_path: Path) -> Any:
     def factory(tracked: str = "reject", untracked: str = "reject", default: str = "off",
                 entries: tuple[tuple[str, str], ...] = ()) -> tuple[Shared, SuppressionRefresher]:
         config = replace(policies(tracked, untracked, default), secret_file=tmp_path / "verp.key",
-                         store_url=f"sqlite:///{tmp_path}/bt.db")
+                         store_url=f"sqlite:///{tmp_path}/bt.db", milter_journal=tmp_path / "journal")
         store = open_store(config.store_url)
         now = time.time()
         store.add_suppressions([Suppression(d, a, "manual", None, now, None) for d, a in entries])  # type: ignore[attr-defined]
         store.close()
-        shared = Shared(Runtime(config, load_keyring(config)), lambda c: open_store(c.store_url, timeout=2))
+        shared = journal_shared(config)
         refresher = SuppressionRefresher(shared.suppression, lambda: shared.runtime.config,
                                          lambda c: open_store(c.store_url, timeout=2))
         refresher.step()
@@ -97,6 +98,7 @@ def test_reject_refuses_only_the_listed_recipient_tracked_and_untracked(make_sha
         assert "<Gone@Remote.Test>" not in ctx._delrcpt
     assert shared.decisions["rejected-suppressed"] == 2
     # The tracked message was recorded without the refused recipient.
+    drain(shared.runtime.config)
     store = open_store(shared.runtime.config.store_url)
     rows = store._conn.execute("SELECT address FROM recipients").fetchall()  # type: ignore[attr-defined]
     assert rows == [("ok@remote.test",)]

@@ -32,6 +32,7 @@ import re
 import smtplib
 import socket
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ router = APIRouter(tags=["send"])
 
 SMTP_TIMEOUT_SECONDS = 60.0
 RETRY_AFTER_SECONDS = 60
+# How long a response waits for the milter journal writer to store a tracked message (issue 20).
+RECORD_WAIT_SECONDS = 2.0
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 
@@ -309,15 +312,22 @@ def _response(ctx: ApiContext, request: SendRequest, sub: Submission, queued: Qu
     """What the milter made of it: it recorded a tracked message before Postfix said 250."""
     warnings: list[str] = []
     record = None
+    policy_tracks = ctx.config.policy_for(request.mail_from.rpartition("@")[2]).tracking
+    # The milter journals the record before Postfix's 250 and its writer moves it into
+    # the store within milliseconds (issue 20): wait that long for a tracked domain.
+    deadline = time.monotonic() + (RECORD_WAIT_SECONDS if policy_tracks else 0.0)
     try:
-        record = ctx.store().message_by_message_id(sub.message_id, queued.queue_id)
-        if record is None and queued.queue_id is not None:
-            # The milter could not read the queue id macro: match the Message-ID alone.
-            record = ctx.store().message_by_message_id(sub.message_id)
+        while True:
+            record = ctx.store().message_by_message_id(sub.message_id, queued.queue_id)
+            if record is None and queued.queue_id is not None:
+                # The milter could not read the queue id macro: match the Message-ID alone.
+                record = ctx.store().message_by_message_id(sub.message_id)
+            if record is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
     except StoreUnavailable as exc:
         log.warning("send: message %s queued as %s, store lookup failed: %s", sub.message_id, queued.queue_id, exc)
         warnings.append(f"queued, but the tracking record could not be read: {exc}")
-    policy_tracks = ctx.config.policy_for(request.mail_from.rpartition("@")[2]).tracking
     if record is None and policy_tracks and not warnings:
         warnings.append(
             "tracking is enabled for the sender domain but the milter recorded no message: "

@@ -7,6 +7,7 @@ or store problems) may escape; anything about the report itself is stored.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -89,6 +90,19 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     store = open_store(config.store_url, timeout=max(1.0, min(10.0, remaining - 1)))
     try:
         message = store.message_by_token_id(token_id) if token_id is not None else None
+        if token_status == attribution.VALID and message is None and token is not None and token_id is not None:
+            # Issue 20: the milter journals its records and a writer moves them into
+            # the store; a bounce may come before its record. Journal first, then the
+            # store again: a record moved (and its segment deleted) between our two
+            # looks is found by the second. (Not on the hot path: imported here.)
+            from ..milter.journal import holds_token
+
+            pending = holds_token(config.milter_journal, token)
+            message = store.message_by_token_id(token_id)
+            if message is None and pending:
+                _say(f"token={token}: its message is still in the milter's journal, not yet in the "
+                     "store; Postfix will retry")
+                return os.EX_TEMPFAIL
         if token_status == attribution.VALID and message is None:
             token_status = attribution.UNKNOWN_TOKEN
         key = attribution.dedupe_key(recipient, raw)

@@ -277,6 +277,7 @@ class Stack:
         self.milter_log = self.log_dir / "milter.log"
         self.secret_file = self.state_dir / "verp.key"
         self.db_path = self.state_dir / "bouncetrack.db"
+        self.milter_journal = self.state_dir / "milter-journal"  # issue 20
         self.milter_socket = self.run_dir / "milter.sock"
         self.pipe_socket = self.run_dir / "pipe.sock"
         self.pipe_server_log = self.log_dir / "pipe-server.log"
@@ -411,6 +412,7 @@ class Stack:
             "secret_file": str(self.secret_file),
             "store": f"sqlite:///{self.db_path}",
             "milter_socket": str(self.milter_socket),
+            "milter_journal": str(self.milter_journal),
             "log_level": self.log_level,
             "domains": domains,
         }

@@ -67,7 +67,7 @@ def build_registry(shared: Shared) -> CollectorRegistry:
     registry.register(DecisionCollector(shared))
     latency = Histogram(
         "bouncetrack_milter_record_seconds",
-        "Time to record a tracked message in the store at end of data (lock wait included)",
+        "Time to record a tracked message at end of data (one append to the milter journal, issue 20)",
         registry=registry,
         buckets=RECORD_BUCKETS,
     )

@@ -12,14 +12,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 import Milter
 
 from .. import esmtp, replies, suppression
 from ..config import Config
-from ..store.base import MessageRecord, RecipientRecord, StoreUnavailable
-from ..store.interfaces import Store
+from ..store.base import MessageRecord, RecipientRecord
 from ..suppression.index import SuppressionIndex
 from ..tokens import KeyRing, mint, new_token_id
 from . import policy
@@ -69,18 +68,26 @@ class Runtime:
     keyring: KeyRing
 
 
-class Shared:
-    """Process-wide state: the current runtime, the store, decision counters.
+class Journal(Protocol):
+    """Where the milter records a tracked message before answering (issue 20):
+    :class:`~bouncetrack.milter.journal.JournalAppender` in production."""
 
-    The store is one connection behind a lock: SQLite serialises writers anyway,
-    and one connection avoids an open per SMTP connection.
+    def append(self, message: MessageRecord) -> None: ...
+    def close(self) -> None: ...
+
+
+class Shared:
+    """Process-wide state: the current runtime, the journal, decision counters.
+
+    Messages are recorded in the journal (one ``write(2)``, no lock held while the
+    store commits); the supervisor's journal writer moves them into the store.
     """
 
-    def __init__(self, runtime: Runtime, store_factory: Callable[[Config], Store]) -> None:
+    def __init__(self, runtime: Runtime, journal_factory: Callable[[Config], Journal]) -> None:
         self._runtime = runtime
-        self._store_factory = store_factory
-        self._store: Store | None = None
-        self._store_lock = threading.Lock()
+        self._journal_factory = journal_factory
+        self._journal: Journal | None = None
+        self._journal_lock = threading.Lock()
         self.decisions: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
         # metrics (issue 5): called with the seconds record_message took, when set
@@ -95,35 +102,22 @@ class Shared:
         return self._runtime
 
     def swap(self, runtime: Runtime) -> None:
-        old_url = self._runtime.config.store_url
-        self._runtime = runtime
-        if runtime.config.store_url != old_url:
-            with self._store_lock:
-                if self._store is not None:
-                    self._store.close()
-                self._store = None
+        self._runtime = runtime  # milter_journal changes need a restart (reload.RESTART_ONLY)
 
-    def record(self, message: MessageRecord) -> int:
+    def record(self, message: MessageRecord) -> None:
+        """Append the record to the journal; returns once a crash of this process
+        cannot lose it. OSError (disk full) propagates: the message is tempfailed."""
         observer = self.record_observer
-        if observer is None:
-            return self._record(message)
-        started = time.perf_counter()  # metrics (issue 5): lock wait + store write
-        try:
-            return self._record(message)
-        finally:
+        started = time.perf_counter() if observer is not None else 0.0
+        journal = self._journal
+        if journal is None:
+            with self._journal_lock:
+                if self._journal is None:
+                    self._journal = self._journal_factory(self._runtime.config)
+                journal = self._journal
+        journal.append(message)
+        if observer is not None:  # metrics (issue 5)
             observer(time.perf_counter() - started)
-
-    def _record(self, message: MessageRecord) -> int:
-        with self._store_lock:
-            if self._store is None:
-                self._store = self._store_factory(self._runtime.config)
-            try:
-                return self._store.record_message(message)
-            except StoreUnavailable:
-                # Reopen next time: the file may have been replaced or unlocked.
-                self._store.close()
-                self._store = None
-                raise
 
     def count(self, why: str) -> None:
         with self._counter_lock:
@@ -135,10 +129,10 @@ class Shared:
             return dict(self.decisions)
 
     def close(self) -> None:
-        with self._store_lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+        with self._journal_lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
 
 class TrackingMilter(Milter.Base):  # type: ignore[misc]
@@ -242,9 +236,9 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         try:
             return self._eom()
-        except StoreUnavailable as exc:
-            log.warning("store unavailable, tempfailing message: %s", exc)
-            self.shared.count("tempfail-store")
+        except OSError as exc:
+            log.warning("journal write failed, tempfailing message: %s", exc)
+            self.shared.count("tempfail-store")  # the journal is the milter's store
             return self._tempfail(replies.STORE_UNAVAILABLE)
         except Exception:
             log.exception("milter failure, tempfailing message")
@@ -286,11 +280,9 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             return self._reject(replies.RETURN_PATH_FOREIGN)
         if decision.kind == policy.TRACK:
             assert token is not None and decision.new_sender is not None
+            # The one INFO line per tracked message (issue 15: queue id and token) is
+            # logged by the journal writer once the record is in the store (issue 20).
             self.shared.record(self._message_record(envelope, decision, token, token_id, queue_id))
-            # The one line per tracked message (issue 15): ties Postfix's queue id to the
-            # token a bounce will carry. One call, formatted only when INFO is on.
-            log.info("tracked queue_id=%s token=%s sender_domain=%s recipients=%d",
-                     queue_id, token, decision.sender_domain, len(envelope.recipients))
         else:
             log.debug("queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why)
 

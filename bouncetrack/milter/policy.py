@@ -7,6 +7,7 @@ Keeping the rules here lets them be tested without libmilter or an MTA.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .. import esmtp
@@ -32,8 +33,9 @@ class Recipient:
     def address(self) -> str:
         return esmtp.strip_path(self.path)
 
-    @property
+    @functools.cached_property
     def dsn(self) -> dict[str, str | None]:
+        """The parsed parameters, once per recipient (read-only by convention)."""
         return esmtp.parse_params(self.params)
 
 

@@ -8,6 +8,12 @@ validates the configuration and, when it is good, tells the child over a pipe;
 the child swaps its configuration between messages. When the child dies, the
 supervisor starts a new one; when the supervisor dies, the child sees the pipe
 close and stops.
+
+The supervisor also forks the journal writer (issue 20,
+:mod:`bouncetrack.milter.journal`): the libmilter child appends each message
+record to the journal, the writer moves the records into the store in batches.
+Each is restarted when it dies, and the writer restarted on every accepted reload
+(it follows a new store URL). Nothing to wire: the one unit runs all three.
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     from .app import ACTIONS, Runtime, Shared, make_factory
 
     config, keyring = load_runtime(config_path)
-    shared = Shared(Runtime(config, keyring), lambda c: open_store(c.store_url, timeout=5.0))
+    from .journal import JournalAppender
+
+    shared = Shared(Runtime(config, keyring), lambda c: JournalAppender(c.milter_journal))
     # Suppression lists (issue 6): first load before listening, then a background refresh.
     from ..suppression.index import SuppressionRefresher
 
@@ -115,6 +123,25 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     return 0
 
 
+def run_writer(config_path: Path, control_fd: int | None) -> int:
+    """The journal writer process: moves the milter journal into the store until
+    SIGTERM, or until the supervisor is gone (``control_fd`` reads end of file)."""
+    from ..store import open_store
+    from .journal import JournalWriter
+
+    config, _ = load_runtime(config_path)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # not with --no-supervisor
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    if control_fd is not None:
+        threading.Thread(target=_control_loop, args=(control_fd, lambda: None, stop.set), daemon=True).start()
+    writer = JournalWriter(config.milter_journal, lambda: open_store(config.store_url, timeout=10.0))
+    log.info("journal writer moving %s into the store", config.milter_journal)
+    writer.run(stop)
+    log.info("journal writer stopped; %d record(s) moved", writer.moved)
+    return 0
+
+
 def _control_loop(fd: int, reload: Callable[[], None], stop: Callable[[], object]) -> None:
     while True:
         try:
@@ -130,30 +157,45 @@ def _control_loop(fd: int, reload: Callable[[], None], stop: Callable[[], object
 
 
 class Supervisor:
+    """Owns the signals; forks and restarts the libmilter child and the journal writer."""
+
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.child: int | None = None
         self.control_w: int | None = None
+        self.writer: int | None = None
+        self.writer_w: int | None = None  # its end closes when we die: the writer stops
+        self.writer_reload = False  # the writer was stopped to follow a reload
         self.stopping = False
+        self.exit_code = 0
 
-    def spawn(self) -> None:
+    def _fork(self, name: str, target: Callable[[int], int]) -> tuple[int, int]:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
             os.close(w)
+            for fd in (self.control_w, self.writer_w):  # the other child's pipe: not ours to hold
+                if fd is not None:
+                    os.close(fd)
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = run_child(self.config_path, r)
+                code = target(r)
             except BaseException:
-                log.exception("milter child failed")
+                log.exception("%s failed", name)
             finally:
                 logging.shutdown()
                 os._exit(code)
         os.close(r)
-        self.child, self.control_w = pid, w
-        log.info("milter child %d started", pid)
+        log.info("%s %d started", name, pid)
+        return pid, w
+
+    def spawn(self) -> None:
+        self.child, self.control_w = self._fork("milter child", lambda r: run_child(self.config_path, r))
+
+    def spawn_writer(self) -> None:
+        self.writer, self.writer_w = self._fork("journal writer", lambda r: run_writer(self.config_path, r))
 
     def on_hup(self, signum: int, frame: FrameType | None) -> None:
         # Validated here, applied by the child (which logs "configuration reloaded").
@@ -168,39 +210,70 @@ class Supervisor:
                 os.write(self.control_w, RELOAD)
             except OSError:
                 pass
+        if self.writer is not None:  # restarted with the new configuration (a new store URL)
+            self.writer_reload = True
+            self._kill(self.writer)
+
+    @staticmethod
+    def _kill(pid: int | None) -> None:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
-        if self.child:
-            try:
-                os.kill(self.child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        self._kill(self.child)
+        self._kill(self.writer)
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, self.on_hup)
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_term)
+        self.spawn_writer()  # first: it moves what an earlier run left in the journal
         self.spawn()
-        while True:
-            assert self.child is not None
+        while self.child is not None or self.writer is not None:
             try:
-                pid, status = os.waitpid(self.child, 0)
+                pid, status = os.wait()
             except InterruptedError:
                 continue
             except ChildProcessError:
-                return 0
-            if self.control_w is not None:
-                os.close(self.control_w)
-                self.control_w = None
+                break
             code = os.waitstatus_to_exitcode(status)
-            if self.stopping:
-                return 0 if code in (0, -signal.SIGTERM) else code
-            log.error("milter child %d exited with %s; restarting in %.0f s", pid, code, RESTART_DELAY)
-            time.sleep(RESTART_DELAY)
-            if self.stopping:
-                return 0
+            if pid == self.writer:
+                self._writer_exited(pid, code)
+            elif pid == self.child:
+                self._child_exited(pid, code)
+        return self.exit_code
+
+    def _child_exited(self, pid: int, code: int) -> None:
+        if self.control_w is not None:
+            os.close(self.control_w)
+            self.control_w = None
+        self.child = None
+        if self.stopping:
+            self.exit_code = 0 if code in (0, -signal.SIGTERM) else code
+            return
+        log.error("milter child %d exited with %s; restarting in %.0f s", pid, code, RESTART_DELAY)
+        time.sleep(RESTART_DELAY)
+        if not self.stopping:
             self.spawn()
+
+    def _writer_exited(self, pid: int, code: int) -> None:
+        if self.writer_w is not None:
+            os.close(self.writer_w)
+            self.writer_w = None
+        self.writer = None
+        if self.stopping:
+            return
+        if self.writer_reload:
+            self.writer_reload = False
+        else:
+            log.error("journal writer %d exited with %s; restarting in %.0f s", pid, code, RESTART_DELAY)
+            time.sleep(RESTART_DELAY)
+        if not self.stopping:
+            self.spawn_writer()
 
 
 def main(config_path: Path, *, foreground_child: bool = False) -> int:
@@ -216,6 +289,8 @@ def main(config_path: Path, *, foreground_child: bool = False) -> int:
     log.info("bouncetrack milter %s starting, configuration %s", __version__, config_path)
     try:
         if foreground_child:
+            # No supervisor: the journal writer runs as a thread of this process.
+            threading.Thread(target=run_writer, args=(config_path, None), daemon=True).start()
             return run_child(config_path, None)
         return Supervisor(config_path).run()
     finally:

@@ -106,6 +106,10 @@ _RECORD_MESSAGE = (
     "unnest(%s::text[], %s::text[], %s::text[], %s::int[]) AS x(address, orcpt, notify, position)) "
     "SELECT id FROM m"
 )
+# The same, skipping a token_id already stored (the journal writer's replays).
+_RECORD_MESSAGE_IDEMPOTENT = _RECORD_MESSAGE.replace(
+    "RETURNING id), ", "ON CONFLICT (token_id) DO NOTHING RETURNING id), ", 1
+).removesuffix(" SELECT id FROM m") + " SELECT 1"
 _RECEIVED_AT = 1 + _EVENT_FIELDS.index("received_at")  # in (id, *fields) rows
 _EVENT_ROW = "(%s, " + ", ".join("%s" for _ in _EVENT_FIELDS) + ")"
 
@@ -259,6 +263,23 @@ class PostgresStore:
             row = cursor.fetchone()
         assert row is not None
         return int(row[0])
+
+    def record_messages(self, messages: Sequence[MessageRecord]) -> int:
+        """Store a batch of messages and their recipients in one transaction,
+        idempotently: a token_id already stored is skipped (the milter journal's
+        writer replays a segment after a crash). Returns how many were new.
+        The statements go in one pipeline (executemany): one round trip a batch."""
+        if not messages:
+            return 0
+        params = []
+        for message in messages:
+            columns = list(zip(*_rows.recipient_params(0, message))) or [()] * 5
+            params.append((*_rows.message_params(message), *map(list, columns[1:])))
+        with self._write("recording messages") as conn:
+            before = conn.execute("SELECT count(*) FROM messages WHERE token_id = ANY(%s)",
+                                  ([m.token_id for m in messages],)).fetchone()
+            conn.cursor().executemany(_RECORD_MESSAGE_IDEMPOTENT, params)
+        return len(messages) - int(before[0] if before else 0)
 
     def message_by_token_id(self, token_id: int) -> MessageRecord | None:
         with self._read("reading a message") as conn:

@@ -300,6 +300,28 @@ class SQLiteStore:
             )
         return message_pk
 
+    def record_messages(self, messages: Sequence[MessageRecord]) -> int:
+        """Store a batch of messages and their recipients in one transaction,
+        idempotently: a token_id already stored is skipped (the milter journal's
+        writer replays a segment after a crash). Returns how many were new."""
+        added = 0
+        with self._write("recording messages") as conn:
+            for message in messages:
+                cur = conn.execute(
+                    f"INSERT INTO messages ({_rows.MESSAGE_INSERT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_id) DO NOTHING",
+                    _rows.message_params(message),
+                )
+                if cur.rowcount != 1 or cur.lastrowid is None:
+                    continue
+                added += 1
+                conn.executemany(
+                    "INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    _rows.recipient_params(cur.lastrowid, message),
+                )
+        return added
+
     def message_by_token_id(self, token_id: int) -> MessageRecord | None:
         with self._read("reading a message") as conn:
             row = conn.execute(

@@ -11,6 +11,8 @@ refused leaves an orphan ``messages`` row without events: harmless, by design.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -56,3 +58,50 @@ def test_milter_killed_twice_during_a_burst_loses_and_doubles_nothing(stack: Any
     wait_stored(stack, sent, 60)
     result = assert_reconciled(stack.db_path, sent)
     print(f"milter kill: {len(tempfailed)} of {N} messages got a 4xx and were retried; {result.summary()}")
+
+
+def _started_pid(stack: Any, what: str) -> int:
+    """The pid of the last ``milter child`` / ``journal writer`` the supervisor started."""
+    pids = [int(line.rsplit(" ", 2)[1]) for line in stack.milter_log_text().splitlines()
+            if f" {what} " in line and line.endswith(" started")]
+    assert pids, f"no '{what} N started' line in the milter's log"
+    return pids[-1]
+
+
+def _kill9(stack: Any, what: str, timeout: float = 15.0) -> int:
+    """SIGKILL the current ``what``; wait until the supervisor has started the next one."""
+    pid = _started_pid(stack, what)
+    os.kill(pid, signal.SIGKILL)
+    stack.wait_for(lambda: _started_pid(stack, what) != pid, timeout)
+    return pid
+
+
+def test_milter_child_and_journal_writer_killed_under_load_lose_nothing(stack: Any) -> None:
+    """Issue 20: kill -9 of the libmilter child while sessions are in flight (each of the
+    4 clients in the middle of a transaction), and of the journal writer while records
+    wait in the journal; the supervisor restarts each. Every message Postfix accepted
+    is in the store and has its bounce attributed: lost 0."""
+    rcpts = [f"unknown-jk{i}@remote.test" for i in range(N + 16)]
+    first = threading.Event()
+    killed: list[tuple[str, int]] = []
+
+    def killer() -> None:
+        first.wait(30)
+        for what in ("milter child", "journal writer", "milter child", "journal writer"):
+            time.sleep(0.4)
+            killed.append((what, _kill9(stack, what)))
+
+    t = threading.Thread(target=killer)
+    t.start()
+    deliveries = burst(stack, "info@tracked.test", rcpts, threads=4, deadline_seconds=120, started=first,
+                       pace=0.05)
+    t.join()
+    assert [w for w, _ in killed] == ["milter child", "journal writer"] * 2
+    assert all(d.accepted for d in deliveries), [d.attempts[-1] for d in deliveries if not d.accepted]
+    assert any(d.tempfails for d in deliveries), "the child's kills should have tempfailed some transactions"
+    senders = {tx.mail_from for r in rcpts for tx in stack.fakemx.for_rcpt(r)}
+    assert senders and all(s.startswith("b+") and s.endswith("@bounce.test") for s in senders), senders
+    sent = [d.sent for d in deliveries]
+    wait_stored(stack, sent, 90)
+    result = assert_reconciled(stack.db_path, sent)
+    print(f"milter child + journal writer kills {killed}: {result.summary()}")

@@ -206,9 +206,10 @@ def postgresql_restart_case(st: Any, cluster: Any, url: str) -> None:
         sender.join(120)
     outage = time.monotonic() - down
     assert all(d.accepted for d in stream), [d.attempts[-1] for d in stream if not d.accepted]
+    # The milter journals its records (issue 20): it accepts mail while the store is
+    # down, and its journal writer stores the records once the server is back.
     tempfailed = [d for d in stream if d.tempfails]
-    assert tempfailed, "the milter should have answered 4xx while PostgreSQL was down"
-    assert any(d.attempts[0].codes and 400 <= d.attempts[0].codes[-1] < 500 for d in tempfailed)
+    assert "journal writer: store unavailable" in st.milter_log_text()
 
     # Phase 3: everything recovers (milter and pipe reconnect): each bounce stored once.
     sent = [d.sent for d in first] + [d.sent for d in stream]
@@ -216,4 +217,4 @@ def postgresql_restart_case(st: Any, cluster: Any, url: str) -> None:
     result = assert_reconciled(url, sent)
     deferred = len(pipe_deferrals(st)) - before
     print(f"postgresql restart: down {outage:.1f} s, {deferred} pipe runs deferred (exit 75), "
-          f"{len(tempfailed)} of {N} streamed messages got a 4xx and were retried; {result.summary()}")
+          f"{len(tempfailed)} of {N} streamed messages got a 4xx (journal: expect 0); {result.summary()}")

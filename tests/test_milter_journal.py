@@ -1,0 +1,156 @@
+"""The milter's journal (issue 20): records appended with one write(2), moved into the
+store by the writer exactly once, found by the pipe while not yet moved."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bouncetrack.config import Config
+from bouncetrack.milter import journal
+from bouncetrack.milter.journal import JournalAppender, JournalWriter, holds_token
+from bouncetrack.store import open_store
+from bouncetrack.store.base import MessageRecord, RecipientRecord
+from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+from tests import mailgen
+from tests.configkit import write_config
+from tests.test_pipe import events, run_pipe
+
+
+def message(token_id: int = 77, token: str = "tok77", n: int = 2) -> MessageRecord:
+    return MessageRecord(
+        token_id=token_id, token=token, queue_id="4QID", message_id="<m\u00e9@x.test>",
+        sender_domain="tracked.test", envelope_sender="info@tracked.test", verp_sender=f"b+{token}@bounce.test",
+        dsn_ret="FULL", dsn_envid=None,
+        recipients=tuple(RecipientRecord(f"r{i}@remote.test", f"rfc822;r{i}@remote.test", None if i else "NEVER")
+                         for i in range(n)),
+        created_at=1234.5,
+    )
+
+
+def writer(config: Config) -> JournalWriter:
+    return JournalWriter(config.milter_journal, lambda: open_store(config.store_url, timeout=2))
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    return write_config(tmp_path, "domains:\n  tracked.test: {tracking: true}\n")
+
+
+def test_record_round_trip_is_one_line_without_rs_inside() -> None:
+    m = message()
+    data = journal.encode(m)
+    assert data.startswith(journal.RS) and data.endswith(journal.LF)
+    assert data.count(journal.RS) == 1 and data.count(journal.LF) == 1
+    assert journal.decode(data[1:-1]) == m
+
+
+def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
+    a, b = journal.encode(message(1, "t1")), journal.encode(message(2, "t2"))
+    # A crash in the middle of a's write(2), then b appended after the fragment.
+    texts, used, torn = journal.parse(a[:25] + b + b"\x1e{\"partial")
+    assert [journal.decode(t).token for t in texts] == ["t2"] and torn == 1
+    assert used == 25 + len(b)  # the partial tail stays for later
+
+
+def test_writer_moves_each_record_once_and_deletes_sealed_segments(config: Config) -> None:
+    appender = JournalAppender(config.milter_journal)
+    for i in range(5):
+        appender.append(message(100 + i, f"t{i}"))
+    w = writer(config)
+    assert w.step() == 5
+    (segment,) = journal.segments(config.milter_journal)  # still held by its appender
+    appender.append(message(200, "t200"))
+    assert w.step() == 1
+    appender.close()  # sealed: its lock is gone
+    assert w.step() == 0 and journal.segments(config.milter_journal) == []
+    # A writer that restarts replays nothing twice (token_id is unique; skipped).
+    again = JournalAppender(config.milter_journal)
+    again.append(message(100, "t0"))
+    again.close()
+    assert writer(config).step() == 1
+    store = open_store(config.store_url)
+    count = store._conn.execute("SELECT count(*) FROM messages").fetchone()[0]  # type: ignore[attr-defined]
+    got = store.message_by_token_id(104)
+    store.close()
+    assert count == 6
+    assert got is not None and replace(got, id=None, recipients=tuple(replace(r, id=None) for r in got.recipients)) \
+        == message(104, "t4")
+
+
+def test_a_dead_milter_segment_is_sealed_and_a_rotated_one_too(config: Config, tmp_path: Path) -> None:
+    pid = os.fork()
+    if pid == 0:  # a milter that appends, then dies without closing anything
+        a = JournalAppender(config.milter_journal)
+        a.append(message(1, "t1"))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    a = JournalAppender(config.milter_journal)
+    a.append(message(2, "t2"))
+    a._size = journal.SEGMENT_BYTES  # the next append rotates
+    a.append(message(3, "t3"))
+    assert len(journal.segments(config.milter_journal)) == 3
+    assert writer(config).step() == 3
+    assert len(journal.segments(config.milter_journal)) == 1  # only the one in use is left
+    fd = os.open(journal.segments(config.milter_journal)[0], os.O_RDONLY)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    a.close()
+
+
+def test_pipe_tempfails_while_the_record_is_only_in_the_journal(config: Config) -> None:
+    keyring = load_keyring(config)
+    token_id = new_token_id()
+    token = mint(keyring, token_id)
+    appender = JournalAppender(config.milter_journal)
+    appender.append(replace(message(token_id, token, 1), recipients=(
+        RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),)))
+    assert holds_token(config.milter_journal, token.upper())  # the pipe's token may be upper-cased
+    assert not holds_token(config.milter_journal, "a" * 24)
+    verp = verp_address(config, token)
+    report = mailgen.dsn(verp, "unknown-1@remote.test", original_recipient="unknown-1@remote.test")
+    proc = run_pipe(config, verp, report)
+    assert proc.returncode == 75, proc.stderr
+    assert b"still in the milter's journal" in proc.stderr
+    assert events(config) == []
+    assert writer(config).step() == 1
+    proc = run_pipe(config, verp, report)  # Postfix's retry
+    assert proc.returncode == 0, proc.stderr
+    (event,) = events(config)
+    assert event["token_status"] == "valid" and event["recipient"] == "unknown-1@remote.test"
+    appender.close()
+
+
+def test_pipe_stores_an_unknown_token_as_before_when_the_journal_lacks_it(config: Config) -> None:
+    keyring = load_keyring(config)
+    token = mint(keyring, new_token_id())
+    verp = verp_address(config, token)
+    proc = run_pipe(config, verp, mailgen.dsn(verp, "x@remote.test", original_recipient="x@remote.test"))
+    assert proc.returncode == 0, proc.stderr
+    (event,) = events(config)
+    assert event["token_status"] == "unknown"
+
+
+def test_writer_waits_for_a_store_that_is_down_and_loses_nothing(config: Config, tmp_path: Path) -> None:
+    import threading
+
+    (tmp_path / "a-directory").mkdir()  # no SQLite file can be opened there
+    bad = replace(config, store_url=f"sqlite:///{tmp_path}/a-directory")
+    a = JournalAppender(config.milter_journal)
+    a.append(message(9, "t9"))
+    a.close()
+    w = JournalWriter(config.milter_journal, lambda: open_store(bad.store_url, timeout=0.2))
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,))
+    t.start()
+    time.sleep(0.5)
+    stop.set()
+    t.join(10)
+    assert w.moved == 0 and len(journal.segments(config.milter_journal)) == 1
+    assert writer(config).step() == 1
