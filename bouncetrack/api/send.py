@@ -57,7 +57,7 @@ router = APIRouter(tags=["send"])
 SMTP_TIMEOUT_SECONDS = 60.0
 RETRY_AFTER_SECONDS = 60
 # How long a response waits for the milter journal writer to store a tracked message (issue 20).
-RECORD_WAIT_SECONDS = 2.0
+RECORD_WAIT_SECONDS = 5.0
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 

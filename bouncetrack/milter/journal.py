@@ -274,9 +274,13 @@ class JournalWriter:
                          m.queue_id, m.token, m.sender_domain, len(m.recipients))
 
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop``: move what comes, poll every :data:`IDLE_SECONDS` when idle."""
+        """Until ``stop``: move what comes, poll every :data:`IDLE_SECONDS` when idle.
+        The store is opened at once (a fresh SQLite store is created by the milter's
+        user, as when the milter itself wrote it), not at the first record."""
         while not stop.is_set():
             try:
+                if self._store is None:
+                    self._store = self._store_factory()
                 moved = self.step()
             except StoreUnavailable as exc:
                 log.warning("journal writer: store unavailable, retrying in %.0f s: %s", RETRY_SECONDS, exc)
