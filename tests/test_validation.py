@@ -332,6 +332,20 @@ def test_validate_endpoint_caps_batch_and_rate(api: tuple[TestClient, Config]) -
     assert _validate(client, TOKEN_B, ["a@good.test"]).status_code == 200  # per token
 
 
+def test_validation_settings_follow_a_reload(api: tuple[TestClient, Config], tmp_path: Path) -> None:
+    client, _ = api
+    assert _validate(client, TOKEN_A, ["ok@good.test"]).status_code == 200
+    assert _validate(client, TOKEN_A, [f"u{i}@good.test" for i in range(21)]).status_code == 400
+    path = tmp_path / "bouncetrack.yaml"
+    new = load_config_text(path.read_text().replace("max_batch: 20", "max_batch: 30"), path)
+    client.app.state.ctx.apply(new)  # type: ignore[attr-defined]  # what SIGHUP does (bouncetrack.reload)
+    assert _validate(client, TOKEN_A, [f"u{i}@good.test" for i in range(21)]).status_code == 200
+    # the verdicts counted before the reload are still counted: 1 + 21 valid
+    valid = [line for line in client.get("/metrics").text.splitlines()
+             if line.startswith("bouncetrack_address_validations_total{") and 'verdict="valid"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in valid) == 22.0, valid
+
+
 def test_send_api_validate_recipients_option(api: tuple[TestClient, Config], fake_mx: FakeMX) -> None:
     client, _ = api
 

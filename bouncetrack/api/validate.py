@@ -25,7 +25,8 @@ from starlette.applications import Starlette
 
 from ..addresses import AddressError, parse_domain
 from ..store.base import StoreUnavailable
-from ..validation import VERDICTS, Validator, build_validator, store_suppressed
+from ..config import ValidationConfig
+from ..validation import VERDICTS, build_validator, store_suppressed
 from .app import ApiContext, context
 from .auth import Principal, require_token
 from .download import ErrorBody
@@ -68,15 +69,25 @@ class _Bucket:
 class ValidationState:
     """Per app: the validator (one DNS cache for every request) and the per-token rate."""
 
-    def __init__(self, validator: Validator, rate_per_minute: int, max_batch: int) -> None:
-        self.validator = validator
-        self.rate = float(rate_per_minute)
-        self.max_batch = max_batch
+    def __init__(self, settings: ValidationConfig) -> None:
+        self.settings = settings
+        self.validator = build_validator(settings)
+        self.rate = float(settings.rate_per_minute)
+        self.max_batch = settings.max_batch
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
         # Verdicts by the sender domains a request was scoped to (the dashboard shows a
         # user only the scopes inside its own domains); keys are configured domains only.
         self._by_scope: dict[tuple[str, ...], dict[str, int]] = {}
+
+    def reconfigure(self, settings: ValidationConfig) -> None:
+        """Follow a reloaded ``validation:`` block (SIGHUP): a new resolver and cache as
+        configured, the new batch cap and rate; the verdict counts carry over."""
+        validator = build_validator(settings)
+        for key, n in self.validator.counts.items():
+            validator.counts[key] = validator.counts.get(key, 0) + n
+        self.validator, self.settings = validator, settings
+        self.rate, self.max_batch = float(settings.rate_per_minute), settings.max_batch
 
     def record(self, scope: tuple[str, ...], verdicts: list[str]) -> None:
         with self._lock:
@@ -119,14 +130,18 @@ _lock = threading.Lock()
 
 
 def state_for(app: Starlette, ctx: ApiContext) -> ValidationState:
+    """The app's validation state, built at first use and following the configuration
+    the API serves now (a reload that changed ``validation:`` applies to the next request)."""
+    settings = ctx.config.validation
     state: ValidationState | None = getattr(app.state, "validation", None)
-    if state is None:
+    if state is None or state.settings != settings:
         with _lock:
             state = getattr(app.state, "validation", None)
             if state is None:
-                settings = ctx.config.validation
-                state = ValidationState(build_validator(settings), settings.rate_per_minute, settings.max_batch)
+                state = ValidationState(settings)
                 app.state.validation = state
+            elif state.settings != settings:
+                state.reconfigure(settings)
     return state
 
 
