@@ -8,12 +8,14 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
 list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``hostile_pipe``, ``webhook``, ``soak
---short``; a script that does not exist is skipped and the report says so. Every figure compares
+--short``, ``address_validate``, ``capacity --quick``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
 
-A full soak (``python bench/soak.py``, 10 minutes) is not part of this run; when
-``bench/results/soak.json`` exists the report adds it, marked with its own date.
+A full soak (``python bench/soak.py``, 10 minutes), the full capacity climb
+(``python bench/capacity.py``, ~15 minutes) and the bounce storm (``python bench/capacity.py
+--storm 20000``) are not part of this run; when their result files exist the report adds
+them, marked with their own dates.
 
     python bench/run_all.py                  # run everything, then write the report
     python bench/run_all.py --report-only    # rewrite the report from the JSON files
@@ -35,6 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import RESULTS, ROOT  # noqa: E402
+from bench.capacity import capacity_rows, storm_rows  # noqa: E402
+from bench.capacity import plot as capacity_plot  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 LOGS = RESULTS / "logs"  # per-benchmark output of the last run (git-ignored)
@@ -59,12 +63,15 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     ("webhook", "webhook.py", ["-n", "1000", "--rounds", "5"], ["webhook"]),
     ("soak", "soak.py", ["--short"], ["soak-short"]),
     ("address_validate", "address_validate.py", ["--domains", "10000", "--addresses", "100000"], ["address_validate"]),
+    # Capacity (issue 21), the short climb; the full one (`bench/capacity.py`, ~15 min) and the
+    # bounce storm (`bench/capacity.py --storm 20000`) run separately and are reported when present.
+    ("capacity", "capacity.py", ["--quick"], ["capacity-quick"]),
 ]
 
 
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
          "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export", "api_hostile",
-         "hostile_pipe", "webhook", "soak-short", "soak")
+         "hostile_pipe", "webhook", "soak-short", "soak", "capacity-quick", "capacity", "storm")
 
 
 def machine() -> dict[str, Any]:
@@ -296,6 +303,12 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
         d = results.get(key)
         if d and d.get("series"):
             figs[key] = soak_plots(p, d, suffix)
+    for key in ("capacity-quick", "capacity"):
+        d = results.get(key)
+        if d and "knee" in d:
+            name = f"{key.replace('-', '_')}.png"
+            capacity_plot(d, RESULTS / name)
+            figs[key] = [name]
     return figs
 
 
@@ -594,6 +607,22 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                      f"duplicated 0, no RSS growth | lost {r['lost']}, duplicated {r['duplicated']}, "
                      f"{'no growth' if d['memory']['no_growth'] else 'GROWTH'} → "
                      f"{'yes' if r['ok'] and d['memory']['no_growth'] else 'no'} |")
+    for key, label in (("capacity-quick", "capacity (quick)"), ("capacity", "capacity (full, run separately)")):
+        d = results.get(key)
+        if d and "knee" in d:
+            k = d["knee"]
+            ratio = k.get("ratio")
+            L.append(f"| {label}: knee (p99 send→stored < 5 s, queue not growing) | bouncetrack "
+                     f"{k.get('bouncetrack_msg_per_s')} msg/s | floor {k.get('floor_msg_per_s')} msg/s | "
+                     f"{'–' if ratio is None else f'{ratio:.2f}'} | ≥ 0.7 | "
+                     f"{'yes' if ratio is not None and ratio >= 0.7 else 'no'} |")
+    d = results.get("storm")
+    if d and "reconciliation" in d:
+        r = d["reconciliation"]
+        L.append(f"| bounce storm (run separately), {d['bounces']:,} bounces | drained in "
+                 f"{d['time_to_drain_from_first_send_s']:.0f} s, {d['bounces_stored_per_s']:.0f} bounces/s | – | – | "
+                 f"lost 0, duplicated 0 | lost {r['lost']}, duplicated {r['duplicated']} → "
+                 f"{'yes' if r['ok'] else 'no'} |")
     L.append("")
     if failed:
         L += [f"**Failed in this run**: {', '.join(sorted(failed))} (see `bench/results/logs/`; their figures above "
@@ -661,6 +690,14 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
         if "soak" in results:
             L += soak_section(results["soak"], figs.get("soak", []),
                               "Full soak (`bench/soak.py`, run separately; its own date)")
+    for key, heading in (("capacity-quick", "Capacity, quick climb (this run: `bench/capacity.py --quick`)"),
+                         ("capacity", "Capacity, full climb (`bench/capacity.py`, run separately; its own date)")):
+        d = results.get(key)
+        if d and "knee" in d:
+            L += capacity_rows(d, heading, figs.get(key, []))
+    d = results.get("storm")
+    if d and "reconciliation" in d:
+        L += storm_rows(d)
     others = sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in (*KNOWN, "run_all"))
     if others:
         L += ["## Other result files", "", "Found in `bench/results/` but not run by `run_all.py` (as found; "

@@ -239,7 +239,9 @@ class Run:
     followups_done: threading.Event = field(default_factory=threading.Event)
 
 
-def sender_thread(run: Run, host: str, port: int, data_for: Any) -> None:
+def sender_thread(run: Run, host: str, port: int, data_for: Any, sender_for: Any = None) -> None:
+    """Send the queued messages at their due times; ``sender_for(msg)``: the envelope
+    sender (default :data:`SENDER`)."""
     s: smtplib.SMTP | None = None
     while True:
         m = run.send_q.get()
@@ -254,7 +256,7 @@ def sender_thread(run: Run, host: str, port: int, data_for: Any) -> None:
                 if s is None:
                     s = smtplib.SMTP(host, port, timeout=60)
                     s.ehlo("soak.harness.test")
-                code, msg = s.mail(SENDER)
+                code, msg = s.mail(sender_for(m) if sender_for is not None else SENDER)
                 if code != 250:
                     raise smtplib.SMTPResponseException(code, msg)
                 for r in m.rcpts:
@@ -295,8 +297,9 @@ def sender_thread(run: Run, host: str, port: int, data_for: Any) -> None:
             pass
 
 
-def followup_thread(run: Run, st: Any) -> None:
-    """Complaints and auto-replies: once the fake MX has the message, answer its VERP sender."""
+def followup_thread(run: Run, st: Any, fbl: str | None = FBL) -> None:
+    """Complaints and auto-replies: once the fake MX has the message, answer its VERP sender.
+    Complaints go to ``fbl``, or with None to the message's own envelope sender."""
     from tests import mailgen
 
     pending: list[Msg] = []
@@ -310,19 +313,25 @@ def followup_thread(run: Run, st: Any) -> None:
         if not pending and run.sending_done.is_set() and run.follow_q.empty():
             break
         still = []
+        # One pass over the fake MX's transactions per round (not one per message).
+        verp_of: dict[str, str] = {}
+        if pending:
+            for t in st.fakemx.delivered():
+                for r in t.rcpts:
+                    verp_of.setdefault(r.address.lower(), t.mail_from)
         for m in pending:
             rcpt = m.rcpts[0]
-            txs = [t for t in st.fakemx.for_rcpt(rcpt) if t.data is not None]
-            if not txs:
+            verp = verp_of.get(rcpt.lower())
+            if verp is None:
                 if time.time() - (m.sent_at or 0) > 120:
                     with run.lock:
                         run.smtp_errors.append(f"msg {m.n}: never reached the fake MX; no {m.follow_up}")
                     continue
                 still.append(m)
                 continue
-            verp = txs[0].mail_from
             if m.follow_up == "complaint":
-                data, to = mailgen.arf(FBL, verp, rcpt, message_id=f"<soak-{m.n}@tracked.test>"), FBL
+                to = fbl or verp
+                data = mailgen.arf(to, verp, rcpt, message_id=f"<soak-{m.n}@tracked.test>")
             else:
                 data, to = vacation_reply(verp, rcpt, m.n), verp
             try:
