@@ -20,7 +20,9 @@ that sender, so every delivery names its message.
 Per step: accepted msg/s; events stored/s (floor: deliveries into the trivial pipe);
 webhooks delivered/s; p50/p99 send → stored and stored → webhook; Postfix's active,
 incoming and deferred queue sizes (files counted in the private instance's queue
-directories every 0.5 s); CPU per component.
+directories every 0.5 s; the growth check compares the medians of the first and last 3 s of
+the step's second half, since qmgr moves retried mail through the active queue in bursts);
+CPU per component.
 
 CPU, measured from ``/proc/<pid>/stat`` (utime+stime, and cutime+cstime for reaped
 children) by one pass over ``/proc`` every 0.5 s (:class:`ProcSampler`): each live process
@@ -68,6 +70,7 @@ import math
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import threading
@@ -104,6 +107,7 @@ SOFT = "soft bounce"
 DEFAULT_RATES = "10,20,40,80,160,320"
 QUICK_RATES = "10,40,160"
 SAMPLE_EVERY = 0.5
+QUEUE_WINDOW_S = 3.0
 
 
 # --- /proc ------------------------------------------------------------------------------
@@ -252,13 +256,16 @@ class ProcSampler(threading.Thread):
         with self.lock:
             return dict(self.cpu)
 
-    def queue_at(self, t: float) -> dict[str, int]:
-        """The queue sample nearest to ``t``."""
+    def queue_at(self, t0: float, t1: float) -> dict[str, int]:
+        """Each queue's median size over the samples taken between ``t0`` and ``t1`` (the
+        nearest sample when there is none): qmgr's deferred-queue scans move retried mail
+        through the active queue in bursts, which one sample would mistake for growth."""
         with self.lock:
             qs = list(self.queues)
         if not qs:
             return {"incoming": 0, "active": 0, "deferred": 0}
-        return min(qs, key=lambda x: abs(x[0] - t))[1]
+        within = [q for t, q in qs if t0 <= t <= t1] or [min(qs, key=lambda x: abs(x[0] - t0))[1]]
+        return {k: int(statistics.median(q[k] for q in within)) for k in within[0]}
 
     def queue_series(self, t0: float, t1: float) -> list[dict[str, Any]]:
         with self.lock:
@@ -571,9 +578,16 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
 def step_ok_quick(step: Step, sampler: ProcSampler) -> bool:
     """The queue part of the knee: active+incoming at the end of the step's second half no
     larger than at its start, within one second of offered load."""
-    mid = step.t0 + (step.t_end - step.t0) / 2
-    a, b = sampler.queue_at(mid), sampler.queue_at(step.t_end)
+    a, b = queue_ends(step, sampler)
     return (b["active"] + b["incoming"]) - (a["active"] + a["incoming"]) <= step.rate
+
+
+def queue_ends(step: Step, sampler: ProcSampler) -> tuple[dict[str, int], dict[str, int]]:
+    """The queues at the start and at the end of the step's second half: medians over
+    :data:`QUEUE_WINDOW_S` at each end."""
+    mid = step.t0 + (step.t_end - step.t0) / 2
+    return (sampler.queue_at(mid, mid + QUEUE_WINDOW_S),
+            sampler.queue_at(step.t_end - QUEUE_WINDOW_S, step.t_end))
 
 
 def lat_summary(vals: list[float]) -> dict[str, float | int | None]:
@@ -586,7 +600,7 @@ def step_common(s: Step, sampler: ProcSampler, stored_times: list[float], n_webh
     sent = [m for m in s.msgs if m.sent_at]
     window = s.t_end - s.t0
     mid = s.t0 + window / 2
-    q_mid, q_end = sampler.queue_at(mid), sampler.queue_at(s.t_end)
+    q_mid, q_end = queue_ends(s, sampler)
     cpu = cpu_delta(s.cpu_before, s.cpu_after)
     stored_in = sum(1 for t in stored_times if s.t0 <= t <= s.t_end)
     return {
@@ -713,38 +727,44 @@ def knee(rows: list[dict[str, Any]]) -> float | None:
 # --- storm --------------------------------------------------------------------------------
 
 
-def storm(n: int, seconds: float, drain_timeout: float) -> dict[str, Any]:
-    """N single-recipient messages refused with 550 within ``seconds``: N DSNs into bouncetrack."""
+def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1) -> dict[str, Any]:
+    """``n`` bounces within ``seconds``: ``n / per_message`` messages, each to ``per_message``
+    recipients the fake MX refuses with 550, so Postfix's bounce daemon writes one DSN per
+    message naming ``per_message`` failed recipients, each a bounce event."""
     stack = Stack(with_milter=True, pipe="real", log_level="INFO")
-    out: dict[str, Any] = {"bounces": n, "send_within_s": seconds}
+    n_msgs = math.ceil(n / per_message)
+    out: dict[str, Any] = {"bounces": n_msgs * per_message, "messages": n_msgs, "dsns_expected": n_msgs,
+                           "recipients_per_message": per_message, "send_within_s": seconds}
     started = time.time()
     with stack as st:
         sampler = ProcSampler(roots_of(st, None), st.postfix.queue_dir)
         sampler.start()
         tag = f"st{int(time.time()) % 100000}"
-        rate = n / seconds
+        rate = n_msgs / seconds
         t0 = time.time() + 0.5
-        msgs = [Msg(i, "hard", [f"unknown-{tag}-{i}@{REMOTE}"], t0 + i / rate) for i in range(n)]
+        msgs = [Msg(i, "hard", [f"unknown-{tag}-{i}-{k}@{REMOTE}" for k in range(per_message)], t0 + i / rate)
+                for i in range(n_msgs)]
         cpu0 = sampler.cpu_snapshot()
 
         def data_for(m: Msg) -> bytes:
             return make_message(SENDER, m.rcpts, subject=f"storm {m.n}")
 
-        print(f"storm: {n} messages to refused recipients within {seconds:g} s "
+        print(f"storm: {n_msgs} messages to {per_message} refused recipients each within {seconds:g} s "
               f"({connections_for(rate)} connections)", flush=True)
         run, send_end = offer(st, msgs, rate, None, "fbl@bounce.test", data_for)
         sent = [m for m in msgs if m.sent_at]
-        print(f"  accepted {len(sent)}/{n} in {send_end - t0:.1f} s", flush=True)
+        wanted = {r.lower() for m in sent for r in m.rcpts}
+        print(f"  accepted {len(sent)}/{n_msgs} in {send_end - t0:.1f} s", flush=True)
         deadline = time.time() + drain_timeout
         last = 0.0
         while time.time() < deadline:
             got = count_stored(st)[1]
             q = queue_counts(st.postfix.queue_dir)
-            if got >= len(sent) and sum(q.values()) == 0:
+            if got >= len(wanted) and sum(q.values()) == 0:
                 break
             if time.time() - last > 15:
                 last = time.time()
-                print(f"  t={time.time() - t0:5.0f}s stored {got}/{len(sent)} queue {q}", flush=True)
+                print(f"  t={time.time() - t0:5.0f}s stored {got}/{len(wanted)} queue {q}", flush=True)
             time.sleep(0.5)
         drained = time.time()
         time.sleep(3.0)
@@ -753,20 +773,20 @@ def storm(n: int, seconds: float, drain_timeout: float) -> dict[str, Any]:
         sampler.join()
         events, _jobs, n_messages = read_db(st)
         by_rcpt = Counter((e["recipient"] or "").lower() for e in events if e["type"] == "bounce")
-        lost = sum(1 for m in sent if by_rcpt.get(m.rcpts[0].lower(), 0) == 0)
-        dup = sum(1 for m in sent if by_rcpt.get(m.rcpts[0].lower(), 0) > 1)
-        wanted = {m.rcpts[0].lower() for m in sent}
+        lost = sum(1 for r in wanted if by_rcpt.get(r, 0) == 0)
+        dup = sum(1 for r in wanted if by_rcpt.get(r, 0) > 1)
         unexpected = sum(c for r, c in by_rcpt.items() if r not in wanted) + sum(
             1 for e in events if e["type"] != "bounce")
         log = st.postfix.log_text()
-        tempfails, attempts = bounce_transport_log(log)
+        dsns_sent, tempfails, attempts = bounce_transport_log(log)
         retried = {k: v for k, v in attempts.items() if v > 2}
         cache = Path(os.environ.get("BOUNCETRACK_CACHE_DIR", "/var/cache/bouncetrack"))
         queue_left = sum(queue_counts(st.postfix.queue_dir).values())
-        recon = {"messages_sent": len(sent), "messages_unsent": n - len(sent),
+        recon = {"messages_sent": len(sent), "messages_unsent": n_msgs - len(sent),
+                 "dsns_delivered": dsns_sent,
                  "messages_recorded_by_milter": n_messages, "bounces_stored": sum(by_rcpt.values()),
                  "lost": lost, "duplicated": dup, "unexpected": unexpected, "postfix_queue_left": queue_left}
-        recon["ok"] = not lost and not dup and not unexpected and not queue_left and len(sent) == n
+        recon["ok"] = not lost and not dup and not unexpected and not queue_left and len(sent) == n_msgs
         out.update({
             "accepted_seconds": send_end - t0,
             "accepted_msg_per_s": len(sent) / (send_end - t0),
@@ -788,9 +808,10 @@ def storm(n: int, seconds: float, drain_timeout: float) -> dict[str, Any]:
     return out
 
 
-def bounce_transport_log(log: str) -> tuple[int, dict[str, int]]:
-    """(deferrals by the bounce transport, delivery attempts per DSN queue id) from Postfix's log."""
-    deferred = 0
+def bounce_transport_log(log: str) -> tuple[int, int, dict[str, int]]:
+    """(deliveries and deferrals by the bounce transport, delivery attempts per DSN queue id)
+    from Postfix's log."""
+    sent = deferred = 0
     attempts: Counter[str] = Counter()
     for line in log.splitlines():
         if "relay=bouncepipe" not in line:
@@ -799,7 +820,9 @@ def bounce_transport_log(log: str) -> tuple[int, dict[str, int]]:
         attempts[qid] += 1
         if "status=deferred" in line:
             deferred += 1
-    return deferred, dict(attempts)
+        elif "status=sent" in line:
+            sent += 1
+    return sent, deferred, dict(attempts)
 
 
 def log_records(path: Path, since: float) -> int:
@@ -915,18 +938,45 @@ def capacity_rows(d: dict[str, Any], heading: str, figs: list[str]) -> list[str]
                      f"{_f(busy, '.0%')} | {', '.join(f'{c} {v:.2f}' for c, v in top)} | "
                      f"{'yes' if row['within_knee'] else 'no: ' + '; '.join(row['why_not'])} |")
         L.append("")
+        L += cpu_per_event_rows(m)
     L += [f"![{f}]({f})" for f in figs]
     L.append("")
     return L
+
+
+def cpu_per_event_rows(m: dict[str, Any]) -> list[str]:
+    """Where the time goes: CPU ms per event stored (floor: per bounce delivered) while
+    sending, by component, per step (the profile of the bounce path)."""
+    rows = m["steps"]
+    per = []
+    for r in rows:
+        n = r["events_stored_per_s"] * r["send_seconds"]
+        per.append({k: (v * 1000 / n if n else float("nan")) for k, v in r["cpu_seconds"].items()})
+    total: dict[str, float] = defaultdict(float)
+    for x in per:
+        for k, v in x.items():
+            if v == v:
+                total[k] += v
+    top = sorted(total, key=lambda k: -total[k])[:10]
+    L = [f"CPU ms per {'event stored' if m['mode'] == 'bouncetrack' else 'bounce delivered'} while sending "
+         f"({m['mode']}; all components, the driver included, share the machine):", "",
+         "| component | " + " | ".join(f"{r['offered_msg_per_s']:g} msg/s" for r in rows) + " |",
+         "|---|" + "---|" * len(rows)]
+    for k in top:
+        L.append(f"| {k} | " + " | ".join(f"{x.get(k, 0.0):.1f}" for x in per) + " |")
+    L.append("| **all** | " + " | ".join(f"**{sum(v for v in x.values() if v == v):.1f}**" for x in per) + " |")
+    return [*L, ""]
 
 
 def storm_rows(d: dict[str, Any]) -> list[str]:
     """The report's section for a storm result (bench/run_all.py)."""
     r, t, loops = d["reconciliation"], d["tempfails"], d["retry_loops"]
     L = ["## Bounce storm (`bench/capacity.py --storm N`, run separately; its own date)", "",
-         f"Taken {d.get('taken_at', '?')}: {d['bounces']:,} messages, each to a recipient the fake MX refuses with "
-         f"550, offered within {d['send_within_s']:g} s (accepted in {d['accepted_seconds']:.0f} s); Postfix's "
-         "bounce daemon writes the DSNs, which take the real path (pipe client → pipe server → store). No worker.",
+         f"Taken {d.get('taken_at', '?')}: {d['bounces']:,} bounces: {d['messages']:,} messages, each to "
+         f"{d['recipients_per_message']} recipient(s) the fake MX refuses with 550, offered within "
+         f"{d['send_within_s']:g} s (accepted in {d['accepted_seconds']:.0f} s); Postfix's bounce daemon writes one "
+         f"DSN per message ({r['dsns_delivered']:,} delivered), which take the real path (pipe(8) → pipe "
+         "client → pipe server → store). No worker.",
          "",
          f"Lost **{r['lost']}**, duplicated **{r['duplicated']}**, unexpected {r['unexpected']}, queue left "
          f"{r['postfix_queue_left']}; drained {d['time_to_drain_from_first_send_s']:.0f} s after the first send "
@@ -970,6 +1020,8 @@ def main() -> int:
     ap.add_argument("--drain-timeout", type=float, default=300.0, help="max wait for the final drain (s)")
     ap.add_argument("--storm", type=int, default=None, metavar="N", help="bounce storm of N bounces instead")
     ap.add_argument("--storm-seconds", type=float, default=60.0, help="the storm is sent within this (s)")
+    ap.add_argument("--per-message", type=int, default=1,
+                    help="storm: refused recipients per message, i.e. bounces per DSN (default 1)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--name", default=None, help="result name (default capacity / capacity-quick / storm)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here instead of bench/results/")
@@ -979,7 +1031,7 @@ def main() -> int:
         raise SystemExit(f"cannot run: {why}")
 
     if a.storm:
-        res = storm(a.storm, a.storm_seconds, a.drain_timeout)
+        res = storm(a.storm, a.storm_seconds, a.drain_timeout, a.per_message)
         return finish(a.name or "storm", res, a.out, res["reconciliation"]["ok"])
 
     rates = [float(x) for x in (a.rates or (QUICK_RATES if a.quick else DEFAULT_RATES)).split(",")]
