@@ -20,8 +20,9 @@ that sender, so every delivery names its message.
 Per step: accepted msg/s; events stored/s (floor: deliveries into the trivial pipe);
 webhooks delivered/s; p50/p99 send → stored and stored → webhook; Postfix's active,
 incoming and deferred queue sizes (files counted in the private instance's queue
-directories every 0.5 s; the growth check compares the medians of the first and last 3 s of
-the step's second half, since qmgr moves retried mail through the active queue in bursts);
+directories every 0.5 s; the growth check compares the smallest sample of the first and of
+the last 3 s of the step's second half, since qmgr moves retried mail through the active
+queue in bursts and a backlog raises the troughs);
 CPU per component.
 
 CPU, measured from ``/proc/<pid>/stat`` (utime+stime, and cutime+cstime for reaped
@@ -70,7 +71,6 @@ import math
 import os
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import threading
@@ -257,15 +257,16 @@ class ProcSampler(threading.Thread):
             return dict(self.cpu)
 
     def queue_at(self, t0: float, t1: float) -> dict[str, int]:
-        """Each queue's median size over the samples taken between ``t0`` and ``t1`` (the
+        """Each queue's smallest size over the samples taken between ``t0`` and ``t1`` (the
         nearest sample when there is none): qmgr's deferred-queue scans move retried mail
-        through the active queue in bursts, which one sample would mistake for growth."""
+        through the active queue in bursts, which one sample would mistake for growth; a
+        backlog raises the troughs."""
         with self.lock:
             qs = list(self.queues)
         if not qs:
             return {"incoming": 0, "active": 0, "deferred": 0}
         within = [q for t, q in qs if t0 <= t <= t1] or [min(qs, key=lambda x: abs(x[0] - t0))[1]]
-        return {k: int(statistics.median(q[k] for q in within)) for k in within[0]}
+        return {k: min(q[k] for q in within) for k in within[0]}
 
     def queue_series(self, t0: float, t1: float) -> list[dict[str, Any]]:
         with self.lock:
@@ -287,8 +288,14 @@ def cpu_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 # --- the two configurations --------------------------------------------------------------
 
-FLOOR_SCRIPT = '#!/bin/sh\n# The floor\'s bounce transport: read the message, keep it in a file named after\n' \
-               '# its recipient (the time of delivery is the file\'s mtime).\nexec cat > "$1/$2.$$"\n'
+#: The floor's bounce transport: read the message and keep it in a file named after its
+#: recipient (the time of delivery is the file's mtime). Arguments: the directory, then
+#: what master.cf passes (options such as ``--client-address=…``, the recipient, the sender).
+FLOOR_SCRIPT = """#!/bin/sh
+dir=$1; shift
+while [ "${1#--}" != "$1" ]; do shift; done
+exec cat > "$dir/$1.$$"
+"""
 
 
 class FloorStack(Stack):
@@ -583,8 +590,8 @@ def step_ok_quick(step: Step, sampler: ProcSampler) -> bool:
 
 
 def queue_ends(step: Step, sampler: ProcSampler) -> tuple[dict[str, int], dict[str, int]]:
-    """The queues at the start and at the end of the step's second half: medians over
-    :data:`QUEUE_WINDOW_S` at each end."""
+    """The queues at the start and at the end of the step's second half: the smallest
+    sample within :data:`QUEUE_WINDOW_S` at each end."""
     mid = step.t0 + (step.t_end - step.t0) / 2
     return (sampler.queue_at(mid, mid + QUEUE_WINDOW_S),
             sampler.queue_at(step.t_end - QUEUE_WINDOW_S, step.t_end))
