@@ -51,7 +51,7 @@ Bounce storm (``--storm N``): N messages, each to one recipient the fake MX refu
 550, sent within a minute; Postfix's bounce daemon writes N DSNs that take the real path
 into bouncetrack. Reported: lost, duplicated, time to drain, peak RSS per component,
 tempfails (Postfix's ``status=deferred`` for the bounce transport, the pipe's tempfail and
-fallback logs), retry loops (a DSN delivered more than once, or attempted more than twice).
+fallback logs, machine-wide), retry loops (a DSN attempted more than twice).
 
 Writes ``bench/results/capacity.json`` and ``capacity.png`` (``--quick``:
 ``capacity-quick``), or ``storm.json`` (``--out`` to write elsewhere); exits 1 when a
@@ -802,6 +802,8 @@ def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1) ->
             "time_to_drain_after_sending_s": drained - send_end,
             "bounces_stored_per_s": sum(by_rcpt.values()) / (drained - t0),
             "reconciliation": recon,
+            # The pipe's logs are in the machine's cache directory, shared by every stack
+            # running here: Postfix's log is this stack's own count.
             "tempfails": {"postfix_deferred_bounce_transport": tempfails,
                           "pipe_tempfail_log_records": log_records(cache / "pipe-tempfail.log", t0),
                           "pipe_fallback_log_records": log_records(cache / "pipe-fallback.log", t0)},
@@ -988,10 +990,13 @@ def storm_rows(d: dict[str, Any]) -> list[str]:
          f"Lost **{r['lost']}**, duplicated **{r['duplicated']}**, unexpected {r['unexpected']}, queue left "
          f"{r['postfix_queue_left']}; drained {d['time_to_drain_from_first_send_s']:.0f} s after the first send "
          f"({d['time_to_drain_after_sending_s']:.0f} s after the last): {d['bounces_stored_per_s']:.1f} bounces/s. "
-         f"Tempfails: Postfix deferred {t['postfix_deferred_bounce_transport']} bounce deliveries, pipe tempfail "
-         f"log {t['pipe_tempfail_log_records']}, fallbacks {t['pipe_fallback_log_records']}. Retry loops: "
+         f"Tempfails: Postfix deferred {t['postfix_deferred_bounce_transport']} bounce deliveries (its log: "
+         f"every exit 75 of this stack's pipe shows there); the machine-wide pipe tempfail and fallback logs, "
+         f"which every stack on this machine shares, got {t['pipe_tempfail_log_records']} and "
+         f"{t['pipe_fallback_log_records']} records meanwhile. Retry loops: "
          f"{loops['dsn_attempted_more_than_twice']} DSNs attempted more than twice (most attempts of one: "
          f"{loops['max_attempts_of_one_dsn']}). Machine busy {_f(d.get('machine_busy_share_all_cores'), '.0%')}.", "",
+         "RSS sums count a page shared by forked processes (the pipe server's children) in each of them.", "",
          "| component | peak RSS, all its processes (MB) | largest process (MB) | most processes at once | CPU s |",
          "|---|---|---|---|---|"]
     cpu = d.get("cpu_seconds", {})
