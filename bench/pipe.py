@@ -46,6 +46,46 @@ from bench._common import ROOT, summary, write_result  # noqa: E402
 from tests import mailgen  # noqa: E402
 
 
+def setup_bounces(tmp: str, n: int) -> tuple[Path, list[tuple[str, bytes]]]:
+    """A configuration in ``tmp`` (SQLite store, a tracked domain with a webhook) and ``n``
+    distinct bounces for it: (VERP address, DSN) pairs whose messages are recorded, so
+    each bounce is stored as one event."""
+    from bouncetrack.config_loader import load_config
+    from bouncetrack.store import open_store
+    from bouncetrack.store.base import MessageRecord, RecipientRecord
+    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+
+    cfg = Path(tmp) / "bouncetrack.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""\
+            bounce_domain: bounce.test
+            secret_file: {tmp}/verp.key
+            store: sqlite:///{tmp}/bt.db
+            milter_socket: {tmp}/milter.sock
+            domains:
+              tracked.test: {{tracking: true, webhook: {{url: "http://127.0.0.1:9/", secret: s}}}}
+            """
+        )
+    )
+    config = load_config(cfg)
+    keyring = load_keyring(config)
+    store = open_store(config.store_url)
+    inputs = []
+    for i in range(n):
+        token_id = new_token_id()
+        token = mint(keyring, token_id)
+        verp = verp_address(config, token)
+        rcpt = f"unknown-{i}@remote.test"
+        store.record_message(
+            MessageRecord(token_id, token, None, f"<m{i}@tracked.test>", "tracked.test", "info@tracked.test",
+                          verp, None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time())
+        )
+        inputs.append((verp, mailgen.dsn(verp, rcpt)))
+    store.close()
+    return cfg, inputs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=200, help="bounces (and bare starts)")
@@ -55,37 +95,10 @@ def main() -> None:
     from bouncetrack.config_loader import load_config
     from bouncetrack.harness.stack import wait_accepting
     from bouncetrack.store import open_store
-    from bouncetrack.store.base import MessageRecord, RecipientRecord
-    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "bouncetrack.yaml"
-        cfg.write_text(
-            textwrap.dedent(
-                f"""\
-                bounce_domain: bounce.test
-                secret_file: {tmp}/verp.key
-                store: sqlite:///{tmp}/bt.db
-                milter_socket: {tmp}/milter.sock
-                domains:
-                  tracked.test: {{tracking: true, webhook: {{url: "http://127.0.0.1:9/", secret: s}}}}
-                """
-            )
-        )
+        cfg, inputs = setup_bounces(tmp, 2 * a.n)  # one set for the client, one for the full pipe
         config = load_config(cfg)
-        keyring = load_keyring(config)
-        store = open_store(config.store_url)
-        inputs = []
-        for i in range(2 * a.n):  # one set for the client, one for the full pipe
-            token_id = new_token_id()
-            token = mint(keyring, token_id)
-            verp = verp_address(config, token)
-            rcpt = f"unknown-{i}@remote.test"
-            store.record_message(
-                MessageRecord(token_id, token, None, f"<m{i}@tracked.test>", "tracked.test", "info@tracked.test",
-                              verp, None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time())
-            )
-            inputs.append((verp, mailgen.dsn(verp, rcpt)))
         # Held open for the whole run, as the milter (and worker, API) hold theirs.
         keep_open = open_store(config.store_url)
         keep_open.message_by_token_id(0)

@@ -8,7 +8,7 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
 list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``hostile_pipe``, ``webhook``, ``soak
---short``, ``address_validate``, ``capacity --quick``; a script that does not exist is skipped and the report says so. Every figure compares
+--short``, ``address_validate``, ``capacity --quick``, ``bounce_path``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
 
@@ -66,12 +66,13 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
     # Capacity (issue 21), the short climb; the full one (`bench/capacity.py`, ~15 min) and the
     # bounce storm (`bench/capacity.py --storm 20000`) run separately and are reported when present.
     ("capacity", "capacity.py", ["--quick"], ["capacity-quick"]),
+    ("bounce_path", "bounce_path.py", [], ["bounce_path"]),
 ]
 
 
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
          "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export", "api_hostile",
-         "hostile_pipe", "webhook", "soak-short", "soak", "capacity-quick", "capacity", "storm")
+         "hostile_pipe", "webhook", "soak-short", "soak", "capacity-quick", "capacity", "storm", "bounce_path")
 
 
 def machine() -> dict[str, Any]:
@@ -616,6 +617,12 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                      f"{k.get('bouncetrack_msg_per_s')} msg/s | floor {k.get('floor_msg_per_s')} msg/s | "
                      f"{'–' if ratio is None else f'{ratio:.2f}'} | ≥ 0.7 | "
                      f"{'yes' if ratio is not None and ratio >= 0.7 else 'no'} |")
+    d = results.get("bounce_path")
+    if d and "cpu_ms_per_bounce_median" in d:
+        c = d["cpu_ms_per_bounce_median"]
+        L.append(f"| pipe server: CPU per bounce in a forked child (as it runs) | {c['forked child']:.1f} ms | "
+                 f"{c['in-process']:.1f} ms for the same work in the warm process; bare fork {c['bare fork']:.1f} ms"
+                 f" | {d['forked_to_in_process_ratio']:.1f}× | – | – |")
     d = results.get("storm")
     if d and "reconciliation" in d:
         r = d["reconciliation"]
