@@ -169,3 +169,15 @@ def test_verp_address_and_back(config: Config) -> None:
 def test_hash_api_token() -> None:
     h = hash_api_token("test")
     assert h == "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.mark.parametrize("key_length", [1, 32, 64, 65, 200])
+def test_mac_is_hmac_sha256_truncated(key_length: int) -> None:
+    # tokens._mac precomputes RFC 2104's padded-key states (issue 20): same bytes as hmac.
+    import hmac as hmac_module
+    import os
+
+    from bouncetrack.tokens import MAC_BYTES, _mac
+
+    key, body = os.urandom(key_length), os.urandom(9)
+    assert _mac(key, body) == hmac_module.digest(key, body, "sha256")[:MAC_BYTES]

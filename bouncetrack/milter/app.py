@@ -303,14 +303,14 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     ) -> MessageRecord:
         mail = esmtp.parse_params(envelope.sender_params)
         recipients = []
-        changes = {c.path: c for c in decision.recipient_changes}
         for rcpt in envelope.recipients:
             dsn = rcpt.dsn
-            new = esmtp.parse_params([changes[rcpt.path].new_params]) if rcpt.path in changes else {}
             recipients.append(
                 RecipientRecord(
                     address=rcpt.address,
-                    orcpt=new.get("ORCPT") or dsn.get("ORCPT"),
+                    # The ORCPT the tracked message now carries (policy._track keeps the
+                    # client's, or adds one naming the address).
+                    orcpt=dsn.get("ORCPT") or esmtp.orcpt_for(rcpt.address),
                     notify=dsn.get("NOTIFY"),
                 )
             )
