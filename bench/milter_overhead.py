@@ -43,7 +43,12 @@ milter can reach here:
 
 Each round also reports CPU per message: the side's milter process (all its
 threads and children, from /proc/PID/stat) and the whole machine (/proc/stat):
-where the time goes when the 2 cores are saturated.
+where the time goes when the 2 cores are saturated. bouncetrack's milter is three
+processes (issue 20): the supervisor, the libmilter child and the journal writer;
+"milter process" is the first two, the writer is reported beside it, and the
+summary gives both against the ``actions+rcptreply+lean`` reference (issue 20's
+targets: rate >= 0.95 x it, >= 0.85 x with PostgreSQL; milter CPU <= 1.25 x it).
+A milter round's store check waits (untimed) for the writer to store every record.
 
 ``--perf``: each round also runs ``perf record -a`` (all CPUs, ``-F 499``) and the
 report splits the machine's CPU per message by command (smtpd, cleanup, the

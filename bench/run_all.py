@@ -7,7 +7,8 @@ whole run takes about 5–8 minutes on the 2-core machine; each writes
 (``bench/results/*.png``, matplotlib, Agg) are generated from those files.
 
 Benchmarks (in order): ``milter_overhead`` (plain, then with a 1M-entry suppression
-list), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``hostile_pipe``, ``webhook``, ``soak
+list, delivering, and with the PostgreSQL store; each with the ``actions+rcptreply+lean``
+reference of issue 20), ``suppression_lookup``, ``dashboard_sent``, ``classify``, ``heldout_flufl``, ``heldout_bounced``, ``pipe``, ``export``, ``api_hostile``, ``hostile_pipe``, ``webhook``, ``soak
 --short``, ``address_validate``, ``capacity --quick``, ``bounce_path``; a script that does not exist is skipped and the report says so. Every figure compares
 with a baseline measured in the same run where there is one (the machine is noisy);
 the soak has none (absolute latencies and memory), and the report says so.
@@ -49,8 +50,16 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
      ["milter_overhead"]),
     # The same with the suppression list on (issue 6): policy reject, 1M listed addresses.
     ("milter_overhead_suppressed", "milter_overhead.py",
-     ["-n", "400", "--rounds", "3", "--warmup", "50", "--suppressed", "1000000",
-      "--name", "milter_overhead_suppressed_1m"], ["milter_overhead_suppressed_1m"]),
+     ["-n", "400", "--rounds", "3", "--warmup", "50", "--suppressed", "1000000", "--reference",
+      "--ref-modes", "actions+rcptreply+lean", "--name", "milter_overhead_suppressed_1m"],
+     ["milter_overhead_suppressed_1m"]),
+    # Issue 20's other configurations, each against the same reference in the same run.
+    ("milter_overhead_deliver", "milter_overhead.py",
+     ["-n", "400", "--rounds", "3", "--warmup", "50", "--delivery", "deliver", "--reference",
+      "--ref-modes", "actions+rcptreply+lean", "--name", "milter_overhead_deliver"], ["milter_overhead_deliver"]),
+    ("milter_overhead_pg", "milter_overhead.py",
+     ["-n", "400", "--rounds", "3", "--warmup", "50", "--store", "postgresql", "--reference",
+      "--ref-modes", "actions+rcptreply+lean", "--name", "milter_overhead_pg"], ["milter_overhead_pg"]),
     ("suppression_lookup", "suppression_lookup.py", ["-n", "1000000", "--lookups", "100000"], ["suppression_lookup"]),
     ("dashboard_sent", "dashboard_sent.py", ["-n", "1000000"], ["dashboard_sent"]),
     ("classify", "classify.py", ["--rounds", "7"], ["classify"]),
