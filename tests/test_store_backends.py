@@ -732,7 +732,7 @@ def test_pg_lost_connection_is_unavailable_then_reconnects(pg_cluster: Cluster) 
 def test_pg_migrations_recorded_once_and_reopen_is_cheap(pg_cluster: Cluster) -> None:
     import psycopg
 
-    from bouncetrack.store import postgres_migrations as m
+    from bouncetrack.store import migrations as m  # the single list (issue 17)
 
     url = pg_cluster.create_database()
     open_store(url).close()

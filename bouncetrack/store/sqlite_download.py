@@ -13,22 +13,18 @@ against ``event_to_json`` at import, so a key added there and forgotten here
 fails loudly; the tests compare rendered rows with ``event_to_json`` on
 generated events, timestamps' millisecond rounding included.
 
-Imported lazily by :mod:`bouncetrack.store.sqlite` (the pipe never pays for it).
+The selection (keyset, filters) is :func:`bouncetrack.store.sql.download_select`,
+the same on both engines. Imported lazily by the SQLite dialect (the pipe never
+pays for it).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..events import EVENT_TYPES, event_to_json
 from .base import BounceEvent
-from .views import DownloadQuery
+from .sql import CSV_FORMULA_PREFIXES, EVENT_KINDS
 
 RENDER_FORMATS = ("json", "csv")
-
-# OWASP "CSV Injection": a cell starting with one of these is a formula in
-# spreadsheet programs; it gets a leading apostrophe.
-CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _iso(col: str) -> str:
@@ -68,32 +64,10 @@ def _iso(col: str) -> str:
 _KNOWN_TYPES = ", ".join(f"'{t}'" for t in EVENT_TYPES)
 _TYPE = f"CASE WHEN type IN ({_KNOWN_TYPES}) THEN type ELSE 'unknown' END"
 
-# Key of event_to_json -> (kind, SQL). kind: "text" (user-controlled text,
-# CSV-neutralised), "bool", "word" (our own fixed vocabulary), "time".
-_COLUMNS: dict[str, tuple[str, str]] = {
-    "event_id": ("text", "event_id"),
-    "type": ("word", _TYPE),
-    "hard": ("bool", "hard"),
-    "severity": ("word", "CASE WHEN hard THEN 'hard' ELSE 'soft' END"),
-    "reason": ("text", "reason"),
-    "status": ("text", "status"),
-    "reply_code": ("text", "reply_code"),
-    "diagnostic": ("text", "diagnostic"),
-    "recipient": ("text", "recipient"),
-    "reported_recipient": ("text", "reported_recipient"),
-    "action": ("text", "action"),
-    "remote_mta": ("text", "remote_mta"),
-    "original_sender": ("text", "original_sender"),
-    "original_message_id": ("text", "original_message_id"),
-    "token": ("text", "token"),
-    "token_status": ("text", "token_status"),
-    "flagged": ("bool", "flagged"),
-    "feedback_type": ("text", "feedback_type"),
-    "domain": ("text", "domain"),
-    "received_at": ("time", _iso("received_at")),
-    "sent_at": ("time", _iso("sent_at")),
-    "queue_id": ("text", "queue_id"),
-}
+_SQL = {"type": _TYPE, "severity": "CASE WHEN hard THEN 'hard' ELSE 'soft' END",
+        "received_at": _iso("received_at"), "sent_at": _iso("sent_at")}
+# Key of event_to_json -> (kind, SQL); kinds: sql.EVENT_KINDS.
+_COLUMNS: dict[str, tuple[str, str]] = {k: (kind, _SQL.get(k, k)) for k, kind in EVENT_KINDS.items()}
 
 
 def _schema_keys() -> tuple[str, ...]:
@@ -165,49 +139,4 @@ RENDER_SQL: dict[str, str] = {
 CSV_HEADER = ",".join(SCHEMA_KEYS)
 
 
-def select(query: DownloadQuery, columns: str, after_id: int, limit: int | None) -> tuple[str, list[Any]]:
-    """One statement: ``id, <columns>`` of the query's events with ``id > after_id``, by id.
-
-    Keyset pagination on ``events.id``: ids only grow, so a page boundary never
-    moves while new events arrive. Per domain, the index ``events_domain_id
-    (domain, id, received_at)`` yields rows in id order and checks the time
-    range without touching the table; several domains are one ``UNION ALL``
-    that SQLite merges in id order (no sort, so a stream needs no temp space).
-    """
-    if not query.domains:
-        raise ValueError("a download query needs at least one domain (no 'all domains')")
-    where = ["received_at >= ?", "received_at < ?", "id > ?"]
-    common: list[Any] = [query.start, query.end, after_id]
-    if query.types:
-        wanted = [t for t in query.types if t != "unknown"]
-        parts = []
-        if wanted:
-            parts.append(f"type IN ({', '.join('?' for _ in wanted)})")
-            common.extend(wanted)
-        if "unknown" in query.types:  # event_to_json reports any other stored type as unknown
-            parts.append(f"type = 'unknown' OR type NOT IN ({_KNOWN_TYPES})")
-        where.append("(" + " OR ".join(parts) + ")")
-    if query.hard is not None:
-        where.append("hard" if query.hard else "NOT hard")
-    if query.reason is not None:
-        where.append("reason = ?")
-        common.append(query.reason)
-    if query.recipient_domain is not None:
-        # LIKE folds ASCII case, as domain names compare; wildcards escaped.
-        esc = query.recipient_domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("recipient LIKE ? ESCAPE '\\'")
-        common.append("%@" + esc)
-    cond = " AND ".join(where)
-    parts_sql: list[str] = []
-    params: list[Any] = []
-    for domain in query.domains:
-        parts_sql.append(f"SELECT id, {columns} FROM events WHERE domain = ? AND {cond}")
-        params.extend([domain, *common])
-    sql = " UNION ALL ".join(parts_sql) + " ORDER BY id"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return sql, params
-
-
-__all__ = ["CSV_FORMULA_PREFIXES", "CSV_HEADER", "RENDER_FORMATS", "RENDER_SQL", "SCHEMA_KEYS", "select"]
+__all__ = ["CSV_FORMULA_PREFIXES", "CSV_HEADER", "RENDER_FORMATS", "RENDER_SQL", "SCHEMA_KEYS"]
