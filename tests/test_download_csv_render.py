@@ -95,7 +95,7 @@ def test_migration_7_replaces_nul_in_events_stored_before(tmp_path: Any) -> None
     import sqlite3
 
     from bouncetrack.store import migrations
-    from bouncetrack.store.rows import EVENT_FIELDS
+    from bouncetrack.store.sql import EVENT_FIELDS
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)

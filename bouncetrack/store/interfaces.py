@@ -121,79 +121,34 @@ class Store(Protocol):
 
 
 class DashboardStore(Protocol):
-    def dashboard_sent(self, domains: Sequence[str], start: float, end: float) -> tuple[int, int]:
-        """(messages, recipients) the milter recorded with ``start <= created_at < end``."""
-        ...
-
+    # Contracts: the docstrings of bouncetrack.store.sql.SQLStore, the one implementation.
+    def dashboard_sent(self, domains: Sequence[str], start: float, end: float) -> tuple[int, int]: ...
     def dashboard_daily(self, domains: Sequence[str], start: float, end: float) -> list[DailyCount]: ...
-
     def dashboard_top_reasons(
         self, domains: Sequence[str], start: float, end: float, limit: int = 10
     ) -> list[tuple[str, int]]: ...
-
     def dashboard_top_recipient_domains(
         self, domains: Sequence[str], start: float, end: float, limit: int = 10
     ) -> list[tuple[str, int]]: ...
-
     def dashboard_events(
-        self,
-        query: EventQuery,
-        *,
-        before_pk: int | None = None,
-        after_pk: int | None = None,
-        limit: int = 50,
-    ) -> list[tuple[int, BounceEvent]]:
-        """Events newest first as (events.id, event); keyset pages on events.id."""
-        ...
-
+        self, query: EventQuery, *, before_pk: int | None = None, after_pk: int | None = None, limit: int = 50
+    ) -> list[tuple[int, BounceEvent]]: ...
     def dashboard_jobs(self, domains: Sequence[str], kind: str, limit: int = 100) -> list[JobView]: ...
-
     def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]: ...
-
     def dashboard_job(self, job_id: int) -> JobView | None: ...
 
 
 class SuppressionStore(Protocol):
+    # Contracts: the docstrings of bouncetrack.store.sql.SQLStore, the one implementation.
     def suppressions(
-        self,
-        domains: Sequence[str] | None,
-        now: float,
-        *,
-        address: str | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-        include_inactive: bool = False,
-    ) -> list[Suppression]:
-        """Entries of ``domains`` (``()`` selects nothing, None every domain: CLI only)
-        in id order, keyset on id; active ones unless ``include_inactive``."""
-        ...
-
-    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
-        """Put entries on the list by hand (replacing what is there); returns how many."""
-        ...
-
+        self, domains: Sequence[str] | None, now: float, *, address: str | None = None, after_id: int = 0,
+        limit: int = 1000, include_inactive: bool = False,
+    ) -> list[Suppression]: ...
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int: ...
     def remove_suppressions(
         self, domains: Sequence[str] | None, addresses: Sequence[str], now: float
-    ) -> list[tuple[str, str]]:
-        """Remove active entries (tombstones); returns the (domain, address) removed.
-        ``domains=None``: at every domain (CLI only)."""
-        ...
-
-    def suppression_seq(self) -> int:
-        """The newest change number (0 when the list was never written)."""
-        ...
-
-    def suppression_keys(self, now: float, batch: int = 10000) -> Iterator[list[tuple[str, str]]]:
-        """Every active (domain, address), in batches (the milter's full load)."""
-        ...
-
-    def suppression_changes(self, after_seq: int, limit: int = 10000) -> list[SuppressionChange]:
-        """Changes with seq > ``after_seq``, in seq order."""
-        ...
-
-    def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]:
-        """(domain, address) of entries whose expires_at is in (after, until], not removed."""
-        ...
-
-
-# ========================================================= end of suppression
+    ) -> list[tuple[str, str]]: ...
+    def suppression_seq(self) -> int: ...
+    def suppression_keys(self, now: float, batch: int = 10000) -> Iterator[list[tuple[str, str]]]: ...
+    def suppression_changes(self, after_seq: int, limit: int = 10000) -> list[SuppressionChange]: ...
+    def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]: ...

@@ -5,7 +5,8 @@ is never edited once released (databases in the field have applied it). A
 statement is written once for both engines, with the few type names that
 differ as ``{placeholders}`` (:data:`DDL`); a :class:`PerEngine` statement
 carries engine-specific SQL only where the engines really differ (triggers:
-SQLite's row triggers, PostgreSQL's plpgsql functions).
+SQLite's row triggers, PostgreSQL's plpgsql functions with their triggers, one
+multi-statement string).
 
 Each migration runs in its own transaction together with the row that records
 it in ``schema_migrations``, so a crash leaves the database at the previous
@@ -224,12 +225,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                     DO UPDATE SET count = m.count + excluded.count;
                     RETURN NULL;
                 END
-                $$
-                """,
-            ),
-            PerEngine(
-                "",
-                """
+                $$;
                 CREATE TRIGGER metric_events_insert AFTER INSERT ON events
                     REFERENCING NEW TABLE AS new_rows
                     FOR EACH STATEMENT EXECUTE FUNCTION metric_events_insert()
@@ -262,12 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                     ON CONFLICT (domain) DO UPDATE SET count = m.count + 1;
                     RETURN NULL;
                 END
-                $$
-                """,
-            ),
-            PerEngine(
-                "",
-                """
+                $$;
                 CREATE TRIGGER metric_messages_insert AFTER INSERT ON messages
                     FOR EACH ROW EXECUTE FUNCTION metric_messages_insert()
                 """,
@@ -305,7 +296,13 @@ MIGRATIONS: tuple[Migration, ...] = (
                     ON CONFLICT (channel, outcome) DO UPDATE SET count = m.count + 1;
                     RETURN NULL;
                 END
-                $$
+                $$;
+                CREATE TRIGGER metric_outbox_settled AFTER UPDATE OF state ON outbox FOR EACH ROW
+                    WHEN (NEW.state IN ('delivered', 'dead') AND NEW.state IS DISTINCT FROM OLD.state)
+                    EXECUTE FUNCTION metric_outbox_count();
+                CREATE TRIGGER metric_outbox_retry AFTER UPDATE OF attempts ON outbox FOR EACH ROW
+                    WHEN (NEW.attempts > OLD.attempts AND NEW.state = 'pending')
+                    EXECUTE FUNCTION metric_outbox_count('retry')
                 """,
             ),
             PerEngine(
@@ -317,19 +314,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                     ON CONFLICT (channel, outcome) DO UPDATE SET count = count + 1;
                 END
                 """,
-                """
-                CREATE TRIGGER metric_outbox_settled AFTER UPDATE OF state ON outbox FOR EACH ROW
-                    WHEN (NEW.state IN ('delivered', 'dead') AND NEW.state IS DISTINCT FROM OLD.state)
-                    EXECUTE FUNCTION metric_outbox_count()
-                """,
-            ),
-            PerEngine(
                 "",
-                """
-                CREATE TRIGGER metric_outbox_retry AFTER UPDATE OF attempts ON outbox FOR EACH ROW
-                    WHEN (NEW.attempts > OLD.attempts AND NEW.state = 'pending')
-                    EXECUTE FUNCTION metric_outbox_count('retry')
-                """,
             ),
             """
             INSERT INTO metric_delivery_counts (channel, outcome, count)
@@ -420,12 +405,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # --- export (issue 5) ----------------------------------------------------------
-    # The store writes event text without NUL (rows.stored_text: U+FFFD instead),
+    # The store writes event text without NUL (sql.stored_text: U+FFFD instead),
     # so SQLite's CSV export renders a row with one printf and no NUL check per
     # cell (sqlite_download.py). SQLite rows stored before get the same
     # replacement here; PostgreSQL's text never could hold a NUL. SQLite's
     # replace() cannot do it (a NUL ends its string): bt_stored_text is
-    # rows.stored_text, registered by migrate().
+    # sql.stored_text, registered by migrate().
     (
         7,
         "replace NUL characters in stored event text with U+FFFD",
@@ -560,7 +545,7 @@ def migrate(conn: Any, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[i
     engine = engine_of(conn)
     mark = "%s" if engine == "postgresql" else "?"
     if engine == "sqlite":
-        from .rows import stored_text
+        from .sql import stored_text
 
         conn.create_function("bt_stored_text", 1, stored_text, deterministic=True)
     applied: list[int] = []

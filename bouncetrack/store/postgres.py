@@ -33,9 +33,9 @@ import psycopg
 
 from ..redact import redact_url
 from . import migrations
-from . import rows as _rows
+
 from .base import MessageRecord, StoreUnavailable
-from .sql import Dialect, SQLStore
+from .sql import MESSAGE_INSERT_COLUMNS, Dialect, SQLStore, message_params, recipient_params
 
 # pg_advisory_xact_lock key taken by every suppression-list write ("btsupp").
 SUPPRESSION_LOCK = 0x627473757070
@@ -43,7 +43,7 @@ SUPPRESSION_LOCK = 0x627473757070
 # record_message in one statement: the message row, then its recipients from four
 # parallel arrays (address, orcpt, notify, position) joined to the new id.
 _RECORD_MESSAGE = (
-    f"WITH m AS (INSERT INTO messages ({_rows.MESSAGE_INSERT_COLUMNS}) "
+    f"WITH m AS (INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id), "
     "r AS (INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
     "SELECT m.id, x.address, x.orcpt, x.notify, x.position FROM m, "
@@ -188,20 +188,15 @@ class PostgresDialect(Dialect):
                 cur = conn.cursor(name=f"bt_export_{uuid.uuid4().hex[:12]}")
                 cur.itersize = batch
                 cur.execute(_pg_style(sql), params)
-            while True:
-                with store._guard("exporting events"):
-                    found = cur.fetchmany(batch)
-                if not found:
-                    return
-                yield found
+            yield from store._drain(cur, batch, locked=False)
         finally:
             conn.close()  # ends the transaction and the cursor with it
 
 
 def _record_params(message: MessageRecord) -> tuple[Any, ...]:
     """The message's values, then its recipients' as four arrays (address, orcpt, notify, position)."""
-    columns = list(zip(*_rows.recipient_params(0, message))) or [()] * 5
-    return (*_rows.message_params(message), *map(list, columns[1:]))
+    columns = list(zip(*recipient_params(0, message))) or [()] * 5
+    return (*message_params(message), *map(list, columns[1:]))
 
 
 POSTGRES = PostgresDialect()

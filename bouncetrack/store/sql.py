@@ -18,8 +18,8 @@ Guarantees every method keeps on both engines:
 * readers never hold the lock while a caller holds a yielded row (streams are
   keyset batches, or a connection of their own).
 
-The SQLite pipe imports this module once per bounce: stdlib and ``.base`` /
-``.rows`` only; the read-side records are imported where built.
+The SQLite pipe imports this module once per bounce: stdlib and ``.base``
+only; the read-side records are imported where built.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
+import math
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
-from . import rows as _rows
 from .base import (
     DAY_SECONDS,
     REASON_FORGOTTEN,
@@ -40,13 +41,13 @@ from .base import (
     BounceEvent,
     MessageRecord,
     OutboxJob,
+    RecipientRecord,
     StoreOutcome,
     StoreUnavailable,
     SuppressionCandidate,
     UntrustedQuota,
     pipe_bucket,
 )
-from .rows import EVENT_COLUMNS, EVENT_FIELDS, FETCH_BATCH, JOB_COLUMNS, MESSAGE_COLUMNS, event_from_row, job_from_row
 
 if TYPE_CHECKING:  # read-side records: not built on the pipe's path (HACKING.md)
     from .views import (
@@ -60,6 +61,199 @@ if TYPE_CHECKING:  # read-side records: not built on the pipe's path (HACKING.md
         Suppression,
         SuppressionChange,
     )
+
+
+# --- records <-> rows: column lists, the parameters bound for a record, the record built
+# from a row (the int() casts: PostgreSQL drivers may hand back other integer types).
+
+RAW_COMPRESSION_LEVEL = 6
+NEVER = -1.0e300  # a retention cutoff older than any row: "keep this kind"
+FETCH_BATCH = 500
+MAX_ERROR_LEN = 4000
+
+EVENT_FIELDS = tuple(
+    "event_id type hard reason status reply_code diagnostic recipient reported_recipient action remote_mta domain "
+    "original_sender original_message_id token token_status flagged message_pk received_at dedupe_key "
+    "feedback_type sent_at queue_id".split()
+)
+EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+# When the store was created: its first migration (metric_counts.created_at).
+STORE_CREATED_SQL = "SELECT min(applied_at) FROM schema_migrations"
+JOB_COLUMNS = (
+    "id, event_id, channel, target, state, attempts, next_attempt_at, "
+    "last_error, created_at, updated_at, lease_until"
+)
+_job_values = attrgetter("event_id", "channel", "target", "state", "attempts", "next_attempt_at", "last_error")
+MESSAGE_COLUMNS = (
+    "id, token_id, token, queue_id, message_id, sender_domain, envelope_sender, "
+    "verp_sender, dsn_ret, dsn_envid, created_at"
+)
+# INSERT INTO messages (...) takes MESSAGE_COLUMNS without id, in message_params' order.
+MESSAGE_INSERT_COLUMNS = MESSAGE_COLUMNS.removeprefix("id, ")
+_message_values = attrgetter(*MESSAGE_INSERT_COLUMNS.split(", "))
+RECIPIENT_COLUMNS = "id, address, orcpt, notify"
+SUPPRESSION_COLUMNS = "id, domain, address, reason, source_event_id, created_at, expires_at, removed_at"
+
+# Outbox jobs as the dashboard lists them (keys of DashboardStore.dashboard_jobs).
+DASH_JOB_KINDS = {
+    "pending": "o.state = 'pending' AND o.attempts = 0",
+    "failed": "o.state = 'pending' AND o.attempts > 0",
+    "dead": "o.state = 'dead'",
+    "delivered": "o.state = 'delivered'",
+}
+DASH_JOB_KIND_CASE = "CASE " + " ".join(f"WHEN {c} THEN '{k}'" for k, c in DASH_JOB_KINDS.items()) + " END"
+
+# --- dashboard sent counts (message_days, rolled up by the worker) -------------
+DAY = 86400
+
+
+def day_start(t: float) -> int:
+    """The UTC day that holds ``t``, as the epoch second it starts at."""
+    return int(t // DAY) * DAY
+
+
+def sent_windows(start: float, end: float, rolled_until: float) -> tuple[tuple[int, int] | None, list[tuple[float, float]]]:
+    """Split ``[start, end)`` into whole rolled-up days and the ranges counted live.
+
+    Returns (the ``[first day, end day)`` to read from message_days, or None; the
+    ``[lo, hi)`` created_at ranges to count from the messages). Only whole UTC days
+    before ``rolled_until`` come from the roll-up, so any bounds give exact counts;
+    the dashboard's (whole days) need one live range at most, from the roll-up on.
+    """
+    first = math.ceil(start / DAY) * DAY
+    last = min(day_start(end), day_start(rolled_until))
+    if first >= last:
+        return None, [(start, end)] if start < end else []
+    live = [(lo, hi) for lo, hi in ((start, float(first)), (float(last), end)) if lo < hi]
+    return (first, last), live
+
+
+def roll_up_step(rolled: float, oldest: float | None, target: int) -> int:
+    """Where one roll-up transaction stops: past one day of messages, at most ``target``.
+
+    ``oldest`` is the first message at or after ``rolled``; a gap without
+    messages is crossed in the same step.
+    """
+    if oldest is None or oldest >= target:
+        return target
+    return min(target, day_start(oldest) + DAY)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only (as SQLite's lower() and domain names fold)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def job_columns(alias: str) -> str:
+    """JOB_COLUMNS qualified by a table alias (``o.id, o.event_id, …``)."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in JOB_COLUMNS.split(","))
+
+
+# ------------------------------------------------------------ record -> params
+
+
+def message_params(message: MessageRecord) -> tuple[Any, ...]:
+    """The values of MESSAGE_INSERT_COLUMNS for ``message``."""
+    return _message_values(message)
+
+
+def recipient_params(message_pk: int, message: MessageRecord) -> list[tuple[Any, ...]]:
+    """(message_pk, address, orcpt, notify, position) per recipient, in RCPT order."""
+    return [(message_pk, r.address, r.orcpt, r.notify, i) for i, r in enumerate(message.recipients)]
+
+
+NUL = "\x00"
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def stored_text(value: Any) -> Any:
+    """``value`` with every NUL replaced by U+FFFD; any other value unchanged.
+
+    A stored event's text never holds a NUL: PostgreSQL's ``text`` cannot hold
+    one (psycopg refuses the insert, and the pipe would tempfail that bounce
+    forever), and SQLite's CSV rendering relies on it (``printf`` stops at a
+    NUL; sqlite_download.py). A bounce whose diagnostic carries a NUL is mail
+    from the wild, not a reason to lose it. The webhook and the SMTP forward
+    read the stored event, so every output shows the same U+FFFD.
+    """
+    if type(value) is str and NUL in value:
+        return value.replace(NUL, REPLACEMENT_CHARACTER)
+    return value
+
+
+def event_params(event: BounceEvent, raw_pk: int | None) -> tuple[Any, ...]:
+    """(raw_pk, *EVENT_FIELDS) for ``event``, text without NUL (:func:`stored_text`)."""
+    return (raw_pk, *(stored_text(getattr(event, f)) for f in EVENT_FIELDS))
+
+
+def job_params(job: OutboxJob, now: float) -> tuple[Any, ...]:
+    """Values of a new outbox row (event_id … updated_at); times unset (0) become ``now``."""
+    return (*_job_values(job), job.created_at or now, job.updated_at or now)
+
+
+# --------------------------------------------------------------- row -> record
+
+
+def message_from_row(row: Sequence[Any], rcpts: Sequence[Sequence[Any]]) -> MessageRecord:
+    """A MESSAGE_COLUMNS row with its RECIPIENT_COLUMNS rows (RCPT order)."""
+    values = dict(zip(MESSAGE_COLUMNS.split(", "), row))
+    values.update(id=int(row[0]), token_id=int(row[1]))
+    recipients = tuple(RecipientRecord(id=int(r[0]), address=r[1], orcpt=r[2], notify=r[3]) for r in rcpts)
+    return MessageRecord(**values, recipients=recipients)
+
+
+def event_from_row(row: Sequence[Any]) -> BounceEvent:
+    """An EVENT_FIELDS row."""
+    values = dict(zip(EVENT_FIELDS, row))
+    values["hard"] = bool(values["hard"])
+    values["flagged"] = bool(values["flagged"])
+    if values["message_pk"] is not None:
+        values["message_pk"] = int(values["message_pk"])
+    return BounceEvent(**values)
+
+
+def job_from_row(row: Sequence[Any]) -> OutboxJob:
+    """A JOB_COLUMNS row."""
+    return OutboxJob(row[1], row[2], row[3], int(row[0]), row[4], int(row[5]), *row[6:11])
+
+
+def job_view_from_row(row: Sequence[Any]) -> JobView:
+    """JOB_COLUMNS then the event's domain, recipient and type."""
+    from .views import JobView
+    return JobView(job=job_from_row(row[:11]), domain=row[11], recipient=row[12], event_type=row[13])
+
+
+def suppression_from_row(r: Sequence[Any]) -> Suppression:
+    """A SUPPRESSION_COLUMNS row."""
+    from .views import Suppression
+
+    return Suppression(domain=r[1], address=r[2], reason=r[3], source_event_id=r[4], created_at=r[5],
+                       expires_at=r[6], removed_at=r[7], id=int(r[0]))
+
+
+# ------------------------------------------------------------- result assembly
+
+
+def pending_age(now: float, oldest: float | None) -> float:
+    """Seconds since the oldest pending job was created; 0 when none."""
+    return max(0.0, now - oldest) if oldest is not None else 0.0
+
+
+def keyed_events(found: Sequence[Sequence[Any]]) -> list[tuple[int, BounceEvent]]:
+    """(id, event) per ``id, *EVENT_FIELDS`` row."""
+    return [(int(r[0]), event_from_row(r[1:])) for r in found]
+
+
+def job_kind_counts(found: Sequence[Sequence[Any]]) -> dict[str, int]:
+    """dashboard_job_counts from (kind, count) rows of DASH_JOB_KIND_CASE; every kind present."""
+    counts = {kind: 0 for kind in DASH_JOB_KINDS}
+    for kind, n in found:
+        if kind in counts:
+            counts[kind] = int(n)
+    return counts
 
 
 class Dialect:
@@ -95,7 +289,7 @@ class Dialect:
 
     def fold_param(self, text: str) -> str:
         """An address lower-cased the way the engine's lower() does (the soft-bounce count)."""
-        return _rows.ascii_lower(text)
+        return ascii_lower(text)
 
     # --- connections and transactions (every engine implements these)
     def connect(self, store: SQLStore) -> Any:
@@ -130,14 +324,14 @@ class Dialect:
         added = 0
         for message in messages:
             row = conn.execute(
-                self.q(f"INSERT INTO messages ({_rows.MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                self.q(f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT (token_id) DO NOTHING RETURNING id"),
-                _rows.message_params(message),
+                message_params(message),
             ).fetchone()
             if row is not None:
                 added += 1
                 self.many(conn, "INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
-                          "VALUES (?, ?, ?, ?, ?)", _rows.recipient_params(int(row[0]), message))
+                          "VALUES (?, ?, ?, ?, ?)", recipient_params(int(row[0]), message))
         return added
 
     def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:
@@ -181,7 +375,7 @@ _PENDING_JOBS = (
     "count(*) FILTER (WHERE lease_until > :now), min(created_at) FROM outbox WHERE state = 'pending'"
 )
 _ACTIVE = "removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
-_DASH_JOB_COLUMNS = _rows.job_columns("o") + ", e.domain, e.recipient, e.type"
+_DASH_JOB_COLUMNS = job_columns("o") + ", e.domain, e.recipient, e.type"
 _SUP_SET = (
     "reason = excluded.reason, source_event_id = excluded.source_event_id, {created}"
     "expires_at = excluded.expires_at, removed_at = NULL, seq = excluded.seq"
@@ -287,6 +481,15 @@ class SQLStore:
         assert row is not None
         return row[0]
 
+    def _drain(self, cur: Any, batch: int, locked: bool) -> Iterator[list[Any]]:
+        """``cur``'s rows, ``batch`` at a time, each fetch under the store's lock or only its guard."""
+        while True:
+            with self._read("exporting events") if locked else self._guard("exporting events"):
+                found = cur.fetchmany(batch)
+            if not found:
+                return
+            yield found
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -337,24 +540,17 @@ class SQLStore:
             if row is None:
                 return None
             rcpts = self._x(
-                conn, f"SELECT {_rows.RECIPIENT_COLUMNS} FROM recipients WHERE message_pk = ? ORDER BY position",
+                conn, f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_pk = ? ORDER BY position",
                 (row[0],),
             ).fetchall()
-        return _rows.message_from_row(row, rcpts)
+        return message_from_row(row, rcpts)
 
     # ------------------------------------------------------------- pipe side
 
     def store_report(
-        self,
-        events: Sequence[BounceEvent],
-        raw: bytes,
-        jobs: Sequence[OutboxJob],
-        dedupe_key: str,
-        *,
-        pipe_started: float | None = None,
-        suppress: Sequence[SuppressionCandidate] = (),
-        guards: Mapping[str, int] = {},
-        untrusted: UntrustedQuota | None = None,
+        self, events: Sequence[BounceEvent], raw: bytes, jobs: Sequence[OutboxJob], dedupe_key: str, *,
+        pipe_started: float | None = None, suppress: Sequence[SuppressionCandidate] = (),
+        guards: Mapping[str, int] = {}, untrusted: UntrustedQuota | None = None,
     ) -> StoreOutcome:
         """Raw report, events and outbox jobs in ONE transaction, idempotently.
 
@@ -376,7 +572,7 @@ class SQLStore:
         """
         # Hash and compress before taking the write lock: keep it short.
         digest = hashlib.sha256(raw).hexdigest()
-        compressed = zlib.compress(raw, _rows.RAW_COMPRESSION_LEVEL)
+        compressed = zlib.compress(raw, RAW_COMPRESSION_LEVEL)
         now = time.time()
         received_at = events[0].received_at if events else now
         with self._write("storing a report") as conn:
@@ -418,24 +614,23 @@ class SQLStore:
             self._x(
                 conn,
                 f"INSERT INTO events (raw_pk, {EVENT_COLUMNS}) VALUES " + ", ".join(_EVENT_ROW for _ in chunk),
-                [v for e in chunk for v in _rows.event_params(e, raw_pk)],
+                [v for e in chunk for v in event_params(e, raw_pk)],
             )
         if jobs:
-            self.d.many(conn, _JOB_INSERT, [_rows.job_params(j, now) for j in jobs])
-        if suppress:  # suppression list (issue 6)
-            seq = self._next_seq(conn)
-            soft = (
+            self.d.many(conn, _JOB_INSERT, [job_params(j, now) for j in jobs])
+        if suppress:  # suppression list (issue 6): the candidates whose soft-bounce rule holds
+            seq = self._next_seq(conn)  # a written row takes the next change number
+            soft = (  # repeats the partial index's WHERE (events_soft_bounces): it is used
                 "SELECT count(*) FROM events WHERE type = 'bounce' AND hard = {f} AND flagged = {f} "
                 "AND domain = ? AND lower(recipient) = ? AND received_at >= ?"
-            ).format(f=self.d.false)  # repeats the partial index's WHERE (events_soft_bounces): it is used
-
-            def soft_count(c: SuppressionCandidate) -> int:
-                return int(self._one(conn, soft, (c.domain, self.d.fold_param(c.address), c.soft_since)))
-
-            def upsert(params: dict[str, Any]) -> int:
-                return int(self._x(conn, _SUP_UPSERT_AUTO, params).rowcount)
-
-            _rows.apply_candidates(suppress, seq, soft_count, upsert)
+            ).format(f=self.d.false)
+            for c in suppress:
+                if c.soft_bounce_limit > 0 and int(self._one(
+                        conn, soft, (c.domain, self.d.fold_param(c.address), c.soft_since))) < c.soft_bounce_limit:
+                    continue
+                seq += bool(self._x(conn, _SUP_UPSERT_AUTO, {
+                    "domain": c.domain, "address": c.address, "reason": c.reason, "source": c.source_event_id,
+                    "now": c.created_at, "expires": c.expires_at, "seq": seq}).rowcount)
 
     def _count_guards(self, conn: Any, guards: Mapping[str, int]) -> None:
         # In key order: two pipes upserting the same rows never deadlock.
@@ -518,12 +713,10 @@ class SQLStore:
                 return
             last = (float(found[-1][_RECEIVED_AT]), int(found[-1][0]))
 
-    # =========================================================================
-    # Queries for the API (issue 5, download section; owner: download API).
+    # --- Queries for the API (issue 5, download section; owner: download API).
     # Keyset on events.id; per domain one branch of a UNION ALL over the index
     # events_domain_id, merged in id order (no sort: a stream needs no temp
     # space). Rows rendered by the engine's SQL where it has some, else in Python.
-    # =========================================================================
 
     def events_page(self, query: DownloadQuery, after_id: int = 0, limit: int = 1000) -> list[tuple[int, BounceEvent]]:
         """Up to ``limit`` events with ``id > after_id`` in id order, as (id, event)."""
@@ -531,7 +724,7 @@ class SQLStore:
             return []
         sql, params = download_select(query, EVENT_COLUMNS, after_id, limit)
         with self._read("reading a page of events") as conn:
-            return _rows.keyed_events(self._x(conn, sql, params).fetchall())
+            return keyed_events(self._x(conn, sql, params).fetchall())
 
     def iter_events(self, query: DownloadQuery, after_id: int = 0) -> Iterator[tuple[int, BounceEvent]]:
         """Every event of the query after ``after_id``, in id order, streamed."""
@@ -539,7 +732,7 @@ class SQLStore:
             return
         sql, params = download_select(query, EVENT_COLUMNS, after_id, None)
         for found in self.d.export(self, sql, params, FETCH_BATCH):
-            yield from _rows.keyed_events(found)
+            yield from keyed_events(found)
 
     def rendered_page(
         self, query: DownloadQuery, fmt: str, after_id: int = 0, limit: int = 1000
@@ -568,12 +761,10 @@ class SQLStore:
             else:
                 yield [(int(r[0]), str(r[1])) for r in found]
 
-    # =========================================================================
-    # Retention (issue 6, retention section; owner: retention): keyset walks in
+    # --- Retention (issue 6, retention section; owner: retention): keyset walks in
     # (time, id) order, each batch deleted by id in its own short transaction, so
     # pipes and the milter wait at most one batch. No delete triggers exist, so
     # the metric counters (cumulative totals) are left as they are.
-    # =========================================================================
 
     def purge_raw_before(self, cutoff: float, batch: int = 1000) -> int:
         """Drop the compressed bodies of reports received before ``cutoff``; returns how many.
@@ -601,7 +792,8 @@ class SQLStore:
         """What a purge with these cutoffs would delete (dry run), in one read snapshot."""
         from .views import PurgeCounts
 
-        p = _rows.retention_cutoffs(events_before, messages_before, raw_before)
+        p = {k: NEVER if cut is None else cut  # None: keep that kind
+             for k, cut in (("ecut", events_before), ("mcut", messages_before), ("rcut", raw_before))}
         with self._read("counting what retention would purge") as conn, self.d.snapshot(conn):
             return PurgeCounts(*(int(self._one(conn, sql, p)) for sql in _RETENTION_COUNTS))
 
@@ -609,7 +801,7 @@ class SQLStore:
         """Ids of ``table`` with ``time_col < cutoff`` in (time, id) order, ``batch`` at a
         time, each batch yielded as ``(conn, ids)`` inside its own short write
         transaction (committed when the caller asks for the next)."""
-        last: tuple[float, int] = (_rows.NEVER, 0)
+        last: tuple[float, int] = (NEVER, 0)
         while True:
             with self._write(what) as conn:
                 found = self._x(
@@ -778,7 +970,7 @@ class SQLStore:
                 "UPDATE outbox SET attempts = attempts + 1, last_error = :err, lease_until = NULL, updated_at = :now, "
                 f"state = CASE WHEN {nxt} IS NULL THEN 'dead' ELSE 'pending' END, "
                 f"next_attempt_at = COALESCE({nxt}, next_attempt_at) WHERE id = :id AND state = 'pending'",
-                {"err": error[: _rows.MAX_ERROR_LEN], "now": now, "next": next_attempt_at, "id": job_id},
+                {"err": error[: MAX_ERROR_LEN], "now": now, "next": next_attempt_at, "id": job_id},
             )
 
     def jobs(self, state: str | None = None, limit: int = 100) -> list[OutboxJob]:
@@ -812,15 +1004,17 @@ class SQLStore:
         with self._read("reading outbox statistics") as conn:
             states = self._x(conn, "SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
             _, due, leased, oldest = self._x(conn, _PENDING_JOBS, {"now": now}).fetchone()
-        return _rows.outbox_stats(now, states, due, leased, oldest)
+        stats: dict[str, float] = {"pending": 0, "delivered": 0, "dead": 0}
+        stats.update((state, int(n)) for state, n in states)
+        return {**stats, "due": int(due), "leased": int(leased), "oldest_pending_age": pending_age(now, oldest)}
 
-    # =========================================================================
-    # Metrics (issue 5, Prometheus section; owner: metrics). The counter tables
+    # --- Metrics (issue 5, Prometheus section; owner: metrics). The counter tables
     # are kept by triggers (migration 3); reading them costs a few small scans.
-    # =========================================================================
 
     def metric_counts(self, now: float) -> MetricCounts:
         """The metric counters and the outbox gauges, in one snapshot."""
+        from .views import MetricCounts
+
         with self._read("reading metric counters") as conn, self.d.snapshot(conn):
             found = [
                 self._x(conn, sql).fetchall()
@@ -834,30 +1028,31 @@ class SQLStore:
             ]
             outbox = self._x(conn, _PENDING_JOBS, {"now": now}).fetchone()
             dead = self._one(conn, "SELECT count(*) FROM outbox WHERE state = 'dead'")
-            created = self._one(conn, _rows.STORE_CREATED_SQL)
+            created = self._one(conn, STORE_CREATED_SQL)
         events, messages, deliveries, runs, guards = found
-        return _rows.metric_counts(now, events, messages, deliveries, runs, outbox, dead, guards, created)
+        pending, due, leased, oldest = outbox
+        return MetricCounts(
+            events=tuple((r[0], r[1], r[2], bool(r[3]), r[4], r[5], int(r[6])) for r in events),
+            messages=tuple((r[0], int(r[1])) for r in messages),
+            deliveries=tuple((r[0], r[1], int(r[2])) for r in deliveries),
+            pipe_runs=tuple((r[0], float(r[1]), int(r[2]), float(r[3])) for r in runs),
+            pipe_guards=tuple((r[0], int(r[1])) for r in guards),
+            outbox_pending=int(pending), outbox_due=int(due), outbox_leased=int(leased), outbox_dead=int(dead),
+            outbox_oldest_pending_age=pending_age(now, oldest), store_created_at=float(created or 0.0),
+        )
 
-    # =========================================================================
-    # Suppression list (issue 6, suppression section; owner: suppression).
+    # --- Suppression list (issue 6, suppression section; owner: suppression).
     # ``seq``: every write takes ``max(seq) + 1`` (one index probe) under the
     # engine's suppression write lock, so change numbers grow in commit order and
     # a reader that saw seq N has seen every change up to N.
-    # =========================================================================
 
     def _next_seq(self, conn: Any) -> int:
         self.d.lock_suppressions(conn)
         return int(self._one(conn, "SELECT coalesce(max(seq), 0) + 1 FROM suppressions"))
 
     def suppressions(
-        self,
-        domains: Sequence[str] | None,
-        now: float,
-        *,
-        address: str | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-        include_inactive: bool = False,
+        self, domains: Sequence[str] | None, now: float, *, address: str | None = None, after_id: int = 0,
+        limit: int = 1000, include_inactive: bool = False,
     ) -> list[Suppression]:
         """Entries of ``domains`` (``()`` nothing, None every domain: CLI only), keyset on id."""
         if (domains is not None and not domains) or limit <= 0:
@@ -877,17 +1072,20 @@ class SQLStore:
         with self._read("listing suppressions") as conn:
             found = self._x(
                 conn,
-                f"SELECT {_rows.SUPPRESSION_COLUMNS} FROM suppressions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
                 params,
             ).fetchall()
-        return [_rows.suppression_from_row(r) for r in found]
+        return [suppression_from_row(r) for r in found]
 
     def add_suppressions(self, entries: Sequence[Suppression]) -> int:
         """Put entries on the list by hand (replacing what is there); returns how many."""
         if not entries:
             return 0
         with self._write("adding suppressions") as conn:
-            self.d.many(conn, _SUP_UPSERT_MANUAL, _rows.suppression_manual_params(entries, self._next_seq(conn)))
+            seq = self._next_seq(conn)
+            self.d.many(conn, _SUP_UPSERT_MANUAL, [
+                (e.domain, e.address, e.reason, e.source_event_id, e.created_at, e.expires_at, seq + i)
+                for i, e in enumerate(entries)])
         return len(entries)
 
     def remove_suppressions(
@@ -939,6 +1137,8 @@ class SQLStore:
 
     def suppression_changes(self, after_seq: int, limit: int = 10000) -> list[SuppressionChange]:
         """Changes with seq > ``after_seq``, in seq order."""
+        from .views import SuppressionChange
+
         with self._read("reading suppression changes") as conn:
             found = self._x(
                 conn,
@@ -946,7 +1146,7 @@ class SQLStore:
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [_rows.change_from_row(r) for r in found]
+        return [SuppressionChange(int(r[0]), r[1], r[2], bool(r[3]), r[4]) for r in found]
 
     def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]:
         """(domain, address) of entries whose expires_at is in (after, until], not removed."""
@@ -959,11 +1159,9 @@ class SQLStore:
             ).fetchall()
         return [(r[0], r[1]) for r in found]
 
-    # =========================================================================
-    # Dashboard aggregates (issue 5, dashboard section; owner: dashboard).
+    # --- Dashboard aggregates (issue 5, dashboard section; owner: dashboard).
     # Read-only queries for the server-rendered dashboard, every one scoped to
     # the caller's sender domains (``domains=()`` selects nothing).
-    # =========================================================================
 
     def dashboard_sent(self, domains: Sequence[str], start: float, end: float) -> tuple[int, int]:
         """(messages, recipients) the milter recorded with ``start <= created_at < end``.
@@ -976,7 +1174,7 @@ class SQLStore:
         if not domains:
             return 0, 0
         with self._read("counting sent messages") as conn:
-            days, live = _rows.sent_windows(start, end, float(self._one(conn, "SELECT until FROM sent_rolled_until")))
+            days, live = sent_windows(start, end, float(self._one(conn, "SELECT until FROM sent_rolled_until")))
             messages = recipients = 0
             if days is not None:
                 messages, recipients = self._x(
@@ -1006,7 +1204,7 @@ class SQLStore:
         on several nodes take turns (the watermark row is locked). Messages stay
         (retention deletes them); the day rows outlive them.
         """
-        target = _rows.day_start(until)
+        target = day_start(until)
         written = 0
         while True:
             with self._write("rolling up sent counts") as conn:
@@ -1014,7 +1212,7 @@ class SQLStore:
                 if rolled >= target:
                     return written
                 oldest = self._one(conn, "SELECT min(created_at) FROM messages WHERE created_at >= ?", (rolled,))
-                step = _rows.roll_up_step(rolled, oldest, target)
+                step = roll_up_step(rolled, oldest, target)
                 written += self._x(
                     conn,
                     "INSERT INTO message_days (domain, day, messages, recipients) "
@@ -1029,6 +1227,8 @@ class SQLStore:
 
     def dashboard_daily(self, domains: Sequence[str], start: float, end: float) -> list[DailyCount]:
         """Events per UTC day, type and severity, oldest day first."""
+        from .views import DailyCount
+
         if not domains:
             return []
         with self._read("counting events per day") as conn:
@@ -1039,7 +1239,7 @@ class SQLStore:
                 "GROUP BY day, type, hard ORDER BY day, type, hard",
                 (*domains, start, end),
             ).fetchall()
-        return _rows.daily_counts(found)
+        return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in found]
 
     def dashboard_top_reasons(
         self, domains: Sequence[str], start: float, end: float, limit: int = 10
@@ -1067,7 +1267,7 @@ class SQLStore:
                 f"AND type = 'bounce' {extra} GROUP BY 1) t ORDER BY n DESC, k{self.d.binary} LIMIT ?",
                 (*domains, start, end, limit),
             ).fetchall()
-        return _rows.ranked(found)
+        return [(str(r[0]), int(r[1])) for r in found]
 
     def dashboard_events(
         self, query: EventQuery, *, before_pk: int | None = None, after_pk: int | None = None, limit: int = 50
@@ -1098,7 +1298,7 @@ class SQLStore:
             # instr, not LIKE: the user's text has no wildcards; ASCII folding on both sides.
             folded = self.d.fold("coalesce(recipient, '')")
             where.append(f"{self.d.instr(folded, '?')} > 0")
-            params.append(_rows.ascii_lower(query.recipient_contains))
+            params.append(ascii_lower(query.recipient_contains))
         order = "ASC" if after_pk is not None and before_pk is None else "DESC"
         params.append(limit)
         with self._read("listing events") as conn:
@@ -1107,7 +1307,7 @@ class SQLStore:
                 f"SELECT id, {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
                 params,
             ).fetchall()
-        out = _rows.keyed_events(found)
+        out = keyed_events(found)
         if order == "ASC":
             out.reverse()
         return out
@@ -1121,23 +1321,23 @@ class SQLStore:
             found = self._x(
                 conn,
                 f"SELECT {_DASH_JOB_COLUMNS} FROM outbox o JOIN events e ON e.event_id = o.event_id "
-                f"WHERE e.domain IN ({marks(domains)}) AND {_rows.DASH_JOB_KINDS[kind]} ORDER BY o.id DESC LIMIT ?",
+                f"WHERE e.domain IN ({marks(domains)}) AND {DASH_JOB_KINDS[kind]} ORDER BY o.id DESC LIMIT ?",
                 (*domains, limit),
             ).fetchall()
-        return [_rows.job_view_from_row(r) for r in found]
+        return [job_view_from_row(r) for r in found]
 
     def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]:
         """Number of jobs of each kind (keys as :meth:`dashboard_jobs`) in scope."""
         if not domains:
-            return _rows.job_kind_counts(())
+            return job_kind_counts(())
         with self._read("counting outbox jobs") as conn:
             found = self._x(
                 conn,
-                f"SELECT {_rows.DASH_JOB_KIND_CASE} AS kind, count(*) FROM outbox o JOIN events e "
+                f"SELECT {DASH_JOB_KIND_CASE} AS kind, count(*) FROM outbox o JOIN events e "
                 f"ON e.event_id = o.event_id WHERE e.domain IN ({marks(domains)}) GROUP BY kind",
                 tuple(domains),
             ).fetchall()
-        return _rows.job_kind_counts(found)
+        return job_kind_counts(found)
 
     def dashboard_job(self, job_id: int) -> JobView | None:
         """One job with its event's domain (for scoping a replay); None if unknown."""
@@ -1147,7 +1347,7 @@ class SQLStore:
                 f"SELECT {_DASH_JOB_COLUMNS} FROM outbox o LEFT JOIN events e ON e.event_id = o.event_id WHERE o.id = ?",
                 (job_id,),
             ).fetchone()
-        return None if row is None else _rows.job_view_from_row(row)
+        return None if row is None else job_view_from_row(row)
 
 
 def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
@@ -1205,7 +1405,7 @@ def download_select(query: DownloadQuery, columns: str, after_id: int, limit: in
         # ASCII case folding, as domain names compare (SQLite's LIKE folds it too); wildcards escaped.
         esc = query.recipient_domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         where.append("lower(recipient) LIKE ? ESCAPE '\\'")
-        common.append("%@" + _rows.ascii_lower(esc))
+        common.append("%@" + ascii_lower(esc))
     cond = " AND ".join(where)
     params: list[Any] = []
     for domain in query.domains:

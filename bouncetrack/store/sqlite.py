@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from . import migrations
-from . import rows as _rows
+
 from .base import MessageRecord, StoreUnavailable
-from .sql import Dialect, SQLStore
+from .sql import MESSAGE_INSERT_COLUMNS, Dialect, SQLStore, message_params, recipient_params
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -171,13 +171,13 @@ class SQLiteDialect(Dialect):
 
     def record_message(self, conn: sqlite3.Connection, message: MessageRecord) -> int:
         message_pk = conn.execute(
-            f"INSERT INTO messages ({_rows.MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _rows.message_params(message),
+            f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            message_params(message),
         ).lastrowid
         assert message_pk is not None
         conn.executemany(
             "INSERT INTO recipients (message_pk, address, orcpt, notify, position) VALUES (?, ?, ?, ?, ?)",
-            _rows.recipient_params(message_pk, message),
+            recipient_params(message_pk, message),
         )
         return message_pk
 
@@ -191,27 +191,18 @@ class SQLiteDialect(Dialect):
             with store._read("exporting events") as conn:
                 cur = conn.execute(sql, params)
             try:
-                while True:
-                    with store._read("exporting events"):
-                        found = cur.fetchmany(batch)
-                    if not found:
-                        return
-                    yield found
+                yield from store._drain(cur, batch, locked=True)
             finally:
                 with store._lock:
                     cur.close()
+            return
         with store._guard("exporting events"):
             conn = sqlite3.connect(path, timeout=store.timeout, isolation_level=None, check_same_thread=False)
         try:
             with store._guard("exporting events"):
                 conn.execute("PRAGMA query_only = ON")
                 cur = conn.execute(sql, params)
-            while True:
-                with store._guard("exporting events"):
-                    found = cur.fetchmany(batch)
-                if not found:
-                    return
-                yield found
+            yield from store._drain(cur, batch, locked=False)
         finally:
             conn.close()
 

@@ -104,7 +104,7 @@ def _csv_row() -> str:
     ``printf`` builds the record in one buffer (the ``||`` form costs an
     allocation per concatenation, about fifty a row), and its ``%w`` doubles
     the double quotes inside a value (RFC 4180 §2). It would cut a value at a
-    NUL, but stored event text holds none (rows.stored_text, migration 7): that
+    NUL, but stored event text holds none (sql.stored_text, migration 7): that
     invariant is what lets a row go without a NUL check per cell. The formula
     guard and the quotes of a text cell are ``%s`` arguments: nothing for NULL
     (an empty field), ``"`` or ``"'`` before the value (OWASP "CSV Injection":
