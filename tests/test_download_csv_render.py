@@ -2,7 +2,7 @@
 
 :mod:`bouncetrack.store.sqlite_download` renders a CSV record with one
 ``printf`` a row. ``printf`` would cut a value at a NUL, so the store never
-holds one in event text (rows.stored_text writes U+FFFD; migration 7 cleans
+holds one in event text (sql.stored_text writes U+FFFD; migration 7 cleans
 older rows). The record must parse back to event_to_json of the stored event
 plus the CSV rules (quotes doubled, formula-looking text cells prefixed with an
 apostrophe, NULL as an empty field).
@@ -66,7 +66,7 @@ def test_printf_record_parses_back_to_the_event(values: dict[str, Any], not_null
         s.store_report([e], b"raw", [], uuid.uuid4().hex)
         stored = s.event(e.event_id)
         assert stored is not None
-        # Text is stored without NUL (rows.stored_text), everything else as given.
+        # Text is stored without NUL (sql.stored_text), everything else as given.
         for key in (*values, *not_null):
             given_value = getattr(e, key)
             want = None if given_value is None else given_value.replace("\x00", "\ufffd")

@@ -198,7 +198,7 @@ def test_store_report_round_trip_and_idempotency(store: Any) -> None:
 def test_nul_in_event_text_is_stored_as_the_replacement_character(store: Any) -> None:
     """A NUL from the wild (a diagnostic, a remote MTA name) is stored, as U+FFFD.
 
-    PostgreSQL's text cannot hold a NUL: without rows.stored_text the insert fails
+    PostgreSQL's text cannot hold a NUL: without sql.stored_text the insert fails
     and the pipe would tempfail that bounce on every retry.
     """
     e = make_event(dedupe_key="nul", diagnostic="550 \x00user\x00 unknown", remote_mta="mx\x00",

@@ -156,7 +156,7 @@ def test_failed_migration_rolls_back(store: SQLiteStore) -> None:
 def test_an_upgraded_store_counts_its_old_messages_then_rolls_them_up(tmp_path: Path) -> None:
     # A store from before migration 8 (daily sent counts) keeps its messages: the
     # dashboard counts them live until the worker's first roll-up, and the same after.
-    from bouncetrack.store import rows
+    from bouncetrack.store import sql as rows  # the row mapping lives in sql.py (issue 17)
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
