@@ -32,7 +32,7 @@ import zlib
 from contextlib import contextmanager
 import math
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Generator, Iterator, Mapping, Sequence
 
 from .base import (
     DAY_SECONDS,
@@ -681,7 +681,9 @@ class SQLStore:
             row = self._x(conn, f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return None if row is None else event_from_row(row)
 
-    def events_between(self, start: float, end: float, domains: Sequence[str] | None = None) -> Iterator[BounceEvent]:
+    def events_between(
+        self, start: float, end: float, domains: Sequence[str] | None = None
+    ) -> Generator[BounceEvent, None, None]:
         """Events with ``start <= received_at < end``, ordered by (received_at, id).
 
         Keyset batches on (received_at, id): constant memory, the lock held per
