@@ -431,6 +431,29 @@ def milter_row(label: str, d: dict[str, Any]) -> str:
             f"{d['target_ratio']} | {'yes' if d['ratio_median'] >= d['target_ratio'] else 'no'} |")
 
 
+ISSUE20_REFERENCE = "actions+rcptreply+lean"
+
+
+def milter_vs_reference_rows(label: str, d: dict[str, Any], rate_target: float) -> list[str]:
+    """Issue 20's rows: bouncetrack's milter against the pymilter doing the same rewrite,
+    rate (>= rate_target x) and the milter process's CPU per message (<= 1.25 x)."""
+    ref = (d.get("reference_msg_per_s") or {}).get(ISSUE20_REFERENCE)
+    cpu = d.get("cpu_us_per_message") or {}
+    if not ref or ISSUE20_REFERENCE not in cpu:
+        return []
+    milt, ref_rate = d["with_milter_msg_per_s"]["median"], ref["median"]
+    mine, theirs = cpu["milter"], cpu[ISSUE20_REFERENCE]
+    writer = mine.get("journal_writer", 0.0)
+    rate_ratio, cpu_ratio = milt / ref_rate, mine["milter"] / theirs["milter"]
+    return [
+        f"| {label}: rate vs the {ISSUE20_REFERENCE} pymilter | {milt:.0f} msg/s | {ref_rate:.0f} msg/s | "
+        f"{rate_ratio:.2f} | ≥ {rate_target} | {'yes' if rate_ratio >= rate_target else 'no'} |",
+        f"| {label}: milter CPU per message vs that pymilter | {mine['milter']:.0f} µs (+ {writer:.0f} µs journal "
+        f"writer: {(mine['milter'] + writer) / theirs['milter']:.2f}×) | {theirs['milter']:.0f} µs | "
+        f"{cpu_ratio:.2f} | ≤ 1.25 | {'yes' if cpu_ratio <= 1.25 else 'no'} |",
+    ]
+
+
 def ref_label(mode: str) -> str:
     """A reference side's name: ``+async`` ones are not pymilter (bench/_ref_milter.py)."""
     kind = "asyncio milter" if "async" in mode.split("+") else "pymilter"
@@ -464,8 +487,9 @@ def milter_cpu_table(d: dict[str, Any]) -> list[str]:
         c = cpu[side]
         name = {"baseline": "no milter", "milter": "bouncetrack milter"}.get(side, ref_label(side))
         role = {"baseline": "the baseline", "milter": "what ships"}.get(side, REF_ROLES.get(side, ""))
+        writer = f" + {c['journal_writer']:.0f} µs journal writer" if c.get("journal_writer") else ""
         L.append(f"| {name} | {role} | {rate.get(side, float('nan')):.0f} | "
-                 f"{rate.get(side, float('nan')) / base:.2f} | {c['milter']:.0f} µs | {c['machine']:.0f} µs |")
+                 f"{rate.get(side, float('nan')) / base:.2f} | {c['milter']:.0f} µs{writer} | {c['machine']:.0f} µs |")
     return [*L, ""]
 
 
@@ -531,15 +555,19 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
     d = results.get("milter_overhead")
     if d:
         L.append(milter_row("milter overhead", d))
-    d = load("milter_overhead_deliver")  # run separately: bench/milter_overhead.py --delivery deliver
+        L += milter_vs_reference_rows("SQLite, held", d, 0.95)
+    d = load("milter_overhead_deliver")  # bench/milter_overhead.py --delivery deliver
     if d:
-        L.append(milter_row(f"milter overhead, delivery on (separate run, {d.get('taken_at', '?')})", d))
-    d = load("milter_overhead_pg")  # run separately: bench/milter_overhead.py --store postgresql
+        L.append(milter_row(f"milter overhead, delivery on ({d.get('taken_at', '?')})", d))
+        L += milter_vs_reference_rows("SQLite, delivering", d, 0.95)
+    d = load("milter_overhead_pg")  # bench/milter_overhead.py --store postgresql
     if d:
-        L.append(milter_row(f"milter overhead, PostgreSQL store (separate run, {d.get('taken_at', '?')})", d))
+        L.append(milter_row(f"milter overhead, PostgreSQL store ({d.get('taken_at', '?')})", d))
+        L += milter_vs_reference_rows("PostgreSQL, held", d, 0.85)
     d = results.get("milter_overhead_suppressed_1m")
     if d:
         L.append(milter_row(f"milter overhead, {d.get('suppressed', 0):,} suppressed", d))
+        L += milter_vs_reference_rows(f"SQLite, held, {d.get('suppressed', 0):,} suppressed", d, 0.95)
     d = results.get("suppression_lookup")
     if d and "per_recipient_us" in d:
         u = d["per_recipient_us"]

@@ -50,10 +50,20 @@ _RECORD_MESSAGE = (
     "unnest(%s::text[], %s::text[], %s::text[], %s::int[]) AS x(address, orcpt, notify, position)) "
     "SELECT id FROM m"
 )
-# The same, skipping a token_id already stored (the journal writer's replays).
-_RECORD_MESSAGE_IDEMPOTENT = _RECORD_MESSAGE.replace(
-    "RETURNING id), ", "ON CONFLICT (token_id) DO NOTHING RETURNING id), ", 1
-).removesuffix(" SELECT id FROM m") + " SELECT 1"
+# A batch of the milter journal's records (issue 20) in one statement, skipping token_ids
+# already stored: every column an array, unnested; recipients joined by token_id.
+# "WHERE true": INSERT ... SELECT ... FROM f() ON CONFLICT would parse ON as a join's.
+_RECORD_MESSAGES = (
+    f"WITH m AS (INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) "
+    "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::float8[]) WHERE true "
+    "ON CONFLICT (token_id) DO NOTHING RETURNING id, token_id), "
+    "r AS (INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
+    "SELECT m.id, x.address, x.orcpt, x.notify, x.position FROM m JOIN "
+    "unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[]) AS x(token_id, address, orcpt, notify, position) "
+    "ON x.token_id = m.token_id) "
+    "SELECT count(*) FROM m"
+)
 
 # SQLSTATE classes and codes that mean "the store cannot be used right now"
 # (https://www.postgresql.org/docs/current/errcodes-appendix.html). Everything
@@ -170,11 +180,12 @@ class PostgresDialect(Dialect):
         return int(row[0])
 
     def record_messages(self, conn: psycopg.Connection[Any], messages: Sequence[MessageRecord]) -> int:
-        """The statements in one pipeline (executemany): one round trip a batch."""
-        row = conn.execute("SELECT count(*) FROM messages WHERE token_id = ANY(%s)",
-                           ([m.token_id for m in messages],)).fetchone()
-        conn.cursor().executemany(_RECORD_MESSAGE_IDEMPOTENT, [_record_params(m) for m in messages])
-        return len(messages) - int(row[0] if row else 0)
+        """One statement a batch, however large (_RECORD_MESSAGES): one round trip."""
+        columns = [list(c) for c in zip(*(message_params(m) for m in messages))]
+        recipients = [(m.token_id, *row[1:]) for m in messages for row in recipient_params(0, m)]
+        rcpt_columns = [list(c) for c in zip(*recipients)] if recipients else [[] for _ in range(5)]
+        row = conn.execute(_RECORD_MESSAGES, (*columns, *rcpt_columns)).fetchone()
+        return int(row[0]) if row else 0
 
     def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:
         """A connection of its own, in one read-only REPEATABLE READ transaction (one
