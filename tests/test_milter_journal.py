@@ -154,3 +154,15 @@ def test_writer_waits_for_a_store_that_is_down_and_loses_nothing(config: Config,
     t.join(10)
     assert w.moved == 0 and len(journal.segments(config.milter_journal)) == 1
     assert writer(config).step() == 1
+
+
+def test_writer_sweeps_an_unnamed_segment_a_dead_milter_left(config: Config) -> None:
+    config.milter_journal.mkdir(parents=True)
+    litter = config.milter_journal / "00000000000000000001-1.new"
+    litter.write_bytes(b"")
+    old = time.time() - 2 * journal.STALE_NEW_SECONDS
+    os.utime(litter, (old, old))
+    fresh = config.milter_journal / "00000000000000000002-1.new"
+    fresh.write_bytes(b"")  # a milter naming its segment right now: kept
+    writer(config).step()
+    assert not litter.exists() and fresh.exists()

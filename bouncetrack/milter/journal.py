@@ -30,7 +30,8 @@ Segments: ``<dir>/<time_ns>-<pid>.seg``. The milter child holds an exclusive
 one ever sees it unlocked while in use) and starts a new one past
 :data:`SEGMENT_BYTES`. A segment the writer can lock is sealed: nobody will append
 to it again (its milter rotated away or died: the kernel drops a dead process's
-locks), so once moved it is deleted.
+locks), so once moved it is deleted. A ``*.new`` file left by a milter that died
+between creating and naming a segment (never written to) is swept after a minute.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ SEGMENT_BYTES = 4 * 1024 * 1024  # the milter starts a new segment past this siz
 BATCH = 500  # records per store transaction at most
 IDLE_SECONDS = 0.05  # the writer's poll interval when the journal is caught up
 RETRY_SECONDS = 1.0  # after a failed store write
+STALE_NEW_SECONDS = 60.0  # a *.new file this old and unlocked is a dead milter's litter
 SCAN_LIMIT = 64 * 1024 * 1024  # holds_token reads at most this much (else: assume held)
 
 
@@ -195,13 +197,40 @@ class JournalWriter:
         self._offsets: dict[Path, int] = {}
         self.moved = 0
         self.torn = 0
+        self._next_sweep = 0.0
 
     def step(self) -> int:
         """One pass over the segments; returns the records moved. StoreUnavailable propagates."""
         moved = 0
         for path in segments(self.directory):
             moved += self._drain(path)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + STALE_NEW_SECONDS
+            self._sweep_new()
         return moved
+
+    def _sweep_new(self) -> None:
+        """Delete ``*.new`` files a milter died with between creating and naming a segment
+        (never written to: it appends only once the segment has its name)."""
+        try:
+            names = [n for n in os.listdir(self.directory) if n.endswith(".new")]
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.directory / name
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                if time.time() - os.fstat(fd).st_mtime < STALE_NEW_SECONDS:
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: its milter is naming it
+                os.unlink(path)
+            except (BlockingIOError, FileNotFoundError):
+                pass
+            finally:
+                os.close(fd)
 
     def _drain(self, path: Path) -> int:
         offset = self._offsets.get(path, 0)
