@@ -32,8 +32,9 @@ from bouncetrack.config import Config, ConfigError
 from bouncetrack.config_loader import load_config
 from bouncetrack.bounce_pipe import client
 from bouncetrack.bounce_pipe.client import NO_SERVER, SERVER_LOST
-from bouncetrack.metrics import pipe_fallback, pipe_tempfail
-from bouncetrack.metrics.milter import build_registry, serve
+from bouncetrack.bounce_pipe import tempfail as pipe_tempfail
+from bouncetrack.metrics import pipe_fallback
+from bouncetrack.milter.metrics import build_registry, serve
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
 from bouncetrack.store import migrations

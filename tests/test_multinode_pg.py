@@ -26,7 +26,7 @@ import pytest
 
 from bouncetrack.config import Config, ConfigError
 from bouncetrack.config_loader import load_config
-from bouncetrack import config_snapshot
+from bouncetrack.bounce_pipe import config_snapshot
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord

@@ -1,74 +1,32 @@
 """The ASGI application: one FastAPI app composed of one router per concern.
 
-Routers live in their own modules (download, send, dashboard, metrics) and get
-the shared :class:`ApiContext` through :func:`context` (a FastAPI dependency),
-so handlers never reach for globals and tests can build an app on any config.
+Routers live in their own modules (download, send, dashboard, metrics, ...) and get
+the shared :class:`~.deps.ApiContext` through :func:`~.deps.context` (a FastAPI
+dependency, in :mod:`.deps`), so handlers never reach for globals and tests can
+build an app on any config.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
 from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from .. import __version__
 from ..config import Config
-from ..store import Store, open_store
+from ..store import Store
 from ..store.base import StoreUnavailable
-
-
-@dataclass
-class ApiContext:
-    """What every request may need: the current config and a way to reach the store.
-
-    SQLite connections are not shared across threads: each worker thread gets its
-    own store (FastAPI runs sync handlers in a thread pool).
-
-    :meth:`apply` swaps the configuration (SIGHUP, :mod:`bouncetrack.reload`):
-    requests read ``config`` when they run, so tokens, domains and scopes apply to
-    the next request; a changed ``store_url`` makes each thread open the new store;
-    ``on_apply`` callbacks rebuild what was derived from the old one.
-    """
-
-    config: Config
-    store_factory: Callable[[Config], Store] = field(default=lambda c: open_store(c.store_url, timeout=10.0))
-    _local: threading.local = field(default_factory=threading.local)
-    on_apply: list[Callable[[Config], None]] = field(default_factory=list)
-
-    def store(self) -> Store:
-        store: Store | None = getattr(self._local, "store", None)
-        url = self.config.store_url
-        if store is not None and getattr(self._local, "url", url) != url:
-            store.close()  # the configuration names another store now
-            store = None
-        if store is None:
-            store = self.store_factory(self.config)
-            self._local.store = store
-            self._local.url = url
-        return store
-
-    def apply(self, config: Config) -> None:
-        """Serve the next requests with ``config``."""
-        self.config = config
-        for callback in self.on_apply:
-            callback(config)
-
-
-def context(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
+from . import dashboard, download, forget, metrics, send, suppression, validate
+from .deps import ApiContext
+from .guard import RequestGuard
 
 
 def create_app(config: Config, *, store_factory: Callable[[Config], Store] | None = None) -> FastAPI:
-    from . import dashboard, download, forget, metrics, send, suppression, validate
-    from .guard import RequestGuard
-
     ctx = ApiContext(config) if store_factory is None else ApiContext(config, store_factory)
     app = FastAPI(
         title="bouncetrack",
-        version=_version(),
+        version=__version__,
         description="Bounce and complaint tracking for Postfix: download API, send endpoint, suppression lists, dashboard.",
         # No /docs nor /redoc: they load their UI from a CDN onto the dashboard's
         # origin (issue 16). The schema stays at /openapi.json for any viewer.
@@ -96,9 +54,3 @@ def create_app(config: Config, *, store_factory: Callable[[Config], Store] | Non
     app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_middleware(RequestGuard, current=lambda: ctx.config)  # issue 16: token before body, bounded bodies
     return app
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

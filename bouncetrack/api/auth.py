@@ -17,7 +17,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from ..config import Config
 from ..tokens import hash_api_token as token_hash
-from .app import ApiContext, context
+from .deps import ApiContext, context
 
 UNAUTHORIZED_DETAIL = "missing or invalid access token"
 SESSION_COOKIE = "bt_session"

@@ -50,7 +50,7 @@ from ..store import Store
 from ..store.base import MAX_ROW_ID, BounceEvent
 from ..store.interfaces import DashboardStore
 from ..store.views import DailyCount, EventQuery, JobView
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from ..tokens import hash_api_token
 from .auth import SESSION_COOKIE, domains_for_token
 from .session import Session, SessionManager, csrf_ok, same_origin

@@ -48,7 +48,7 @@ from ..addresses import AddressError, parse_domain
 from ..events import EVENT_TYPES
 from ..store.base import StoreUnavailable
 from ..store.views import DownloadQuery
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from .auth import Principal, require_token
 from .pagination import (
     FORMATS,

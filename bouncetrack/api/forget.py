@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from ..forget import counts_dict, forget
 from ..store.base import StoreUnavailable
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from .auth import Principal, require_token
 from .download import ErrorBody
 from .suppression import _address, _error, _ErrorsAre400, _ParamError, _scope, _unavailable

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from ..tokens import hash_api_token
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from .auth import presented_token
 from .validate import ValidationCollector
 

@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 from .. import esmtp
 from ..config import Config
 from ..store import StoreUnavailable
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from .auth import Principal, require_token
 from .compose import SendRequest, Submission, compose, cross_field_errors, domains_outside
 from .validate import undeliverable_recipients

@@ -32,7 +32,7 @@ from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
 from ..store.interfaces import SuppressionStore
 from ..store.views import Suppression
 from ..addresses import AddressError, parse_address, parse_domain
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from .auth import Principal, require_token
 from .download import ErrorBody
 

@@ -27,7 +27,7 @@ from ..addresses import AddressError, parse_domain
 from ..store.base import StoreUnavailable
 from ..config import ValidationConfig
 from ..validation import VERDICTS, build_validator, store_suppressed
-from .app import ApiContext, context
+from .deps import ApiContext, context
 from .auth import Principal, require_token
 from .download import ErrorBody
 

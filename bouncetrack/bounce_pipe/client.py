@@ -58,7 +58,7 @@ USAGE = "usage: client.py --socket PATH [--config FILE] RECIPIENT [SENDER]"
 # The fallback log (read by bouncetrack.metrics.pipe_fallback): fixed-size records
 # "<unix seconds, 10 digits> <reason, padded>\n", one write each on an O_APPEND
 # descriptor, so concurrent clients never interleave. In the pipe's cache directory,
-# found as the pipe finds it (bouncetrack.metrics.pipe_tempfail).
+# found as the pipe finds it (bouncetrack.bounce_pipe.tempfail).
 FALLBACK_LOG = "pipe-fallback.log"
 NO_SERVER = "no-server"  # nothing listening on the socket (not started, stopped)
 SERVER_LOST = "server-lost"  # it accepted, then went away before answering
@@ -80,7 +80,7 @@ def _package_root() -> str:
 def append_record(path: str, record: bytes) -> None:
     """Append ``record`` with one write on an ``O_APPEND`` descriptor, so the records of
     concurrent writers never interleave; never raises (a log must not cost a bounce).
-    The pipe's tempfail log uses it too (bouncetrack.metrics.pipe_tempfail)."""
+    The pipe's tempfail log uses it too (bouncetrack.bounce_pipe.tempfail)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:

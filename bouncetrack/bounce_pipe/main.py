@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: fl
     if code == EX_TEMPFAIL:
         # Metrics (issue 5): a run that failed cannot count itself in the store
         # (often the store is what failed); log it best-effort for /metrics.
-        from ..metrics.pipe_tempfail import note_tempfail
+        from .tempfail import note_tempfail
 
         note_tempfail(time.time() - started)
     return code

@@ -35,7 +35,7 @@ def runtime(config_path: str, fallback: tuple[Config, KeyRing] | None = None) ->
     rather than wait in Postfix's queue; without one, the error escapes (exit 75).
     """
     from ..config import ConfigError
-    from ..config_snapshot import load as load_config
+    from .config_snapshot import load as load_config
     from ..tokens import KeyFileError, load_keyring
 
     try:

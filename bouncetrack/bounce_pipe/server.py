@@ -73,12 +73,12 @@ def parse_request(data: bytes) -> tuple[float, list[str], bytes]:
 def warm(config_path: str | None) -> None:
     """Import now what every child would otherwise import per bounce."""
     from ..classifier import classify
-    from ..metrics import pipe_tempfail  # noqa: F401  (imported by main on exit 75)
+    from . import tempfail  # noqa: F401  (imported by main on exit 75)
     from . import process  # noqa: F401
 
     classify(_SAMPLE_DSN)  # the classifier imports some detectors on first use
     if config_path is not None:
-        from ..config_snapshot import load
+        from .config_snapshot import load
         from ..store import open_store  # noqa: F401
 
         try:

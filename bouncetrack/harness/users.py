@@ -37,7 +37,7 @@ def gid_of(group: str) -> int:
 
 
 def ensure_cache_dir(uid: int, gid: int, path: str = "/var/cache/bouncetrack") -> None:
-    """The pipe's config-snapshot directory (bouncetrack.config_snapshot): owned by the
+    """The pipe's config-snapshot directory (bouncetrack.bounce_pipe.config_snapshot): owned by the
     pipe user, writable by no one else. systemd's ``CacheDirectory=`` does this in production."""
     import os
 

@@ -36,7 +36,8 @@ from ..config import Config
 from ..milter.probe import negotiate
 from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts
-from . import pipe_fallback, pipe_tempfail
+from ..bounce_pipe import tempfail as pipe_tempfail
+from . import pipe_fallback
 
 # The reason taxonomy (shared/corpus/README.md, Sisimai 5), plus "challenge": the reason of an
 # auto_reply event from a challenge-response system (issue 18; never a bounce).

@@ -7,7 +7,7 @@ The bounce is stored either way; the count tells an operator that every bounce n
 pays a full interpreter start (``bench/pipe.py``: about 3 times the client's time),
 and that the server should be started again. Truncating the file resets the
 counter (Prometheus copes with counter resets). Records older than the store's
-creation are not counted (``since``; see :mod:`.pipe_tempfail`).
+creation are not counted (``since``; see :mod:`bouncetrack.bounce_pipe.tempfail`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from ..bounce_pipe.client import FALLBACK_LOG, FALLBACK_RECORD_LEN, NO_SERVER, SERVER_LOST, cache_dir
-from .pipe_tempfail import first_record_since
+from ..bounce_pipe.tempfail import first_record_since
 
 REASONS = (NO_SERVER, SERVER_LOST)
 _CHUNK = FALLBACK_RECORD_LEN * 4096  # whole records per read

@@ -91,7 +91,7 @@ class Shared:
         self.decisions: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
         # metrics (issue 5): called with the seconds record_message took, when set
-        # (bouncetrack.metrics.milter sets it when milter_metrics_listen is on).
+        # (bouncetrack.milter.metrics sets it when milter_metrics_listen is on).
         self.record_observer: Callable[[float], None] | None = None
         # suppression lists (issue 6): looked up at RCPT time, no I/O; kept in step
         # with the store by a SuppressionRefresher (runner.py starts it).

@@ -88,7 +88,7 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     # counters are), never from the supervisor; a restarted child binds it anew.
     stop_metrics: Callable[[], None] | None = None
     if config.milter_metrics_listen:
-        from ..metrics.milter import serve
+        from .metrics import serve
 
         try:
             stop_metrics = serve(shared, config.milter_metrics_listen)

@@ -17,7 +17,7 @@ from prometheus_client import Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..milter.app import Shared
+from .app import Shared
 
 # Every `why` of bouncetrack.milter.policy and the milter's tempfails: always
 # exported (0 until seen), so rates and alerts work from the first scrape.

@@ -23,7 +23,7 @@ import os
 import time
 from typing import BinaryIO
 
-from ..bounce_pipe.client import append_record, cache_dir  # stdlib only, like this module
+from .client import append_record, cache_dir  # stdlib only, like this module
 
 FILENAME = "pipe-tempfail.log"
 RECORD_LEN = 24

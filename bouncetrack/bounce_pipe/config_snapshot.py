@@ -27,11 +27,11 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
 # The pipe's cache directory: one definition, in the stdlib-only pipe client, so that the
 # client, the pipe and /metrics all find the same directory.
-from .bounce_pipe.client import cache_dir
-from .config import (
+from .client import cache_dir
+from ..config import (
     ApiConfig,
     Config,
     DomainPolicy,
@@ -154,7 +154,7 @@ def load(config_path: str | Path) -> Config:
     cached = load_cached(config_path)
     if cached is not None:
         return cached
-    from .config_loader import load_config
+    from ..config_loader import load_config
 
     config = load_config(config_path)
     save(config)

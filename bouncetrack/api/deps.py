@@ -1,0 +1,58 @@
+"""What the API's routers share: the :class:`ApiContext` and the :func:`context` dependency.
+
+Routers import this module, never :mod:`.app` (which imports the routers): the
+API's imports go one way, app -> routers -> deps (issue 17).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fastapi import Request
+
+from ..config import Config
+from ..store import Store, open_store
+
+
+@dataclass
+class ApiContext:
+    """What every request may need: the current config and a way to reach the store.
+
+    SQLite connections are not shared across threads: each worker thread gets its
+    own store (FastAPI runs sync handlers in a thread pool).
+
+    :meth:`apply` swaps the configuration (SIGHUP, :mod:`bouncetrack.reload`):
+    requests read ``config`` when they run, so tokens, domains and scopes apply to
+    the next request; a changed ``store_url`` makes each thread open the new store;
+    ``on_apply`` callbacks rebuild what was derived from the old one.
+    """
+
+    config: Config
+    store_factory: Callable[[Config], Store] = field(default=lambda c: open_store(c.store_url, timeout=10.0))
+    _local: threading.local = field(default_factory=threading.local)
+    on_apply: list[Callable[[Config], None]] = field(default_factory=list)
+
+    def store(self) -> Store:
+        store: Store | None = getattr(self._local, "store", None)
+        url = self.config.store_url
+        if store is not None and getattr(self._local, "url", url) != url:
+            store.close()  # the configuration names another store now
+            store = None
+        if store is None:
+            store = self.store_factory(self.config)
+            self._local.store = store
+            self._local.url = url
+        return store
+
+    def apply(self, config: Config) -> None:
+        """Serve the next requests with ``config``."""
+        self.config = config
+        for callback in self.on_apply:
+            callback(config)
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
