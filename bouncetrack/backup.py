@@ -97,15 +97,11 @@ def backup_sqlite(source: str, dest: Path, *, timeout: float = 30.0) -> BackupRe
 @click.argument("dest", type=click.Path(path_type=Path))
 def backup_command(config_file: str, dest: Path) -> None:
     """Copy the SQLite store to DEST while bouncetrack runs (consistent, checked, mode 0600)."""
-    from .config import ConfigError
-    from .config_loader import load_config
+    from .config_loader import load_or_exit
     from .redact import redact_url
     from .store.sqlite import parse_url
 
-    try:
-        config = load_config(config_file)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    config = load_or_exit(config_file)
     if not config.store_url.startswith("sqlite:"):
         raise click.ClickException(
             f"the store is {redact_url(config.store_url)}: back it up with pg_dump "

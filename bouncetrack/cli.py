@@ -183,17 +183,12 @@ def _build() -> "click.Group":
 
     import click
 
-    from bouncetrack.config import DEFAULT_CONFIG_PATH, ConfigError
+    from bouncetrack.config import DEFAULT_CONFIG_PATH
 
     def load(path: str) -> "Config":
-        from bouncetrack.config_loader import load_config
+        from bouncetrack.config_loader import load_or_exit  # PyYAML: only for the command that runs
 
-        try:
-            return load_config(path)
-        except ConfigError as exc:
-            for p in exc.problems:
-                click.echo(str(p), err=True)
-            raise SystemExit(1) from None
+        return load_or_exit(path)
 
     class LazyGroup(click.Group):
         """click.Group that imports subcommands from LAZY_COMMANDS on demand."""

@@ -37,6 +37,7 @@ import difflib
 import ipaddress
 import os.path
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -173,6 +174,17 @@ def load_config(path: str | Path) -> Config:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigProblem(str(path), line, "", "the file is not valid UTF-8")]) from None
     return load_config_text(text, p, display_name=str(path))
+
+
+def load_or_exit(path: str | Path, status: int = 1) -> Config:
+    """The commands' one way to load their configuration: the Config, or every
+    problem on stderr (one ``file:line: key: message`` a line) and exit ``status``."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(status) from None
 
 
 def load_config_text(text: str, path: str | Path, display_name: str | None = None) -> Config:

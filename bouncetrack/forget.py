@@ -49,8 +49,7 @@ def counts_dict(counts: ForgetCounts) -> dict[str, int]:
 def forget_command(address: str, config_file: str, domains: tuple[str, ...]) -> None:
     """Delete everything the store holds about ADDRESS; print what went (tab-separated)."""
     from .addresses import AddressError, parse_address, parse_domain
-    from .config import ConfigError
-    from .config_loader import load_config
+    from .config_loader import load_or_exit
     from .store import StoreUnavailable, open_store
 
     try:
@@ -58,12 +57,7 @@ def forget_command(address: str, config_file: str, domains: tuple[str, ...]) -> 
         scope = tuple(parse_domain(d) for d in domains) or None
     except AddressError as exc:
         raise click.ClickException(f"{address!r}: {exc}") from None
-    try:
-        config = load_config(config_file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        raise SystemExit(1) from None
+    config = load_or_exit(config_file)
     try:
         store = open_store(config.store_url)
         try:

@@ -465,15 +465,9 @@ def uninstall(config_dir: Path, *, dry_run: bool = False, echo: Echo = print) ->
 # click commands (registered in bouncetrack.cli.LAZY_COMMANDS)
 
 def _load(path: str) -> Config:
-    from .config import ConfigError
-    from .config_loader import load_config
+    from .config_loader import load_or_exit  # PyYAML: only for the command that runs
 
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for prob in exc.problems:
-            click.echo(str(prob), err=True)
-        raise SystemExit(1) from None
+    return load_or_exit(path)
 
 
 @click.command("install")

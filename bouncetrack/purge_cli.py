@@ -30,16 +30,10 @@ def _iso(ts: float | None) -> str:
               help="Rows per transaction (default: retention.batch_size).")
 def purge_command(config_file: str, dry: bool, batch_size: int | None) -> None:
     """Delete raw reports, events and messages past their retention periods."""
-    from .config import ConfigError
-    from .config_loader import load_config
+    from .config_loader import load_or_exit
     from .store import StoreUnavailable, open_store
 
-    try:
-        config = load_config(config_file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        raise SystemExit(1) from None
+    config = load_or_exit(config_file)
     cut = retention.cutoffs(config, time.time())
     try:
         store = open_store(config.store_url)

@@ -48,20 +48,15 @@ def check_address_command(config_file: str | None, domains: tuple[str, ...], nam
     """Check ADDRESS… (or - for stdin): syntax, the domain's MX/A records, the mailbox
     provider's rules and, with --domain, the suppression lists."""
     from .addresses import AddressError, parse_domain
-    from .config import ConfigError, ValidationConfig
+    from .config import ValidationConfig
     from .validation import VALID, build_validator, store_suppressed
 
     settings = ValidationConfig()
     store = None
     if config_file is not None:
-        from .config_loader import load_config
+        from .config_loader import load_or_exit
 
-        try:
-            config = load_config(config_file)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                click.echo(str(problem), err=True)
-            raise SystemExit(2) from None
+        config = load_or_exit(config_file, status=2)
         settings = config.validation
     scope: list[str] = []
     for d in domains:

@@ -21,8 +21,7 @@ def api_command(config_path: Path, listen: str | None) -> None:
     import uvicorn
 
     from .. import __version__
-    from ..config import ConfigError
-    from ..config_loader import load_config
+    from ..config_loader import load_or_exit
     from ..known_secrets import known_secret_problems
     from ..logsetup import setup
     from ..redact import config_secrets, register
@@ -30,10 +29,7 @@ def api_command(config_path: Path, listen: str | None) -> None:
     from .app import create_app
     from .server import server_config
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    config = load_or_exit(config_path)
     setup("api", config.log_level)
     register(config_secrets(config))
     log = logging.getLogger("bouncetrack.api")

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError
+from ..config import DEFAULT_CONFIG_PATH, Config
 from ..events import iso_utc
 from ..known_secrets import known_secret_problems
 from ..store.base import OutboxJob, StoreUnavailable
@@ -26,12 +26,9 @@ T = TypeVar("T")
 
 
 def _load(config_path: str) -> Config:
-    from ..config_loader import load_config
+    from ..config_loader import load_or_exit  # PyYAML: only for the command that runs
 
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
+    return load_or_exit(config_path)
 
 
 def _with_store(config: Config, action: Callable[[Store], T]) -> T:

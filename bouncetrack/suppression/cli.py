@@ -31,15 +31,9 @@ HEADER = ("DOMAIN", "ADDRESS", "REASON", "LISTED", "EXPIRES", "STATE", "SOURCE_E
 
 
 def _load(config_file: str) -> Config:
-    from ..config import ConfigError
-    from ..config_loader import load_config
+    from ..config_loader import load_or_exit  # PyYAML: only for the command that runs
 
-    try:
-        return load_config(config_file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        raise SystemExit(1) from None
+    return load_or_exit(config_file)
 
 
 def _open(config_file: str, config: Config | None = None) -> Any:
