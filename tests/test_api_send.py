@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bouncetrack.api import send as send_mod
-from bouncetrack.api.app import ApiContext
+from bouncetrack.api.deps import ApiContext
 from bouncetrack.api.compose import SendRequest, compose, html_to_text
 from bouncetrack.config import Config
 from bouncetrack.config_loader import load_config_text

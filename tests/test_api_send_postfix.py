@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from bouncetrack.api import send as send_mod
-from bouncetrack.api.app import ApiContext
+from bouncetrack.api.deps import ApiContext
 from bouncetrack.config_loader import load_config
 from bouncetrack.harness.fakemx import Transaction
 from bouncetrack.tokens import hash_api_token
