@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from bouncetrack.events import event_to_json
 from bouncetrack.store import sqlite_download as dl
-from bouncetrack.store.base import BounceEvent, DownloadQuery
+from bouncetrack.store.base import BounceEvent
+from bouncetrack.store.views import DownloadQuery
 from bouncetrack.store.sqlite import SQLiteStore
 
 TEXT_KEYS = [k for k, (kind, _) in dl._COLUMNS.items() if kind == "text"]

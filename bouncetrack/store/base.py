@@ -4,13 +4,12 @@ Records are plain frozen dataclasses; timestamps are UTC seconds since the
 epoch (float). Only what the bounce pipe needs is defined here, because the pipe
 imports this module once per bounce; the read-side records live in
 :mod:`bouncetrack.store.views` and the protocols (:class:`Store` …) in
-:mod:`bouncetrack.store.interfaces`. Both are still importable from here.
+:mod:`bouncetrack.store.interfaces`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class StoreUnavailable(Exception):
@@ -174,19 +173,3 @@ class SuppressionCandidate:
     soft_bounce_limit: int = 0
     soft_since: float = 0.0
 
-
-_MOVED = {
-    "views": ("DownloadQuery", "PurgeCounts", "MetricCounts", "EventQuery", "DailyCount", "JobView",
-              "Suppression", "SuppressionChange"),
-    "interfaces": ("MetricsStore", "Store", "DashboardStore", "SuppressionStore"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    """PEP 562: the names that moved out stay importable from here, loaded on first use."""
-    for module, names in _MOVED.items():
-        if name in names:
-            from importlib import import_module
-
-            return getattr(import_module(f"{__package__}.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,6 @@ from ..events import EVENT_TYPES, event_to_json
 from .base import BounceEvent
 from .sql import CSV_FORMULA_PREFIXES, EVENT_KINDS
 
-RENDER_FORMATS = ("json", "csv")
 
 
 def _iso(col: str) -> str:
@@ -139,4 +138,4 @@ RENDER_SQL: dict[str, str] = {
 CSV_HEADER = ",".join(SCHEMA_KEYS)
 
 
-__all__ = ["CSV_FORMULA_PREFIXES", "CSV_HEADER", "RENDER_FORMATS", "RENDER_SQL", "SCHEMA_KEYS"]
+__all__ = ["CSV_FORMULA_PREFIXES", "CSV_HEADER", "RENDER_SQL", "SCHEMA_KEYS"]
