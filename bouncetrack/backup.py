@@ -17,6 +17,9 @@ A PostgreSQL store is backed up with PostgreSQL's own tools (``pg_dump``); READM
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import os
 import sqlite3
 import time

@@ -20,6 +20,9 @@ expect from a checker; the pipe alone follows sysexits (Postfix reads them).
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import sys
 from typing import TYPE_CHECKING, Any
 

@@ -20,6 +20,9 @@ merely mention the address. The answer says how many rows of each kind went.
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import time
 from dataclasses import fields
 from typing import Sequence

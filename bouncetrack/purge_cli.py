@@ -8,6 +8,9 @@ this from cron. See :mod:`bouncetrack.retention` for what goes and what stays.
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import time
 from dataclasses import fields
 

@@ -37,6 +37,7 @@ REFUSED = "reload refused, keeping the running configuration"
 
 def load(config_path: str | Path) -> Config:
     """The configuration at ``config_path``, validated (raises ConfigError or OSError)."""
+    # PyYAML only when a reload happens: the pipe server and the milter import this module at start.
     from .config_loader import load_config
 
     return load_config(config_path)

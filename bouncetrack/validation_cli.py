@@ -11,6 +11,9 @@ otherwise. DNS only (MX, A/AAAA): never a connection to port 25. See
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import json
 import sys
 from typing import Iterator

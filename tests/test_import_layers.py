@@ -12,6 +12,10 @@ run. Two rules:
    modules of its own layer or of lower ones. A module's layer is that of the
    longest prefix listed (``bouncetrack.forward.jobs``, the outbox policy the
    pipe applies, sits below the rest of ``bouncetrack.forward``, the worker).
+
+And an import inside a function is there for start-up cost only, and says so:
+a comment at it (the line before or on it), or one ``# Lazy imports: why``
+line at the top level of its module when one reason holds for all of them.
 """
 
 from __future__ import annotations
@@ -170,6 +174,51 @@ def problems(graph: dict[str, set[str]]) -> list[str]:
                 out.append(f"{source} (layer {LAYERS[layer_of(source)][0]!r}) imports {target} "
                            f"(layer {LAYERS[layer_of(target)][0]!r}, above it)")
     return out
+
+
+def _function_import_blocks(tree: ast.Module) -> list[tuple[int, int]]:
+    """(first line, last line) of each run of bouncetrack imports inside a function."""
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            for field in ("body", "orelse", "finalbody"):
+                statements = getattr(node, field, None)
+                if not isinstance(statements, list):
+                    continue
+                run: list[ast.stmt] = []
+                for stmt in [*statements, None]:
+                    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        run.append(stmt)
+                        continue
+                    if any(_ours(i) for i in run):
+                        found.append((run[0].lineno, run[-1].end_lineno or run[-1].lineno))
+                    run = []
+    return sorted(set(found))
+
+
+def _ours(node: ast.stmt) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").startswith("bouncetrack")
+    return isinstance(node, ast.Import) and any(a.name.startswith("bouncetrack") for a in node.names)
+
+
+def unexplained_lazy_imports(root: Path = PACKAGE) -> list[str]:
+    out = []
+    for name, path in modules(root).items():
+        text = path.read_text()
+        if any(line.startswith("# Lazy imports:") for line in text.splitlines()):
+            continue
+        lines = text.splitlines()
+        for first, last in _function_import_blocks(ast.parse(text)):
+            if not any("#" in line for line in lines[first - 2 : last]):
+                out.append(f"{path.relative_to(root.parent)}:{first}: an import inside a function, without a word why")
+    return out
+
+
+def test_lazy_imports_say_why() -> None:
+    assert unexplained_lazy_imports() == []
 
 
 def test_imports_go_one_way() -> None:

@@ -47,6 +47,7 @@ from pydantic import BaseModel, Field
 from ..addresses import AddressError, parse_domain
 from ..events import EVENT_TYPES
 from ..store.base import StoreUnavailable
+from ..store.sql import CSV_HEADER
 from ..store.views import DownloadQuery
 from .deps import ApiContext, context
 from .auth import Principal, require_token
@@ -337,8 +338,6 @@ def _chunk(rows: list[tuple[int, str]], fmt: str) -> bytes:
 
 
 def _csv_header() -> bytes:
-    from ..store.sqlite_download import CSV_HEADER
-
     return (CSV_HEADER + "\r\n").encode("ascii")
 
 

@@ -21,6 +21,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from ..bounce_pipe.client import cache_dir
+from ..metrics.collector import build_registry
 from ..tokens import hash_api_token
 from .deps import ApiContext, context
 from .auth import presented_token
@@ -33,9 +35,6 @@ _lock = threading.Lock()
 def registry_for(request: Request, ctx: ApiContext) -> CollectorRegistry:
     registry: CollectorRegistry | None = getattr(request.app.state, "metrics_registry", None)
     if registry is None:
-        from ..bounce_pipe.client import cache_dir
-        from ..metrics.collector import build_registry
-
         with _lock:
             registry = getattr(request.app.state, "metrics_registry", None)
             if registry is None:

@@ -19,6 +19,9 @@ the cache directory: stdlib only itself).
 
 from __future__ import annotations
 
+# Lazy imports: the pipe's lean path (HACKING): a bounce imports only what its case needs (PyYAML
+# only for a stale config snapshot); the pipe server imports them once before it forks (warm()).
+
 import hashlib
 import json
 import os

@@ -14,6 +14,9 @@ to stderr never starts with a status code (pipe(8) would take a leading
 
 from __future__ import annotations
 
+# Lazy imports: the pipe's lean path (HACKING): a bounce imports only what its case needs (PyYAML
+# only for a stale config snapshot); the pipe server imports them once before it forks (warm()).
+
 import os
 import signal
 import sys

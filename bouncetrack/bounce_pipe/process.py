@@ -7,6 +7,9 @@ or store problems) may escape; anything about the report itself is stored.
 
 from __future__ import annotations
 
+# Lazy imports: the pipe's lean path (HACKING): a bounce imports only what its case needs (PyYAML
+# only for a stale config snapshot); the pipe server imports them once before it forks (warm()).
+
 import os
 import signal
 import sys

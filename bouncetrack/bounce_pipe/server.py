@@ -25,6 +25,9 @@ The socket is created with mode 0600. Run the server as the user of the
 
 from __future__ import annotations
 
+# Lazy imports: the pipe's lean path (HACKING): a bounce imports only what its case needs (PyYAML
+# only for a stale config snapshot); the pipe server imports them once before it forks (warm()).
+
 import io
 import logging
 import os

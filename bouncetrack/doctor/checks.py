@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .. import postfix_wiring as wiring
 from ..config import Config
+from ..install import default_pipe_client
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 
@@ -216,8 +217,6 @@ def master_result(master: str | None, *, config_path: str, pipe_user: str, insta
         return Result(name, WARN, f"argv does not name this config file ({config_path})",
                       f"check that the pipe reads the same configuration, or run: {install}")
     if client:
-        from ..install import default_pipe_client
-
         named = next(a for a in argv if a.endswith("bounce_pipe/client.py"))
         if named != default_pipe_client():
             return Result(name, WARN, f"master.cf starts the pipe client {named}, but this installation's is "

@@ -27,6 +27,9 @@ Checks, in order:
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import json
 import os
 import pwd

@@ -9,6 +9,9 @@ unavailable: it logs and retries.
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import logging
 import sys
 import time

@@ -57,6 +57,7 @@ import httpx
 
 from ..config import Config
 from .. import retention
+from ..reload import RESTART_ONLY, reload_config
 from ..store.base import BounceEvent, OutboxJob, StoreUnavailable
 from ..store.interfaces import Store
 from ..store.views import PurgeCounts
@@ -352,8 +353,6 @@ def run_worker(
     reload_requested = threading.Event()
 
     def reload() -> None:
-        from ..reload import RESTART_ONLY, reload_config
-
         reload_requested.clear()
         assert config_path is not None
         reload_config(config_path, worker.config, worker.apply, RESTART_ONLY["worker"], log)

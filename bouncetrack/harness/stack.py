@@ -42,6 +42,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import yaml
 
+from ..config_loader import load_config
+from ..install import install
 from .fakemx import FakeMX
 from .postfix import PrivatePostfix
 from .stage import stage
@@ -389,9 +391,6 @@ class Stack:
         """``bouncetrack install`` against this stack's Postfix, with the stack's pipe client,
         pipe server socket and interpreter (output appended to :attr:`install_output`);
         True when it changed something."""
-        from ..config_loader import load_config
-        from ..install import install
-
         return install(load_config(self.config_path), self.postfix.config_dir,
                        bouncetrack_bin=str(Path(self.python).parent / "bouncetrack"),
                        pipe_socket=str(self.pipe_socket),

@@ -18,6 +18,9 @@ Each is restarted when it dies, and the writer restarted on every accepted reloa
 
 from __future__ import annotations
 
+# Lazy imports: `bouncetrack milter` is a supervisor that forks the libmilter child and the journal
+# writer; each process imports what it runs (libmilter, the store, the metrics port when configured).
+
 import importlib
 import logging
 import os

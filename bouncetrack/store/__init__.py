@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Lazy imports: each engine's module only when its URL is opened (the SQLite pipe never loads
+# psycopg); the Store protocol only for type hints.
+
 from typing import TYPE_CHECKING, Any
 
 from .base import StoreUnavailable

@@ -33,6 +33,8 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+from .sql import stored_text
+
 
 class PerEngine(NamedTuple):
     """A statement that differs between the engines; ``""``: nothing on that engine."""
@@ -545,8 +547,6 @@ def migrate(conn: Any, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[i
     engine = engine_of(conn)
     mark = "%s" if engine == "postgresql" else "?"
     if engine == "sqlite":
-        from .sql import stored_text
-
         conn.create_function("bt_stored_text", 1, stored_text, deterministic=True)
     applied: list[int] = []
     for version, description, statements in ((0, "", ()), *migrations):

@@ -24,6 +24,9 @@ only; the read-side records are imported where built.
 
 from __future__ import annotations
 
+# Lazy imports: the read-side records (views) and the download's vocabulary (events) are built by
+# the API's queries only, never on the pipe's path.
+
 import hashlib
 import json
 import threading
@@ -1371,6 +1374,7 @@ EVENT_KINDS: dict[str, str] = {
     "original_message_id": "text", "token": "text", "token_status": "text", "flagged": "bool",
     "feedback_type": "text", "domain": "text", "received_at": "time", "sent_at": "time", "queue_id": "text",
 }
+CSV_HEADER = ",".join(EVENT_KINDS)  # the CSV export's header (sqlite_download checks the keys at import)
 
 
 def download_select(query: DownloadQuery, columns: str, after_id: int, limit: int | None) -> tuple[str, list[Any]]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ..events import EVENT_TYPES, event_to_json
 from .base import BounceEvent
-from .sql import CSV_FORMULA_PREFIXES, EVENT_KINDS
+from .sql import CSV_FORMULA_PREFIXES, CSV_HEADER, EVENT_KINDS
 
 
 
@@ -135,7 +135,6 @@ RENDER_SQL: dict[str, str] = {
     "csv": _csv_row(),
 }
 
-CSV_HEADER = ",".join(SCHEMA_KEYS)
 
 
 __all__ = ["CSV_FORMULA_PREFIXES", "CSV_HEADER", "RENDER_SQL", "SCHEMA_KEYS"]

@@ -7,6 +7,9 @@ its refresh interval (a few seconds); nothing needs reloading.
 
 from __future__ import annotations
 
+# Lazy imports: a command imports what it runs when it runs, so that every `bouncetrack` command
+# starts without the others' dependencies (PyYAML, FastAPI, libmilter, psycopg, flanker).
+
 import sys
 import time
 from typing import Any
