@@ -11,6 +11,11 @@ offered rates (``--rates``, messages/s), each step ``--step-seconds`` long:
   into a trivial pipe command (``/bin/sh floorpipe.sh``: ``cat`` the message into a
   file): the most this Postfix carries when handling a bounce costs nothing.
 
+With ``--with-lmtp``, a third configuration between them, **bouncetrack-lmtp**: bouncetrack
+with the bounce domain delivered by Postfix's lmtp client to ``bench/lmtp_prototype.py``
+(a measuring prototype, not shipped: one long-running server, a fork per connection, the
+pipe's code per message; no pipe client and no fork per bounce).
+
 Traffic: the soak's mix (:data:`bench.soak.MIX`: ok, complaint, auto-reply, hard,
 moved, soft, delayed, multi), paced by a global schedule over
 ``ceil(rate / 8)`` (at least 4) persistent SMTP sessions. In the floor every message has
@@ -60,6 +65,7 @@ CPU busy share per step beside the components' own.
 
     python bench/capacity.py                 # ~15 min
     python bench/capacity.py --quick         # ~4 min, development
+    python bench/capacity.py --with-lmtp     # ~20 min, the LMTP prototype too
     python bench/capacity.py --storm 20000
 """
 
@@ -69,8 +75,10 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import sqlite3
+import tempfile
 import subprocess
 import sys
 import threading
@@ -98,6 +106,8 @@ from bouncetrack.harness.stack import Stack, make_message, unavailable_reason  #
 from bouncetrack.harness.webhook_receiver import WebhookReceiver  # noqa: E402
 
 Mode = Literal["bouncetrack", "floor"]
+#: The configurations a run may hold (result keys); "bouncetrack-lmtp" only with --with-lmtp.
+CONFIGS = ("bouncetrack", "bouncetrack-lmtp", "floor")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -344,9 +354,11 @@ def stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
         worker.wait()
 
 
-def roots_of(st: Stack, worker: subprocess.Popen[bytes] | None) -> Callable[[], dict[str, int | None]]:
+def roots_of(st: Stack, worker: subprocess.Popen[bytes] | None,
+             lmtp: subprocess.Popen[bytes] | None = None) -> Callable[[], dict[str, int | None]]:
     def roots() -> dict[str, int | None]:
         return {
+            "lmtp prototype": lmtp.pid if lmtp is not None else None,
             "postfix": st.postfix.master_pid(),
             "milter": st._milter.pid if st._milter is not None else None,
             "pipe server": st._pipe_server.pid if st._pipe_server is not None else None,
@@ -373,13 +385,56 @@ def count_stored(st: Stack) -> tuple[int, int]:
     return total - soft, total
 
 
-def floor_deliveries(st: Stack) -> list[tuple[str, float]]:
-    """(recipient, delivery time) of every message the floor's pipe received."""
+@dataclass(frozen=True)
+class Delivery:
+    """One message the floor's pipe received."""
+
+    rcpt: str  # its envelope recipient: the floor message's own sender
+    t: float  # when it was delivered (the file's mtime)
+    reports: tuple[tuple[str, str], ...]  # a DSN's (Final-Recipient, Action) pairs; () for other mail
+
+
+def parse_reports(data: bytes) -> tuple[tuple[str, str], ...]:
+    """The (Final-Recipient, Action) pairs of a DSN (RFC 3464 §2.3), lower-cased."""
     out = []
-    for e in os.scandir(st.spool_dir):
-        if e.is_file():
-            out.append((e.name.rsplit(".", 1)[0].lower(), e.stat().st_mtime))
-    return out
+    final: str | None = None
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "final-recipient":
+            final = value.split(";", 1)[-1].strip().lower()
+        elif key == "action" and final is not None:
+            out.append((final, value.strip().lower()))
+            final = None
+    return tuple(out)
+
+
+class FloorIndex:
+    """The floor's deliveries, each file read once. Postfix's bounce daemon reports every
+    recipient that failed in one delivery pass in one DSN, so a message's failures may come
+    in fewer DSNs than failed recipients: the floor is matched recipient by recipient."""
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+        self.seen: dict[str, Delivery] = {}
+
+    def refresh(self) -> list[Delivery]:
+        for e in os.scandir(self.spool):
+            if e.is_file() and e.name not in self.seen:
+                data = Path(e.path).read_bytes()
+                self.seen[e.name] = Delivery(e.name.rsplit(".", 1)[0].lower(), e.stat().st_mtime,
+                                             parse_reports(data))
+        return list(self.seen.values())
+
+    def covered(self) -> tuple[int, int]:
+        """(reports other than soft bounces, all reports) received so far; a DSN counts
+        once per recipient it reports, other mail (complaints, replies) once."""
+        total = non_soft = 0
+        for d in self.refresh():
+            for rcpt, action in d.reports or (("", ""),):
+                total += 1
+                non_soft += not (action == "failed" and rcpt.startswith("full-"))
+        return non_soft, total
 
 
 # --- one configuration's climb ------------------------------------------------------------
@@ -434,8 +489,10 @@ def expected_non_soft(msgs: list[Msg]) -> int:
 
 
 def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_for: float, max_drain: float,
-          drain_timeout: float, all_steps: bool, seed: int) -> dict[str, Any]:
-    """Run the steps of one configuration, drain, reconcile; the configuration's result."""
+          drain_timeout: float, all_steps: bool, seed: int, transport: str = "pipe") -> dict[str, Any]:
+    """Run the steps of one configuration, drain, reconcile; the configuration's result.
+    ``transport="lmtp"``: bouncetrack's bounce domain is delivered over LMTP to
+    ``bench/lmtp_prototype.py`` instead of pipe(8) → pipe client → pipe server."""
     secret = "cap-" + os.urandom(12).hex()
     rx = WebhookReceiver(secret).start() if mode == "bouncetrack" else None
     first_seen: dict[str, float] = {}
@@ -452,6 +509,14 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
     common: dict[str, Any] = {"log_level": "INFO", "maximal_queue_lifetime": f"{lifetime}s",
                               "delay_warning_time": "1s"}
     stack: Stack
+    workdir: Path | None = None
+    lmtp_socket: Path | None = None
+    lmtp_proc: subprocess.Popen[bytes] | None = None
+    if transport == "lmtp":
+        workdir = Path(tempfile.mkdtemp(prefix="bouncetrack-", dir="/var/tmp"))
+        lmtp_socket = workdir / "run" / "lmtp.sock"
+        common.update(routes={"bounce.test": f"lmtp:unix:{lmtp_socket}"},
+                      postfix_extra={"lmtp_send_xforward_command": "yes"}, workdir=workdir)
     if mode == "bouncetrack":
         assert rx is not None
         stack = Stack(with_milter=True, pipe="real", **common,
@@ -469,9 +534,12 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
     try:
         with stack as st:
             st.fakemx.rule = rule
+            if lmtp_socket is not None:
+                lmtp_proc = start_lmtp_prototype(st, lmtp_socket)
             if mode == "bouncetrack":
                 worker = spawn_worker(st)
-            sampler = ProcSampler(roots_of(st, worker), st.postfix.queue_dir)
+            sampler = ProcSampler(roots_of(st, worker, lmtp_proc), st.postfix.queue_dir)
+            floor_index = FloorIndex(st.spool_dir)
             sampler.start()
             data_cache: dict[int, bytes] = {}
             base = int(time.time()) % 100000
@@ -508,8 +576,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                 deadline = time.time() + max_drain
                 while time.time() < deadline:
                     q = queue_counts(st.postfix.queue_dir)
-                    got = (count_stored(st)[0] if mode == "bouncetrack"
-                           else sum(1 for _ in floor_deliveries(st)))
+                    got = count_stored(st)[0] if mode == "bouncetrack" else floor_index.covered()[0]
                     if got >= want and q["active"] + q["incoming"] == 0:
                         step.drained_at = time.time()
                         break
@@ -539,7 +606,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                     done = (len(events) >= len(expected) and all(j["state"] != "pending" for j in jobs)
                             and all(e["event_id"] in accepted for e in events))
                 else:
-                    done = len(floor_deliveries(st)) >= len(expected)
+                    done = floor_index.covered()[1] >= len(expected)
                 if done and empty:
                     break
                 if time.time() > deadline:
@@ -563,7 +630,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                 recon = full["reconciliation"]
                 per_step = [bouncetrack_step(s, events, requests, sampler) for s in steps]
             else:
-                deliveries = floor_deliveries(st)
+                deliveries = floor_index.refresh()
                 recon, per_step = floor_reconcile(steps, deliveries, queue_left, sampler)
             out.update({
                 "steps": per_step,
@@ -579,7 +646,29 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
         stop_worker(worker)
         if rx is not None:
             rx.stop()
+        if lmtp_proc is not None:
+            try:
+                os.killpg(lmtp_proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            lmtp_proc.wait()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     return out
+
+
+def start_lmtp_prototype(st: Stack, sock: Path) -> subprocess.Popen[bytes]:
+    """Run ``bench/lmtp_prototype.py`` as the pipe's user (its own process group) and give
+    Postfix an ``lmtp`` service."""
+    staged = st.lib / "lmtp_prototype.py"
+    shutil.copyfile(Path(__file__).with_name("lmtp_prototype.py"), staged)
+    staged.chmod(0o644)
+    proc = st._spawn([st.python, str(staged), "--socket", str(sock), "--config", str(st.config_path)],
+                     st.log_dir / "lmtp.log", sock, 30.0, "lmtp prototype")
+    with open(st.postfix.config_dir / "master.cf", "a") as f:
+        f.write("lmtp        unix  -       -       n       -       -       lmtp\n")
+    st.postfix.reload()
+    return proc
 
 
 def step_ok_quick(step: Step, sampler: ProcSampler) -> bool:
@@ -681,13 +770,20 @@ def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
     return row
 
 
-def floor_reconcile(steps: list[Step], deliveries: list[tuple[str, float]], queue_left: int,
+def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: int,
                     sampler: ProcSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Every expected delivery exactly once; per-step rows with latencies. A message's
-    deliveries are matched to its expectations in time order; the soft bounce comes last."""
-    by_rcpt: dict[str, list[float]] = defaultdict(list)
-    for r, t in deliveries:
-        by_rcpt[r].append(t)
+    """Every expected report exactly once: each bounce and delay of a recipient in exactly
+    one DSN to its message's sender (Action failed / delayed), each complaint or reply once;
+    per-step rows with latencies (to the first delivery that carries the report)."""
+    by_key: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (sender, rcpt, action)
+    others: dict[str, list[float]] = defaultdict(list)  # sender -> non-DSN deliveries
+    for d in deliveries:
+        if d.reports:
+            for rcpt, action in d.reports:
+                by_key[(d.rcpt, rcpt, action)].append(d.t)
+        else:
+            others[d.rcpt].append(d.t)
+    used: set[tuple[str, str, str]] = set()
     known: set[str] = set()
     rows = []
     lost_all = dup_all = 0
@@ -700,26 +796,32 @@ def floor_reconcile(steps: list[Step], deliveries: list[tuple[str, float]], queu
                 continue
             r = floor_sender(m).lower()
             known.add(r)
-            exp = m.expected()
-            times = sorted(by_rcpt.get(r, []))
-            lost += max(0, len(exp) - len(times))
-            dup += max(0, len(times) - len(exp))
-            kinds = sorted((e.kind == SOFT for e in exp))  # the soft bounce last
-            for t, soft in zip(times, kinds):
-                origin = m.follow_up_at if m.follow_up else m.sent_at
-                if origin is not None:
-                    (s2s_soft if soft else s2s).append(t - origin)
-        row = step_common(s, sampler, [t for _, t in deliveries], 0)
+            for e in m.expected():
+                if e.type in ("bounce", "delay"):
+                    key = (r, e.recipient.lower(), "failed" if e.type == "bounce" else "delayed")
+                    used.add(key)
+                    times = by_key.get(key, [])
+                else:
+                    times = others.get(r, [])
+                lost += not times
+                dup += len(times) > 1
+                origin = m.origin(e)
+                if times and origin is not None:
+                    (s2s_soft if e.kind == SOFT else s2s).append(min(times) - origin)
+        stored = [d.t for d in deliveries for _ in (d.reports or (("", ""),))]
+        row = step_common(s, sampler, stored, 0)
         row.update({"send_to_stored_non_soft": lat_summary(s2s), "send_to_stored_soft": lat_summary(s2s_soft),
                     "stored_to_webhook": lat_summary([]), "lost": lost, "duplicated": dup})
         row.update(verdict(row))
         rows.append(row)
         lost_all += lost
         dup_all += dup
-    unexpected = sum(len(v) for k, v in by_rcpt.items() if k not in known)
+    unexpected = sum(len(v) for k, v in by_key.items() if k not in used) + sum(
+        len(v) for k, v in others.items() if k not in known)
     sent = sum(1 for s in steps for m in s.msgs if m.sent_at)
     total = sum(1 for s in steps for _ in s.msgs)
     recon = {"messages_sent": sent, "messages_unsent": total - sent, "deliveries": len(deliveries),
+             "dsns_naming_several_recipients": sum(1 for d in deliveries if len(d.reports) > 1),
              "lost": lost_all, "duplicated": dup_all, "unexpected": unexpected, "postfix_queue_left": queue_left}
     recon["ok"] = not lost_all and not dup_all and not unexpected and not queue_left and sent == total
     return recon, rows
@@ -858,8 +960,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    colours = {"bouncetrack": "tab:blue", "floor": "tab:grey"}
-    for mode in ("bouncetrack", "floor"):
+    colours = {"bouncetrack": "tab:blue", "bouncetrack-lmtp": "tab:green", "floor": "tab:grey"}
+    for mode in CONFIGS:
         d = result.get(mode)
         if not d:
             continue
@@ -926,7 +1028,12 @@ def capacity_rows(d: dict[str, Any], heading: str, figs: list[str]) -> list[str]
          f"CPU from /proc (see the script's doc). {d.get('machine_note', '')}.", "",
          f"**Knee: bouncetrack {k.get('bouncetrack_msg_per_s')} msg/s, floor {k.get('floor_msg_per_s')} msg/s, "
          f"ratio {_f(k.get('ratio'))}** (goal ≥ 0.7).", ""]
-    for mode in ("bouncetrack", "floor"):
+    if "bouncetrack-lmtp" in d:
+        L += [f"**bouncetrack-lmtp** (a measuring prototype, not shipped: `bench/lmtp_prototype.py`, the bounce "
+              "domain delivered by Postfix's lmtp client over a unix socket to one long-running server that forks "
+              "per connection and runs the pipe's code per message; no pipe client, no fork per bounce): knee "
+              f"**{k.get('bouncetrack_lmtp_msg_per_s')} msg/s, ratio to the floor {_f(k.get('lmtp_ratio'))}**.", ""]
+    for mode in CONFIGS:
         m = d.get(mode)
         if not m:
             continue
@@ -968,7 +1075,7 @@ def cpu_per_event_rows(m: dict[str, Any]) -> list[str]:
                 total[k] += v
     top = sorted(total, key=lambda k: -total[k])[:10]
     L = [f"CPU ms per {'event stored' if m['mode'] == 'bouncetrack' else 'bounce delivered'} while sending "
-         f"({m['mode']}; all components, the driver included, share the machine):", "",
+         f"({m.get('config', m['mode'])}; all components, the driver included, share the machine):", "",
          "| component | " + " | ".join(f"{r['offered_msg_per_s']:g} msg/s" for r in rows) + " |",
          "|---|" + "---|" * len(rows)]
     for k in top:
@@ -1007,7 +1114,7 @@ def storm_rows(d: dict[str, Any]) -> list[str]:
 
 
 def print_table(d: dict[str, Any]) -> None:
-    print(f"\n{d['mode']}: knee {d.get('knee_msg_per_s')} msg/s; reconciliation ok {d['reconciliation'].get('ok')} "
+    print(f"\n{d.get('config', d['mode'])}: knee {d.get('knee_msg_per_s')} msg/s; reconciliation ok {d['reconciliation'].get('ok')} "
           f"(lost {d['reconciliation'].get('lost')}, duplicated {d['reconciliation'].get('duplicated')})")
     print(" offered accepted stored/s webhk/s  p50 s  p99 s  growth  drain  within")
     for r in d["steps"]:
@@ -1024,7 +1131,10 @@ def main() -> int:
                                                   f"--quick {QUICK_RATES})")
     ap.add_argument("--step-seconds", type=float, default=None, help="sending time per step (default 30; --quick 12)")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter steps (development)")
-    ap.add_argument("--only", choices=("bouncetrack", "floor"), default=None, help="one configuration only")
+    ap.add_argument("--only", choices=CONFIGS, default=None, help="one configuration only")
+    ap.add_argument("--with-lmtp", action="store_true",
+                    help="a third configuration: bouncetrack with its bounce domain delivered over LMTP to "
+                         "bench/lmtp_prototype.py (no process per bounce)")
     ap.add_argument("--all-steps", action="store_true", help="do not stop two steps past the knee")
     ap.add_argument("--queue-lifetime", type=int, default=15, help="maximal_queue_lifetime, s (default 15)")
     ap.add_argument("--delay-for", type=float, default=5.0, help="delay-* recipients greylisted this long")
@@ -1055,13 +1165,16 @@ def main() -> int:
                                          "sample_every_s": SAMPLE_EVERY, "seed": a.seed},
                               "taken": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "machine_note": "shared 2-core machine, other helpers' work running beside it"}
-    modes: tuple[Mode, ...] = ("bouncetrack", "floor")
-    for mode in modes:
-        if a.only and a.only != mode:
+    plan: list[tuple[str, Mode, str]] = [("bouncetrack", "bouncetrack", "pipe"), ("floor", "floor", "pipe")]
+    if a.with_lmtp or a.only == "bouncetrack-lmtp":
+        plan.insert(1, ("bouncetrack-lmtp", "bouncetrack", "lmtp"))
+    for key, mode, transport in plan:
+        if a.only and a.only != key:
             continue
-        result[mode] = climb(mode, rates, step_s, a.queue_lifetime, a.delay_for, a.max_drain, a.drain_timeout,
-                             a.all_steps, a.seed)
-        print_table(result[mode])
+        result[key] = climb(mode, rates, step_s, a.queue_lifetime, a.delay_for, a.max_drain, a.drain_timeout,
+                            a.all_steps, a.seed, transport)
+        result[key]["config"] = key
+        print_table(result[key])
     kb = result.get("bouncetrack", {}).get("knee_msg_per_s")
     kf = result.get("floor", {}).get("knee_msg_per_s")
     result["knee"] = {"bouncetrack_msg_per_s": kb, "floor_msg_per_s": kf,
@@ -1069,8 +1182,12 @@ def main() -> int:
     if kb:
         row = next(r for r in result["bouncetrack"]["steps"] if r["offered_msg_per_s"] == kb)
         result["knee"]["bouncetrack_events_per_s_at_knee"] = row["events_stored_per_s"]
-    print(f"\nknee: bouncetrack {kb} msg/s, floor {kf} msg/s, ratio {result['knee']['ratio']}")
-    ok = all(result[m]["reconciliation"].get("ok") for m in ("bouncetrack", "floor") if m in result)
+    kl = result.get("bouncetrack-lmtp", {}).get("knee_msg_per_s")
+    if "bouncetrack-lmtp" in result:
+        result["knee"].update({"bouncetrack_lmtp_msg_per_s": kl, "lmtp_ratio": (kl / kf) if kl and kf else None})
+    print(f"\nknee: bouncetrack {kb} msg/s, floor {kf} msg/s, ratio {result['knee']['ratio']}"
+          + (f"; over LMTP {kl} msg/s, ratio {result['knee']['lmtp_ratio']}" if "bouncetrack-lmtp" in result else ""))
+    ok = all(result[m]["reconciliation"].get("ok") for m in CONFIGS if m in result)
     if a.out is None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         plot(result, RESULTS / f"{name.replace('-', '_')}.png")

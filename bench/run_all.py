@@ -654,6 +654,12 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                      f"{k.get('bouncetrack_msg_per_s')} msg/s | floor {k.get('floor_msg_per_s')} msg/s | "
                      f"{'–' if ratio is None else f'{ratio:.2f}'} | ≥ 0.7 | "
                      f"{'yes' if ratio is not None and ratio >= 0.7 else 'no'} |")
+            if "bouncetrack_lmtp_msg_per_s" in k:
+                lr = k.get("lmtp_ratio")
+                L.append(f"| {label}: knee over LMTP (`bench/lmtp_prototype.py`, a measuring prototype, not shipped) | "
+                         f"{k.get('bouncetrack_lmtp_msg_per_s')} msg/s | floor {k.get('floor_msg_per_s')} msg/s | "
+                         f"{'–' if lr is None else f'{lr:.2f}'} | ≥ 0.7 | "
+                         f"{'yes' if lr is not None and lr >= 0.7 else 'no'} |")
     d = results.get("bounce_path")
     if d and "cpu_ms_per_bounce_median" in d:
         c = d["cpu_ms_per_bounce_median"]
