@@ -6,6 +6,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,3 +53,24 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def pypi_sdist(project: str, version: str, pattern: str, into: Path, sdist: Path | None = None) -> Path:
+    """Unpack ``project==version``'s sdist from PyPI (``pip download``; or the given
+    ``sdist``) below ``into/src`` and return that folder, for the held-out scripts.
+
+    Nothing of it is imported or run. Only regular files and directories inside the
+    target are unpacked (Debian's 3.11 predates extractall's ``filter=`` argument).
+    """
+    if sdist is None:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        "-d", str(into), f"{project}=={version}"], check=True, timeout=300)
+        found = sorted(into.glob(pattern))
+        if not found:
+            raise SystemExit(f"pip download left no {project} sdist in {into}")
+        sdist = found[0]
+    with tarfile.open(sdist) as tar:
+        safe = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
+                and not m.name.startswith(("/", "..")) and ".." not in Path(m.name).parts]
+        tar.extractall(into / "src", members=safe)  # noqa: S202 - members checked above
+    return into / "src"

