@@ -440,29 +440,18 @@ def _str_list(ctx: _Ctx, node: yaml.Node, key: str) -> list[tuple[yaml.Node, str
     return out
 
 
-def _domain_name(value: str) -> str | None:
-    """Lower-cased ASCII domain (IDN as A-labels) without trailing dot, or None when it is
-    not a valid host name (:func:`bouncetrack.addresses.parse_domain`)."""
-    try:
-        return addresses.parse_domain(value)
-    except addresses.AddressError:
-        return None
-
-
-def _domain_problem(value: str) -> str:
-    try:
-        addresses.parse_domain(value)
-    except addresses.AddressError as exc:
-        return f"invalid domain name {value[:100]!r}: {exc}"
-    return f"invalid domain name {value[:100]!r}"
+def _domain_problem(value: str, exc: addresses.AddressError) -> str:
+    return f"invalid domain name {value[:100]!r}: {exc}"
 
 
 def _domain(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    """Lower-cased ASCII domain (IDN as A-labels) without trailing dot
+    (:func:`bouncetrack.addresses.parse_domain`)."""
     value = _str(ctx, node, key)
     try:
         return addresses.parse_domain(value)
     except addresses.AddressError as exc:
-        raise ctx.fail(node, key, f"invalid domain name {value[:100]!r}: {exc}") from None
+        raise ctx.fail(node, key, _domain_problem(value, exc)) from None
 
 
 def _email(ctx: _Ctx, node: yaml.Node, key: str) -> str:
@@ -775,9 +764,10 @@ def _domains(
     # "default" first: the other domains' suppression keys inherit from it (issue 6).
     for raw, (knode, vnode) in sorted(e.items(), key=lambda kv: kv[0].lower() != "default"):
         dkey = _join(key, raw)
-        name = "default" if raw.lower() == "default" else _domain_name(raw)
-        if name is None:
-            ctx.add(knode, dkey, _domain_problem(raw))
+        try:
+            name = "default" if raw.lower() == "default" else addresses.parse_domain(raw)
+        except addresses.AddressError as exc:
+            ctx.add(knode, dkey, _domain_problem(raw, exc))
             continue
         if name in seen:
             first_raw, first_node = seen[name]
