@@ -107,12 +107,11 @@ DASH_JOB_KINDS = {
 DASH_JOB_KIND_CASE = "CASE " + " ".join(f"WHEN {c} THEN '{k}'" for k, c in DASH_JOB_KINDS.items()) + " END"
 
 # --- dashboard sent counts (message_days, rolled up by the worker) -------------
-DAY = 86400
 
 
 def day_start(t: float) -> int:
     """The UTC day that holds ``t``, as the epoch second it starts at."""
-    return int(t // DAY) * DAY
+    return int(t // DAY_SECONDS) * DAY_SECONDS
 
 
 def sent_windows(start: float, end: float, rolled_until: float) -> tuple[tuple[int, int] | None, list[tuple[float, float]]]:
@@ -123,7 +122,7 @@ def sent_windows(start: float, end: float, rolled_until: float) -> tuple[tuple[i
     before ``rolled_until`` come from the roll-up, so any bounds give exact counts;
     the dashboard's (whole days) need one live range at most, from the roll-up on.
     """
-    first = math.ceil(start / DAY) * DAY
+    first = math.ceil(start / DAY_SECONDS) * DAY_SECONDS
     last = min(day_start(end), day_start(rolled_until))
     if first >= last:
         return None, [(start, end)] if start < end else []
@@ -139,7 +138,7 @@ def roll_up_step(rolled: float, oldest: float | None, target: int) -> int:
     """
     if oldest is None or oldest >= target:
         return target
-    return min(target, day_start(oldest) + DAY)
+    return min(target, day_start(oldest) + DAY_SECONDS)
 
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
