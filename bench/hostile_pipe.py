@@ -28,14 +28,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import RESULTS, ROOT, write_result  # noqa: E402
+from bench.pipe import record_tracked, write_config  # noqa: E402
 from tests import mailgen  # noqa: E402
 
 RSS_GOAL_MB = 150.0
@@ -110,22 +109,13 @@ def main() -> None:
 
     from bouncetrack.config_loader import load_config
     from bouncetrack.store import open_store
-    from bouncetrack.store.base import MessageRecord, RecipientRecord
-    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+    from bouncetrack.tokens import load_keyring
 
     results: dict[str, dict[str, list[float]]] = {k: {"seconds": [], "rss_mb": [], "exit": []} for k in INPUTS}
     notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        cfg = tmp / "bouncetrack.yaml"
-        cfg.write_text(textwrap.dedent(f"""\
-            bounce_domain: bounce.test
-            secret_file: {tmp}/verp.key
-            store: sqlite:///{tmp}/bt.db
-            milter_socket: {tmp}/milter.sock
-            domains:
-              tracked.test: {{tracking: true, webhook: {{url: "http://127.0.0.1:9/", secret: s}}}}
-            """))
+        cfg = write_config(tmp)
         config = load_config(cfg)
         keyring = load_keyring(config)
         store = open_store(config.store_url)
@@ -137,13 +127,8 @@ def main() -> None:
         for _round in range(a.rounds):
             for name, (_what, build) in INPUTS.items():
                 n += 1
-                token_id = new_token_id()
-                token = mint(keyring, token_id)
-                verp = verp_address(config, token)
                 rcpt = f"rcpt-{n}@remote.test"
-                store.record_message(MessageRecord(
-                    token_id, token, None, f"<m{n}@tracked.test>", "tracked.test", "info@tracked.test", verp,
-                    None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time()))
+                verp = record_tracked(store, config, keyring, rcpt, n)
                 data = build(verp, rcpt)
                 assert len(data) <= mailgen.SIZE_LIMIT, (name, len(data))
                 code, seconds, rss, stderr = launcher.run([*cmd, verp, ""], data, env, tmp)

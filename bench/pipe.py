@@ -39,6 +39,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,15 +47,8 @@ from bench._common import ROOT, summary, write_result  # noqa: E402
 from tests import mailgen  # noqa: E402
 
 
-def setup_bounces(tmp: str, n: int) -> tuple[Path, list[tuple[str, bytes]]]:
-    """A configuration in ``tmp`` (SQLite store, a tracked domain with a webhook) and ``n``
-    distinct bounces for it: (VERP address, DSN) pairs whose messages are recorded, so
-    each bounce is stored as one event."""
-    from bouncetrack.config_loader import load_config
-    from bouncetrack.store import open_store
-    from bouncetrack.store.base import MessageRecord, RecipientRecord
-    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
-
+def write_config(tmp: str | Path) -> Path:
+    """A configuration in ``tmp``: SQLite store, one tracked domain with a webhook."""
     cfg = Path(tmp) / "bouncetrack.yaml"
     cfg.write_text(
         textwrap.dedent(
@@ -68,19 +62,40 @@ def setup_bounces(tmp: str, n: int) -> tuple[Path, list[tuple[str, bytes]]]:
             """
         )
     )
+    return cfg
+
+
+def record_tracked(store: Any, config: Any, keyring: Any, rcpt: str, i: int) -> str:
+    """Record a tracked one-recipient message to ``rcpt``, as the milter would; its VERP address."""
+    from bouncetrack.store.base import MessageRecord, RecipientRecord
+    from bouncetrack.tokens import mint, new_token_id, verp_address
+
+    token_id = new_token_id()
+    token = mint(keyring, token_id)
+    verp = verp_address(config, token)
+    store.record_message(
+        MessageRecord(token_id, token, None, f"<m{i}@tracked.test>", "tracked.test", "info@tracked.test",
+                      verp, None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time())
+    )
+    return verp
+
+
+def setup_bounces(tmp: str, n: int) -> tuple[Path, list[tuple[str, bytes]]]:
+    """A configuration in ``tmp`` (:func:`write_config`) and ``n`` distinct bounces for
+    it: (VERP address, DSN) pairs whose messages are recorded, so each bounce is stored
+    as one event."""
+    from bouncetrack.config_loader import load_config
+    from bouncetrack.store import open_store
+    from bouncetrack.tokens import load_keyring
+
+    cfg = write_config(tmp)
     config = load_config(cfg)
     keyring = load_keyring(config)
     store = open_store(config.store_url)
     inputs = []
     for i in range(n):
-        token_id = new_token_id()
-        token = mint(keyring, token_id)
-        verp = verp_address(config, token)
         rcpt = f"unknown-{i}@remote.test"
-        store.record_message(
-            MessageRecord(token_id, token, None, f"<m{i}@tracked.test>", "tracked.test", "info@tracked.test",
-                          verp, None, None, (RecipientRecord(rcpt, f"rfc822;{rcpt}", None),), time.time())
-        )
+        verp = record_tracked(store, config, keyring, rcpt, i)
         inputs.append((verp, mailgen.dsn(verp, rcpt)))
     store.close()
     return cfg, inputs
