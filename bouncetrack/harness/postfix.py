@@ -280,12 +280,7 @@ class PrivatePostfix:
             "smtp_tls_security_level": "none",
             "smtpd_tls_security_level": "none",
             "smtp_connect_timeout": "5s",
-            "queue_run_delay": "1s",
-            "minimal_backoff_time": "1s",
-            "maximal_backoff_time": "2s",
-            "maximal_queue_lifetime": self.maximal_queue_lifetime,
-            "bounce_queue_lifetime": self.bounce_queue_lifetime,
-            "delay_warning_time": self.delay_warning_time,
+            **self._retry_times(),
             "notify_classes": "",
         }
         if self.pipe_argv is not None:
@@ -308,6 +303,17 @@ class PrivatePostfix:
             )
         cf.update(self.extra)
         return cf
+
+    def _retry_times(self) -> dict[str, str]:
+        """Fast retries and this instance's queue lifetimes: the same in both configurations."""
+        return {
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "maximal_queue_lifetime": self.maximal_queue_lifetime,
+            "bounce_queue_lifetime": self.bounce_queue_lifetime,
+            "delay_warning_time": self.delay_warning_time,
+        }
 
     def master_cf(self) -> str:
         text = _MASTER_CF.format(
@@ -339,12 +345,7 @@ class PrivatePostfix:
             "local_transport": "error:no local delivery in the harness",
             "smtp_dns_support_level": "disabled",
             "notify_classes": "",
-            "queue_run_delay": "1s",
-            "minimal_backoff_time": "1s",
-            "maximal_backoff_time": "2s",
-            "maximal_queue_lifetime": self.maximal_queue_lifetime,
-            "bounce_queue_lifetime": self.bounce_queue_lifetime,
-            "delay_warning_time": self.delay_warning_time,
+            **self._retry_times(),
             **self.extra,
         }
 
