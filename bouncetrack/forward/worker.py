@@ -138,7 +138,6 @@ class Worker:
         self.config = config
         self.store = store
         self.clock = clock
-        self.config_path: str | None = None  # set by run_worker: what SIGHUP re-reads
         self.rng: Random = rng if rng is not None else random.Random()
         self._own_client = http_client is None
         self.client = http_client if http_client is not None else httpx.Client(follow_redirects=False)
@@ -349,7 +348,6 @@ def run_worker(
         lease_seconds=lease_seconds,
     )
 
-    worker.config_path = config_path
     reload_requested = threading.Event()
 
     def reload() -> None:
