@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
 from bench._common import ROOT, percentile, write_result  # noqa: E402
-from bench.export import fill, free_port, proc_kib  # noqa: E402
+from bench.export import fill, free_port, proc_kib, wait_until_serving  # noqa: E402
 
 TOKEN = "bench-export-token"  # bench.export.fill's domain and token
 DOMAIN = "bench.test"
@@ -173,15 +173,7 @@ def main() -> None:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    httpx.get(base + "/openapi.json", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise RuntimeError(f"the API did not start; see {log.name}") from None
-                    time.sleep(0.1)
+            wait_until_serving(base, server, log.name)
             rss_idle = proc_kib(server.pid, "VmRSS") / 1024
             rounds: list[dict[str, Any]] = []
             for r in range(a.rounds):

@@ -115,6 +115,19 @@ def proc_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def wait_until_serving(base: str, server: "subprocess.Popen[bytes]", log_name: str, seconds: float = 30) -> None:
+    """Return once the API at ``base`` answers ``/openapi.json``; raise if it exits or stays silent."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(base + "/openapi.json", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"the API did not start; see {log_name}") from None
+            time.sleep(0.1)
+
+
 # The server as ``bouncetrack api`` runs it, with uvicorn's httptools parser instead of h11.
 HTTPTOOLS_SERVER = """\
 import sys, uvicorn
@@ -145,15 +158,7 @@ def export(python: str, cfg: Path, fmt: str, n: int, tmp: Path, http: str = "h11
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/openapi.json", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the API did not start; see {log.name}") from None
-                time.sleep(0.1)
+        wait_until_serving(base, server, log.name)
         rss_idle = proc_kib(server.pid, "VmRSS")
         cpu_idle = proc_cpu_seconds(server.pid)
         url = f"{base}/v1/bounces/2026-01-01/2026-12-31"
