@@ -72,8 +72,6 @@ class ValidationState:
     def __init__(self, settings: ValidationConfig) -> None:
         self.settings = settings
         self.validator = build_validator(settings)
-        self.rate = float(settings.rate_per_minute)
-        self.max_batch = settings.max_batch
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
         # Verdicts by the sender domains a request was scoped to (the dashboard shows a
@@ -87,7 +85,15 @@ class ValidationState:
         for key, n in self.validator.counts.items():
             validator.counts[key] = validator.counts.get(key, 0) + n
         self.validator, self.settings = validator, settings
-        self.rate, self.max_batch = float(settings.rate_per_minute), settings.max_batch
+
+    @property
+    def rate(self) -> float:
+        """Addresses a token may check per minute."""
+        return float(self.settings.rate_per_minute)
+
+    @property
+    def max_batch(self) -> int:
+        return self.settings.max_batch
 
     def record(self, scope: tuple[str, ...], verdicts: list[str]) -> None:
         with self._lock:
