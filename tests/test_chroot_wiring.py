@@ -127,6 +127,18 @@ def _config(tmp_path: Path, sock: str) -> Config:
     return load_config(path)
 
 
+def _installed_under_the_queue(tmp_path: Path) -> tuple[Path, Path, Config]:
+    """A chrooted instance with our milter socket's directory under its queue directory, installed."""
+    from bouncetrack.install import install
+
+    config_dir, queue = _chrooted_instance(tmp_path)
+    sock = queue / "bouncetrack" / "milter.sock"
+    sock.parent.mkdir(parents=True)
+    config = _config(tmp_path, str(sock))
+    install(config, config_dir, echo=lambda s: None)
+    return config_dir, sock, config
+
+
 def _by_name(results: list[Result]) -> dict[str, Result]:
     return {r.name: r for r in results}
 
@@ -169,13 +181,8 @@ def test_doctor_fails_on_the_old_socket_path_in_a_chrooted_master_cf(tmp_path: P
 @needs_postfix
 def test_install_names_the_socket_relative_to_the_queue_directory_and_doctor_agrees(tmp_path: Path) -> None:
     from bouncetrack.doctor.cli import check_postfix
-    from bouncetrack.install import install
 
-    config_dir, queue = _chrooted_instance(tmp_path)
-    sock = queue / "bouncetrack" / "milter.sock"
-    sock.parent.mkdir(parents=True)
-    config = _config(tmp_path, str(sock))
-    install(config, config_dir, echo=lambda s: None)
+    config_dir, sock, config = _installed_under_the_queue(tmp_path)
     out = subprocess.run(["postconf", "-c", str(config_dir), "-h", "smtpd_milters", "non_smtpd_milters", "relay_domains"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[:2] == [wiring.milter_entry("bouncetrack/milter.sock")] * 2
@@ -196,13 +203,8 @@ def test_install_names_the_socket_relative_to_the_queue_directory_and_doctor_agr
 @needs_postfix
 def test_doctor_warns_about_a_service_that_overrides_the_milters_without_ours(tmp_path: Path) -> None:
     from bouncetrack.doctor.cli import check_postfix
-    from bouncetrack.install import install
 
-    config_dir, queue = _chrooted_instance(tmp_path)
-    sock = queue / "bouncetrack" / "milter.sock"
-    sock.parent.mkdir(parents=True)
-    config = _config(tmp_path, str(sock))
-    install(config, config_dir, echo=lambda s: None)
+    config_dir, _, config = _installed_under_the_queue(tmp_path)
     ours = wiring.milter_entry("bouncetrack/milter.sock")
     for key, override in (("submission/inet", "inet:127.0.0.1:8891"), ("smtps/inet", ours)):
         name = key.split("/")[0]
