@@ -88,7 +88,7 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     else:
         report = _classify(raw, guards)
         if token is None:
-            token, token_status, token_id = find_token(config, keyring, recipient, report, started)
+            token, token_status, token_id = find_token(config, keyring, report, started)
 
     store = open_store(config.store_url, timeout=max(1.0, min(10.0, remaining - 1)))
     try:
@@ -253,21 +253,18 @@ def direct_token(
 
 
 def find_token(
-    config: Config, keyring: KeyRing, recipient: str, report: Report, now: float
+    config: Config, keyring: KeyRing, report: Report, now: float
 ) -> tuple[str | None, str, int | None]:
-    """The VERP token of a report, what verification says of it, and its message id.
+    """The VERP token of a report whose delivery address carries none (:func:`direct_token`
+    looked there first), what verification says of it, and its message id.
 
-    Bounces carry it in the address Postfix delivered to. Spam complaints arrive
-    at a feedback-loop address instead: their token is in the attached original's
-    Return-Path (or another header naming our VERP address), or in the DSN's
-    Original-Envelope-Id (we send ENVID=token).
+    Spam complaints arrive at a feedback-loop address: their token is in the
+    attached original's Return-Path (or another header naming our VERP address),
+    or in the DSN's Original-Envelope-Id (we send ENVID=token).
     """
     from ..tokens import token_from_address, verify
 
     candidates: list[str] = []
-    direct = token_from_address(config, recipient)
-    if direct:
-        candidates.append(direct)
     for address in _addresses_in_original(report):
         found = token_from_address(config, address)
         if found:
