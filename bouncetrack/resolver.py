@@ -95,9 +95,7 @@ class DnsPythonResolver:
             return []
         except dns.resolver.NoAnswer:
             return []
-        except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
-            raise DnsTempError(f"{name} {rdtype}: {exc}") from None
-        except dns.exception.DNSException as exc:
+        except dns.exception.DNSException as exc:  # timeouts, no nameserver answered, ...
             raise DnsTempError(f"{name} {rdtype}: {exc}") from None
 
     def txt(self, name: str) -> list[str]:
