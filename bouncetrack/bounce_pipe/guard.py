@@ -20,6 +20,7 @@ names below in the store (``metric_pipe_guards``), which ``/metrics`` serves as
 from __future__ import annotations
 
 from ..classifier.bounds import TRIMS
+from ..store.base import UNTRUSTED_OVER_QUOTA  # the store applies this one itself
 
 CLASSIFY_CPU_SECONDS = 3.0
 MAX_EVENTS_PER_REPORT = 1000
@@ -37,7 +38,6 @@ EVENTS_DROPPED = "events_dropped"
 JOBS_DROPPED = "jobs_dropped"
 TRIMMED_PREFIX = "trimmed_"  # + a bounds.TRIMS value: what was cut before parsing
 UNVERIFIED_NOT_SUPPRESSED = "unverified_not_suppressed"
-UNTRUSTED_OVER_QUOTA = "untrusted_over_quota"
 
 GUARDS: tuple[str, ...] = (
     CLASSIFY_BUDGET, CLASSIFY_CRASH, ATTRIBUTION_CRASH, SUPPRESSION_CRASH, UNPARSED_BAD_TOKEN,
