@@ -18,6 +18,8 @@ from typing import Mapping
 
 #: Where every command looks for the configuration when ``--config`` is not given.
 DEFAULT_CONFIG_PATH = "/etc/bouncetrack/config.yaml"
+#: Where the milter journals message records (issue 20): beside the store.
+DEFAULT_MILTER_JOURNAL = "/var/lib/bouncetrack/milter-journal"
 
 
 class ConfigError(Exception):
@@ -212,7 +214,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # issue 19
     # issue 20: the milter appends message records here; its supervisor's journal
     # writer moves them into the store (bouncetrack/milter/journal.py).
-    milter_journal: Path = Path("/var/lib/bouncetrack/milter-journal")
+    milter_journal: Path = Path(DEFAULT_MILTER_JOURNAL)
 
     def policy_for(self, domain: str) -> DomainPolicy:
         """The policy for a sender domain; the ``default`` entry when not listed."""

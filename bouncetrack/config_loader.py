@@ -51,6 +51,7 @@ from bouncetrack.config import (
     Config,
     ConfigError,
     ConfigProblem,
+    DEFAULT_MILTER_JOURNAL,
     DomainPolicy,
     DsnDefaults,
     OutboxConfig,
@@ -82,7 +83,6 @@ DEFAULT_STORE = "sqlite:////var/lib/bouncetrack/bouncetrack.db"
 # master.cf) reaches it: `bouncetrack install` names it unix:bouncetrack/milter.sock
 # (bouncetrack/postfix_wiring.py, HACKING.md "Socket locations").
 DEFAULT_MILTER_SOCKET = "/var/spool/postfix/bouncetrack/milter.sock"
-DEFAULT_MILTER_JOURNAL = "/var/lib/bouncetrack/milter-journal"  # issue 20: beside the store
 DEFAULT_GRACE_SECONDS = 7 * 86400.0
 # The VERP token is 24 characters (HACKING.md); the local part is prefix + "+" + token
 # and must stay within 64 octets (RFC 5321 §4.5.3.1.1).
