@@ -38,6 +38,7 @@ from bouncetrack.config import Config
 from bouncetrack.store.views import DownloadQuery
 from bouncetrack.tokens import hash_api_token, load_keyring
 from tests.configkit import write_config
+from tests.services import free_port
 
 TOKEN = "tok-hostile-a"
 MB = 1 << 20
@@ -50,12 +51,6 @@ def config(tmp_path: Path) -> Config:
         domains:
           a.test: {{api_tokens: ["{hash_api_token(TOKEN)}"]}}
         """)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
