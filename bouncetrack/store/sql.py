@@ -95,6 +95,9 @@ MESSAGE_COLUMNS = (
 MESSAGE_INSERT_COLUMNS = MESSAGE_COLUMNS.removeprefix("id, ")
 _message_values = attrgetter(*MESSAGE_INSERT_COLUMNS.split(", "))
 RECIPIENT_COLUMNS = "id, address, orcpt, notify"
+# One message (message_params) and one recipient (recipient_params), in SQLite's parameter style.
+MESSAGE_INSERT = f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+RECIPIENT_INSERT = "INSERT INTO recipients (message_pk, address, orcpt, notify, position) VALUES (?, ?, ?, ?, ?)"
 SUPPRESSION_COLUMNS = "id, domain, address, reason, source_event_id, created_at, expires_at, removed_at"
 
 # Outbox jobs as the dashboard lists them (keys of DashboardStore.dashboard_jobs).
@@ -326,14 +329,12 @@ class Dialect:
         added = 0
         for message in messages:
             row = conn.execute(
-                self.q(f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                       "ON CONFLICT (token_id) DO NOTHING RETURNING id"),
+                self.q(MESSAGE_INSERT + " ON CONFLICT (token_id) DO NOTHING RETURNING id"),
                 message_params(message),
             ).fetchone()
             if row is not None:
                 added += 1
-                self.many(conn, "INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
-                          "VALUES (?, ?, ?, ?, ?)", recipient_params(int(row[0]), message))
+                self.many(conn, RECIPIENT_INSERT, recipient_params(int(row[0]), message))
         return added
 
     def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 from . import migrations
 
 from .base import MessageRecord, StoreUnavailable
-from .sql import MESSAGE_INSERT_COLUMNS, Dialect, SQLStore, message_params, recipient_params
+from .sql import MESSAGE_INSERT, RECIPIENT_INSERT, Dialect, SQLStore, message_params, recipient_params
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -171,13 +171,11 @@ class SQLiteDialect(Dialect):
 
     def record_message(self, conn: sqlite3.Connection, message: MessageRecord) -> int:
         message_pk = conn.execute(
-            f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            message_params(message),
+            MESSAGE_INSERT, message_params(message),
         ).lastrowid
         assert message_pk is not None
         conn.executemany(
-            "INSERT INTO recipients (message_pk, address, orcpt, notify, position) VALUES (?, ?, ?, ?, ?)",
-            recipient_params(message_pk, message),
+            RECIPIENT_INSERT, recipient_params(message_pk, message),
         )
         return message_pk
 
