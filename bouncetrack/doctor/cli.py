@@ -170,9 +170,7 @@ def probe_socket(path: str, milter_socket: str) -> str:
     unknown (no permission to look)."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        return SOCKET_MISSING
-    except NotADirectoryError:
+    except (FileNotFoundError, NotADirectoryError):
         return SOCKET_MISSING
     except PermissionError:
         return SOCKET_UNKNOWN
