@@ -304,14 +304,13 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         mail = esmtp.parse_params(envelope.sender_params)
         recipients = []
         for rcpt in envelope.recipients:
-            dsn = rcpt.dsn
             recipients.append(
                 RecipientRecord(
                     address=rcpt.address,
                     # The ORCPT the tracked message now carries (policy._track keeps the
                     # client's, or adds one naming the address).
-                    orcpt=dsn.get("ORCPT") or esmtp.orcpt_for(rcpt.address),
-                    notify=dsn.get("NOTIFY"),
+                    orcpt=rcpt.orcpt,
+                    notify=rcpt.dsn.get("NOTIFY"),
                 )
             )
         return MessageRecord(

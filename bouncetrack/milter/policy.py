@@ -38,6 +38,12 @@ class Recipient:
         """The parsed parameters, once per recipient (read-only by convention)."""
         return esmtp.parse_params(self.params)
 
+    @functools.cached_property
+    def orcpt(self) -> str:
+        """The client's ORCPT, else one naming the address (RFC 3461 §4.2): what the
+        message carries once the milter passes ORCPT on, computed once per recipient."""
+        return self.dsn.get("ORCPT") or esmtp.orcpt_for(self.address)
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -105,13 +111,10 @@ def _track(config: Config, envelope: Envelope, domain: str, token: str | None) -
         raise ValueError("a tracked message needs a VERP token")
     changes = []
     for rcpt in envelope.recipients:
-        orcpt = rcpt.dsn.get("ORCPT")
         # Keep the client's ORCPT; add one so every DSN names the recipient as
         # we were given it (RFC 3461 §4.2), even after remote aliasing.
-        if not orcpt:
-            orcpt = esmtp.orcpt_for(rcpt.address)
         changes.append(
-            RecipientChange(rcpt.path, f"NOTIFY={esmtp.TRACKED_NOTIFY} ORCPT={orcpt}")
+            RecipientChange(rcpt.path, f"NOTIFY={esmtp.TRACKED_NOTIFY} ORCPT={rcpt.orcpt}")
         )
     return Decision(
         TRACK,
@@ -189,8 +192,7 @@ def _default_notify(envelope: Envelope, notify: tuple[str, ...] | None) -> tuple
             continue
         params = f"NOTIFY={','.join(notify)}"
         # addrcpt_par loses ORCPT unless passed again (POSTFIX-NOTES).
-        orcpt = dsn.get("ORCPT") or esmtp.orcpt_for(rcpt.address)
-        changes.append(RecipientChange(rcpt.path, f"{params} ORCPT={orcpt}"))
+        changes.append(RecipientChange(rcpt.path, f"{params} ORCPT={rcpt.orcpt}"))
     return tuple(changes)
 
 
