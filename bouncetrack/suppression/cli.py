@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, Config
+from ..config import DEFAULT_CONFIG_PATH, SUPPRESSION_OFF, Config
 from ..store.base import REASON_MANUAL
 from ..store.views import Suppression
 from ..addresses import AddressError, parse_address, parse_domain
@@ -52,7 +52,7 @@ def _open(config_file: str, config: Config | None = None) -> Any:
 def check_domain_used(config: Config, domain: str) -> None:
     """Refuse a list nobody reads: ``domain`` must be under ``domains:``, or the
     ``default`` entry's policy must use the lists (then every domain's is read)."""
-    if domain in config.domains or config.default.suppression.policy != "off":
+    if domain in config.domains or config.default.suppression.policy != SUPPRESSION_OFF:
         return
     known = ", ".join(sorted(config.domains)) or "none"
     raise click.ClickException(
