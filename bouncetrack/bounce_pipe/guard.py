@@ -20,7 +20,7 @@ names below in the store (``metric_pipe_guards``), which ``/metrics`` serves as
 from __future__ import annotations
 
 from ..classifier.bounds import TRIMS
-from ..store.base import UNTRUSTED_OVER_QUOTA  # the store applies this one itself
+from ..store.base import UNTRUSTED_OVER_QUOTA as UNTRUSTED_OVER_QUOTA  # re-exported: the store applies this one itself
 
 CLASSIFY_CPU_SECONDS = 3.0
 MAX_EVENTS_PER_REPORT = 1000
