@@ -142,7 +142,11 @@ class PostgresDialect(Dialect):
         return conn
 
     def usable(self, conn: psycopg.Connection[Any]) -> bool:
-        return not (conn.closed or conn.broken)
+        # Called under the store's lock, when none of its commands runs: a connection that
+        # still reports one in progress (a server that terminated the backend mid-query,
+        # not always seen as broken) cannot serve the next call either.
+        return not (conn.closed or conn.broken
+                    or conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE)
 
     def unavailable(self, store: SQLStore, what: str, exc: BaseException) -> StoreUnavailable | None:
         if not isinstance(exc, psycopg.Error):
