@@ -193,7 +193,8 @@ def new_api_token() -> str:
 # Key files
 
 
-def _previous_path(secret_file: str) -> str:
+def previous_key_path(secret_file: str) -> str:
+    """The previous key's file beside ``secret_file`` (kept for the grace period after a rotation)."""
     return secret_file + PREVIOUS_SUFFIX
 
 
@@ -310,7 +311,7 @@ def load_keyring(config: Config, now: float | None = None, *, create: bool = Tru
     del now
     path = str(config.secret_file)
     current = _load_current(path, create)
-    prev = _load_previous(_previous_path(path))
+    prev = _load_previous(previous_key_path(path))
     if prev is None:
         return KeyRing(current)
     key, rotated_at = prev
@@ -328,7 +329,7 @@ def rotate_key(config: Config, now: float) -> KeyRing:
     path = str(config.secret_file)
     current = _load_current(path, create=True)
     record = json.dumps({"key": current.hex(), "rotated_at": now}) + "\n"
-    _write_private(_previous_path(path), record, replace=True, owner_of=path)
+    _write_private(previous_key_path(path), record, replace=True, owner_of=path)
     new = secrets.token_bytes(KEY_BYTES)
     _write_private(path, new.hex() + "\n", replace=True, owner_of=path)
     return KeyRing(new, current, now + config.key_grace_period_seconds)

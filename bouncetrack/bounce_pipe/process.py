@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from ..classifier.model import BOUNCE, COMPLAINT, DELIVERY_REPORT, NOT_BOUNCE, Report
 from ..config import Config
@@ -25,9 +26,70 @@ from ..tokens import KeyRing
 from . import attribution, guard
 from .attribution import Delivery
 
+if TYPE_CHECKING:  # pragma: no cover - typing only: the Store protocol stays off the pipe's path
+    from ..store.interfaces import Store
+
 LOOP_HEADER = b"\nx-bouncetrack-forwarded:"
 _NOTHING = Report(kind=NOT_BOUNCE)
 SUMMARY_EVENTS = 5  # events named in the per-bounce line; more are counted
+
+
+#: The store's lock timeout of a bounce that has the time for it (``process`` gives a
+#: late bounce less: what is left of its deadline).
+STORE_TIMEOUT = 10.0
+
+
+class _Kept:
+    """What a long-running transport keeps across the bounces of one process (issue 21):
+    off in a process that stores one bounce (the pipe, the pipe server's child).
+
+    * ``stores``: one open store per URL, so a bounce pays neither the connect nor SQLite's
+      schema parse (about a fifth of a warm bounce's CPU). Only a bounce with the whole
+      :data:`STORE_TIMEOUT` uses it (a late one opens its own, with its shorter timeout), and
+      a kept store that failed is closed and dropped: the next bounce connects anew.
+    * ``runtime``: the configuration and keys with the ``stat`` of the files they came
+      from (configuration, key file, previous key file); a file that changed in any way
+      (mtime, size, inode, device: an edit, an atomic rename, a rotation) is read again,
+      so a change still applies at the next bounce, as in the pipe.
+    """
+
+    on = False
+    stores: dict[str, Store] = {}
+    runtime: tuple[tuple[object, ...], tuple[Config, KeyRing]] | None = None
+
+
+def keep_stores_open() -> None:
+    """From now on, this process keeps its store connection and its configuration across
+    bounces (:class:`_Kept`): for a long-running transport that stores many bounces in
+    one process. Call it in that process (after any fork), not in a parent that forks."""
+    _Kept.on = True
+
+
+def close_kept_stores() -> None:
+    """Close the stores :func:`keep_stores_open` kept (a worker that exits)."""
+    stores, _Kept.stores = _Kept.stores, {}
+    for store in stores.values():
+        store.close()
+
+
+def _file_stamps(*paths: str) -> tuple[object, ...]:
+    """What tells a file changed: (mtime_ns, size, inode, device), or None when missing."""
+    out: list[object] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev))
+    return tuple(out)
+
+
+def _key_stamps(config: Config) -> tuple[object, ...]:
+    from ..tokens import previous_key_path
+
+    secret = str(config.secret_file)
+    return _file_stamps(secret, previous_key_path(secret))
 
 
 def runtime(config_path: str, fallback: tuple[Config, KeyRing] | None = None) -> tuple[Config, KeyRing]:
@@ -36,14 +98,25 @@ def runtime(config_path: str, fallback: tuple[Config, KeyRing] | None = None) ->
     ``fallback`` is the pipe server's last good pair (loaded at its start and at
     each SIGHUP): while the file or the key file does not load, bounces use it
     rather than wait in Postfix's queue; without one, the error escapes (exit 75).
+    A long-running transport (:func:`keep_stores_open`) reuses the pair it read while
+    none of its files changed.
     """
     from ..config import ConfigError
     from .config_snapshot import load as load_config
     from ..tokens import KeyFileError, load_keyring
 
+    kept = _Kept.runtime if _Kept.on else None
+    if kept is not None and kept[0] == (config_path, *_file_stamps(config_path), *_key_stamps(kept[1][0])):
+        return kept[1]
     try:
+        # Each file stamped before it is read: a change meanwhile is read again next time.
+        stamps = (config_path, *_file_stamps(config_path)) if _Kept.on else ()
         config = load_config(config_path)  # a validated snapshot when fresh: no PyYAML per bounce
-        return config, load_keyring(config)
+        stamps += _key_stamps(config) if _Kept.on else ()
+        pair = config, load_keyring(config)
+        if _Kept.on:
+            _Kept.runtime = (stamps, pair)
+        return pair
     except (ConfigError, OSError, KeyFileError) as exc:
         if fallback is None:
             raise
@@ -90,7 +163,15 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
         if token is None:
             token, token_status, token_id = find_token(config, keyring, report, started)
 
-    store = open_store(config.store_url, timeout=max(1.0, min(10.0, remaining - 1)))
+    timeout = max(1.0, min(STORE_TIMEOUT, remaining - 1))
+    kept = _Kept.on and timeout == STORE_TIMEOUT
+    store = _Kept.stores.get(config.store_url) if kept else None
+    if store is None:
+        if kept:
+            close_kept_stores()  # another URL (a reload): one kept store at a time
+        store = open_store(config.store_url, timeout=timeout)
+        if kept:
+            _Kept.stores[config.store_url] = store
     try:
         message = store.message_by_token_id(token_id) if token_id is not None else None
         if token_status == attribution.VALID and message is None and token is not None and token_id is not None:
@@ -136,8 +217,14 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
         outcome = store.store_report(
             events, raw, jobs, key, pipe_started=started, suppress=suppress, guards=+guards, untrusted=untrusted
         )  # counts the run (metrics)
+    except BaseException:
+        if kept:  # whatever went wrong, the next bounce connects anew
+            _Kept.stores.pop(config.store_url, None)
+            store.close()
+        raise
     finally:
-        store.close()
+        if not kept:
+            store.close()
     if outcome.over_quota:
         _say(f"not stored: {host} has sent {config.pipe.untrusted_reports_per_host_per_day} reports without a "
              f"valid token today (pipe.untrusted_reports_per_host_per_day); token {token_status}, {_ids(raw)}")
@@ -323,4 +410,4 @@ def _jobs(config: Config, events: list[BounceEvent], message: MessageRecord | No
     return list(jobs_for(events, config.policy_for(message.sender_domain)))
 
 
-__all__ = ["ClassifyBudget", "direct_token", "find_token", "process"]
+__all__ = ["ClassifyBudget", "close_kept_stores", "direct_token", "find_token", "keep_stores_open", "process"]
