@@ -266,6 +266,21 @@ def test_deliver_to_real_receiver() -> None:
         assert result.outcome == "delivered"
 
 
+def test_keep_alive_receiver_serves_many_deliveries_on_one_connection() -> None:
+    """bench/capacity.py's receiver (keep_alive): the worker's client reuses its connection."""
+    with WebhookReceiver(SECRET, keep_alive=True) as rx, httpx.Client() as client:
+        for _ in range(3):
+            req = webhook.build_request(make_event(), rx.url, SECRET, time.time())
+            assert webhook.deliver(client, req, 5.0, time.time()).outcome == "delivered"
+        got = rx.accepted()
+        assert len(got) == 3 and len({r.peer for r in got}) == 1  # one client port: one connection
+    with WebhookReceiver(SECRET) as rx, httpx.Client() as client:  # the default: a connection per request
+        for _ in range(2):
+            req = webhook.build_request(make_event(), rx.url, SECRET, time.time())
+            assert webhook.deliver(client, req, 5.0, time.time()).outcome == "delivered"
+        assert len({r.peer for r in rx.accepted()}) == 2
+
+
 def test_deliver_invalid_url_is_retry_not_crash() -> None:
     req = webhook.build_request(make_event(), "http://[::1/nope", SECRET, time.time())
     with httpx.Client() as client:

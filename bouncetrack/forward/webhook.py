@@ -223,7 +223,9 @@ def deliver(client: httpx.Client, request: WebhookRequest, timeout: float, now: 
     """POST ``request``; never raises for network trouble (that is a retry).
 
     Only the first bytes of the response body are read (bounded memory even for
-    a receiver that streams megabytes back).
+    a receiver that streams megabytes back). A short body is read to its end, so
+    that the client keeps the connection for the next delivery (keep-alive); a 2xx
+    is a delivery whatever happens to its body.
     """
     try:
         with client.stream(
@@ -235,11 +237,15 @@ def deliver(client: httpx.Client, request: WebhookRequest, timeout: float, now: 
             follow_redirects=False,
         ) as response:
             snippet = b""
-            if not 200 <= response.status_code < 300:
+            accepted = 200 <= response.status_code < 300
+            try:
                 for chunk in response.iter_bytes():
                     snippet += chunk
                     if len(snippet) >= _MAX_ERROR_BODY:
-                        break
+                        break  # the rest unread: the connection is closed, not reused
+            except httpx.HTTPError:
+                if not accepted:
+                    raise
             return classify_response(
                 response.status_code, response.headers, now, snippet[:_MAX_ERROR_BODY]
             )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Request:
     verified: bool
     error: str | None = None
     duplicate: bool = False  # verified, accepted, and its id had been accepted before
+    peer: tuple[str, int] | None = None  # the client's address and port: one per connection
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -77,6 +79,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     receiver: "WebhookReceiver"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that closed its kept-alive connection is no error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -89,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(min(length, _MAX_BODY))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, extra = self.server.receiver._handle(self.path, headers, body)
+        status, extra = self.server.receiver._handle(self.path, headers, body, self.client_address[:2])
         try:
             self.send_response(status)
             for name, value in extra.items():
@@ -100,6 +107,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:
             pass  # the client timed out while we were slow
+        if length > _MAX_BODY:
+            self.close_connection = True  # the rest of the body is still unread
+
+
+class _KeepAliveHandler(_Handler):
+    """HTTP/1.1 with keep-alive, as most receivers in the wild answer (the worker's client
+    reuses its connection): for benchmarks, where a connection per request would charge the
+    machine for TCP set-ups and handler threads that a real receiver elsewhere does not."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall between
 
 
 class WebhookReceiver:
@@ -111,8 +129,12 @@ class WebhookReceiver:
         port: int = 0,
         tolerance: float = DEFAULT_TOLERANCE,
         clock: Callable[[], float] = time.time,
+        keep_alive: bool = False,
     ) -> None:
+        """``keep_alive``: HTTP/1.1 connections kept across requests (:class:`_KeepAliveHandler`);
+        by default one request per connection, so that :meth:`go_down` is down at once."""
         self.secret = secret
+        self.keep_alive = keep_alive
         self.host = host
         self.port = port
         self.tolerance = tolerance
@@ -134,7 +156,7 @@ class WebhookReceiver:
 
     def start(self) -> "WebhookReceiver":
         self._stopping.clear()
-        server = _Server((self.host, self.port), _Handler)
+        server = _Server((self.host, self.port), _KeepAliveHandler if self.keep_alive else _Handler)
         server.receiver = self
         self.port = server.server_address[1]
         self._server = server
@@ -267,7 +289,8 @@ class WebhookReceiver:
                     forced = s.rng.choice(s.random_statuses)
             return forced, retry_after, delay
 
-    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
+    def _handle(self, path: str, headers: dict[str, str], body: bytes,
+                peer: tuple[str, int] | None = None) -> tuple[int, dict[str, str]]:
         forced, retry_after, delay = self._scripted()
         if delay:
             self._stopping.wait(delay)
@@ -307,6 +330,7 @@ class WebhookReceiver:
                     verified=verified,
                     error=error,
                     duplicate=duplicate,
+                    peer=peer,
                 )
             )
             self._changed.notify_all()
