@@ -126,7 +126,7 @@ def strip_path(raw: str) -> str:
     text = raw.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
-    return _SOURCE_ROUTE.sub("", text)
+    return _SOURCE_ROUTE.sub("", text) if text.startswith("@") else text
 
 
 @functools.lru_cache(maxsize=4096)

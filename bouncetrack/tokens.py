@@ -87,10 +87,26 @@ class TokenCheck:
 # Tokens
 
 
+_ID_MASK = (1 << 63) - 1
+_ID_POOL_BYTES = 8 * 256
+# Random ids drawn from the kernel 256 at a time: one getrandom(2) per 256 messages
+# instead of one per message (a system call releases the GIL, which the milter's
+# other threads then take: issue 20). Each process has its own pool (emptied in a
+# forked child, so two processes never hand out the same ids).
+_id_pool: list[int] = []
+os.register_at_fork(after_in_child=_id_pool.clear)
+
+
 def new_token_id() -> int:
-    """A random non-zero 63-bit id (fits a signed 64-bit SQL integer)."""
+    """A random non-zero 63-bit id (fits a signed 64-bit SQL integer), from the
+    kernel's CSPRNG (``os.urandom``, as :mod:`secrets` draws). Thread-safe: one
+    list operation at a time."""
     while True:
-        value = secrets.randbits(63)
+        try:
+            value = _id_pool.pop()
+        except IndexError:
+            _id_pool.extend(v & _ID_MASK for (v,) in struct.iter_unpack(">Q", os.urandom(_ID_POOL_BYTES)))
+            continue
         if value:
             return value
 

@@ -4,6 +4,7 @@ store by the writer exactly once, found by the pipe while not yet moved."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from dataclasses import replace
@@ -50,6 +51,22 @@ def test_record_round_trip_is_one_line_without_rs_inside() -> None:
     assert journal.decode(data[1:-1]) == m
 
 
+@pytest.mark.parametrize("text", ["plain", 'quote " and \\ backslash', "rs \x1e lf \n cr \r nul \x00",
+                                  "caf\u00e9 \u2603 \U0001f600", "surrogate \udcff escaped", ""])
+def test_any_string_round_trips_and_never_breaks_the_framing(text: str) -> None:
+    m = replace(message(), message_id=text, queue_id=None, dsn_envid=text, envelope_sender=f"{text}@x.test",
+                recipients=(RecipientRecord(text, None, text), RecipientRecord("r@x.test", text, None)))
+    data = journal.encode(m)
+    assert data.count(journal.RS) == 1 and data.count(journal.LF) == 1 and data.isascii()
+    assert journal.decode(data[1:-1]) == m
+    assert json.loads(data[1:-1]) == json.loads(json.dumps(json.loads(data[1:-1])))  # plain JSON
+
+
+def test_a_record_needs_a_finite_time() -> None:
+    with pytest.raises(ValueError):
+        journal.encode(replace(message(), created_at=float("nan")))
+
+
 def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
     a, b = journal.encode(message(1, "t1")), journal.encode(message(2, "t2"))
     # A crash in the middle of a's write(2), then b appended after the fragment.
@@ -61,17 +78,17 @@ def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
 def test_writer_moves_each_record_once_and_deletes_sealed_segments(config: Config) -> None:
     appender = JournalAppender(config.milter_journal)
     for i in range(5):
-        appender.append(message(100 + i, f"t{i}"))
+        appender.append(journal.encode(message(100 + i, f"t{i}")))
     w = writer(config)
     assert w.step() == 5
     (segment,) = journal.segments(config.milter_journal)  # still held by its appender
-    appender.append(message(200, "t200"))
+    appender.append(journal.encode(message(200, "t200")))
     assert w.step() == 1
     appender.close()  # sealed: its lock is gone
     assert w.step() == 0 and journal.segments(config.milter_journal) == []
     # A writer that restarts replays nothing twice (token_id is unique; skipped).
     again = JournalAppender(config.milter_journal)
-    again.append(message(100, "t0"))
+    again.append(journal.encode(message(100, "t0")))
     again.close()
     assert writer(config).step() == 1
     store = open_store(config.store_url)
@@ -87,13 +104,13 @@ def test_a_dead_milter_segment_is_sealed_and_a_rotated_one_too(config: Config, t
     pid = os.fork()
     if pid == 0:  # a milter that appends, then dies without closing anything
         a = JournalAppender(config.milter_journal)
-        a.append(message(1, "t1"))
+        a.append(journal.encode(message(1, "t1")))
         os._exit(0)
     os.waitpid(pid, 0)
     a = JournalAppender(config.milter_journal)
-    a.append(message(2, "t2"))
+    a.append(journal.encode(message(2, "t2")))
     a._size = journal.SEGMENT_BYTES  # the next append rotates
-    a.append(message(3, "t3"))
+    a.append(journal.encode(message(3, "t3")))
     assert len(journal.segments(config.milter_journal)) == 3
     assert writer(config).step() == 3
     assert len(journal.segments(config.milter_journal)) == 1  # only the one in use is left
@@ -109,8 +126,8 @@ def test_pipe_tempfails_while_the_record_is_only_in_the_journal(config: Config) 
     token_id = new_token_id()
     token = mint(keyring, token_id)
     appender = JournalAppender(config.milter_journal)
-    appender.append(replace(message(token_id, token, 1), recipients=(
-        RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),)))
+    appender.append(journal.encode(replace(message(token_id, token, 1), recipients=(
+        RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),))))
     assert holds_token(config.milter_journal, token.upper())  # the pipe's token may be upper-cased
     assert not holds_token(config.milter_journal, "a" * 24)
     verp = verp_address(config, token)
@@ -143,7 +160,7 @@ def test_writer_waits_for_a_store_that_is_down_and_loses_nothing(config: Config,
     (tmp_path / "a-directory").mkdir()  # no SQLite file can be opened there
     bad = replace(config, store_url=f"sqlite:///{tmp_path}/a-directory")
     a = JournalAppender(config.milter_journal)
-    a.append(message(9, "t9"))
+    a.append(journal.encode(message(9, "t9")))
     a.close()
     w = JournalWriter(config.milter_journal, lambda: open_store(bad.store_url, timeout=0.2))
     stop = threading.Event()

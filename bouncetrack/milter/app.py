@@ -11,17 +11,16 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
 import Milter
 
 from .. import esmtp, replies, suppression
 from ..config import Config
-from ..store.base import MessageRecord, RecipientRecord
 from ..suppression.index import SuppressionIndex
 from ..tokens import KeyRing, mint, new_token_id
-from . import policy
+from . import journal, policy
 from .bounce_rcpt import accept_bounce_rcpt
 
 log = logging.getLogger("bouncetrack.milter")
@@ -31,6 +30,7 @@ CONTINUE: int = Milter.CONTINUE
 TEMPFAIL: int = Milter.TEMPFAIL
 REJECT: int = Milter.REJECT
 DISCARD: int = Milter.DISCARD
+NOREPLY: int = Milter.NOREPLY
 _F = TypeVar("_F", bound=Callable[..., int])
 noreply: Callable[[_F], _F] = Milter.noreply
 
@@ -66,13 +66,19 @@ class Runtime:
 
     config: Config
     keyring: KeyRing
+    # Each sender's part of the policy, worked out once per configuration load.
+    rules: policy.SenderRules = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", policy.SenderRules(self.config))
 
 
 class Journal(Protocol):
     """Where the milter records a tracked message before answering (issue 20):
-    :class:`~bouncetrack.milter.journal.JournalAppender` in production."""
+    :class:`~bouncetrack.milter.journal.JournalAppender` in production; ``data`` is
+    one record, :func:`bouncetrack.milter.journal.line`."""
 
-    def append(self, message: MessageRecord) -> None: ...
+    def append(self, data: bytes) -> None: ...
     def close(self) -> None: ...
 
 
@@ -104,18 +110,18 @@ class Shared:
     def swap(self, runtime: Runtime) -> None:
         self._runtime = runtime  # milter_journal changes need a restart (reload.RESTART_ONLY)
 
-    def record(self, message: MessageRecord) -> None:
-        """Append the record to the journal; returns once a crash of this process
+    def record(self, data: bytes) -> None:
+        """Append the record (:func:`~bouncetrack.milter.journal.line`) to the journal; returns once a crash of this process
         cannot lose it. OSError (disk full) propagates: the message is tempfailed."""
         observer = self.record_observer
         started = time.perf_counter() if observer is not None else 0.0
-        journal = self._journal
-        if journal is None:
+        sink = self._journal
+        if sink is None:
             with self._journal_lock:
                 if self._journal is None:
                     self._journal = self._journal_factory(self._runtime.config)
-                journal = self._journal
-        journal.append(message)
+                sink = self._journal
+        sink.append(data)
         if observer is not None:  # metrics (issue 5)
             observer(time.perf_counter() - started)
 
@@ -135,21 +141,38 @@ class Shared:
                 self._journal = None
 
 
+# The header fields the milter reads (TrackingMilter.header); every other field is
+# passed over without decoding it.
+HEADERS_READ = frozenset(("return-path", "message-id"))
+
+
 class TrackingMilter(Milter.Base):  # type: ignore[misc]
-    """One instance per SMTP connection (libmilter calls the factory per connection)."""
+    """One instance per SMTP connection (libmilter calls the factory per connection).
+
+    libmilter calls pymilter's ``*_bytes`` entry points with the raw values; the
+    ones overridden here decode only what is read and skip pymilter's per-call
+    lookups (issue 20: a message is a dozen callbacks, each costing the milter's
+    threads a GIL hand-off), then call the str callbacks below, which pymilter's
+    TestCtx drives directly in the unit tests.
+    """
 
     shared: Shared  # set by make_factory
+    # What a callback declared @noreply returns: NOREPLY once the MTA agreed to send
+    # no reply for that stage (negotiate), CONTINUE until then.
+    _mail_rc = CONTINUE
+    _header_rc = CONTINUE
 
     def __init__(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
+        # One configuration for the whole transaction: a reload applies from the next MAIL FROM.
+        self.runtime = self.shared.runtime
         self.sender: str | None = None
         self.sender_params: tuple[str, ...] = ()
         self.recipients: list[policy.Recipient] = []
         self.dropped: list[str] = []  # recipient paths to remove at eom (suppression "drop")
-        self._sender_domain: str | None = None
-        self._sender_domain_known = False
+        self._rule: policy.SenderRule | None = None
         self.return_paths: list[str] = []
         self.message_id: str | None = None
 
@@ -157,7 +180,13 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
 
     def negotiate(self, opts: list[int]) -> int:
         rc: int = Milter.Base.negotiate(self, opts)
-        if rc != CONTINUE or not self._actions & Milter.SETSYMLIST:
+        if rc != CONTINUE:
+            return rc
+        if self._protocol & Milter.P_NR_MAIL:
+            self._mail_rc = NOREPLY
+        if self._protocol & Milter.P_NR_HDR:
+            self._header_rc = NOREPLY
+        if not self._actions & Milter.SETSYMLIST:
             return rc  # an MTA without smfi_setsymlist sends its defaults: only slower
         try:
             for stage, macros in MACROS_BY_STAGE:
@@ -174,20 +203,28 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     # (issue 6, bouncetrack/suppression); that costs one round trip per RCPT on the
     # unix socket, whatever the policy (@noreply cannot be chosen per call).
 
+    def envfrom_bytes(self, sender: bytes, *params: bytes) -> int:
+        self._mail_from(sender.decode("utf-8", "surrogateescape"),
+                        tuple(p.decode("utf-8", "surrogateescape") for p in params))
+        return self._mail_rc
+
     @noreply
     def envfrom(self, sender: str, *params: str) -> int:
+        self._mail_from(sender, params)
+        return CONTINUE
+
+    def _mail_from(self, sender: str, params: tuple[str, ...]) -> None:
         # A connection may carry several transactions: start each clean.
         self._reset()
         self.sender = sender
-        self.sender_params = tuple(params)
-        return CONTINUE
+        self.sender_params = params
 
     def envrcpt(self, to: str, *params: str) -> int:
-        runtime = self.shared.runtime
+        runtime = self.runtime
         try:
             accepted = accept_bounce_rcpt(runtime.config, runtime.keyring, to, time.time())
             action = suppression.verdict(
-                runtime.config, self._sender_domain_of(runtime.config), to, self.shared.suppression.contains
+                runtime.config, self._sender_rule().suppression_domain, to, self.shared.suppression.contains
             )
         except Exception:
             log.exception("recipient check failed, tempfailing recipient")
@@ -204,18 +241,15 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             self.shared.count("dropped-suppressed")
             self.dropped.append(to)
             return CONTINUE
-        self.recipients.append(policy.Recipient(to, tuple(params)))
+        self.recipients.append(policy.Recipient(to, params))
         return CONTINUE
 
-    def _sender_domain_of(self, config: Config) -> str | None:
-        """The sender's domain for the suppression lists; None for the null sender,
-        a malformed one and our own bounce domain (bounces are never suppressed)."""
-        if not self._sender_domain_known:
-            address = esmtp.parse_address(self.sender or "")
-            domain = address.domain if address is not None else None
-            self._sender_domain = None if domain == config.bounce_domain else domain
-            self._sender_domain_known = True
-        return self._sender_domain
+    def _sender_rule(self) -> policy.SenderRule:
+        """What the sender decides (once per transaction, memoised per configuration)."""
+        rule = self._rule
+        if rule is None:
+            rule = self._rule = self.runtime.rules.get(self.sender if self.sender is not None else "<>")
+        return rule
 
     def _reject(self, reply: replies.Reply) -> int:
         try:
@@ -223,6 +257,11 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         except Exception:
             log.debug("setreply failed", exc_info=True)
         return REJECT
+
+    def header_bytes(self, name: str, value: bytes) -> int:
+        if name.lower() in HEADERS_READ:
+            self.header(name, value.decode("utf-8", "surrogateescape"))
+        return self._header_rc
 
     @noreply
     def header(self, name: str, value: str) -> int:
@@ -255,12 +294,13 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     # --- the work --------------------------------------------------------------
 
     def _eom(self) -> int:
-        runtime = self.shared.runtime
+        runtime = self.runtime
         if self.dropped and not self.recipients:
             # Every recipient was suppressed with policy "drop": nothing is left to
             # send, so the message goes nowhere (Postfix tells the client 250).
             self.shared.count("discarded-suppressed")
             return DISCARD
+        rule = self._sender_rule()
         envelope = policy.Envelope(
             sender=self.sender if self.sender is not None else "<>",
             sender_params=self.sender_params,
@@ -269,10 +309,10 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         )
         token = None
         token_id = 0
-        if policy.needs_token(runtime.config, envelope):
+        if rule.kind == policy.TRACK:
             token_id = new_token_id()
             token = mint(runtime.keyring, token_id)
-        decision = policy.decide(runtime.config, envelope, token)
+        decision = policy.decide(runtime.config, envelope, token, rule)
         self.shared.count(decision.why)
         queue_id = self._symval("i")
 
@@ -282,7 +322,7 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             assert token is not None and decision.new_sender is not None
             # The one INFO line per tracked message (issue 15: queue id and token) is
             # logged by the journal writer once the record is in the store (issue 20).
-            self.shared.record(self._message_record(envelope, decision, token, token_id, queue_id))
+            self.shared.record(self._journal_line(envelope, decision, rule, token, token_id, queue_id))
         else:
             log.debug("queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why)
 
@@ -298,33 +338,18 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             self.delrcpt(path)
         return CONTINUE
 
-    def _message_record(
-        self, envelope: policy.Envelope, decision: policy.Decision, token: str, token_id: int, queue_id: str | None
-    ) -> MessageRecord:
-        mail = esmtp.parse_params(envelope.sender_params)
-        recipients = []
-        for rcpt in envelope.recipients:
-            recipients.append(
-                RecipientRecord(
-                    address=rcpt.address,
-                    # The ORCPT the tracked message now carries (policy._track keeps the
-                    # client's, or adds one naming the address).
-                    orcpt=rcpt.orcpt,
-                    notify=rcpt.dsn.get("NOTIFY"),
-                )
-            )
-        return MessageRecord(
-            token_id=token_id,
-            token=token,
-            queue_id=queue_id,
-            message_id=self.message_id,
-            sender_domain=decision.sender_domain or "",
-            envelope_sender=esmtp.strip_path(envelope.sender),
-            verp_sender=decision.new_sender or "",
-            dsn_ret=mail.get("RET"),
-            dsn_envid=mail.get("ENVID"),
-            recipients=tuple(recipients),
-            created_at=time.time(),
+    def _journal_line(
+        self, envelope: policy.Envelope, decision: policy.Decision, rule: policy.SenderRule, token: str,
+        token_id: int, queue_id: str | None,
+    ) -> bytes:
+        """The message's record, straight from what the callbacks collected."""
+        mail = esmtp.parse_params(envelope.sender_params) if envelope.sender_params else {}
+        return journal.line(
+            token_id, token, queue_id, self.message_id, decision.sender_domain or "", rule.address,
+            decision.new_sender or "", mail.get("RET"), mail.get("ENVID"), time.time(),
+            # The ORCPT the tracked message now carries (policy._track keeps the
+            # client's, or adds one naming the address).
+            [(rcpt.address, rcpt.orcpt, rcpt.dsn.get("NOTIFY")) for rcpt in envelope.recipients],
         )
 
     def _symval(self, name: str) -> str | None:

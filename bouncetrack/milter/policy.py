@@ -7,7 +7,6 @@ Keeping the rules here lets them be tested without libmilter or an MTA.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from .. import esmtp
@@ -22,27 +21,22 @@ PASS = "pass"  # untouched
 REFUSE = "refuse"  # untracked; a Return-Path in another domain than MAIL FROM's (issue 16)
 
 
-@dataclass(frozen=True)
 class Recipient:
-    """A recipient as the MTA gave it to ``envrcpt``: the path and its ESMTP parameters."""
+    """A recipient as the MTA gave it to ``envrcpt``: the path and its ESMTP parameters,
+    with what the milter reads of them worked out once, when it is created (read-only
+    by convention)."""
 
-    path: str  # e.g. "<a@b>" exactly as received (delrcpt needs it verbatim)
-    params: tuple[str, ...] = ()
+    __slots__ = ("address", "dsn", "orcpt", "params", "path")
 
-    @property
-    def address(self) -> str:
-        return esmtp.strip_path(self.path)
-
-    @functools.cached_property
-    def dsn(self) -> dict[str, str | None]:
-        """The parsed parameters, once per recipient (read-only by convention)."""
-        return esmtp.parse_params(self.params)
-
-    @functools.cached_property
-    def orcpt(self) -> str:
-        """The client's ORCPT, else one naming the address (RFC 3461 §4.2): what the
-        message carries once the milter passes ORCPT on, computed once per recipient."""
-        return self.dsn.get("ORCPT") or esmtp.orcpt_for(self.address)
+    def __init__(self, path: str, params: tuple[str, ...] = ()) -> None:
+        self.path = path  # e.g. "<a@b>" exactly as received (delrcpt needs it verbatim)
+        self.params = params
+        self.address = esmtp.strip_path(path)
+        # The parsed parameters ({} for none, the common case).
+        self.dsn: dict[str, str | None] = esmtp.parse_params(params) if params else {}
+        # The client's ORCPT, else one naming the address (RFC 3461 §4.2): what the
+        # message carries once the milter passes ORCPT on.
+        self.orcpt: str = self.dsn.get("ORCPT") or esmtp.orcpt_for(self.address)
 
 
 @dataclass(frozen=True)
@@ -76,34 +70,86 @@ class Decision:
         return self.new_sender is not None or bool(self.recipient_changes)
 
 
-def decide(config: Config, envelope: Envelope, token: str | None = None) -> Decision:
+# What the sender's address alone decides (SenderRule.kind): the message passes
+# untouched (PASS, Decision kinds above), or it is tracked (TRACK), or the message's
+# own content decides (UNTRACKED: Return-Path, DSN defaults).
+UNTRACKED = "untracked"
+
+
+@dataclass(frozen=True)
+class SenderRule:
+    """The part of a decision that depends on the envelope sender only."""
+
+    kind: str  # TRACK | PASS | UNTRACKED
+    why: str  # the Decision's why when kind is PASS
+    domain: str | None  # the sender's domain, lower-cased; None for the null or a malformed sender
+    address: str  # the sender without angle brackets ("" for the null sender)
+
+    @property
+    def suppression_domain(self) -> str | None:
+        """The domain whose suppression list applies to its recipients: none for the
+        null or a malformed sender and for our own bounce domain (bounces are never
+        suppressed)."""
+        return None if self.kind == PASS else self.domain
+
+
+def sender_rule(config: Config, sender: str) -> SenderRule:
+    """What ``sender`` (the MAIL FROM path as received) decides under ``config``."""
+    text = esmtp.strip_path(sender)
+    if not text:
+        return SenderRule(PASS, "null-sender", None, "")
+    address = esmtp.parse_address(sender)
+    if address is None:
+        return SenderRule(PASS, "malformed-sender", None, text)
+    if address.domain == config.bounce_domain:
+        # Our own bounce or forward traffic: never rewrite (no loops).
+        return SenderRule(PASS, "bounce-domain", address.domain, text)
+    if config.policy_for(address.domain).tracking:
+        return SenderRule(TRACK, "tracked", address.domain, text)
+    return SenderRule(UNTRACKED, UNTRACKED, address.domain, text)
+
+
+class SenderRules:
+    """:func:`sender_rule` for one configuration, memoised per sender (the milter's
+    :class:`~bouncetrack.milter.app.Runtime` holds one per configuration load: the
+    few senders of a host are looked up once, not parsed again for every message).
+    Bounded: past :attr:`LIMIT` senders it starts afresh. Thread-safe (one dict
+    operation at a time; a race computes the same rule twice)."""
+
+    LIMIT = 4096
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._rules: dict[str, SenderRule] = {}
+
+    def get(self, sender: str) -> SenderRule:
+        rule = self._rules.get(sender)
+        if rule is None:
+            if len(self._rules) >= self.LIMIT:
+                self._rules.clear()
+            rule = self._rules[sender] = sender_rule(self.config, sender)
+        return rule
+
+
+def decide(config: Config, envelope: Envelope, token: str | None = None, rule: SenderRule | None = None) -> Decision:
     """Decide the rewrite for one message.
 
     ``token`` is the VERP token minted for this message; it is only used (and
     only needed) when the result is TRACK: call :func:`needs_token` first.
+    ``rule`` is :func:`sender_rule` of the envelope's sender, when the caller has it.
     """
-    sender_text = esmtp.strip_path(envelope.sender)
-    if not sender_text:
-        return Decision(PASS, "null-sender")
-    sender = esmtp.parse_address(envelope.sender)
-    if sender is None:
-        return Decision(PASS, "malformed-sender")
-    if sender.domain == config.bounce_domain:
-        # Our own bounce or forward traffic: never rewrite (no loops).
-        return Decision(PASS, "bounce-domain", sender_domain=sender.domain)
-    policy = config.policy_for(sender.domain)
-    if policy.tracking:
-        return _track(config, envelope, sender.domain, token)
-    return _untracked(config, envelope, sender.domain)
+    if rule is None:
+        rule = sender_rule(config, envelope.sender)
+    if rule.kind == PASS:
+        return Decision(PASS, rule.why, sender_domain=rule.domain)
+    assert rule.domain is not None  # TRACK and UNTRACKED have one
+    if rule.kind == TRACK:
+        return _track(config, envelope, rule.domain, token)
+    return _untracked(config, envelope, rule.domain)
 
 
 def needs_token(config: Config, envelope: Envelope) -> bool:
-    sender = esmtp.parse_address(envelope.sender)
-    return (
-        sender is not None
-        and sender.domain != config.bounce_domain
-        and config.policy_for(sender.domain).tracking
-    )
+    return sender_rule(config, envelope.sender).kind == TRACK
 
 
 def _track(config: Config, envelope: Envelope, domain: str, token: str | None) -> Decision:
