@@ -105,6 +105,42 @@ class DomainPolicy:
     validate_recipients: bool = False
 
 
+#: How Postfix hands bounces to bouncetrack (``pipe.transport``, issue 21): pipe(8) starting
+#: the pipe client per bounce (the default), or LMTP to the pipe server's warm workers.
+TRANSPORT_PIPE = "pipe"
+TRANSPORT_LMTP = "lmtp"
+TRANSPORTS = (TRANSPORT_PIPE, TRANSPORT_LMTP)
+#: Under Postfix's queue directory, like the milter's, so that a chrooted lmtp(8) reaches it:
+#: `bouncetrack install` names it ``unix:bouncetrack/lmtp.sock`` (HACKING.md "Socket locations").
+DEFAULT_LMTP_SOCKET = "/var/spool/postfix/bouncetrack/lmtp.sock"
+
+
+@dataclass(frozen=True)
+class LmtpConfig:
+    """The pipe server's LMTP listener (issue 21; ``bouncetrack/bounce_pipe/lmtp.py``).
+
+    Every bound is per connection or per message, on top of the pipe's own per report
+    (bounce_pipe/guard.py, classifier/bounds.py).
+    """
+
+    socket: Path = Path(DEFAULT_LMTP_SOCKET)
+    # Worker processes, each serving one connection at a time: the most connections
+    # served at once (install sets the lmtp service's concurrency to it).
+    workers: int = 4
+    # DATA beyond this is drained, not kept, and answered 552 5.3.4 (announced as SIZE).
+    max_message_bytes: int = 10_240_000
+    # RCPT beyond this in one transaction: 452 4.5.3 (Postfix sends them again later).
+    max_recipients: int = 50
+    # A command line must arrive within this, and no read may wait longer (RFC 5321
+    # §4.5.3.2.7: a server waits 5 minutes for a command).
+    command_timeout_seconds: float = 300.0
+    # The whole of DATA must arrive within this.
+    data_timeout_seconds: float = 600.0
+    # A worker is replaced after this many messages, or once its peak RSS passes the limit.
+    messages_per_worker: int = 1000
+    worker_max_rss_mb: int = 512
+
+
 @dataclass(frozen=True)
 class PipeConfig:
     # The pipe gives up (exit 75, Postfix retries) after this long, store waits
@@ -120,6 +156,9 @@ class PipeConfig:
     # a complaint signed (d=) by one of these domains or a subdomain may suppress even
     # for a multi-recipient message. Keys are looked up through validation.nameserver.
     feedback_loop_senders: tuple[str, ...] = ()
+    # Issue 21: "pipe" (pipe(8) and the pipe client) or "lmtp" (the pipe server's LMTP workers).
+    transport: str = TRANSPORT_PIPE
+    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
 
 
 @dataclass(frozen=True)

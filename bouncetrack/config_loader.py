@@ -54,11 +54,13 @@ from bouncetrack.config import (
     DEFAULT_MILTER_JOURNAL,
     DomainPolicy,
     DsnDefaults,
+    LmtpConfig,
     OutboxConfig,
     PipeConfig,
     SUPPRESSION_POLICIES,
     RetentionConfig,
     SuppressionPolicy,
+    TRANSPORTS,
     ValidationConfig,
     WebhookConfig,
 )
@@ -114,7 +116,9 @@ TOP_KEYS = (
     "validation",  # address validation (issue 19)
 )
 PIPE_KEYS = ("deadline_seconds", "raw_retention_days", "feedback_addresses", "untrusted_reports_per_host_per_day",
-             "feedback_loop_senders")
+             "feedback_loop_senders", "transport", "lmtp")
+LMTP_KEYS = ("socket", "workers", "max_message_bytes", "max_recipients", "command_timeout_seconds",
+             "data_timeout_seconds", "messages_per_worker", "worker_max_rss_mb")  # issue 21
 OUTBOX_KEYS = ("max_attempts", "base_delay_seconds", "max_delay_seconds", "smtp_host", "smtp_port")
 DOMAIN_KEYS = ("tracking", "forward", "webhook", "api_tokens", "dsn", "suppression", "validate_recipients")
 VALIDATION_KEYS = ("cache_size", "max_ttl", "max_negative_ttl", "dns_timeout", "nameserver", "max_batch",
@@ -641,8 +645,42 @@ def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
                 ctx.add(n, f"{skey}[{i}]", f"invalid domain {v[:100]!r} (a DKIM d= domain, e.g. fbl.example.net)")
             else:
                 senders.append(domain)
+
+    def transport(c: _Ctx, n: yaml.Node, k: str) -> str:
+        value = _str(c, n, k).lower()
+        if value not in TRANSPORTS:
+            raise c.fail(n, k, f"expected one of {', '.join(TRANSPORTS)}, got {value[:40]!r}")
+        return value
+
     return PipeConfig(deadline_seconds=deadline, raw_retention_days=retention, feedback_addresses=feedback,
-                      untrusted_reports_per_host_per_day=quota, feedback_loop_senders=tuple(senders))
+                      untrusted_reports_per_host_per_day=quota, feedback_loop_senders=tuple(senders),
+                      transport=_field(ctx, e, "transport", key, transport, d.transport),
+                      lmtp=_field(ctx, e, "lmtp", key, _lmtp, d.lmtp))
+
+
+def _lmtp(ctx: _Ctx, node: yaml.Node, key: str) -> LmtpConfig:
+    """``pipe.lmtp`` (issue 21): the pipe server's LMTP listener and its bounds."""
+    if _is_null(node):
+        return LmtpConfig()
+    e = _entries(ctx, node, key, LMTP_KEYS)
+    d = LmtpConfig()
+
+    def whole(name: str, default: int, low: int, high: int) -> int:
+        return _field(ctx, e, name, key, lambda c, n, k: _int(c, n, k, low, high), default)
+
+    def seconds(name: str, default: float) -> float:
+        return _field(ctx, e, name, key, lambda c, n, k: _number(c, n, k, 0, 3600, True), default)
+
+    return LmtpConfig(
+        socket=_field(ctx, e, "socket", key, _socket, d.socket),
+        workers=whole("workers", d.workers, 1, 256),
+        max_message_bytes=whole("max_message_bytes", d.max_message_bytes, 1024, 1 << 30),
+        max_recipients=whole("max_recipients", d.max_recipients, 1, 1000),
+        command_timeout_seconds=seconds("command_timeout_seconds", d.command_timeout_seconds),
+        data_timeout_seconds=seconds("data_timeout_seconds", d.data_timeout_seconds),
+        messages_per_worker=whole("messages_per_worker", d.messages_per_worker, 1, 10**9),
+        worker_max_rss_mb=whole("worker_max_rss_mb", d.worker_max_rss_mb, 32, 1 << 20),
+    )
 
 
 def _api(ctx: _Ctx, node: yaml.Node, key: str) -> ApiConfig:

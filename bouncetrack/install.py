@@ -46,12 +46,13 @@ from typing import Any, Callable, Sequence
 import click
 
 from . import postfix_wiring as wiring
-from .config import DEFAULT_CONFIG_PATH, Config
+from .config import DEFAULT_CONFIG_PATH, TRANSPORT_LMTP, TRANSPORT_PIPE, Config
 
 POSTCONF = "/usr/sbin/postconf"
 POSTMAP = "/usr/sbin/postmap"
 POSTFIX = "/usr/sbin/postfix"
 SERVICE_KEY = f"{wiring.SERVICE}/unix"
+LMTP_SERVICE_KEY = f"{wiring.LMTP_SERVICE}/unix"
 STATE_VERSION = 1
 
 Echo = Callable[[str], None]
@@ -152,15 +153,22 @@ def wanted_for(
     current: dict[str, str] | None = None,
     pipe_socket: str = wiring.PIPE_SOCKET,
     pipe_client: str | None = None,
+    transport: str | None = None,
 ) -> wiring.Wanted:
     """What to wire for ``config`` into ``config_dir``; :class:`~bouncetrack.postfix_wiring.WiringError`
-    when the milter socket is out of reach of a chrooted smtpd or cleanup."""
+    when the milter socket is out of reach of a chrooted smtpd or cleanup, or (``transport``
+    lmtp; default: the config's ``pipe.transport``) the LMTP socket of our lmtp service."""
     current = current if current is not None else main_values(config_dir)
     try:
         size = int(current.get("message_size_limit", "0") or 0)
     except ValueError:
         size = 0
-    address = wiring.milter_address(str(config.milter_socket), queue_directory(config_dir), services(config_dir))
+    queue = queue_directory(config_dir)
+    all_services = services(config_dir)
+    address = wiring.milter_address(str(config.milter_socket), queue, all_services)
+    lmtp = config.pipe.lmtp
+    chroot = lmtp_chroot(all_services)
+    lmtp_socket = wiring.lmtp_address(str(lmtp.socket), queue, chroot) if transport == TRANSPORT_LMTP else ""
     return wiring.Wanted(
         bounce_domain=config.bounce_domain,
         milter_socket=address,
@@ -171,7 +179,17 @@ def wanted_for(
         size_limit=size or None,
         pipe_client=pipe_client or default_pipe_client(),
         pipe_socket=pipe_socket,
+        transport=transport or config.pipe.transport,
+        lmtp_socket=lmtp_socket,
+        lmtp_chroot=chroot,
+        lmtp_workers=lmtp.workers,
+        lmtp_max_recipients=lmtp.max_recipients,
     )
+
+
+def lmtp_chroot(all_services: Sequence[wiring.Service]) -> bool:
+    """Our lmtp service's chroot: as the operator's ``lmtp/unix`` (Debian: y), else n."""
+    return next((s.chroot for s in all_services if s.key == "lmtp/unix"), False)
 
 
 def default_pipe_client() -> str:
@@ -195,6 +213,9 @@ class State:
     master_old: str | None = None
     master_new: str | None = None
     master_changed: bool = False
+    # The bouncelmtp entry (issue 21), as the bouncepipe one.
+    lmtp_master_old: str | None = None
+    lmtp_master_changed: bool = False
     files: list[str] = field(default_factory=list)  # created by us, relative to the config dir
     installed_sha256: dict[str, str] = field(default_factory=dict)
     restorable: dict[str, bool] = field(default_factory=dict)  # backup still byte-exact candidate
@@ -255,6 +276,8 @@ def _apply(target_dir: Path, w: wiring.Wanted, p: wiring.Plan, *, postmap: bool)
         run([POSTCONF, "-c", str(target_dir), "-e", *(f"{k}={v}" for k, v in p.main.items())])
     if p.master is not None:
         run([POSTCONF, "-c", str(target_dir), "-M", "-e", f"{SERVICE_KEY}={p.master}"])
+    if p.lmtp_master is not None:
+        run([POSTCONF, "-c", str(target_dir), "-M", "-e", f"{LMTP_SERVICE_KEY}={p.lmtp_master}"])
     return created
 
 
@@ -288,29 +311,38 @@ def install(
     echo: Echo = print,
     pipe_socket: str = wiring.PIPE_SOCKET,
     pipe_client: str | None = None,
+    transport: str | None = None,
 ) -> bool:
     """Wire bouncetrack in. Returns True when something changed (or would change).
 
     ``pipe_socket``: where the pipe server listens (the pipe client's ``--socket``);
-    ``pipe_client``: the client script pipe(8) starts (default: this package's).
+    ``pipe_client``: the client script pipe(8) starts (default: this package's);
+    ``transport``: ``pipe`` or ``lmtp`` (issue 21), by default the config's ``pipe.transport``,
+    which it must equal (the pipe server opens its LMTP socket only for ``lmtp``).
     Raises :class:`~bouncetrack.postfix_wiring.WiringError`, before writing anything,
     when a chrooted smtpd or cleanup could not reach the milter socket."""
     config_dir = config_dir.resolve()
     if not (config_dir / "main.cf").is_file() or not (config_dir / "master.cf").is_file():
         raise InstallError(f"{config_dir} has no main.cf and master.cf: not a Postfix config directory")
+    if transport is not None and transport != config.pipe.transport:
+        raise InstallError(
+            f"--transport {transport}, but {config.path} has pipe.transport: {config.pipe.transport}, and the pipe "
+            f"server opens its LMTP socket only with pipe.transport: lmtp. Set pipe.transport: {transport} there, "
+            "restart bouncetrack-pipe-server, and run install again")
     current = main_values(config_dir)
     w = wanted_for(config, config_dir, bouncetrack_bin=bouncetrack_bin, map_type=map_type, current=current,
-                   pipe_socket=pipe_socket, pipe_client=pipe_client)
+                   pipe_socket=pipe_socket, pipe_client=pipe_client, transport=transport)
     if not Path(w.bouncetrack_bin).exists():
         echo(f"warning: {w.bouncetrack_bin} does not exist (use --bouncetrack-bin); pipe(8) would fail")
     cur_master = master_entry(config_dir)
+    cur_lmtp_master = master_entry(config_dir, LMTP_SERVICE_KEY)
     state = State.load(config_dir)
     # Other names of our milter, replaced in place: what an earlier install wrote, and the
     # configured path itself (written absolute by hand or by an install before issue 15,
     # which a chrooted smtpd cannot reach).
     earlier = str(state.wanted.get("milter_socket", "")) if state is not None else ""
     replaces = [n for n in dict.fromkeys((earlier, str(config.milter_socket))) if n and n != w.milter_socket]
-    p = wiring.plan(current, cur_master, w, replaces=replaces)
+    p = wiring.plan(current, cur_master, w, replaces=replaces, current_lmtp_master=cur_lmtp_master)
     transport_path = config_dir / wiring.TRANSPORT_FILE
     transport_ok = transport_path.exists() and transport_path.read_text() == p.transport_text
     if p.empty and transport_ok:
@@ -351,6 +383,9 @@ def install(
             state.master_old = cur_master
             state.master_changed = True
         state.master_new = p.master
+    if p.lmtp_master is not None and not state.lmtp_master_changed:
+        state.lmtp_master_old = cur_lmtp_master
+        state.lmtp_master_changed = True
     state.wanted = dict(w.__dict__)
     # Save first: an interrupted install can still be undone.
     state.save(config_dir)
@@ -367,8 +402,10 @@ def install(
         echo(f"main.cf: {name} = {value}")
     if p.master is not None:
         echo(f"master.cf: {p.master}")
+    if p.lmtp_master is not None:
+        echo(f"master.cf: {p.lmtp_master}")
     if not transport_ok:
-        echo(f"transport map: {w.transport_map} ({w.bounce_domain} -> {wiring.SERVICE}:)")
+        echo(f"transport map: {w.transport_map} ({w.bounce_domain} -> {wiring.transport_nexthop(w)})")
     ok, text = postfix_check(config_dir)
     if not ok:
         raise InstallError(f"postfix check failed after install:\n{text}\nundo with: bouncetrack uninstall --postfix-dir {config_dir}")
@@ -415,14 +452,21 @@ def _revert_into(target: Path, state: State, real: Path, echo: Echo) -> None:
     if state.restorable.get("master.cf") and _sha(target / "master.cf") == state.installed_sha256.get("master.cf"):
         _restore_bytes(real / state.backups["master.cf"], target / "master.cf")
         echo(f"master.cf: restored byte for byte from {state.backups['master.cf']}")
-    elif state.master_changed:
-        if state.master_old is None:
-            if master_entry(target) is not None:
-                run([POSTCONF, "-c", str(target), "-M", "-X", SERVICE_KEY])
-            echo(f"master.cf: changed since install; removed the {SERVICE_KEY} entry")
-        else:
-            run([POSTCONF, "-c", str(target), "-M", "-e", f"{SERVICE_KEY}={state.master_old}"])
-            echo(f"master.cf: changed since install; restored the old {SERVICE_KEY} entry")
+    else:
+        if state.master_changed:
+            _revert_entry(target, SERVICE_KEY, state.master_old, echo)
+        if state.lmtp_master_changed:
+            _revert_entry(target, LMTP_SERVICE_KEY, state.lmtp_master_old, echo)
+
+
+def _revert_entry(target: Path, key: str, old: str | None, echo: Echo) -> None:
+    if old is None:
+        if master_entry(target, key) is not None:
+            run([POSTCONF, "-c", str(target), "-M", "-X", key])
+        echo(f"master.cf: changed since install; removed the {key} entry")
+    else:
+        run([POSTCONF, "-c", str(target), "-M", "-e", f"{key}={old}"])
+        echo(f"master.cf: changed since install; restored the old {key} entry")
 
 
 def _restore_bytes(backup: Path, dest: Path) -> None:
@@ -481,8 +525,11 @@ def _load(path: str) -> Config:
               help="Type of the transport map file we manage (hash/lmdb/cdb: postmap is run).")
 @click.option("--pipe-socket", default=wiring.PIPE_SOCKET, show_default=True,
               help="The pipe server's socket (bouncetrack pipe-server --socket), which the pipe client connects to.")
+@click.option("--transport", type=click.Choice([TRANSPORT_PIPE, TRANSPORT_LMTP]), default=None,
+              help="How Postfix hands bounces over: pipe(8) and the pipe client, or LMTP to the pipe server "
+                   "[default: the config's pipe.transport, which it must equal].")
 def install_command(postfix_dir: Path, config_file: str, dry_run: bool, bouncetrack_bin: str | None, map_type: str,
-                    pipe_socket: str) -> None:
+                    pipe_socket: str, transport: str | None) -> None:
     """Wire bouncetrack into Postfix (milter, bounce pipe, transport), with a backup.
 
     Refuses (exit 1, nothing written) when master.cf runs smtpd or cleanup chrooted and
@@ -490,7 +537,7 @@ def install_command(postfix_dir: Path, config_file: str, dry_run: bool, bouncetr
     config = _load(config_file)
     try:
         install(config, postfix_dir, dry_run=dry_run, bouncetrack_bin=bouncetrack_bin, map_type=map_type,
-                echo=click.echo, pipe_socket=pipe_socket)
+                echo=click.echo, pipe_socket=pipe_socket, transport=transport)
     except (InstallError, wiring.WiringError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -42,6 +42,19 @@ Decisions (see ``conf/postfix/README.md``):
   It starts the pipe client (``python -S …/bounce_pipe/client.py --socket …``), which
   hands each bounce to the warm ``bouncetrack pipe-server`` and runs the full pipe
   itself when no server listens: a bare interpreter start per bounce instead of ~7.
+- LMTP (issue 21, ``pipe.transport: lmtp`` or ``install --transport lmtp``): the transport
+  map names our own lmtp(8) service instead, ``<bounce domain> bouncelmtp:unix:NAME``,
+  NAME being the pipe server's LMTP socket relative to the queue directory, as for the
+  milter (lmtp(8): a chrooted client opens an absolute name under the queue directory;
+  every daemon runs in the queue directory, so a relative name works chrooted or not).
+  master.cf ``bouncelmtp/unix`` is an lmtp(8) service of its own (so that its settings
+  leave the operator's ``lmtp`` alone): chroot as the operator's ``lmtp/unix`` service
+  has it, process limit ``pipe.lmtp.workers``, ``-o lmtp_send_xforward_command=yes`` (the
+  client address the trust rules read) and ``-o lmtp_connection_cache_on_demand=yes``
+  (connections kept open across deliveries under load, Postfix's default, made explicit);
+  main.cf ``bouncelmtp_destination_concurrency_limit`` = workers (one connection per
+  worker) and ``bouncelmtp_destination_recipient_limit`` = ``pipe.lmtp.max_recipients``.
+  The ``bouncepipe`` entry stays: a switch back is one transport map line.
 """
 
 from __future__ import annotations
@@ -50,7 +63,11 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .config import TRANSPORT_LMTP, TRANSPORT_PIPE
+
 SERVICE = "bouncepipe"
+#: Our lmtp(8) service (issue 21), for ``pipe.transport: lmtp``.
+LMTP_SERVICE = "bouncelmtp"
 TRANSPORT_FILE = "bouncetrack_transport"
 STATE_FILE = "bouncetrack-install.json"
 PIPE_USER = "bouncetrack"
@@ -78,6 +95,8 @@ MAIN_PARAMS = (
     "relay_domains",
     f"{SERVICE}_destination_recipient_limit",
 )
+#: ... and with the LMTP transport (issue 21).
+LMTP_MAIN_PARAMS = (f"{LMTP_SERVICE}_destination_concurrency_limit", f"{LMTP_SERVICE}_destination_recipient_limit")
 
 
 class WiringError(ValueError):
@@ -105,6 +124,13 @@ class Wanted:
     # None: pipe(8) runs `bouncetrack pipe` itself.
     pipe_client: str | None = None
     pipe_socket: str = PIPE_SOCKET
+    # Issue 21: "lmtp" routes the bounce domain to LMTP_SERVICE at lmtp_socket (the name
+    # Postfix opens, relative to the queue directory when under it: lmtp_address).
+    transport: str = TRANSPORT_PIPE
+    lmtp_socket: str = ""
+    lmtp_chroot: bool = False  # the chroot column of our service: as the operator's lmtp/unix
+    lmtp_workers: int = 4
+    lmtp_max_recipients: int = 50
 
     @property
     def transport_path(self) -> str:
@@ -123,10 +149,11 @@ class Plan:
     main: dict[str, str]
     master: str | None
     transport_text: str
+    lmtp_master: str | None = None  # the bouncelmtp entry when it must be written (issue 21)
 
     @property
     def empty(self) -> bool:
-        return not self.main and self.master is None
+        return not self.main and self.master is None and self.lmtp_master is None
 
 
 # ---------------------------------------------------------------------------
@@ -325,6 +352,22 @@ def milter_address(socket_path: str, queue_directory: str, services: Sequence[Se
     return name
 
 
+def lmtp_address(socket_path: str, queue_directory: str, chroot: bool) -> str:
+    """What to write for the LMTP socket (without ``unix:``) so that our lmtp(8) service,
+    chrooted or not, opens ``socket_path``: relative to the queue directory when under it
+    (as :func:`milter_address`), else the absolute path when the service is not chrooted;
+    :class:`WiringError` otherwise."""
+    name = postfix_name(socket_path, queue_directory)
+    if name.startswith("/") and chroot:
+        q = queue_directory.rstrip("/")
+        raise WiringError(
+            f"the lmtp service runs chrooted in {q} and would look for the LMTP socket at "
+            f"{seen_by(socket_path, chroot=True, queue_directory=q)}: every bounce would be deferred. Put it under "
+            f"the queue directory: pipe.lmtp.socket: {q}/bouncetrack/lmtp.sock (directory bouncetrack:postfix 0750) "
+            "and restart the pipe server, or set the chroot column of lmtp/unix to n")
+    return name
+
+
 def relay_domains_base(explicit: str | None, expanded: str) -> str:
     """The relay_domains value to append the bounce domain to, without Postfix's
     compatibility-level expression: main.cf's own value when it sets one (kept as
@@ -370,11 +413,35 @@ def same_master_entry(a: str | None, b: str | None) -> bool:
     return a.split() == b.split()
 
 
+def lmtp_nexthop(socket_name: str) -> str:
+    """The transport map's answer for the LMTP socket ``socket_name`` (as Postfix names it)."""
+    return f"{LMTP_SERVICE}:unix:{socket_name}"
+
+
+def transport_nexthop(w: Wanted) -> str:
+    """The transport map's answer for the bounce domain (``bouncepipe:`` or
+    ``bouncelmtp:unix:bouncetrack/lmtp.sock``)."""
+    return lmtp_nexthop(w.lmtp_socket) if w.transport == TRANSPORT_LMTP else f"{SERVICE}:"
+
+
 def transport_text(w: Wanted) -> str:
+    what = "the pipe server's LMTP socket" if w.transport == TRANSPORT_LMTP else "the bounce pipe"
     return (
-        "# Managed by `bouncetrack install`: mail for the bounce domain goes to the bounce pipe.\n"
-        f"{w.bounce_domain} {SERVICE}:\n"
+        f"# Managed by `bouncetrack install`: mail for the bounce domain goes to {what}.\n"
+        f"{w.bounce_domain} {transport_nexthop(w)}\n"
     )
+
+
+def lmtp_master_entry(chroot: bool, workers: int) -> str:
+    """The ``bouncelmtp`` service line (one logical line, as ``postconf -M`` prints it)."""
+    return (f"{LMTP_SERVICE} unix - - {'y' if chroot else 'n'} - {workers} lmtp "
+            "-o lmtp_send_xforward_command=yes -o lmtp_connection_cache_on_demand=yes")
+
+
+def lmtp_main(workers: int, max_recipients: int) -> dict[str, str]:
+    """main.cf for our lmtp service: one connection per worker, recipients per transaction
+    as the server takes them (:data:`LMTP_MAIN_PARAMS`)."""
+    return dict(zip(LMTP_MAIN_PARAMS, (str(workers), str(max_recipients))))
 
 
 # ---------------------------------------------------------------------------
@@ -382,9 +449,10 @@ def transport_text(w: Wanted) -> str:
 
 
 def desired_main(current: Mapping[str, str], w: Wanted, replaces: Sequence[str] = ()) -> dict[str, str]:
-    """Every parameter of :data:`MAIN_PARAMS` as it should be, from the effective values
+    """Every parameter of :data:`MAIN_PARAMS` (and :data:`LMTP_MAIN_PARAMS` for the LMTP
+    transport) as it should be, from the effective values
     (``replaces``: see :func:`with_milter`)."""
-    return {
+    want = {
         "smtpd_milters": with_milter(current.get("smtpd_milters", ""), w.milter_socket, replaces),
         "non_smtpd_milters": with_milter(current.get("non_smtpd_milters", ""), w.milter_socket, replaces),
         "message_drop_headers": drop_headers_without_return_path(
@@ -394,18 +462,25 @@ def desired_main(current: Mapping[str, str], w: Wanted, replaces: Sequence[str] 
         "relay_domains": with_item(current.get("relay_domains", ""), w.bounce_domain),
         f"{SERVICE}_destination_recipient_limit": "1",
     }
+    if w.transport == TRANSPORT_LMTP:
+        want.update(lmtp_main(w.lmtp_workers, w.lmtp_max_recipients))
+    return want
 
 
-def plan(current: Mapping[str, str], current_master: str | None, w: Wanted, replaces: Sequence[str] = ()) -> Plan:
-    """What to change, given the effective main.cf values and the current master.cf entry
-    (``replaces``: other names of our milter to replace, see :func:`with_milter`)."""
+def plan(current: Mapping[str, str], current_master: str | None, w: Wanted, replaces: Sequence[str] = (),
+         current_lmtp_master: str | None = None) -> Plan:
+    """What to change, given the effective main.cf values and the current master.cf entries
+    (``bouncepipe``, ``bouncelmtp``; ``replaces``: other names of our milter to replace, see
+    :func:`with_milter`)."""
     want = desired_main(current, w, replaces)
     changes = {k: v for k, v in want.items() if split_list(current.get(k, "")) != split_list(v)}
     entry = master_entry(w)
+    lmtp_entry = lmtp_master_entry(w.lmtp_chroot, w.lmtp_workers) if w.transport == TRANSPORT_LMTP else None
     return Plan(
         main=changes,
         master=None if same_master_entry(current_master, entry) else entry,
         transport_text=transport_text(w),
+        lmtp_master=None if lmtp_entry is None or same_master_entry(current_lmtp_master, lmtp_entry) else lmtp_entry,
     )
 
 

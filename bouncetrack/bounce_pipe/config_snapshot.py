@@ -39,6 +39,7 @@ from ..config import (
     Config,
     DomainPolicy,
     DsnDefaults,
+    LmtpConfig,
     OutboxConfig,
     PipeConfig,
     RetentionConfig,
@@ -60,6 +61,7 @@ _NESTED: dict[str, type] = {
     "SuppressionPolicy": SuppressionPolicy,  # issue 6
     "RetentionConfig": RetentionConfig,  # issue 6, retention
     "ValidationConfig": ValidationConfig,  # issue 19
+    "LmtpConfig": LmtpConfig,  # issue 21
 }
 
 

@@ -65,6 +65,9 @@ def parse_argv(argv: list[str]) -> tuple[str, str, str, str | None]:
     rest: list[str] = []
     args = iter(argv)
     for arg in args:
+        if arg == "--":  # the rest are addresses, even one that starts with "--config=" (the LMTP listener)
+            rest.extend(args)
+            break
         if arg == "--config":
             config = next(args, config)
         elif arg.startswith("--config="):

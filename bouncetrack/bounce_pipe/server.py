@@ -40,6 +40,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from .client import MAGIC
+from .lmtp import Pool
+
+from ..config import TRANSPORT_LMTP
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -153,6 +156,7 @@ class Server:
         self.stopping = False
         self.reload_requested = False
         self.children: set[int] = set()
+        self.lmtp: Pool | None = None  # issue 21: pipe.transport lmtp, its workers
 
     def _hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True  # applied by the accept loop, between bounces
@@ -166,11 +170,13 @@ class Server:
             log.warning("SIGHUP: started without --config; each bounce reads its own configuration")
             return
 
-        def apply(new: "Config") -> None:
+        def apply(new: "Config") -> bool:
             self.runtime = (new, load_keyring(new))
+            return True
 
-        reload_config(self.config_path, self.runtime[0] if self.runtime else None, apply,
-                      RESTART_ONLY["pipe-server"], log)
+        if reload_config(self.config_path, self.runtime[0] if self.runtime else None, apply,
+                         RESTART_ONLY["pipe-server"], log) and self.lmtp is not None:
+            self.lmtp.replace_all()  # they start again from the new configuration
 
     def _listen(self) -> socket.socket:
         if self.socket_path.is_socket():
@@ -198,15 +204,25 @@ class Server:
         self.stopping = True
 
     def _reap(self) -> None:
-        while self.children:
+        while self.children or (self.lmtp is not None and self.lmtp.workers):
             try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 return
             if pid == 0:
                 return
-            self.children.discard(pid)
+            if self.lmtp is None or not self.lmtp.reaped(pid, status):
+                self.children.discard(pid)
+
+    def _start_lmtp(self, listener: socket.socket) -> None:
+        """Issue 21: with ``pipe.transport: lmtp``, the LMTP socket and its workers (lmtp.py)."""
+        if self.runtime is None or self.runtime[0].pipe.transport != TRANSPORT_LMTP or self.config_path is None:
+            if self.runtime is None and self.config_path is not None:
+                log.error("configuration not loaded: no LMTP listener (pipe.transport is read at start)")
+            return
+        self.lmtp = Pool(self.runtime[0].pipe.lmtp, self.config_path, lambda: self.runtime)
+        self.lmtp.start(close_in_workers=[listener])
 
     def run(self) -> int:
         listener = self._listen()
@@ -215,10 +231,13 @@ class Server:
         signal.signal(signal.SIGHUP, self._hup)
         log.info("pipe server listening on %s", self.socket_path)
         try:
+            self._start_lmtp(listener)
             while not self.stopping:
                 if self.reload_requested:
                     self.reload()
                 self._reap()
+                if self.lmtp is not None:
+                    self.lmtp.top_up()
                 try:
                     conn, _ = listener.accept()
                 except (TimeoutError, InterruptedError):
@@ -234,6 +253,8 @@ class Server:
                     code = EX_TEMPFAIL
                     try:
                         listener.close()
+                        if self.lmtp is not None and self.lmtp.listener is not None:
+                            self.lmtp.listener.close()
                         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                             signal.signal(sig, signal.SIG_DFL)
                         code = handle(conn, self.config_path, self.runtime)
@@ -249,8 +270,10 @@ class Server:
                 self.socket_path.unlink()
             except OSError:
                 pass
+            if self.lmtp is not None:
+                self.lmtp.close()  # each worker finishes its transaction, then exits
         deadline = time.monotonic() + DRAIN_SECONDS
-        while self.children and time.monotonic() < deadline:
+        while (self.children or (self.lmtp is not None and self.lmtp.workers)) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
         log.info("bouncetrack pipe-server stopped")

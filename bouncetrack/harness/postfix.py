@@ -206,6 +206,7 @@ class PrivatePostfix:
     are appended), run as ``pipe_user``; None leaves the service out.
     ``milter_socket``: wires ``smtpd_milters``/``non_smtpd_milters`` to it.
     ``extra``: more main.cf settings, applied last.
+    ``services``: more master.cf lines (unless ``packaged``), e.g. our lmtp service.
     """
 
     def __init__(
@@ -222,8 +223,10 @@ class PrivatePostfix:
         delay_warning_time: str = "0h",
         extra: Mapping[str, str] | None = None,
         packaged: bool = False,
+        services: Sequence[str] = (),
     ) -> None:
         self.packaged = packaged
+        self.services = list(services)  # more master.cf lines (e.g. the bouncelmtp service)
         self.base = Path(base).resolve()
         self.config_dir = self.base / "etc"
         self.queue_dir = self.base / "spool"
@@ -326,7 +329,7 @@ class PrivatePostfix:
                 f"  flags=Rq user={self.pipe_user} argv={argv} --client-address=${{client_address}} "
                 "${recipient} ${sender}\n"
             )
-        return text
+        return text + "".join(f"{line}\n" for line in self.services)
 
     def packaged_overrides(self) -> dict[str, str]:
         """With ``packaged``: what the private instance changes in Debian's main.cf, and

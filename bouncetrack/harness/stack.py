@@ -42,6 +42,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import yaml
 
+from .. import postfix_wiring as wiring
+from ..config import TRANSPORT_LMTP, TRANSPORT_PIPE, LmtpConfig
 from ..config_loader import load_config
 from ..install import install
 from .fakemx import FakeMX
@@ -59,6 +61,8 @@ REMOTE = "remote.test"
 BOUNCE_DOMAIN = "bounce.test"
 
 PipeMode = Literal["files", "real"]
+#: How Postfix hands the bounces over with ``pipe="real"`` (issue 21): pipe(8) or LMTP.
+Transport = Literal["pipe", "lmtp"]
 #: "harness": the harness writes main.cf/master.cf itself (chroot off, wired directly);
 #: "debian": the distribution's packaged files, chroot on, wired by `bouncetrack install`.
 PostfixConfig = Literal["harness", "debian"]
@@ -222,6 +226,11 @@ class Stack:
     pipe client and transport with ``bouncetrack install`` (its output in
     :attr:`install_output`; main.cf and master.cf as they were before it in
     :attr:`packaged_files`), as an operator would. Needs ``with_milter`` and ``pipe="real"``.
+    ``transport``: ``"lmtp"`` (issue 21) sets ``pipe.transport: lmtp`` (``pipe.lmtp.socket`` at
+    ``spool/bouncetrack/lmtp.sock`` under the queue directory, directory ``bouncetrack:postfix
+    0750``, ``lmtp_workers`` workers; more ``pipe.lmtp`` keys through ``config_extra``) and routes
+    the bounce domain to our lmtp service: written directly with the harness's configuration,
+    by ``bouncetrack install`` with the packaged one. Needs ``pipe="real"`` and the pipe server.
     """
 
     def __init__(
@@ -247,6 +256,8 @@ class Stack:
         log_level: str = "DEBUG",
         keep: bool = False,
         postfix_config: PostfixConfig = "harness",
+        transport: Transport = "pipe",
+        lmtp_workers: int = 2,
     ) -> None:
         if pipe not in ("files", "real"):
             raise ValueError(f"pipe must be 'files' or 'real', not {pipe!r}")
@@ -265,6 +276,10 @@ class Stack:
         self.pipe_server = (pipe == "real" and pipe_wrapper is None) if pipe_server is None else pipe_server
         if self.pipe_server and pipe != "real":
             raise ValueError("pipe_server needs pipe='real'")
+        if transport not in (TRANSPORT_PIPE, TRANSPORT_LMTP) or (transport == TRANSPORT_LMTP and not self.pipe_server):
+            raise ValueError("transport must be 'pipe' or 'lmtp'; 'lmtp' needs pipe='real' and the pipe server")
+        self.transport: Transport = transport
+        self.lmtp_workers = lmtp_workers
         self.bounce_domain = bounce_domain
         self.python = python or default_python()
         self.user = user
@@ -295,12 +310,17 @@ class Stack:
             maximal_queue_lifetime=maximal_queue_lifetime,
             bounce_queue_lifetime=bounce_queue_lifetime,
             delay_warning_time=delay_warning_time,
-            extra=postfix_extra,
+            extra={**(wiring.lmtp_main(lmtp_workers, self._lmtp_option("max_recipients"))
+                      if transport == TRANSPORT_LMTP and postfix_config == "harness" else {}),
+                   **(postfix_extra or {})},
             packaged=postfix_config == "debian",
+            services=[wiring.lmtp_master_entry(False, lmtp_workers)] if transport == TRANSPORT_LMTP else [],
         )
         if postfix_config == "debian":
             # Where a chrooted smtpd/cleanup can reach it (HACKING.md "Socket locations").
             self.milter_socket = self.postfix.queue_dir / "bouncetrack" / "milter.sock"
+        # Issue 21: where a chrooted lmtp(8) reaches it too, named relative to the queue directory.
+        self.lmtp_socket = self.postfix.queue_dir / "bouncetrack" / "lmtp.sock"
         self._routes_extra = dict(routes or {})
         self._milter: subprocess.Popen[bytes] | None = None
         self._pipe_server: subprocess.Popen[bytes] | None = None
@@ -324,9 +344,11 @@ class Stack:
             self._prepare()
             self.fakemx.start()
             packaged = self.postfix_config == "debian"
+            bounce_route = (wiring.lmtp_nexthop(wiring.postfix_name(str(self.lmtp_socket), str(self.postfix.queue_dir)))
+                            if self.transport == TRANSPORT_LMTP else "bouncepipe:")
             self.postfix.routes = {
                 REMOTE: f"smtp:[127.0.0.1]:{self.fakemx.port}",
-                **({} if packaged else {self.bounce_domain: "bouncepipe:"}),
+                **({} if packaged else {self.bounce_domain: bounce_route}),
                 **self._routes_extra,
             }
             if packaged:
@@ -374,6 +396,10 @@ class Stack:
         self.secret_file.chmod(0o600)
         self.config_path.write_text(self.config_yaml())
         self.config_path.chmod(0o644)
+        if self.transport == TRANSPORT_LMTP:  # as for the milter's (systemd/bouncetrack-pipe-server.service)
+            self.lmtp_socket.parent.mkdir(parents=True, exist_ok=True)
+            os.chown(self.lmtp_socket.parent, uid, postfix_gid)
+            self.lmtp_socket.parent.chmod(0o750)
 
     def _install_into_packaged(self) -> None:
         """Write the packaged configuration, make the milter's socket directory under the
@@ -395,7 +421,7 @@ class Stack:
                        bouncetrack_bin=str(Path(self.python).parent / "bouncetrack"),
                        pipe_socket=str(self.pipe_socket),
                        pipe_client=str(self.lib / "bouncetrack" / "bounce_pipe" / "client.py"),
-                       echo=self.install_output.append)
+                       echo=self.install_output.append, transport=self.transport)
 
     def config_yaml(self) -> str:
         """The generated configuration (schema: conf/example.yaml)."""
@@ -415,9 +441,19 @@ class Stack:
             "log_level": self.log_level,
             "domains": domains,
         }
-        cfg.update(self._config_extra)
+        extra = dict(self._config_extra)
+        if self.transport == TRANSPORT_LMTP:
+            pipe = dict(extra.pop("pipe", None) or {})
+            pipe["lmtp"] = {"socket": str(self.lmtp_socket), "workers": self.lmtp_workers, **(pipe.get("lmtp") or {})}
+            cfg["pipe"] = {**pipe, "transport": TRANSPORT_LMTP}
+        cfg.update(extra)
         return "# Generated by bouncetrack.harness.stack\n" + yaml.safe_dump(
             cfg, sort_keys=False, default_flow_style=False)
+
+    def _lmtp_option(self, name: str) -> int:
+        """A ``pipe.lmtp`` number of the configuration this stack writes (``config_extra`` or the default)."""
+        given = ((self._config_extra.get("pipe") or {}).get("lmtp") or {}).get(name)
+        return int(given) if given is not None else int(getattr(LmtpConfig(), name))
 
     def pipe_argv(self) -> list[str]:
         if self.pipe_mode == "files":
@@ -487,6 +523,12 @@ class Stack:
             [self.python, str(self.lib / "bt.py"), "pipe-server", "--socket", str(self.pipe_socket),
              "--config", str(self.config_path), "--log-level", self.log_level],
             self.pipe_server_log, self.pipe_socket, timeout, "pipe server")
+        if self.transport == TRANSPORT_LMTP:
+            why = wait_accepting(self.lmtp_socket, self._pipe_server, timeout)
+            if why is not None:
+                self.kill_pipe_server()
+                raise RuntimeError(f"pipe server's LMTP {why}:\n"
+                                   f"{self.pipe_server_log.read_text(errors='replace')[-4000:]}")
 
     def stop_pipe_server(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop the pipe server (SIGTERM: it finishes bounces in flight); SIGKILL after ``timeout``."""
