@@ -167,6 +167,7 @@ def wanted_for(
     all_services = services(config_dir)
     address = wiring.milter_address(str(config.milter_socket), queue, all_services)
     lmtp = config.pipe.lmtp
+    transport = transport or config.pipe.transport
     chroot = lmtp_chroot(all_services)
     lmtp_socket = wiring.lmtp_address(str(lmtp.socket), queue, chroot) if transport == TRANSPORT_LMTP else ""
     return wiring.Wanted(
@@ -179,7 +180,7 @@ def wanted_for(
         size_limit=size or None,
         pipe_client=pipe_client or default_pipe_client(),
         pipe_socket=pipe_socket,
-        transport=transport or config.pipe.transport,
+        transport=transport,
         lmtp_socket=lmtp_socket,
         lmtp_chroot=chroot,
         lmtp_workers=lmtp.workers,

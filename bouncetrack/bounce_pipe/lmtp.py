@@ -294,9 +294,7 @@ class Session:
                         self.say(replies.LMTP_BAD_SEQUENCE)
                         continue
                     self.say(replies.LMTP_GO_AHEAD)
-                    started = time.time()
-                    data = self.read_data()
-                    self.transaction(t, data, started)
+                    self.transaction(t, self.read_data())
                     t = Transaction()
                 elif verb == "RSET":
                     t = Transaction()
@@ -325,8 +323,9 @@ class Session:
         except OSError:
             pass
 
-    def transaction(self, t: Transaction, data: bytes | None, started: float) -> None:
-        """One reply per recipient (RFC 2033 §4.2), in RCPT order."""
+    def transaction(self, t: Transaction, data: bytes | None) -> None:
+        """One reply per recipient (RFC 2033 §4.2), in RCPT order; each recipient's copy
+        gets the pipe's whole deadline (``pipe.deadline_seconds``), as one pipe(8) run."""
         assert t.sender is not None
         self.messages += 1
         if data is None:
@@ -339,6 +338,7 @@ class Session:
         sender = t.sender or NULL_SENDER
         raw = f"Return-Path: <{t.sender}>\n".encode("utf-8", "surrogateescape") + data  # pipe(8) flag R
         for recipient in t.recipients:
+            started = time.time()
             try:
                 code, said = self.deliver(recipient, sender, t.client_address, raw, started)
             except Exception:  # noqa: BLE001 - a failure is a retry, never a lost bounce

@@ -68,6 +68,7 @@ def postfix_results(
     probe: SocketProbe | None = None,
     wiring_error: str = "",
     overrides: Mapping[str, Mapping[str, str]] | None = None,
+    transport_want: str | None = None,
 ) -> list[Result]:
     """Checks of the effective main.cf values and the ``bouncepipe`` master.cf entry.
 
@@ -80,7 +81,8 @@ def postfix_results(
     per service (``postconf -P``); a service that replaces a milter list without our
     milter gets a WARN (its mail is not tracked).
     ``transport_lookup``: what Postfix's transport_maps return for the bounce domain
-    (first hit, as ``postmap -q`` gives it), None for no hit.
+    (first hit, as ``postmap -q`` gives it), None for no hit; ``transport_want``: what it
+    should be (default ``bouncepipe:``; the LMTP transport's nexthop, :func:`lmtp_results`).
     """
     install = f"bouncetrack install --postfix-dir {config_dir} --config {config_path}"
     fix_wiring = wiring_error or install
@@ -121,7 +123,7 @@ def postfix_results(
                           "sees it (a Return-Path header cannot name the bounce address)", install))
     else:
         out.append(Result("postfix message_drop_headers", OK, "Return-Path reaches the milter"))
-    want = f"{wiring.SERVICE}:"
+    want = transport_want or f"{wiring.SERVICE}:"
     if transport_lookup is None:
         out.append(Result("postfix transport", FAIL, f"transport_maps has no entry for {bounce_domain}: bounces "
                           "would be relayed by DNS instead of piped", install))
@@ -150,6 +152,73 @@ def postfix_results(
         out.append(Result(f"postfix {wiring.SERVICE}_destination_recipient_limit", FAIL,
                           f"is {limit or 'unset'}, not 1: the pipe would get several recipients at once", install))
     out.append(master_result(master, config_path=config_path, pipe_user=pipe_user, install=install))
+    return out
+
+
+def lmtp_results(
+    main: Mapping[str, str],
+    entry: str | None,
+    *,
+    socket_path: str,
+    address: str | None,
+    queue_directory: str,
+    overrides: Mapping[str, Mapping[str, str]],
+    probe: SocketProbe,
+    answers: Callable[[str], str | None],
+    workers: int,
+    max_recipients: int,
+    fix: str,
+) -> list[Result]:
+    """The LMTP transport (issue 21, ``pipe.transport: lmtp``): our lmtp(8) service in
+    master.cf, whether it finds the pipe server's socket where *it* looks (chrooted or not:
+    :func:`~bouncetrack.postfix_wiring.seen_by`), whether the server answers LHLO there
+    (``answers``: the path → None, or what went wrong), and the limits install sets.
+
+    ``socket_path``: ``pipe.lmtp.socket``; ``address``: the name install writes for it
+    (None: out of reach of a chrooted service, ``fix`` says why). A socket that does not
+    answer FAILs: Postfix defers every bounce (nothing lost) until it does.
+    """
+    name = f"postfix master.cf {wiring.LMTP_SERVICE}"
+    key = f"{wiring.LMTP_SERVICE}/unix"
+    fields = entry.split() if entry else []
+    if len(fields) < 8 or fields[7] != "lmtp":
+        return [Result(name, FAIL, f"no {key} lmtp(8) service in master.cf" if not fields else
+                       f"{key} is not an lmtp(8) service: {entry}", fix)]
+    out: list[Result] = []
+    chroot = fields[4].lower() in ("y", "yes")
+    if (overrides.get(key) or {}).get("lmtp_send_xforward_command", "no").lower() != "yes":
+        out.append(Result(name, WARN, "lmtp_send_xforward_command is not yes for it: the server does not learn "
+                          "the client address, and no report from a multi-recipient message may suppress", fix))
+    else:
+        out.append(Result(name, OK, f"lmtp(8){' chrooted in ' + queue_directory if chroot else ''}, XFORWARD on"))
+    if address is None:
+        return [*out, Result("LMTP socket", FAIL, f"{socket_path} is out of reach of the lmtp service", fix)]
+    path = wiring.seen_by(address, chroot=chroot, queue_directory=queue_directory)
+    found = probe(path)
+    if found == SOCKET_UNKNOWN:
+        out.append(Result("LMTP socket", WARN, f"lmtp(8) looks for unix:{address} at {path}: cannot check it",
+                          "run doctor as root"))
+        return out
+    if found != SOCKET_OURS and not (found == SOCKET_MISSING and path.rstrip("/") == socket_path.rstrip("/")):
+        what = "no such socket" if found == SOCKET_MISSING else f"not the pipe server's socket {socket_path}"
+        out.append(Result("LMTP socket", FAIL, f"lmtp(8) looks for unix:{address} at {path}: {what}, so every "
+                          "bounce is deferred", fix))
+        return out
+    problem = answers(path)
+    if problem is not None:
+        out.append(Result("LMTP socket", FAIL, f"{path}: {problem}: every bounce is deferred (Postfix retries, "
+                          "nothing is lost) until the pipe server answers",
+                          "systemctl restart bouncetrack-pipe-server (it listens on LMTP with pipe.transport: lmtp)"))
+    else:
+        out.append(Result("LMTP socket", OK, f"lmtp(8) opens {path} and the pipe server answers LHLO there"))
+    for param, most, why in (
+        (f"{wiring.LMTP_SERVICE}_destination_concurrency_limit", workers, "connections wait for a free worker"),
+        (f"{wiring.LMTP_SERVICE}_destination_recipient_limit", max_recipients,
+         "recipients beyond pipe.lmtp.max_recipients get 452 and wait for another transaction"),
+    ):
+        value = main.get(param, "")
+        if not value.isdigit() or int(value) > most:
+            out.append(Result(f"postfix {param}", WARN, f"is {value or 'unset'}, above {most}: {why}", fix))
     return out
 
 

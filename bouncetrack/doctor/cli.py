@@ -14,6 +14,8 @@ Checks, in order:
    (``postmap -q`` on each transport map, first hit wins). Our milter socket is
    looked up where each smtpd and cleanup of master.cf opens it: relative to
    ``queue_directory``, or under it for a chrooted service (the chroot column).
+   With ``pipe.transport: lmtp`` (issue 21): the ``bouncelmtp`` service, the LMTP socket
+   where that service opens it (chrooted or not), and an LHLO answered there.
 4. pipe user: exists; as that user (``runuser``): the interpreter runs and imports the
    pipe, the config and the VERP key are readable.
 5. store: as the pipe user, the SQLite store opens read-write and takes a write lock
@@ -44,7 +46,7 @@ from typing import Callable, Sequence
 import click
 
 from .. import postfix_wiring as wiring
-from ..config import DEFAULT_CONFIG_PATH, Config, ConfigError
+from ..config import DEFAULT_CONFIG_PATH, TRANSPORT_LMTP, Config, ConfigError
 from ..milter.probe import SMFIF_CHGFROM
 from ..milter.probe import negotiate
 from .checks import (
@@ -60,6 +62,7 @@ from .checks import (
     config_mode_result,
     config_secrets,
     exit_code,
+    lmtp_results,
     postfix_results,
     store_file_results,
 )
@@ -155,13 +158,55 @@ def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Res
     except wiring.WiringError as exc:
         address, wiring_error = None, str(exc)
     lookup = transport_lookup(postfix_dir, main.get("transport_maps", ""), config.bounce_domain)
-    return postfix_results(
+    lmtp = config.pipe.lmtp
+    install = f"bouncetrack install --postfix-dir {postfix_dir} --config {Path(config.path).resolve()}"
+    lmtp_entry = master_entry(postfix_dir, f"{wiring.LMTP_SERVICE}/unix")
+    lmtp_chroot = bool(lmtp_entry and lmtp_entry.split()[4:5] in (["y"], ["yes"]))
+    try:
+        lmtp_address: str | None = wiring.lmtp_address(str(lmtp.socket), queue, lmtp_chroot)
+        lmtp_fix = install
+    except wiring.WiringError as exc:
+        lmtp_address, lmtp_fix = None, str(exc)
+    want = None
+    if config.pipe.transport == TRANSPORT_LMTP and lmtp_address is not None:
+        want = wiring.lmtp_nexthop(lmtp_address)
+    results = postfix_results(
         main, master, bounce_domain=config.bounce_domain, milter_socket=str(config.milter_socket),
         config_path=str(Path(config.path).resolve()), pipe_user=pipe_user, transport_lookup=lookup,
         config_dir=str(postfix_dir), milter_address=address, services=all_services, queue_directory=queue,
         probe=lambda path: probe_socket(path, str(config.milter_socket)), wiring_error=wiring_error,
-        overrides=overrides,
+        overrides=overrides, transport_want=want,
     )
+    if config.pipe.transport == TRANSPORT_LMTP:
+        results += lmtp_results(
+            main, lmtp_entry, socket_path=str(lmtp.socket), address=lmtp_address, queue_directory=queue,
+            overrides=overrides, probe=lambda path: probe_socket(path, str(lmtp.socket)), answers=lmtp_answers,
+            workers=lmtp.workers, max_recipients=lmtp.max_recipients, fix=lmtp_fix)
+    return results
+
+
+def lmtp_answers(path: str, timeout: float = 5.0) -> str | None:
+    """None when an LMTP server at ``path`` greets and answers LHLO with 250 (RFC 2033 §4.1),
+    else what went wrong."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            reader = sock.makefile("rb")
+            greeting = reader.readline(1024)
+            if not greeting.startswith(b"220"):
+                return f"greeted with {greeting[:100]!r}, not 220"
+            sock.sendall(b"LHLO doctor.bouncetrack\r\n")
+            while True:
+                line = reader.readline(1024)
+                if not line.startswith(b"250"):
+                    return f"answered LHLO with {line[:100]!r}"
+                if line[3:4] != b"-":
+                    break
+            sock.sendall(b"QUIT\r\n")
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def probe_socket(path: str, milter_socket: str) -> str:

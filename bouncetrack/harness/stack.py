@@ -536,6 +536,11 @@ class Stack:
         if proc is not None:
             _signal_group(proc, sig, timeout)
 
+    def reload_pipe_server(self) -> None:
+        """SIGHUP: the pipe server re-reads its configuration (and replaces its LMTP workers)."""
+        if self._pipe_server is not None:
+            os.kill(self._pipe_server.pid, signal.SIGHUP)
+
     def kill_pipe_server(self) -> None:
         """SIGKILL the pipe server and its children (its socket file stays: stale)."""
         self.stop_pipe_server(signal.SIGKILL, 5.0)

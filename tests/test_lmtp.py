@@ -1,0 +1,388 @@
+"""The pipe server's LMTP listener (issue 21) with inputs built to hurt, no Postfix.
+
+Real processes: ``bouncetrack pipe-server`` with ``pipe.transport: lmtp`` (its pre-forked
+workers on a unix socket), a raw LMTP client written here (RFC 2033: one reply per
+recipient after DATA), real SQLite stores. Every bound per connection is hit on purpose:
+oversized DATA (552, drained without growing the worker), an endless command line, too
+many recipients, a client that sends nothing or one byte at a time (command and DATA
+timeouts), too many errors; the store down gives 451 and the retry stores the bounce
+once. Behind the real Postfix: tests/test_lmtp_postfix.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import pytest
+
+from bouncetrack.bounce_pipe import guard
+from bouncetrack.config import Config
+from bouncetrack.harness.stack import wait_accepting
+from bouncetrack.suppression import LOCAL_HOST, UNKNOWN_HOST
+from tests import mailgen
+from tests.configkit import write_config
+from tests.test_pipe import events, record
+from tests.test_pipe import pipe_env as _env
+
+ROOT = Path(__file__).resolve().parents[1]
+BT = [sys.executable, "-m", "bouncetrack"]
+MAX_MESSAGE = 1 << 20
+MAX_RECIPIENTS = 3
+COMMAND_TIMEOUT = 2.0
+DATA_TIMEOUT = 4.0
+PER_WORKER = 4
+T = TypeVar("T")
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    return write_config(tmp_path, f"""\
+        pipe:
+          deadline_seconds: 4
+          transport: lmtp
+          lmtp:
+            socket: {tmp_path}/spool/lmtp.sock
+            workers: 2
+            max_message_bytes: {MAX_MESSAGE}
+            max_recipients: {MAX_RECIPIENTS}
+            command_timeout_seconds: {COMMAND_TIMEOUT}
+            data_timeout_seconds: {DATA_TIMEOUT}
+            messages_per_worker: {PER_WORKER}
+        domains:
+          tracked.test: {{tracking: true}}
+    """)
+
+
+class Server:
+    def __init__(self, config: Config, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.config = config
+        self.proc = proc
+        self.log = log
+        self.socket = config.pipe.lmtp.socket
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def workers(self) -> set[int]:
+        """The server's children (its LMTP workers, when no bounce is in flight on the pipe socket)."""
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == str(self.proc.pid) and fields[0] not in ("Z", "X"):
+                found.add(int(stat.parent.name))
+        return found
+
+
+@pytest.fixture()
+def server(config: Config, tmp_path: Path) -> Iterator[Server]:
+    config.pipe.lmtp.socket.parent.mkdir()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*BT, "pipe-server", "--socket", str(tmp_path / "pipe.sock"), "--config", str(config.path),
+             "--log-level", "DEBUG"],
+            cwd=ROOT, env=_env(config), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        why = wait_accepting(config.pipe.lmtp.socket, proc, 30)
+        assert why is None, f"LMTP {why}: {log.read_text()}"
+        srv = Server(config, proc, log)
+        wait_until(lambda: len(srv.workers()) == 2, 30)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout:g} s")
+        time.sleep(0.05)
+
+
+class Client:
+    """A raw LMTP client: every reply as (code, text), multi-line replies joined."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.reader = self.sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def reply(self) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = self.reader.readline()
+            if not line:
+                return 0, "(closed)"
+            lines.append(line.decode().rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return int(line[:3]), "\n".join(item[4:] for item in lines)
+
+    def cmd(self, line: str) -> tuple[int, str]:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def lhlo(self, *xforward: str) -> None:
+        assert self.cmd("LHLO test.example")[0] == 250
+        for attrs in xforward:
+            assert self.cmd(f"XFORWARD {attrs}") == (250, "2.0.0 Ok")
+
+    def deliver(self, sender: str, recipients: list[str], data: bytes) -> list[tuple[int, str]]:
+        """MAIL, RCPT each, DATA: the RCPT replies, then one reply per accepted recipient."""
+        assert self.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+        out = [self.cmd(f"RCPT TO:<{r}>") for r in recipients]
+        accepted = sum(code == 250 for code, _ in out)
+        assert self.cmd("DATA")[0] == 354
+        self.sock.sendall(stuff(data) + b".\r\n")
+        return out + [self.reply() for _ in range(accepted)]
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def stuff(data: bytes) -> bytes:
+    """CRLF line ends and dot-stuffing (RFC 5321 §4.5.2), ending with CRLF."""
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
+def db(config: Config) -> sqlite3.Connection:
+    con = sqlite3.connect(config.store_url.removeprefix("sqlite:///"), timeout=10)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def test_lhlo_announces_size_and_each_recipient_gets_its_own_reply(config: Config, server: Server) -> None:
+    verp1, _ = record(config, "unknown-1@remote.test")
+    verp2, _ = record(config, "unknown-2@remote.test")
+    c = Client(server.socket)
+    assert c.greeting[0] == 220
+    code, text = c.cmd("LHLO test.example")
+    assert code == 250 and {"PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", f"SIZE {MAX_MESSAGE}"} <= set(
+        text.splitlines()), text
+    c.lhlo("SOURCE=LOCAL")
+    replies = c.deliver("", [verp1, verp2], mailgen.dsn(verp1, "unknown-1@remote.test"))
+    assert replies == [(250, "2.1.5 Recipient ok")] * 2 + [(250, "2.0.0 Bounce stored")] * 2
+    stored = events(config)
+    assert sorted((e["token_status"], e["recipient"], e["flagged"]) for e in stored) == [
+        ("valid", "unknown-1@remote.test", 0), ("valid", "unknown-2@remote.test", 1)]  # 2: not its report
+    # Postfix's retry after a lost answer: the same bytes, stored once (the pipe's dedupe key).
+    c.lhlo("SOURCE=LOCAL")
+    assert c.deliver("", [verp1], mailgen.dsn(verp1, "unknown-1@remote.test"))[-1] == (250, "2.0.0 Bounce stored")
+    assert len(events(config)) == 2
+    assert c.cmd("QUIT") == (221, "2.0.0 Bye")
+    log = server.log_text()
+    assert "bounce handled via LMTP (client local): exit 0" in log and "token valid" in log
+
+
+def test_the_client_address_comes_from_xforward(config: Config, server: Server) -> None:
+    # The trust rules and the untrusted-report quota key on it (issue 16): XFORWARD ADDR as
+    # pipe(8)'s ${client_address}; only SOURCE=LOCAL (a DSN Postfix wrote) is local; no
+    # XFORWARD at all is unknown. Reports without a valid token count per host.
+    garbage = b"Subject: not a bounce\n\nhello\n"
+    for attrs, host in (("NAME=mx.example ADDR=192.0.2.7", "192.0.2.7"), ("ADDR=IPV6:2001:db8::5", "2001:db8::5"),
+                        ("SOURCE=LOCAL", LOCAL_HOST), (None, UNKNOWN_HOST)):
+        c = Client(server.socket)
+        c.lhlo(*([attrs] if attrs else []))
+        assert c.deliver("", ["fbl@bounce.test"], garbage + host.encode())[-1][0] == 250
+        c.close()
+        hosts = {r["host"] for r in db(config).execute("SELECT host FROM untrusted_reports")}
+        assert host in hosts, (host, hosts)
+
+
+def test_oversized_data_is_refused_and_drained_without_growing_the_worker(config: Config, server: Server) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    c = Client(server.socket)
+    c.lhlo()
+    assert c.cmd(f"MAIL FROM:<> SIZE={MAX_MESSAGE + 1}") == (552, "5.3.4 Message too big")  # RFC 1870
+    hwm_before = {pid: _hwm_kb(pid) for pid in server.workers()}
+    assert c.cmd("MAIL FROM:<>")[0] == 250
+    assert c.cmd(f"RCPT TO:<{verp}>")[0] == 250 and c.cmd("RCPT TO:<fbl@bounce.test>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    line = b"x" * 998 + b"\r\n"
+    chunk = line * 1024  # 1 MiB
+    for _ in range(64):
+        c.sock.sendall(chunk)
+    c.sock.sendall(b"y" * (8 << 20) + b"\r\n")  # and one line of 8 MiB
+    c.sock.sendall(b".\r\n")
+    assert [c.reply(), c.reply()] == [(552, "5.3.4 Message too big")] * 2
+    grown = max(_hwm_kb(pid) - hwm_before.get(pid, 0) for pid in server.workers())
+    assert grown < 8 * 1024, f"a worker's peak RSS grew by {grown} kB for 72 MiB of DATA"
+    # The connection goes on: the next message is stored.
+    assert c.cmd("NOOP") == (250, "2.0.0 Ok")
+    assert c.deliver("", [verp], mailgen.dsn(verp, "unknown-1@remote.test"))[-1] == (250, "2.0.0 Bounce stored")
+    assert len(events(config)) == 1
+
+
+def _hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_an_endless_command_line_is_refused_and_the_connection_closed(server: Server) -> None:
+    c = Client(server.socket)
+    c.lhlo()
+    c.sock.sendall(b"MAIL FROM:<" + b"a" * 100_000)  # no line end, ever
+    assert c.reply() == (500, "5.5.2 Line too long")
+    try:
+        assert c.reply() == (0, "(closed)")
+    except ConnectionResetError:  # closed with the rest of the line unread
+        pass
+
+
+def test_recipients_beyond_the_limit_get_452_and_the_rest_are_stored(config: Config, server: Server) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    c = Client(server.socket)
+    c.lhlo()
+    replies = c.deliver("", [verp] * MAX_RECIPIENTS + ["fbl@bounce.test"] * 20, mailgen.dsn(verp, "unknown-1@remote.test"))
+    rcpt, after = replies[: MAX_RECIPIENTS + 20], replies[MAX_RECIPIENTS + 20:]
+    assert rcpt == [(250, "2.1.5 Recipient ok")] * MAX_RECIPIENTS + [(452, "4.5.3 Too many recipients")] * 20
+    assert after == [(250, "2.0.0 Bounce stored")] * MAX_RECIPIENTS
+
+
+def test_a_report_naming_thousands_of_recipients_keeps_the_pipe_bounds(config: Config, server: Server) -> None:
+    # The per-report bounds of the pipe (guard.py) apply per LMTP message: same code.
+    verp, _ = record(config, "unknown-1@remote.test")
+    c = Client(server.socket)
+    c.lhlo("SOURCE=LOCAL")
+    report = mailgen.hostile_many_recipients(verp, "unknown-1@remote.test", n=5000)
+    assert len(report) < MAX_MESSAGE
+    assert c.deliver("", [verp], report)[-1] == (250, "2.0.0 Bounce stored")
+    assert len(events(config)) <= 1 + guard.MAX_FLAGGED_EVENTS
+    counted = {r["guard"]: r["count"] for r in db(config).execute("SELECT guard, count FROM metric_pipe_guards")}
+    assert counted.get(guard.EVENTS_DROPPED, 0) > 0, counted
+
+
+@pytest.mark.parametrize("drip", [b"NOOP", None], ids=["one-byte-at-a-time", "silent"])
+def test_a_slow_or_silent_client_is_closed_at_the_command_timeout(server: Server, drip: bytes | None) -> None:
+    c = Client(server.socket)
+    c.lhlo()
+    started = time.monotonic()
+    c.sock.settimeout(0.4)
+    answer = b""
+    for i in range(150):  # up to ~60 s: the server must close long before
+        if drip is not None:
+            try:
+                c.sock.sendall(drip[i % len(drip):][:1])
+            except OSError:
+                break
+        try:
+            got = c.sock.recv(4096)
+        except TimeoutError:
+            continue
+        answer += got
+        if not got or answer.endswith(b"\r\n"):
+            break
+    assert answer.startswith(b"421 4.4.2"), answer
+    assert time.monotonic() - started < 40
+
+
+def test_data_that_never_ends_is_closed_at_the_data_timeout(config: Config, server: Server) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    c = Client(server.socket)
+    c.lhlo()
+    assert c.cmd("MAIL FROM:<>")[0] == 250 and c.cmd(f"RCPT TO:<{verp}>")[0] == 250 and c.cmd("DATA")[0] == 354
+    c.sock.settimeout(0.25)
+    answer = b""
+    for _ in range(240):  # a line every 0.25 s: never idle for the command timeout, up to ~60 s
+        try:
+            c.sock.sendall(b"x\r\n")
+            answer += c.sock.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if answer.endswith(b"\r\n"):
+            break
+    assert answer.startswith(b"421 4.4.2"), answer
+    assert events(config) == []  # nothing of the transaction
+
+
+def test_sequence_errors_and_too_many_of_them(server: Server) -> None:
+    c = Client(server.socket)
+    assert c.cmd("MAIL FROM:<>") == (503, "5.5.1 Bad sequence of commands")  # LHLO first
+    c.lhlo()
+    assert c.cmd("RCPT TO:<a@bounce.test>")[0] == 503
+    assert c.cmd("DATA")[0] == 503
+    assert c.cmd("MAIL FROM:<>")[0] == 250
+    assert c.cmd("DATA") == (503, "5.5.1 Bad sequence of commands")  # RFC 2033 §4.2: no recipient yet
+    assert c.cmd("RCPT TO:bare@bounce.test") == (501, "5.5.4 Syntax error in parameters")
+    assert c.cmd("EHLO x") == (500, "5.5.1 Command not recognized")
+    c.sock.sendall(b"VRFY x\r\n" * 30)
+    got = [c.reply() for _ in range(15)]
+    assert got[-1] == (421, "4.7.0 Too many errors, closing connection"), got  # after 20 errors
+
+
+def test_store_down_is_451_and_the_retry_stores_the_bounce_once(config: Config, server: Server) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    data = mailgen.dsn(verp, "unknown-1@remote.test")
+    lock = sqlite3.connect(config.store_url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        c = Client(server.socket)
+        c.lhlo()
+        assert c.deliver("", [verp], data)[-1] == (451, "4.3.0 Bounce not stored, try again later")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert events(config) == []
+    c.lhlo()
+    assert c.deliver("", [verp], data)[-1] == (250, "2.0.0 Bounce stored")  # Postfix's retry
+    assert len(events(config)) == 1
+
+
+def test_workers_are_replaced_after_their_messages_and_at_sighup(config: Config, server: Server) -> None:
+    first = server.workers()
+    verp, _ = record(config, "unknown-1@remote.test")
+    for i in range(PER_WORKER * 2 + 1):  # one connection each: some worker serves PER_WORKER of them
+        c = Client(server.socket)
+        c.lhlo()
+        assert c.deliver("", ["fbl@bounce.test"], b"Subject: %d\n\nx\n" % i)[-1][0] == 250
+        c.cmd("QUIT")
+        c.close()
+    wait_until(lambda: "retiring after" in server.log_text(), 30, "a worker retiring")
+    wait_until(lambda: len(server.workers()) == 2 and server.workers() != first, 30, "a replacement")
+    before = server.workers()
+    idle = Client(server.socket)  # an open connection: its worker finishes it first
+    idle.lhlo()
+    os.kill(server.proc.pid, signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in server.log_text(), 30, "the reload")
+    assert idle.reply() == (421, "4.3.2 Service shutting down, try again later")  # closed while idle
+    wait_until(lambda: len(server.workers()) == 2 and not server.workers() & before, 30, "all workers replaced")
+    c = Client(server.socket)
+    c.lhlo()
+    assert c.deliver("", [verp], mailgen.dsn(verp, "unknown-1@remote.test"))[-1] == (250, "2.0.0 Bounce stored")
+
+
+def test_sigterm_closes_idle_connections_and_removes_the_socket(config: Config, server: Server) -> None:
+    c = Client(server.socket)
+    c.lhlo()
+    assert oct(server.socket.stat().st_mode & 0o777) == "0o666"  # the directory keeps others out
+    server.proc.send_signal(signal.SIGTERM)
+    assert c.reply() == (421, "4.3.2 Service shutting down, try again later")
+    assert server.proc.wait(60) == 0
+    assert not server.socket.exists()
+    assert "bouncetrack pipe-server stopped" in server.log_text()
