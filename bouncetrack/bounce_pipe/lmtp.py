@@ -17,7 +17,8 @@ connections are served at once (more wait in the listen queue: install sets the 
 service's ``destination_concurrency_limit`` and process limit to it).
 
 Each message is stored by the very code of ``bouncetrack pipe`` (:func:`.main.main`, as in
-the pipe server's children): the token verified first, the bounds on one report
+the pipe server's children; a worker keeps its store connection and configuration across
+messages, :func:`.process.keep_stores_open`): the token verified first, the bounds on one report
 (:mod:`.guard`, :mod:`bouncetrack.classifier.bounds`, the CPU budget), the trust rules with
 the client address, classification, store, outbox. Its exit code becomes the reply for
 the recipient (RFC 2033 §4.2: one reply per accepted recipient, after DATA): 0 →
@@ -65,6 +66,7 @@ from .. import replies
 from ..config import LmtpConfig
 from ..esmtp import parse_params, strip_path, xtext_decode
 from ..replies import Reply
+from .process import close_kept_stores, keep_stores_open
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -392,6 +394,14 @@ class Worker:
             raise _Interrupted()  # idle between commands: close now
 
     def run(self) -> int:
+        """Serve until stopped, retired or the listener fails; the exit code of the process."""
+        keep_stores_open()  # one store connection and the configuration kept across our messages
+        try:
+            return self._serve()
+        finally:
+            close_kept_stores()
+
+    def _serve(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGHUP, self._stop)  # the server replaces us: finish the connection first
         signal.signal(signal.SIGINT, signal.SIG_IGN)
