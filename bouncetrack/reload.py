@@ -29,7 +29,10 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "milter": ("milter_socket", "milter_metrics_listen", "milter_journal"),
     "api": ("api_listen",),
     "worker": ("store_url",),
-    "pipe-server": (),  # its socket is a command-line option; every bounce opens the store anew
+    # Its pipe socket is a command-line option; every bounce opens the store anew. Whether it
+    # listens on LMTP, and where, is read at start (issue 21); the rest of pipe.lmtp applies
+    # to the workers it starts after a reload (it replaces them all).
+    "pipe-server": ("pipe.transport", "pipe.lmtp.socket"),
 }
 
 REFUSED = "reload refused, keeping the running configuration"
@@ -65,11 +68,19 @@ def reload_config(
         log.error("%s (%s):\n%s", REFUSED, config_path, exc)
         return None
     for key in restart_only:
-        if current is not None and getattr(new, key) != getattr(current, key):
+        if current is not None and _get(new, key) != _get(current, key):
             log.warning("%s changed: takes effect at the next restart", key)
     register(config_secrets(new))
     log.info("configuration reloaded from %s", config_path)
     return result
+
+
+def _get(config: Config, dotted: str) -> object:
+    """The value of a dotted key (``pipe.lmtp.socket``) of a configuration."""
+    value: object = config
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def on_sighup(callback: Callable[[], object]) -> None:

@@ -460,7 +460,7 @@ class Pool:
 
     def __init__(self, settings: LmtpConfig, config_path: str,
                  runtime: Callable[[], "tuple[Config, KeyRing] | None"]) -> None:
-        self.settings = settings
+        self.settings = settings  # the server replaces it at a reload (all but the socket)
         self.config_path = config_path
         self.runtime = runtime  # the server's last good configuration and keys, read at each fork
         self.listener: socket.socket | None = None
@@ -496,8 +496,7 @@ class Pool:
                     for inherited in self.close_in_workers:
                         inherited.close()
                     runtime = self.runtime()
-                    settings = runtime[0].pipe.lmtp if runtime is not None else self.settings
-                    code = Worker(self.listener, settings, pipe_deliver(self.config_path, runtime)).run()
+                    code = Worker(self.listener, self.settings, pipe_deliver(self.config_path, runtime)).run()
                 except BaseException:  # noqa: BLE001 - never back into the server's loop
                     log.exception("LMTP worker failed")
                 finally:

@@ -21,6 +21,11 @@ queue id, each event's type, recipient and id) with its exit code.
 
 The socket is created with mode 0600. Run the server as the user of the
 ``bouncepipe`` service in master.cf.
+
+With ``pipe.transport: lmtp`` (issue 21) the server also listens on ``pipe.lmtp.socket``
+and keeps pre-forked LMTP workers (:mod:`.lmtp`): Postfix's lmtp(8) delivers there and no
+process is started per bounce. The server forks them after its own start, replaces one that
+exits, replaces them all after a reload, and passes SIGTERM on to them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -172,6 +178,8 @@ class Server:
 
         def apply(new: "Config") -> bool:
             self.runtime = (new, load_keyring(new))
+            if self.lmtp is not None:  # the socket stays until a restart (RESTART_ONLY)
+                self.lmtp.settings = replace(new.pipe.lmtp, socket=self.lmtp.settings.socket)
             return True
 
         if reload_config(self.config_path, self.runtime[0] if self.runtime else None, apply,
