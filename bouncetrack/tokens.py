@@ -135,13 +135,27 @@ def _mac(key: bytes, body: bytes) -> bytes:
     return bytes(outer.digest()[:MAC_BYTES])
 
 
+# RFC 4648 §6 base32, lower case, ten bits (two characters) at a time.
+_B32_PAIRS = tuple(a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567")
+
+
+def _b32(raw: bytes) -> str:
+    """``base64.b32encode(raw).decode().lower()`` for the token's 15 bytes (120 bits,
+    no padding), in one expression instead of the base64 module's Python loop: the
+    milter mints a token per message."""
+    n = int.from_bytes(raw, "big")
+    p = _B32_PAIRS
+    return (p[n >> 110] + p[(n >> 100) & 1023] + p[(n >> 90) & 1023] + p[(n >> 80) & 1023]
+            + p[(n >> 70) & 1023] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]
+            + p[(n >> 30) & 1023] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023])
+
+
 def mint(keyring: KeyRing, token_id: int) -> str:
     """The 24-character token for ``token_id`` under the current key."""
     if not 0 < token_id < 1 << 64:
         raise ValueError("token_id must be a positive 64-bit integer")
     body = struct.pack(">BQ", VERSION, token_id)
-    raw = body + _mac(keyring.current, body)
-    return base64.b32encode(raw).decode("ascii").lower()
+    return _b32(body + _mac(keyring.current, body))
 
 
 def verify(keyring: KeyRing, token: str, now: float) -> TokenCheck:

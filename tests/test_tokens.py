@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
 import stat
+import struct
 from pathlib import Path
 
 import pytest
 
 from bouncetrack.config import Config
+from bouncetrack import tokens
 from bouncetrack.config_loader import load_config
 from bouncetrack.tokens import (
     KeyFileError,
@@ -58,6 +63,16 @@ def test_format_alphabet_and_length(config: Config) -> None:
         local = verp_address(config, tok).split("@")[0]
         assert len(local) <= 64
         assert local == f"b+{tok}"
+
+
+def test_token_is_lower_case_rfc4648_base32_of_its_15_bytes() -> None:
+    kr = ring()
+    for _ in range(200):
+        tid = new_token_id()
+        body = struct.pack(">BQ", 1, tid)
+        raw = body + hmac.new(kr.current, body, hashlib.sha256).digest()[:6]
+        assert mint(kr, tid) == base64.b32encode(raw).decode("ascii").lower()
+    assert tokens._b32(bytes(15)) == "a" * 24 and tokens._b32(b"\xff" * 15) == "7" * 24
 
 
 def test_new_token_id_is_nonzero_63_bit() -> None:

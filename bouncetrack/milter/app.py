@@ -219,6 +219,9 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         self.sender = sender
         self.sender_params = params
 
+    def envrcpt_bytes(self, to: bytes, *params: bytes) -> int:
+        return self.envrcpt(to.decode("utf-8", "surrogateescape"), *[p.decode("utf-8", "surrogateescape") for p in params])
+
     def envrcpt(self, to: str, *params: str) -> int:
         runtime = self.runtime
         try:
