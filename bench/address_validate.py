@@ -7,7 +7,7 @@ In this one process, against the tests' local authoritative DNS server
 - **warm**: :class:`bouncetrack.validation.Validator` over ``--addresses`` addresses
   spread over those domains, every domain already in the cache (syntax, cache hit,
   provider choice); rounds alternate with the **syntax** baseline
-  (:func:`bouncetrack.addresses.parse_address` alone) and report medians and the ratio;
+  (:func:`bouncetrack.core.addresses.parse_address` alone) and report medians and the ratio;
 - **cold**: a fresh validator (empty cache) over ``--cold`` addresses at as many
   distinct domains: one MX query each, round trip to the local server included;
 - **memory**: tracemalloc's growth while a fresh cache fills to ``--domains``
@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating warm/baseline rounds")
     a = ap.parse_args()
 
-    from bouncetrack.addresses import parse_address
-    from bouncetrack.resolver import DnsPythonResolver
+    from bouncetrack.core.addresses import parse_address
+    from bouncetrack.core.resolver import DnsPythonResolver
     from bouncetrack.validation import DomainCache, Validator
     from tests.dnsserver import DnsServer
 

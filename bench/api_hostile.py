@@ -142,9 +142,9 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable)
     a = ap.parse_args()
 
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.store import open_store
-    from bouncetrack.tokens import hash_api_token, load_keyring
+    from bouncetrack.core.tokens import hash_api_token, load_keyring
 
     attacks = ("header", "body", "integers", "html")
     with tempfile.TemporaryDirectory(prefix="bt-bench-hostile-") as tmpdir:

@@ -49,8 +49,8 @@ def main() -> int:
 
     from bouncetrack.bounce_pipe.main import main as pipe_main
     from bouncetrack.bounce_pipe.server import warm
-    from bouncetrack.config_loader import load_config
-    from bouncetrack.tokens import load_keyring
+    from bouncetrack.core.config_loader import load_config
+    from bouncetrack.core.tokens import load_keyring
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["BOUNCETRACK_CACHE_DIR"] = tmp

@@ -133,7 +133,7 @@ HTTPTOOLS_SERVER = """\
 import sys, uvicorn
 from bouncetrack.api.app import create_app
 from bouncetrack.api.server import server_config
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config_loader import load_config
 config = load_config(sys.argv[1])
 settings = server_config(create_app(config), config, "127.0.0.1", int(sys.argv[2]))
 settings.http = "httptools"
@@ -194,9 +194,9 @@ def main() -> None:
     a = ap.parse_args()
     formats = ("ndjson", "csv") + (("ndjson-httptools", "csv-httptools") if a.compare_httptools else ())
 
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.store import open_store
-    from bouncetrack.tokens import hash_api_token, load_keyring
+    from bouncetrack.core.tokens import hash_api_token, load_keyring
 
     with tempfile.TemporaryDirectory(prefix="bt-bench-export-") as tmpdir:
         tmp = Path(tmpdir)

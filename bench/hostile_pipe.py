@@ -107,9 +107,9 @@ def main() -> None:
     a = ap.parse_args()
     launcher = Launcher(a.python)
 
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.store import open_store
-    from bouncetrack.tokens import load_keyring
+    from bouncetrack.core.tokens import load_keyring
 
     results: dict[str, dict[str, list[float]]] = {k: {"seconds": [], "rss_mb": [], "exit": []} for k in INPUTS}
     notes: dict[str, str] = {}

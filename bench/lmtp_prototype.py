@@ -163,8 +163,8 @@ def main() -> int:
     ap.add_argument("--config", required=True)
     a = ap.parse_args()
     from bouncetrack.bounce_pipe.server import warm
-    from bouncetrack.config_loader import load_config
-    from bouncetrack.tokens import load_keyring
+    from bouncetrack.core.config_loader import load_config
+    from bouncetrack.core.tokens import load_keyring
 
     config = load_config(a.config)
     warm(a.config)

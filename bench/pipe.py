@@ -68,7 +68,7 @@ def write_config(tmp: str | Path) -> Path:
 def record_tracked(store: Any, config: Any, keyring: Any, rcpt: str, i: int) -> str:
     """Record a tracked one-recipient message to ``rcpt``, as the milter would; its VERP address."""
     from bouncetrack.store.base import MessageRecord, RecipientRecord
-    from bouncetrack.tokens import mint, new_token_id, verp_address
+    from bouncetrack.core.tokens import mint, new_token_id, verp_address
 
     token_id = new_token_id()
     token = mint(keyring, token_id)
@@ -84,9 +84,9 @@ def setup_bounces(tmp: str, n: int) -> tuple[Path, list[tuple[str, bytes]]]:
     """A configuration in ``tmp`` (:func:`write_config`) and ``n`` distinct bounces for
     it: (VERP address, DSN) pairs whose messages are recorded, so each bounce is stored
     as one event."""
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.store import open_store
-    from bouncetrack.tokens import load_keyring
+    from bouncetrack.core.tokens import load_keyring
 
     cfg = write_config(tmp)
     config = load_config(cfg)
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the pipe")
     a = ap.parse_args()
 
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.harness.stack import wait_accepting
     from bouncetrack.store import open_store
 

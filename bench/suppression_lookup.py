@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=1000, help="entries added before the timed refresh")
     a = ap.parse_args()
 
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.store import open_store
     from bouncetrack.store.views import Suppression
     from bouncetrack.suppression import key_hash, verdict

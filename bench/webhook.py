@@ -80,7 +80,7 @@ def main() -> None:
 
     import httpx
 
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.forward import webhook
     from bouncetrack.forward.jobs import jobs_for
     from bouncetrack.forward.worker import run_worker

@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
 
 
 def write_config(tmp_path: Path, body: str, *, name: str = "bouncetrack.yaml") -> Config:

@@ -3,11 +3,11 @@ real child, and a drain that moves the journal into the store like the writer.""
 
 from __future__ import annotations
 
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.milter.app import Runtime, Shared
 from bouncetrack.milter.journal import JournalAppender, JournalWriter
 from bouncetrack.store import open_store
-from bouncetrack.tokens import load_keyring
+from bouncetrack.core.tokens import load_keyring
 
 
 def journal_shared(config: Config) -> Shared:

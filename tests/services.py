@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The one log format (bouncetrack/logsetup.py): timestamp, process[pid], level, message.
+# The one log format (bouncetrack/core/logsetup.py): timestamp, process[pid], level, message.
 LOG_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z bouncetrack-(?P<process>[a-z-]+)\[(?P<pid>\d+)\] "
     r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<message>.*)$"

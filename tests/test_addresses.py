@@ -24,15 +24,15 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bouncetrack import addresses
-from bouncetrack.addresses import AddressError, parse_address, parse_domain, parse_mailbox_list
+from bouncetrack.core import addresses
+from bouncetrack.core.addresses import AddressError, parse_address, parse_domain, parse_mailbox_list
 from bouncetrack.api.app import create_app
 from bouncetrack.cli import build_cli
-from bouncetrack.config import Config, ConfigError
-from bouncetrack.config_loader import load_config_text
+from bouncetrack.core.config import Config, ConfigError
+from bouncetrack.core.config_loader import load_config_text
 from bouncetrack.harness.fakemx import FakeMX
 from bouncetrack.store import open_store
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bt_addr-token"
@@ -143,7 +143,7 @@ def test_flanker_stays_off_the_milter_and_pipe_start() -> None:
         import sys
         import bouncetrack.bounce_pipe.client, bouncetrack.bounce_pipe.main, bouncetrack.bounce_pipe.process
         import bouncetrack.milter.runner, bouncetrack.milter.app
-        from bouncetrack.config_loader import load_config_text
+        from bouncetrack.core.config_loader import load_config_text
         load_config_text('bounce_domain: bounce.example.com\\ndomains:\\n  example.com:\\n'
                          '    forward: bounces@example.com\\n', 'x.yaml')
         assert not [m for m in sys.modules if m.startswith('flanker')], sorted(sys.modules)

@@ -28,15 +28,15 @@ from hypothesis import strategies as st
 from bouncetrack.api.app import create_app
 from bouncetrack.api.download import BounceEventOut
 from bouncetrack.api.pagination import ParamError, decode_cursor, encode_cursor, negotiate, parse_range
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config_text
-from bouncetrack.events import event_to_json
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config_text
+from bouncetrack.core.events import event_to_json
 from bouncetrack.store import Store
 from bouncetrack.store.base import BounceEvent
 from bouncetrack.store.views import DownloadQuery
 from bouncetrack.store.sqlite import SQLiteStore
 from bouncetrack.store.sqlite_download import SCHEMA_KEYS
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -34,9 +34,9 @@ from bouncetrack.api.edge import MAX_TRACKED, FailureLimit, allowed_hosts, host_
 from bouncetrack.api.pagination import _fingerprint, decode_cursor, parse_range
 from bouncetrack.api.server import server_config
 from bouncetrack.api.session import same_origin
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.store.views import DownloadQuery
-from bouncetrack.tokens import hash_api_token, load_keyring
+from bouncetrack.core.tokens import hash_api_token, load_keyring
 from tests.configkit import write_config
 from tests.services import free_port
 

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, settings
 
 from bouncetrack.api.app import create_app
 from bouncetrack.api.guard import BODY_METHODS
-from bouncetrack.config_loader import load_config_text
+from bouncetrack.core.config_loader import load_config_text
 from bouncetrack.store.base import BounceEvent
 from bouncetrack.store.sqlite import SQLiteStore
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 
 TOKEN = "schemathesis-token"
 DAY0 = 1767225600.0  # 2026-01-01T00:00:00Z

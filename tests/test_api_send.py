@@ -24,11 +24,11 @@ from pydantic import ValidationError
 from bouncetrack.api import send as send_mod
 from bouncetrack.api.deps import ApiContext
 from bouncetrack.api.compose import SendRequest, compose, html_to_text
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config_text
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config_text
 from bouncetrack.store.base import MessageRecord, RecipientRecord
 from bouncetrack.store.sqlite import SQLiteStore
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 
 TOKEN_A = "bt_token-for-a"  # a.test (tracked) and a2.test (untracked)
 TOKEN_B = "bt_token-for-b"  # b.test

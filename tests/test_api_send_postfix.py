@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 
 from bouncetrack.api import send as send_mod
 from bouncetrack.api.deps import ApiContext
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.harness.fakemx import Transaction
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 from tests.storeview import rows
 
 pytestmark = pytest.mark.postfix

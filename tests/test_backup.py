@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bouncetrack.backup import BackupError, backup_sqlite
+from bouncetrack.ops.backup import BackupError, backup_sqlite
 from bouncetrack.store.base import OutboxJob
 from bouncetrack.store.sqlite import SQLiteStore
 from tests.configkit import write_config

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from bouncetrack import postfix_wiring as wiring
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
+from bouncetrack.ops import postfix_wiring as wiring
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.doctor.checks import FAIL, OK, SOCKET_MISSING, SOCKET_OURS, Result, SocketProbe, reach_result
 
 OLD = "/run/bouncetrack/milter.sock"
@@ -129,7 +129,7 @@ def _config(tmp_path: Path, sock: str) -> Config:
 
 def _installed_under_the_queue(tmp_path: Path) -> tuple[Path, Path, Config]:
     """A chrooted instance with our milter socket's directory under its queue directory, installed."""
-    from bouncetrack.install import install
+    from bouncetrack.ops.install import install
 
     config_dir, queue = _chrooted_instance(tmp_path)
     sock = queue / "bouncetrack" / "milter.sock"
@@ -146,7 +146,7 @@ def _by_name(results: list[Result]) -> dict[str, Result]:
 @needs_postfix
 def test_doctor_fails_on_the_old_socket_path_in_a_chrooted_master_cf(tmp_path: Path) -> None:
     from bouncetrack.doctor.cli import check_postfix
-    from bouncetrack.install import InstallError, install
+    from bouncetrack.ops.install import InstallError, install
 
     config_dir, queue = _chrooted_instance(tmp_path)
     config = _config(tmp_path, OLD)
@@ -219,7 +219,7 @@ def test_doctor_warns_about_a_service_that_overrides_the_milters_without_ours(tm
 
 @needs_postfix
 def test_install_replaces_an_absolute_entry_of_our_socket_by_the_relative_name(tmp_path: Path) -> None:
-    from bouncetrack.install import install
+    from bouncetrack.ops.install import install
 
     config_dir, queue = _chrooted_instance(tmp_path)
     sock = queue / "bouncetrack" / "milter.sock"

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from bouncetrack.cli import build_cli
-from bouncetrack.config_loader import load_config
-from bouncetrack.tokens import load_keyring, verify
+from bouncetrack.core.config_loader import load_config
+from bouncetrack.core.tokens import load_keyring, verify
 
 CONFIG = """\
 bounce_domain: bounce.example.com

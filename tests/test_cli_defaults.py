@@ -12,7 +12,7 @@ import click
 from click.testing import CliRunner
 
 from bouncetrack.cli import build_cli
-from bouncetrack.config import DEFAULT_CONFIG_PATH
+from bouncetrack.core.config import DEFAULT_CONFIG_PATH
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

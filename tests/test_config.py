@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack.config import Config, ConfigError, ConfigProblem, DomainPolicy
-from bouncetrack.config_loader import load_config, parse_duration, validate
+from bouncetrack.core.config import Config, ConfigError, ConfigProblem, DomainPolicy
+from bouncetrack.core.config_loader import load_config, parse_duration, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bouncetrack.bounce_pipe import config_snapshot
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config_loader import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

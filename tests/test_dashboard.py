@@ -22,12 +22,12 @@ from fastapi.testclient import TestClient
 from bouncetrack.api.app import create_app
 from bouncetrack.api.dashboard import build_chart, parse_period, safe_next
 from bouncetrack.api.session import SessionManager
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.store.base import BounceEvent, MessageRecord, OutboxJob, RecipientRecord
 from bouncetrack.store.views import DailyCount, EventQuery
 from bouncetrack.store.sqlite import SQLiteStore
-from bouncetrack.tokens import hash_api_token, load_keyring
+from bouncetrack.core.tokens import hash_api_token, load_keyring
 
 TOKEN_A = "bt_token-for-a-" + "x" * 20
 TOKEN_B = "bt_token-for-b-" + "y" * 20

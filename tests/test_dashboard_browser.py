@@ -80,9 +80,9 @@ def produced() -> Iterator[dict[str, Any]]:
     import uvicorn
 
     from bouncetrack.api.app import create_app
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.harness.stack import Stack
-    from bouncetrack.tokens import hash_api_token, new_api_token
+    from bouncetrack.core.tokens import hash_api_token, new_api_token
 
     token = new_api_token()
     stack = Stack(

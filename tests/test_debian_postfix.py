@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from bouncetrack import postfix_wiring as wiring
+from bouncetrack.ops import postfix_wiring as wiring
 from bouncetrack.harness.postfix import packaged_unavailable
 from bouncetrack.harness.stack import REMOTE, TRACKED, UNTRACKED, Stack
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
@@ -140,7 +140,7 @@ def test_tracked_and_untracked_mail_and_a_bounce_end_to_end(own_stack: Stack, re
 
 
 def test_doctor_sees_the_socket_through_the_chroot(own_stack: Stack) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.doctor.cli import check_postfix
 
     st = own_stack
@@ -158,7 +158,7 @@ def test_milter_down_postfix_tempfails_and_the_api_probe_says_so(own_stack: Stac
     from fastapi.testclient import TestClient
 
     from bouncetrack.api.app import create_app
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
 
     st = own_stack
     config = load_config(st.config_path)
@@ -186,7 +186,7 @@ def test_milter_down_postfix_tempfails_and_the_api_probe_says_so(own_stack: Stac
 
 
 def test_uninstall_gives_back_the_packaged_files_byte_for_byte(own_stack: Stack) -> None:
-    from bouncetrack.install import uninstall
+    from bouncetrack.ops.install import uninstall
 
     st = own_stack
     etc = st.postfix.config_dir
@@ -201,7 +201,7 @@ def test_the_issue_15_outage_reproduced_diagnosed_and_repaired() -> None:
     """The milter named by an absolute path, as before issue 15: the chrooted smtpd cannot
     reach it, every message gets 451 4.7.1 while the milter runs; doctor FAILs naming the
     path smtpd looked at; ``install`` again puts the relative name in its place."""
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.doctor.cli import check_postfix
 
     reason = harness_unavailable() or packaged_unavailable()

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from bouncetrack.config import Config, DomainPolicy
+from bouncetrack.core.config import Config, DomainPolicy
 from bouncetrack.doctor import checks
 from bouncetrack.doctor.checks import FAIL, OK, SKIP, WARN, Result
 from bouncetrack.doctor.dnscheck import DnsPythonResolver, check_spf, dns_results
@@ -78,9 +78,9 @@ def test_result_line_and_exit_code() -> None:
 
 
 def test_master_entry_with_the_pipe_client_warns_when_no_server_listens(tmp_path: Path) -> None:
-    from bouncetrack import postfix_wiring as wiring
+    from bouncetrack.ops import postfix_wiring as wiring
 
-    from bouncetrack.install import default_pipe_client
+    from bouncetrack.ops.install import default_pipe_client
 
     sock = tmp_path / "pipe.sock"
     master = ("bouncepipe unix - n n - 10 pipe flags=Rq user=bouncetrack argv=/v/bin/python -S "
@@ -104,7 +104,7 @@ def test_master_entry_with_the_pipe_client_warns_when_no_server_listens(tmp_path
 
 
 def test_postfix_results_from_values() -> None:
-    from bouncetrack import postfix_wiring as wiring
+    from bouncetrack.ops import postfix_wiring as wiring
 
     sock = "/run/bouncetrack/milter.sock"
     good = {"smtpd_milters": f"inet:1:2, {wiring.milter_entry(sock)}", "non_smtpd_milters": f"unix:{sock}",
@@ -323,10 +323,10 @@ def _root_postfix() -> str | None:
 
 @pytest.mark.skipif(_root_postfix() is not None, reason=_root_postfix() or "")
 def test_postfix_checks_before_and_after_install(tmp_path: Path) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.doctor.cli import check_postfix
     from bouncetrack.harness.postfix import PrivatePostfix
-    from bouncetrack.install import install
+    from bouncetrack.ops.install import install
 
     pf = PrivatePostfix(tmp_path / "pf", routes={"remote.test": "smtp:[127.0.0.1]:2526"})
     pf.write()
@@ -346,7 +346,7 @@ def test_postfix_checks_before_and_after_install(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(_root_postfix() is not None, reason=_root_postfix() or "")
 def test_pipe_user_cannot_read_a_private_config(tmp_path: Path) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.doctor.cli import check_pipe_user
 
     tmp_path.chmod(0o700)  # like /root: the pipe user cannot get in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.doctor.checks import OK, WARN, config_mode_result, config_secrets
 from bouncetrack.doctor.cli import check_config_mode
 

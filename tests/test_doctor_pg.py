@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from bouncetrack.cli import build_cli
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config_text
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config_text
 from bouncetrack.doctor.checks import FAIL, OK, WARN
 from bouncetrack.doctor.cli import check_pg_store
 from bouncetrack.store import open_store

@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bouncetrack.events import event_to_json
+from bouncetrack.core.events import event_to_json
 from bouncetrack.store import sqlite_download as dl
 from bouncetrack.store.base import BounceEvent
 from bouncetrack.store.views import DownloadQuery

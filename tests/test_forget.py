@@ -14,13 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bouncetrack.api.app import create_app
-from bouncetrack.forget import forget
+from bouncetrack.ops.forget import forget
 from bouncetrack.store import open_store
 from bouncetrack.store.base import REASON_FORGOTTEN, REASON_MANUAL, OutboxJob, RecipientRecord
 from bouncetrack.store.views import ForgetCounts, Suppression
 from bouncetrack.suppression import FORGOTTEN_PREFIX, forgotten_address, key_hash
 from bouncetrack.suppression.index import SuppressionIndex
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 from tests.configkit import write_config
 from tests.test_store_backends import make_event, make_message
 from tests.test_store_backends import new_url, pg_cluster, store, url  # noqa: F401  (fixtures)

@@ -26,21 +26,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "bouncetrack"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("vocabulary and configuration", (
-        "bouncetrack", "bouncetrack.events", "bouncetrack.config", "bouncetrack.config_loader",
-        "bouncetrack.esmtp", "bouncetrack.replies", "bouncetrack.redact", "bouncetrack.addresses",
-        "bouncetrack.resolver", "bouncetrack.tokens", "bouncetrack.known_secrets", "bouncetrack.logsetup",
-        "bouncetrack.reload", "bouncetrack.postfix_wiring", "bouncetrack.validation",
-    )),
+    ("core: vocabulary and configuration", ("bouncetrack", "bouncetrack.core")),
     ("classifier", ("bouncetrack.classifier",)),
     ("store and the policies over its records", (
-        "bouncetrack.store", "bouncetrack.suppression", "bouncetrack.retention", "bouncetrack.forward.jobs",
+        "bouncetrack.store", "bouncetrack.suppression", "bouncetrack.validation", "bouncetrack.forward.jobs",
     )),
     ("pipe and milter", ("bouncetrack.bounce_pipe", "bouncetrack.milter")),
-    ("worker, API, metrics and the other commands' modules", (
+    ("worker, API, metrics and the operator's tools", (
         "bouncetrack.forward", "bouncetrack.api", "bouncetrack.metrics", "bouncetrack.doctor",
-        "bouncetrack.install", "bouncetrack.backup", "bouncetrack.forget", "bouncetrack.purge_cli",
-        "bouncetrack.validation_cli", "bouncetrack.harness",
+        "bouncetrack.ops", "bouncetrack.harness",
     )),
     ("command line", ("bouncetrack.cli", "bouncetrack.__main__")),
 )

@@ -1,6 +1,6 @@
 """`bouncetrack install` / `uninstall` (issue 6) and the systemd units.
 
-Pure rules of bouncetrack.postfix_wiring first; then install/uninstall against a real
+Pure rules of bouncetrack.ops.postfix_wiring first; then install/uninstall against a real
 Postfix config directory written by the harness's PrivatePostfix (needs root and
 Postfix; `postfix check` must pass after install); then `systemd-analyze verify`.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack import postfix_wiring as wiring
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
+from bouncetrack.ops import postfix_wiring as wiring
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SOCK = "/run/bouncetrack/milter.sock"
@@ -87,7 +87,7 @@ def test_master_entry_starts_the_pipe_client_as_install_writes_it() -> None:
         "--config /etc/bouncetrack/config.yaml --client-address=${client_address} ${recipient} ${sender}")
     with pytest.raises(wiring.WiringError):
         wiring.master_entry(_wanted(pipe_client="/opt/my dir/client.py"))
-    from bouncetrack.install import default_pipe_client
+    from bouncetrack.ops.install import default_pipe_client
 
     assert Path(default_pipe_client()).is_file()  # the installed package's own client
 
@@ -152,7 +152,7 @@ def _postconf(d: Path, *args: str) -> str:
 
 @needs_postfix
 def test_install_wires_everything_and_postfix_check_passes(pfdir: Path, config: Config) -> None:
-    from bouncetrack.install import install, postfix_check
+    from bouncetrack.ops.install import install, postfix_check
 
     out: list[str] = []
     assert install(config, pfdir, bouncetrack_bin="/opt/bouncetrack/venv/bin/bouncetrack", echo=out.append)
@@ -178,7 +178,7 @@ def test_install_wires_everything_and_postfix_check_passes(pfdir: Path, config: 
 
 @needs_postfix
 def test_dry_run_prints_the_diff_and_writes_nothing(pfdir: Path, config: Config) -> None:
-    from bouncetrack.install import install
+    from bouncetrack.ops.install import install
 
     before = _snapshot(pfdir)
     out: list[str] = []
@@ -191,7 +191,7 @@ def test_dry_run_prints_the_diff_and_writes_nothing(pfdir: Path, config: Config)
 
 @needs_postfix
 def test_install_twice_changes_nothing_and_uninstall_restores_bytes(pfdir: Path, config: Config) -> None:
-    from bouncetrack.install import install, uninstall
+    from bouncetrack.ops.install import install, uninstall
 
     before = _snapshot(pfdir)
     assert install(config, pfdir, echo=lambda s: None)
@@ -208,7 +208,7 @@ def test_install_twice_changes_nothing_and_uninstall_restores_bytes(pfdir: Path,
 
 @needs_postfix
 def test_uninstall_after_operator_edits_removes_only_ours(pfdir: Path, config: Config) -> None:
-    from bouncetrack.install import install, postfix_check, uninstall
+    from bouncetrack.ops.install import install, postfix_check, uninstall
 
     before = _postconf(pfdir, "-n")
     install(config, pfdir, echo=lambda s: None)
@@ -229,7 +229,7 @@ def test_uninstall_after_operator_edits_removes_only_ours(pfdir: Path, config: C
 
 @needs_postfix
 def test_hash_map_is_postmapped_and_removed(pfdir: Path, config: Config) -> None:
-    from bouncetrack.install import install, postfix_check, uninstall
+    from bouncetrack.ops.install import install, postfix_check, uninstall
 
     install(config, pfdir, map_type="hash", echo=lambda s: None)
     assert (pfdir / f"{wiring.TRANSPORT_FILE}.db").exists()
@@ -273,7 +273,7 @@ def test_units_exist_with_hardening() -> None:
     milter = (CHECKOUT / "systemd" / "bouncetrack-milter.service").read_text()
     # The socket directory under Postfix's queue directory (a chrooted smtpd sees it),
     # created before any sandboxed step, and where the default config puts the socket.
-    from bouncetrack.config_loader import DEFAULT_MILTER_SOCKET
+    from bouncetrack.core.config_loader import DEFAULT_MILTER_SOCKET
 
     pre = [line for line in milter.splitlines() if line.startswith("ExecStartPre=")]
     assert pre[0] == f"ExecStartPre=+/usr/bin/install -d -o bouncetrack -g postfix -m 0750 {Path(DEFAULT_MILTER_SOCKET).parent}"
@@ -307,8 +307,8 @@ def test_installed_wiring_tracks_and_pipes_through_real_postfix(make_stack: obje
     import sqlite3
     from typing import Any
 
-    from bouncetrack.install import install, uninstall
-    from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+    from bouncetrack.ops.install import install, uninstall
+    from bouncetrack.core.tokens import load_keyring, mint, new_token_id, verp_address
 
     program = "/opt/bouncetrack/venv/bin/bouncetrack"
     if not os.path.exists(program):

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, TypeVar
 import pytest
 
 from bouncetrack.bounce_pipe import guard
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.harness.stack import wait_accepting
 from bouncetrack.suppression import LOCAL_HOST, UNKNOWN_HOST
 from tests import mailgen

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack import postfix_wiring as wiring
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
+from bouncetrack.ops import postfix_wiring as wiring
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.doctor.checks import FAIL, OK, SOCKET_MISSING, SOCKET_OTHER, SOCKET_OURS, WARN, lmtp_results
 from tests.test_install import _postconf, _snapshot, _wanted, needs_postfix, pfdir  # noqa: F401 (fixture)
 
@@ -86,7 +86,7 @@ def lmtp_config(tmp_path: Path) -> Config:
 
 @needs_postfix
 def test_install_lmtp_then_uninstall_restores_the_files_byte_for_byte(pfdir: Path, lmtp_config: Config) -> None:  # noqa: F811
-    from bouncetrack.install import install, postfix_check, uninstall
+    from bouncetrack.ops.install import install, postfix_check, uninstall
 
     before = _snapshot(pfdir)
     out: list[str] = []
@@ -106,7 +106,7 @@ def test_install_lmtp_then_uninstall_restores_the_files_byte_for_byte(pfdir: Pat
 
 @needs_postfix
 def test_switching_from_pipe_to_lmtp_and_an_edited_master_cf(pfdir: Path, lmtp_config: Config, tmp_path: Path) -> None:  # noqa: F811
-    from bouncetrack.install import InstallError, install, uninstall
+    from bouncetrack.ops.install import InstallError, install, uninstall
 
     pipe_path = tmp_path / "bt" / "pipe.yaml"
     pipe_path.write_text(lmtp_config.path.read_text().replace("transport: lmtp", "transport: pipe"))
@@ -132,7 +132,7 @@ def test_switching_from_pipe_to_lmtp_and_an_edited_master_cf(pfdir: Path, lmtp_c
 @needs_postfix
 def test_a_socket_a_chrooted_lmtp_cannot_reach_is_refused_before_writing(tmp_path: Path, lmtp_config: Config) -> None:
     from bouncetrack.harness.postfix import DEBIAN_MASTER_CF, packaged_unavailable
-    from bouncetrack.install import install
+    from bouncetrack.ops.install import install
 
     if packaged_unavailable():
         pytest.skip(packaged_unavailable() or "")

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from bouncetrack import postfix_wiring as wiring
+from bouncetrack.ops import postfix_wiring as wiring
 from bouncetrack.bounce_pipe.client import DEFAULT_CACHE_DIR as CACHE_DIR
 from bouncetrack.harness.postfix import packaged_unavailable
 from bouncetrack.harness.stack import REMOTE, TRACKED, Stack
@@ -144,9 +144,9 @@ def _connects_as(user: str, path: Path) -> bool:
 
 
 def test_debian_chrooted_lmtp_install_doctor_bounce_and_uninstall(debian: Stack) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.doctor.cli import check_postfix
-    from bouncetrack.install import uninstall
+    from bouncetrack.ops.install import uninstall
 
     st, pf = debian, debian.postfix
     # Install wrote our lmtp service, chrooted as Debian's lmtp, and the relative name.

@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.journal_helpers import drain, journal_shared
 from bouncetrack.api.app import create_app
-from bouncetrack.config import Config, ConfigError
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config, ConfigError
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.bounce_pipe import client
 from bouncetrack.bounce_pipe.client import NO_SERVER, SERVER_LOST
 from bouncetrack.bounce_pipe import tempfail as pipe_tempfail
@@ -38,7 +38,7 @@ from bouncetrack.milter.metrics import build_registry, serve
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
 from bouncetrack.store import migrations
-from bouncetrack.tokens import load_keyring
+from bouncetrack.core.tokens import load_keyring
 from tests import mailgen
 from tests.configkit import write_config
 from tests.test_milter_policy import make_config

@@ -16,12 +16,12 @@ import pytest
 from Milter.testctx import TestCtx as _TestCtx
 
 from tests.journal_helpers import drain, journal_shared
-from bouncetrack import replies
-from bouncetrack.config import Config
+from bouncetrack.core import replies
+from bouncetrack.core.config import Config
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.milter.bounce_rcpt import accept_bounce_rcpt
 from bouncetrack.store import open_store
-from bouncetrack.tokens import KeyRing, load_keyring, mint, new_token_id, verp_address
+from bouncetrack.core.tokens import KeyRing, load_keyring, mint, new_token_id, verp_address
 from tests.test_milter_policy import make_config
 
 KEY = b"k" * 32
@@ -106,7 +106,7 @@ STACK_OPTIONS = {"with_milter": True, "pipe": "files"}
 
 @pytest.mark.postfix
 def test_postfix_refuses_forged_verp_before_queueing(stack: Any) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
 
     stack.reset()
     config = load_config(stack.config_path)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack import esmtp
-from bouncetrack.config import Config, DomainPolicy, DsnDefaults, OutboxConfig, PipeConfig
+from bouncetrack.core import esmtp
+from bouncetrack.core.config import Config, DomainPolicy, DsnDefaults, OutboxConfig, PipeConfig
 from bouncetrack.milter import policy
 from bouncetrack.milter.policy import Envelope, Recipient
 

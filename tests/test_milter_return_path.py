@@ -1,7 +1,7 @@
 """The Return-Path rule (issue 16): for untracked mail a ``Return-Path:`` header moves
 into the envelope only within MAIL FROM's own domain; naming another tenant's
 domain refuses the message (replies.RETURN_PATH_FOREIGN). The same rule
-(:func:`bouncetrack.esmtp.return_path_allowed`) makes the send endpoint's 403.
+(:func:`bouncetrack.core.esmtp.return_path_allowed`) makes the send endpoint's 403.
 Here: the pure policy and the callbacks under pymilter's TestCtx; inside the real
 Postfix in test_milter_postfix.py.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import Milter
 import pytest
 
-from bouncetrack import esmtp, replies
+from bouncetrack.core import esmtp, replies
 from bouncetrack.milter import policy
 from bouncetrack.milter.app import Shared
 from tests.test_milter_policy import CONFIG, env

@@ -13,11 +13,11 @@ import pytest
 from Milter.testctx import TestCtx as _TestCtx
 
 from tests.journal_helpers import drain, journal_shared
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
 from bouncetrack.store.base import StoreUnavailable
-from bouncetrack.tokens import load_keyring, token_from_address, verify
+from bouncetrack.core.tokens import load_keyring, token_from_address, verify
 from tests.test_milter_policy import make_config
 
 

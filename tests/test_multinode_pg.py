@@ -24,14 +24,14 @@ from typing import cast
 
 import pytest
 
-from bouncetrack.config import Config, ConfigError
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config, ConfigError
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.bounce_pipe import config_snapshot
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
 from bouncetrack.store.interfaces import MetricsStore
-from bouncetrack.tokens import load_keyring, mint, new_token_id, rotate_key, verp_address
+from bouncetrack.core.tokens import load_keyring, mint, new_token_id, rotate_key, verp_address
 from tests import mailgen
 from tests.pg import Cluster, pg_cluster  # noqa: F401  (fixture)
 

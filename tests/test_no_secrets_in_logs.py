@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
-from bouncetrack.tokens import hash_api_token, new_api_token
+from bouncetrack.core.tokens import hash_api_token, new_api_token
 from tests.services import ROOT, Service, free_port, rewrite, start_api, start_worker
 
 pytestmark = pytest.mark.postfix

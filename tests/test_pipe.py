@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
-from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+from bouncetrack.core.tokens import load_keyring, mint, new_token_id, verp_address
 from tests import mailgen
 from tests.configkit import write_config
 

@@ -21,7 +21,7 @@ import pytest
 from bouncetrack.bounce_pipe import guard
 from bouncetrack.bounce_pipe.main import main as pipe_main
 from bouncetrack.classifier.bounds import DELIMITERS_MAX, PARAMS_MAX, bound
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from tests import mailgen
 from tests.test_pipe import ROOT, config, events, outbox, pipe_env, record  # noqa: F401  (config: fixture)
 

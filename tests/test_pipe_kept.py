@@ -19,9 +19,9 @@ import pytest
 
 from bouncetrack.bounce_pipe import process
 from bouncetrack.bounce_pipe.main import main as pipe_main
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
-from bouncetrack.tokens import rotate_key
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
+from bouncetrack.core.tokens import rotate_key
 from tests import mailgen
 from tests.configkit import write_config
 from tests.test_pipe import record

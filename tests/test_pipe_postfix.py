@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
-from bouncetrack.tokens import load_keyring, mint, new_token_id, verp_address
+from bouncetrack.core.tokens import load_keyring, mint, new_token_id, verp_address
 from bouncetrack.bounce_pipe.client import DEFAULT_CACHE_DIR as CACHE_DIR, NO_SERVER
 from bouncetrack.metrics import pipe_fallback
 from tests.storeview import rows

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from bouncetrack.bounce_pipe.client import MAGIC, NO_SERVER, SERVER_LOST, parse_answer, request
 from bouncetrack.bounce_pipe.server import parse_request
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.harness.stack import wait_accepting
 from bouncetrack.metrics import pipe_fallback
 from tests import mailgen

@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from bouncetrack.bounce_pipe import guard
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from tests import mailgen
 from tests.configkit import write_config
 from tests.test_pipe import events, record, run_pipe

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack.logsetup import Formatter, setup
-from bouncetrack.redact import config_secrets, redact_text, redact_url, register
-from bouncetrack.tokens import new_api_token
+from bouncetrack.core.logsetup import Formatter, setup
+from bouncetrack.core.redact import config_secrets, redact_text, redact_url, register
+from bouncetrack.core.tokens import new_api_token
 from tests.configkit import write_config
 from tests.services import LOG_LINE
 

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from bouncetrack.cli import build_cli
-from bouncetrack.config import ConfigError
-from bouncetrack.config_loader import load_config_text
-from bouncetrack.retention import Cutoffs, dry_run, purge
+from bouncetrack.core.config import ConfigError
+from bouncetrack.core.config_loader import load_config_text
+from bouncetrack.ops.retention import Cutoffs, dry_run, purge
 from bouncetrack.store import open_store
 from bouncetrack.store.base import OutboxJob
 from bouncetrack.store.views import PurgeCounts

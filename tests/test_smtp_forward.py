@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from bouncetrack.config import Config, DomainPolicy, OutboxConfig, PipeConfig, WebhookConfig
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config, DomainPolicy, OutboxConfig, PipeConfig, WebhookConfig
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.forward.jobs import jobs_for
 from bouncetrack.forward.smtp import build_forward, clean_value
 from bouncetrack.forward.worker import WorkerStats, run_worker

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, cast
 
 import pytest
 
-from bouncetrack.events import event_to_json
+from bouncetrack.core.events import event_to_json
 from bouncetrack.store import StoreUnavailable, open_store
 from bouncetrack.store.base import REASON_HARD_BOUNCE, REASON_MANUAL, REASON_SOFT_BOUNCES, BounceEvent, MessageRecord, OutboxJob, RecipientRecord, SuppressionCandidate
 from bouncetrack.store.interfaces import DashboardStore

@@ -18,12 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bouncetrack.api.app import create_app
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.doctor.checks import OK, WARN
 from bouncetrack.doctor.cli import check_store_files
 from bouncetrack.store.sqlite import STORE_FILE_MODE, SQLiteStore
-from bouncetrack.tokens import hash_api_token, load_keyring
+from bouncetrack.core.tokens import hash_api_token, load_keyring
 from tests.configkit import write_config
 
 ROOT = Path(__file__).resolve().parents[1]

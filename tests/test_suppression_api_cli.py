@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from bouncetrack.api.app import create_app
 from bouncetrack.cli import build_cli
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 from tests.configkit import write_config
 
 DAY = 86400.0

@@ -14,14 +14,14 @@ import Milter
 import pytest
 
 from tests.journal_helpers import drain, journal_shared
-from bouncetrack import replies
-from bouncetrack.config import Config, DomainPolicy, SuppressionPolicy
+from bouncetrack.core import replies
+from bouncetrack.core.config import Config, DomainPolicy, SuppressionPolicy
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
 from bouncetrack.suppression import key_hash, normalize_address, verdict
 from bouncetrack.suppression.index import SuppressionIndex, SuppressionRefresher, _compact, enforced
-from bouncetrack.tokens import load_keyring
+from bouncetrack.core.tokens import load_keyring
 from tests.test_milter_policy import make_config
 from tests.test_milter_testctx import RecordingCtx
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack.config import Config
+from bouncetrack.core.config import Config
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
 from tests import mailgen

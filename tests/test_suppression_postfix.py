@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bouncetrack import replies
+from bouncetrack.core import replies
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
 from bouncetrack.suppression.index import REFRESH_SECONDS

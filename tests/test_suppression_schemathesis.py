@@ -18,10 +18,10 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from bouncetrack.api.app import create_app
-from bouncetrack.config_loader import load_config_text
+from bouncetrack.core.config_loader import load_config_text
 from bouncetrack.store.views import Suppression
 from bouncetrack.store.sqlite import SQLiteStore
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 
 TOKEN = "schemathesis-suppression-token"
 

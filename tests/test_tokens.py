@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack.config import Config
-from bouncetrack import tokens
-from bouncetrack.config_loader import load_config
-from bouncetrack.tokens import (
+from bouncetrack.core.config import Config
+from bouncetrack.core import tokens
+from bouncetrack.core.config_loader import load_config
+from bouncetrack.core.tokens import (
     KeyFileError,
     KeyRing,
     hash_api_token,
@@ -192,7 +192,7 @@ def test_mac_is_hmac_sha256_truncated(key_length: int) -> None:
     import hmac as hmac_module
     import os
 
-    from bouncetrack.tokens import MAC_BYTES, _mac
+    from bouncetrack.core.tokens import MAC_BYTES, _mac
 
     key, body = os.urandom(key_length), os.urandom(9)
     assert _mac(key, body) == hmac_module.digest(key, body, "sha256")[:MAC_BYTES]

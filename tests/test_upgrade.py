@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bouncetrack.events import event_to_json
+from bouncetrack.core.events import event_to_json
 from bouncetrack.store import migrations
 from bouncetrack.store.sqlite import SQLiteStore
 from bouncetrack.store.views import DownloadQuery

@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 
 from bouncetrack.api.app import create_app
 from bouncetrack.cli import build_cli
-from bouncetrack.config import Config
-from bouncetrack.config_loader import load_config_text
+from bouncetrack.core.config import Config
+from bouncetrack.core.config_loader import load_config_text
 from bouncetrack.harness.fakemx import FakeMX
-from bouncetrack.resolver import DnsPythonResolver
+from bouncetrack.core.resolver import DnsPythonResolver
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
-from bouncetrack.tokens import hash_api_token
+from bouncetrack.core.tokens import hash_api_token
 from bouncetrack.validation import DomainCache, Validator
 from tests.dnsserver import DnsServer
 from tests.test_addresses import HOSTILE
@@ -338,7 +338,7 @@ def test_validation_settings_follow_a_reload(api: tuple[TestClient, Config], tmp
     assert _validate(client, TOKEN_A, [f"u{i}@good.test" for i in range(21)]).status_code == 400
     path = tmp_path / "bouncetrack.yaml"
     new = load_config_text(path.read_text().replace("max_batch: 20", "max_batch: 30"), path)
-    client.app.state.ctx.apply(new)  # type: ignore[attr-defined]  # what SIGHUP does (bouncetrack.reload)
+    client.app.state.ctx.apply(new)  # type: ignore[attr-defined]  # what SIGHUP does (bouncetrack.core.reload)
     assert _validate(client, TOKEN_A, [f"u{i}@good.test" for i in range(21)]).status_code == 200
     # the verdicts counted before the reload are still counted: 1 + 21 valid
     valid = [line for line in client.get("/metrics").text.splitlines()

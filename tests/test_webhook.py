@@ -16,8 +16,8 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from bouncetrack.config import DomainPolicy, WebhookConfig
-from bouncetrack.events import event_to_json, iso_utc
+from bouncetrack.core.config import DomainPolicy, WebhookConfig
+from bouncetrack.core.events import event_to_json, iso_utc
 from bouncetrack.forward import backoff, webhook
 from bouncetrack.forward.jobs import jobs_for, primary_event
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
@@ -192,7 +192,7 @@ def test_events_module_is_cheap_to_import() -> None:
     import subprocess
     import sys
 
-    code = "import sys, bouncetrack.events; print(sorted(m for m in ('json','datetime','httpx','click') if m in sys.modules))"
+    code = "import sys, bouncetrack.core.events; print(sorted(m for m in ('json','datetime','httpx','click') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

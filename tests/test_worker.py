@@ -23,8 +23,8 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner
 
-from bouncetrack.config import Config, DomainPolicy, OutboxConfig, PipeConfig, WebhookConfig
-from bouncetrack.config_loader import load_config
+from bouncetrack.core.config import Config, DomainPolicy, OutboxConfig, PipeConfig, WebhookConfig
+from bouncetrack.core.config_loader import load_config
 from bouncetrack.forward.cli import outbox, worker as worker_cmd
 from bouncetrack.forward.jobs import jobs_for
 from bouncetrack.forward.worker import Worker, WorkerStats, run_worker

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
-from ..config import Config
+from ..core.config import Config
 from ..store import Store
 from ..store.base import StoreUnavailable
 from . import dashboard, download, forget, metrics, send, suppression, validate

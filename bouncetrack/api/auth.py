@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
 
-from ..config import Config
-from ..tokens import hash_api_token as token_hash
+from ..core.config import Config
+from ..core.tokens import hash_api_token as token_hash
 from .deps import ApiContext, context
 
 UNAUTHORIZED_DETAIL = "missing or invalid access token"

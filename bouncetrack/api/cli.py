@@ -12,7 +12,7 @@ from types import FrameType
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH
+from ..core.config import DEFAULT_CONFIG_PATH
 
 
 @click.command("api")
@@ -24,11 +24,11 @@ def api_command(config_path: Path, listen: str | None) -> None:
     import uvicorn
 
     from .. import __version__
-    from ..config_loader import load_or_exit
-    from ..known_secrets import known_secret_problems
-    from ..logsetup import setup
-    from ..redact import config_secrets, register
-    from ..reload import RESTART_ONLY, on_sighup, reload_config
+    from ..core.config_loader import load_or_exit
+    from ..core.known_secrets import known_secret_problems
+    from ..core.logsetup import setup
+    from ..core.redact import config_secrets, register
+    from ..core.reload import RESTART_ONLY, on_sighup, reload_config
     from .app import create_app
     from .server import server_config
 

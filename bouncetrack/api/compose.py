@@ -42,7 +42,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import addresses, esmtp
+from ..core import addresses, esmtp
 
 #: Postfix's default ``smtpd_recipient_limit``: more RCPTs per transaction get 452.
 MAX_RECIPIENTS = 1000
@@ -76,7 +76,7 @@ def _no_ctl(value: str) -> str:
 
 def addr_spec(value: str) -> str:
     """Validate one bare address (``a@b.example`` or ``<a@b.example>``); return it bare,
-    its domain in A-label form (:func:`bouncetrack.addresses.parse_address`). ASCII local
+    its domain in A-label form (:func:`bouncetrack.core.addresses.parse_address`). ASCII local
     parts only (no SMTPUTF8). Raise ValueError saying what is wrong."""
     try:
         return addresses.parse_address(value).addr_spec

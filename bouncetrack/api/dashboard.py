@@ -44,14 +44,14 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from ..config import Config
-from ..events import EVENT_TYPES, event_to_json, iso_utc
+from ..core.config import Config
+from ..core.events import EVENT_TYPES, event_to_json, iso_utc
 from ..store import Store
 from ..store.base import MAX_ROW_ID, BounceEvent
 from ..store.interfaces import DashboardStore
 from ..store.views import DailyCount, EventQuery, JobView
 from .deps import ApiContext, context
-from ..tokens import hash_api_token
+from ..core.tokens import hash_api_token
 from .auth import SESSION_COOKIE, domains_for_token
 from .session import Session, SessionManager, csrf_ok, same_origin
 from .validate import dashboard_counts

@@ -12,7 +12,7 @@ from typing import Callable
 
 from fastapi import Request
 
-from ..config import Config
+from ..core.config import Config
 from ..store import Store, open_store
 
 
@@ -23,7 +23,7 @@ class ApiContext:
     SQLite connections are not shared across threads: each worker thread gets its
     own store (FastAPI runs sync handlers in a thread pool).
 
-    :meth:`apply` swaps the configuration (SIGHUP, :mod:`bouncetrack.reload`):
+    :meth:`apply` swaps the configuration (SIGHUP, :mod:`bouncetrack.core.reload`):
     requests read ``config`` when they run, so tokens, domains and scopes apply to
     the next request; a changed ``store_url`` makes each thread open the new store;
     ``on_apply`` callbacks rebuild what was derived from the old one.

@@ -21,7 +21,7 @@ Formats (``?format=`` wins over ``Accept``):
   ``limit`` they return one page and put the next cursor in the
   ``X-Next-Cursor`` header (and a ``Link: <...>; rel="next"``).
 
-Every event has exactly the keys of :func:`bouncetrack.events.event_to_json`,
+Every event has exactly the keys of :func:`bouncetrack.core.events.event_to_json`,
 the schema the webhook sends. Events come in ``id`` order (the order they were
 stored); pages are keyset pages on that id, so they stay stable while new
 bounces arrive: an event stored after the first page was fetched shows up on a
@@ -44,8 +44,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from ..addresses import AddressError, parse_domain
-from ..events import EVENT_TYPES
+from ..core.addresses import AddressError, parse_domain
+from ..core.events import EVENT_TYPES
 from ..store.base import StoreUnavailable
 from ..store.sql import CSV_HEADER
 from ..store.views import DownloadQuery
@@ -81,7 +81,7 @@ assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 
 
 class BounceEventOut(BaseModel):
-    """One event: exactly what the webhook sends (bouncetrack.events.event_to_json)."""
+    """One event: exactly what the webhook sends (bouncetrack.core.events.event_to_json)."""
 
     event_id: str = Field(description="Stable id (uuid4 hex); also the webhook idempotency key.")
     type: EventType

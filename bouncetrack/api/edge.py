@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from ..config import Config
+from ..core.config import Config
 from .guard import ASGIApp, Message, Receive, Scope, Send
 
 MAX_TRACKED = 10_000

@@ -1,6 +1,6 @@
 """``DELETE /v1/addresses/{address}``: forget one address within the token's domains (issue 16).
 
-The same deletion as ``bouncetrack forget`` (:mod:`bouncetrack.forget`), scoped to
+The same deletion as ``bouncetrack forget`` (:mod:`bouncetrack.ops.forget`), scoped to
 the access token's sender domains (``domain=`` narrows it; a domain outside the
 token is a 403). Events without a sender domain (unattributed reports) are left to
 the CLI, which sees every domain. Errors are JSON ``{"detail", "parameter"}`` like
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from ..forget import counts_dict, forget
+from ..ops.forget import counts_dict, forget
 from ..store.base import StoreUnavailable
 from .deps import ApiContext, context
 from .auth import Principal, require_token

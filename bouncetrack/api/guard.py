@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, MutableMapping
 
 from starlette.requests import Request
 
-from ..config import Config
+from ..core.config import Config
 from .auth import UNAUTHORIZED_DETAIL, domains_for_token, presented_token
 
 Scope = MutableMapping[str, Any]

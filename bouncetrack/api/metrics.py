@@ -23,7 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..bounce_pipe.client import cache_dir
 from ..metrics.collector import build_registry
-from ..tokens import hash_api_token
+from ..core.tokens import hash_api_token
 from .deps import ApiContext, context
 from .auth import presented_token
 from .validate import ValidationCollector

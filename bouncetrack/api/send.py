@@ -42,8 +42,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
-from .. import esmtp
-from ..config import Config
+from ..core import esmtp
+from ..core.config import Config
 from ..store import StoreUnavailable
 from .deps import ApiContext, context
 from .auth import Principal, require_token

@@ -6,9 +6,9 @@ from typing import Any
 
 import uvicorn
 
-from ..config import Config
+from ..core.config import Config
 from .edge import Edge
-from ..logsetup import uvicorn_log_config
+from ..core.logsetup import uvicorn_log_config
 
 
 def server_config(app: Any, config: Config, host: str, port: int) -> uvicorn.Config:
@@ -26,7 +26,7 @@ def server_config(app: Any, config: Config, host: str, port: int) -> uvicorn.Con
         host=host,
         port=port,
         log_level=config.log_level.lower(),
-        log_config=uvicorn_log_config(),  # its loggers go to the one handler (bouncetrack.logsetup)
+        log_config=uvicorn_log_config(),  # its loggers go to the one handler (bouncetrack.core.logsetup)
         http="h11",
         h11_max_incomplete_event_size=config.api.max_header_bytes,
         loop="uvloop",

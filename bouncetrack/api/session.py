@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from ..config import Config
-from ..tokens import KeyFileError, load_keyring
+from ..core.config import Config
+from ..core.tokens import KeyFileError, load_keyring
 
 log = logging.getLogger(__name__)
 

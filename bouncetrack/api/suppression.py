@@ -27,11 +27,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from ..events import iso_utc
+from ..core.events import iso_utc
 from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
 from ..store.interfaces import SuppressionStore
 from ..store.views import Suppression
-from ..addresses import AddressError, parse_address, parse_domain
+from ..core.addresses import AddressError, parse_address, parse_domain
 from .deps import ApiContext, context
 from .auth import Principal, require_token
 from .download import ErrorBody

@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 
-from ..addresses import AddressError, parse_domain
+from ..core.addresses import AddressError, parse_domain
 from ..store.base import StoreUnavailable
-from ..config import ValidationConfig
+from ..core.config import ValidationConfig
 from ..validation import VERDICTS, build_validator, store_suppressed
 from .deps import ApiContext, context
 from .auth import Principal, require_token

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .. import esmtp
+from ..core import esmtp
 from ..classifier.model import AUTO_REPLY, COMPLAINT, HARD_REASONS, NOT_BOUNCE, RecipientResult, Report
 from ..store.base import BounceEvent, MessageRecord, RecipientRecord
 from . import guard

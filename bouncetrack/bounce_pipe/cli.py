@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH
+from ..core.config import DEFAULT_CONFIG_PATH
 
 
 @click.command("pipe-server")
@@ -20,7 +20,7 @@ from ..config import DEFAULT_CONFIG_PATH
 @click.option("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
 def pipe_server_command(socket_path: Path, config_path: Path | None, log_level: str) -> None:
     """Serve the bounce pipe warm: Postfix's pipe client hands each bounce over a unix socket."""
-    from ..logsetup import setup
+    from ..core.logsetup import setup
     from .server import serve
 
     setup("pipe-server", log_level)

@@ -34,7 +34,7 @@ from .. import __version__
 # The pipe's cache directory: one definition, in the stdlib-only pipe client, so that the
 # client, the pipe and /metrics all find the same directory.
 from .client import cache_dir
-from ..config import (
+from ..core.config import (
     ApiConfig,
     Config,
     DomainPolicy,
@@ -50,7 +50,7 @@ from ..config import (
 
 FORMAT = 1
 
-# How each field type (as written in bouncetrack/config.py) is rebuilt from JSON.
+# How each field type (as written in bouncetrack/core/config.py) is rebuilt from JSON.
 _NESTED: dict[str, type] = {
     "PipeConfig": PipeConfig,
     "OutboxConfig": OutboxConfig,
@@ -159,7 +159,7 @@ def load(config_path: str | Path) -> Config:
     cached = load_cached(config_path)
     if cached is not None:
         return cached
-    from ..config_loader import load_config
+    from ..core.config_loader import load_config
 
     config = load_config(config_path)
     save(config)

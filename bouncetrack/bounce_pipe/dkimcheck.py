@@ -5,7 +5,7 @@ A feedback-loop provider signs its reports (RFC 6449 §3.5 asks for it); a repor
 DKIM signature verifies (RFC 6376 §6) for a domain the operator lists under
 ``pipe.feedback_loop_senders`` (or a subdomain of one) came from that provider, so its
 complaint may suppress even for a multi-recipient message. dkimpy does the
-verification; its key lookups go through the :class:`~bouncetrack.resolver.Resolver`
+verification; its key lookups go through the :class:`~bouncetrack.core.resolver.Resolver`
 seam (``validation.nameserver``/``dns_timeout`` name the server and its timeout).
 The pipe imports this module only for a complaint it cannot otherwise verify.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dkim
 
-from ..resolver import DnsTempError, Resolver
+from ..core.resolver import DnsTempError, Resolver
 
 MAX_SIGNATURES = 5  # signatures tried per report, in header order
 

@@ -24,7 +24,7 @@ the client address, classification, store, outbox. Its exit code becomes the rep
 the recipient (RFC 2033 §4.2: one reply per accepted recipient, after DATA): 0 →
 ``250 2.0.0``; 75, where pipe(8) would retry (store down, the token only in the milter's
 journal, the deadline, any failure before the bounce is stored) → ``451 4.3.0``, and
-Postfix keeps the bounce and retries. Replies come from :mod:`bouncetrack.replies`.
+Postfix keeps the bounce and retries. Replies come from :mod:`bouncetrack.core.replies`.
 
 The message is handed over as pipe(8) hands it (master.cf flags ``R``, line ends LF): a
 ``Return-Path:`` line first, CRLF turned into LF; the null sender is ``MAILER-DAEMON``
@@ -62,15 +62,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from .. import replies
-from ..config import LmtpConfig
-from ..esmtp import parse_params, strip_path, xtext_decode
-from ..replies import Reply
+from ..core import replies
+from ..core.config import LmtpConfig
+from ..core.esmtp import parse_params, strip_path, xtext_decode
+from ..core.replies import Reply
 from .process import close_kept_stores, keep_stores_open
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..tokens import KeyRing
+    from ..core.config import Config
+    from ..core.tokens import KeyRing
 
 log = logging.getLogger("bouncetrack.lmtp")
 

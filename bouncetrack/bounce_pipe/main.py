@@ -25,8 +25,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: the pipe's import path stays lean
-    from ..config import Config
-    from ..tokens import KeyRing
+    from ..core.config import Config
+    from ..core.tokens import KeyRing
 
 EX_OK = 0
 EX_TEMPFAIL = 75
@@ -44,7 +44,7 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 def _say(message: str) -> None:
     # Prefixed so it can never begin with an enhanced status code. Postfix logs it:
     # no secret in it (a configuration error may quote a line of the YAML file).
-    from ..redact import redact_text
+    from ..core.redact import redact_text
 
     sys.stderr.write(redact_text(f"{PROG}: {message}") + "\n")
 
@@ -58,7 +58,7 @@ def parse_argv(argv: list[str]) -> tuple[str, str, str, str | None]:
     for mail Postfix made itself (its bounce service) or took from a local
     submission; None when master.cf does not pass it (an older entry).
     """
-    from ..config import DEFAULT_CONFIG_PATH
+    from ..core.config import DEFAULT_CONFIG_PATH
 
     config = os.environ.get("BOUNCETRACK_CONFIG", DEFAULT_CONFIG_PATH)
     client_address: str | None = None
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None, *, raw: bytes | None = None, started: fl
     """
     args = sys.argv[1:] if argv is None else argv
     if raw is None and any(a in ("-h", "--help") for a in args):
-        from ..config import DEFAULT_CONFIG_PATH
+        from ..core.config import DEFAULT_CONFIG_PATH
 
         sys.stdout.write(HELP.format(default=DEFAULT_CONFIG_PATH))
         return EX_OK

@@ -19,10 +19,10 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from ..classifier.model import BOUNCE, COMPLAINT, DELIVERY_REPORT, NOT_BOUNCE, Report
-from ..config import Config
+from ..core.config import Config
 from ..store.base import BounceEvent, MessageRecord, OutboxJob, SuppressionCandidate, UntrustedQuota
 from ..suppression import candidates, report_verified, sending_host, trusted
-from ..tokens import KeyRing
+from ..core.tokens import KeyRing
 from . import attribution, guard
 from .attribution import Delivery
 
@@ -86,7 +86,7 @@ def _file_stamps(*paths: str) -> tuple[object, ...]:
 
 
 def _key_stamps(config: Config) -> tuple[object, ...]:
-    from ..tokens import previous_key_path
+    from ..core.tokens import previous_key_path
 
     secret = str(config.secret_file)
     return _file_stamps(secret, previous_key_path(secret))
@@ -101,9 +101,9 @@ def runtime(config_path: str, fallback: tuple[Config, KeyRing] | None = None) ->
     A long-running transport (:func:`keep_stores_open`) reuses the pair it read while
     none of its files changed.
     """
-    from ..config import ConfigError
+    from ..core.config import ConfigError
     from .config_snapshot import load as load_config
-    from ..tokens import KeyFileError, load_keyring
+    from ..core.tokens import KeyFileError, load_keyring
 
     kept = _Kept.runtime if _Kept.on else None
     if kept is not None and kept[0] == (config_path, *_file_stamps(config_path), *_key_stamps(kept[1][0])):
@@ -249,7 +249,7 @@ def _ids(raw: bytes) -> str:
 def _signed_by_feedback_loop(config: Config, raw: bytes) -> bool:
     """A complaint DKIM-signed by a configured feedback loop (:mod:`.dkimcheck`; imported
     only here: dkimpy costs import time that no other report pays)."""
-    from ..resolver import DnsPythonResolver, parse_nameserver
+    from ..core.resolver import DnsPythonResolver, parse_nameserver
     from .dkimcheck import signed_by
 
     ns = config.validation.nameserver
@@ -328,7 +328,7 @@ def direct_token(
     ``(None, MISSING, None)`` when the address carries none (a feedback-loop address,
     another domain). Needs no parsing of the report: the pipe asks this first.
     """
-    from ..tokens import token_from_address, verify
+    from ..core.tokens import token_from_address, verify
 
     token = token_from_address(config, recipient)
     if not token:
@@ -349,7 +349,7 @@ def find_token(
     attached original's Return-Path (or another header naming our VERP address),
     or in the DSN's Original-Envelope-Id (we send ENVID=token).
     """
-    from ..tokens import token_from_address, verify
+    from ..core.tokens import token_from_address, verify
 
     candidates: list[str] = []
     for address in _addresses_in_original(report):

@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING
 from .client import MAGIC
 from .lmtp import Pool
 
-from ..config import TRANSPORT_LMTP
+from ..core.config import TRANSPORT_LMTP
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..tokens import KeyRing
+    from ..core.config import Config
+    from ..core.tokens import KeyRing
 
 log = logging.getLogger("bouncetrack.pipe_server")
 
@@ -168,8 +168,8 @@ class Server:
         self.reload_requested = True  # applied by the accept loop, between bounces
 
     def reload(self) -> None:
-        from ..reload import RESTART_ONLY, reload_config
-        from ..tokens import load_keyring
+        from ..core.reload import RESTART_ONLY, reload_config
+        from ..core.tokens import load_keyring
 
         self.reload_requested = False
         if self.config_path is None:
@@ -295,14 +295,14 @@ def serve(socket_path: Path, config_path: str | None = None) -> int:
     own (``--config`` of the pipe client) as before, and SIGHUP loads it again.
     """
     from .. import __version__
-    from ..redact import config_secrets, register
+    from ..core.redact import config_secrets, register
 
     log.info("bouncetrack pipe-server %s starting, configuration %s", __version__, config_path or "(per bounce)")
     runtime = None
     if config_path is not None:
-        from ..config import ConfigError
-        from ..reload import load
-        from ..tokens import KeyFileError, load_keyring
+        from ..core.config import ConfigError
+        from ..core.reload import load
+        from ..core.tokens import KeyFileError, load_keyring
 
         try:
             config = load(config_path)

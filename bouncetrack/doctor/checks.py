@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .. import postfix_wiring as wiring
-from ..config import Config
-from ..install import default_pipe_client
+from ..ops import postfix_wiring as wiring
+from ..core.config import Config
+from ..ops.install import default_pipe_client
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 
@@ -171,7 +171,7 @@ def lmtp_results(
 ) -> list[Result]:
     """The LMTP transport (issue 21, ``pipe.transport: lmtp``): our lmtp(8) service in
     master.cf, whether it finds the pipe server's socket where *it* looks (chrooted or not:
-    :func:`~bouncetrack.postfix_wiring.seen_by`), whether the server answers LHLO there
+    :func:`~bouncetrack.ops.postfix_wiring.seen_by`), whether the server answers LHLO there
     (``answers``: the path → None, or what went wrong), and the limits install sets.
 
     ``socket_path``: ``pipe.lmtp.socket``; ``address``: the name install writes for it
@@ -228,7 +228,7 @@ def reach_result(param: str, name: str, services: Sequence[wiring.Service], *, q
 
     ``name``: our element's unix-socket name as written in main.cf. Each client service
     (smtpd for smtpd_milters, cleanup for non_smtpd_milters) opens it relative to the
-    queue directory, or under it when chrooted (:func:`~bouncetrack.postfix_wiring.seen_by`).
+    queue directory, or under it when chrooted (:func:`~bouncetrack.ops.postfix_wiring.seen_by`).
     FAIL when that path holds no socket or another one than ``milter_socket``: Postfix
     then answers every message 451 4.7.1 (milter_default_action tempfail). A path that
     *is* ``milter_socket`` passes even while the milter is down (the "milter socket"

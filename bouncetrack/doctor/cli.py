@@ -45,8 +45,8 @@ from typing import Callable, Sequence
 
 import click
 
-from .. import postfix_wiring as wiring
-from ..config import DEFAULT_CONFIG_PATH, TRANSPORT_LMTP, Config, ConfigError
+from ..ops import postfix_wiring as wiring
+from ..core.config import DEFAULT_CONFIG_PATH, TRANSPORT_LMTP, Config, ConfigError
 from ..milter.probe import SMFIF_CHGFROM
 from ..milter.probe import negotiate
 from .checks import (
@@ -72,7 +72,7 @@ from .checks import (
 
 
 def check_config(path: str) -> tuple[Result, Config | None]:
-    from ..config_loader import load_config
+    from ..core.config_loader import load_config
 
     try:
         config = load_config(path)
@@ -138,7 +138,7 @@ def _group_name(gid: int) -> str:
 
 
 def check_postfix(config: Config, postfix_dir: Path, pipe_user: str) -> list[Result]:
-    from ..install import InstallError, main_values, master_entry, queue_directory, service_overrides, services
+    from ..ops.install import InstallError, main_values, master_entry, queue_directory, service_overrides, services
 
     if not (postfix_dir / "main.cf").is_file():
         return [Result("postfix", SKIP, f"no {postfix_dir}/main.cf (pass --postfix-dir)")]
@@ -289,7 +289,7 @@ def check_pipe_user(config: Config, pipe_user: str, python: str) -> list[Result]
     if os.geteuid() != 0:
         return [Result("pipe user", SKIP, f"{pipe_user} exists; run doctor as root to test access as that user")]
     db = config.store_url[len("sqlite:///"):] if config.store_url.startswith("sqlite:///") else ""
-    from ..install import default_pipe_client
+    from ..ops.install import default_pipe_client
 
     client = default_pipe_client()
     argv = ["runuser", "-u", pipe_user, "--", python, "-c", _AS_USER,
@@ -370,7 +370,7 @@ def check_pg_store(config: Config) -> Result:
     """
     import math
 
-    from ..redact import redact_url
+    from ..core.redact import redact_url
 
     url = config.store_url
     name = redact_url(url)
@@ -441,7 +441,7 @@ def local_addresses() -> list[str]:
 
 
 def check_dns(config: Config, nameserver: str | None, expect_ips: Sequence[str]) -> list[Result]:
-    from ..resolver import parse_nameserver
+    from ..core.resolver import parse_nameserver
     from .dnscheck import DnsPythonResolver, dns_results
 
     host, port = parse_nameserver(nameserver) if nameserver else (None, 53)

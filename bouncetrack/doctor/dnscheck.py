@@ -1,7 +1,7 @@
 """DNS checks of ``bouncetrack doctor``: MX, SPF and DMARC, behind one small seam.
 
-Every lookup goes through a :class:`~bouncetrack.resolver.Resolver` (``txt``, ``mx``,
-``a``; :mod:`bouncetrack.resolver`), like dkimpy's ``dnsplug``: the default
+Every lookup goes through a :class:`~bouncetrack.core.resolver.Resolver` (``txt``, ``mx``,
+``a``; :mod:`bouncetrack.core.resolver`), like dkimpy's ``dnsplug``: the default
 implementation uses dnspython with an optional nameserver and port, and the tests point
 it at a local authoritative server with their own zones.
 
@@ -18,13 +18,13 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from ..config import Config
+from ..core.config import Config
 # The seam lives in a neutral module (the API's address validation uses it too); doctor's
 # callers and tests keep importing it from here.
-from ..resolver import DnsPythonResolver as DnsPythonResolver
-from ..resolver import DnsTempError as DnsTempError
-from ..resolver import NxDomain as NxDomain
-from ..resolver import Resolver as Resolver
+from ..core.resolver import DnsPythonResolver as DnsPythonResolver
+from ..core.resolver import DnsTempError as DnsTempError
+from ..core.resolver import NxDomain as NxDomain
+from ..core.resolver import Resolver as Resolver
 from . import checks
 from .checks import WARN, Result
 

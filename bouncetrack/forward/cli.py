@@ -19,9 +19,9 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, Config
-from ..events import iso_utc
-from ..known_secrets import known_secret_problems
+from ..core.config import DEFAULT_CONFIG_PATH, Config
+from ..core.events import iso_utc
+from ..core.known_secrets import known_secret_problems
 from ..store.base import OutboxJob, StoreUnavailable
 from ..store.interfaces import Store
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 def _load(config_path: str) -> Config:
-    from ..config_loader import load_or_exit  # PyYAML: only for the command that runs
+    from ..core.config_loader import load_or_exit  # PyYAML: only for the command that runs
 
     return load_or_exit(config_path)
 
@@ -66,8 +66,8 @@ _config_option = click.option(
 def worker(config_path: str, once: bool) -> None:
     """Deliver outbox jobs (webhooks, SMTP forwards) with retries; stop on SIGTERM, reload on SIGHUP."""
     from .. import __version__
-    from ..logsetup import setup
-    from ..redact import config_secrets, register
+    from ..core.logsetup import setup
+    from ..core.redact import config_secrets, register
     from .worker import run_worker
 
     config = _load(config_path)

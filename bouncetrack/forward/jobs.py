@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from ..config import DomainPolicy
+from ..core.config import DomainPolicy
 from ..store.base import BounceEvent, OutboxJob
 
 WEBHOOK = "webhook"

@@ -6,7 +6,7 @@ Request
 
     {"type": "bounce.event", "version": 1,
      "timestamp": "<event received_at, ISO 8601 UTC>",
-     "data": <bouncetrack.events.event_to_json(event)>}
+     "data": <bouncetrack.core.events.event_to_json(event)>}
 
 ``data.type`` says what the event is (bounce, complaint, delay, delivered,
 auto_reply, unknown); the envelope ``type`` only names the payload kind, so a
@@ -56,7 +56,7 @@ from typing import Any, Mapping
 
 import httpx
 
-from ..events import SCHEMA_VERSION, event_to_json, iso_utc
+from ..core.events import SCHEMA_VERSION, event_to_json, iso_utc
 from ..store.base import BounceEvent
 
 log = logging.getLogger(__name__)

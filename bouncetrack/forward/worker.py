@@ -30,7 +30,7 @@ Guarantees
   flight, then stop; unprocessed jobs of the batch are re-claimed when their
   lease expires.
 * **Reload.** SIGHUP re-reads the configuration file between two deliveries
-  (:mod:`bouncetrack.reload`: a broken file is refused and logged, the running
+  (:mod:`bouncetrack.core.reload`: a broken file is refused and logged, the running
   configuration kept); webhook URLs and secrets, forward addresses, backoff and
   retention apply to the next delivery. The store URL needs a restart.
 * **One line per delivery** (issue 15): event id, the original message's queue
@@ -55,9 +55,9 @@ from typing import Callable
 
 import httpx
 
-from ..config import Config
-from .. import retention
-from ..reload import RESTART_ONLY, reload_config
+from ..core.config import Config
+from ..ops import retention
+from ..core.reload import RESTART_ONLY, reload_config
 from ..store.base import BounceEvent, OutboxJob, StoreUnavailable
 from ..store.interfaces import Store
 from ..store.views import PurgeCounts
@@ -72,7 +72,7 @@ SMTP_TIMEOUT = 20.0  # per SMTP operation
 # Raw reports past their retention are dropped by the worker, at most this often; the
 # events stay (the pipe keeps them, retention of events is issue 6's `purge`).
 PURGE_INTERVAL = 3600.0
-# Events and messages past `retention:` (bouncetrack.retention), at most this often.
+# Events and messages past `retention:` (bouncetrack.ops.retention), at most this often.
 RETENTION_INTERVAL = 86400.0
 # The dashboard's daily sent counts (Store.roll_up_sent), at most this often. A day is
 # rolled up once it ended this long ago: a message recorded late (a node whose clock

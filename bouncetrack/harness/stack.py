@@ -42,10 +42,10 @@ from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import yaml
 
-from .. import postfix_wiring as wiring
-from ..config import TRANSPORT_LMTP, TRANSPORT_PIPE, LmtpConfig
-from ..config_loader import load_config
-from ..install import install
+from ..ops import postfix_wiring as wiring
+from ..core.config import TRANSPORT_LMTP, TRANSPORT_PIPE, LmtpConfig
+from ..core.config_loader import load_config
+from ..ops.install import install
 from .fakemx import FakeMX
 from .postfix import PrivatePostfix
 from .stage import stage

@@ -30,9 +30,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .. import events
+from ..core import events
 from ..bounce_pipe.guard import GUARDS
-from ..config import Config
+from ..core.config import Config
 from ..milter.probe import negotiate
 from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts

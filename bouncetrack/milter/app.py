@@ -16,10 +16,11 @@ from typing import Any, Callable, Protocol, TypeVar
 
 import Milter
 
-from .. import esmtp, replies, suppression
-from ..config import Config
+from .. import suppression
+from ..core import esmtp, replies
+from ..core.config import Config
 from ..suppression.index import SuppressionIndex
-from ..tokens import KeyRing, mint, new_token_id
+from ..core.tokens import KeyRing, mint, new_token_id
 from . import journal, policy
 from .bounce_rcpt import accept_bounce_rcpt
 

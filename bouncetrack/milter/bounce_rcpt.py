@@ -10,7 +10,7 @@ Rules, for a recipient whose domain is the bounce domain (any case, trailing dot
 
 - ``{verp_prefix}+{token}`` whose token verifies (current key, or the previous one
   inside its grace period): accepted. Malformed, forged and expired tokens: rejected
-  with :data:`bouncetrack.replies.INVALID_VERP` (550 5.1.1).
+  with :data:`bouncetrack.core.replies.INVALID_VERP` (550 5.1.1).
 - A feedback-loop local part (``pipe.feedback_addresses``, e.g. ``fbl``, ``abuse``) and
   ``postmaster`` (RFC 5321 §4.5.1: a domain that accepts mail must accept postmaster):
   accepted; the pipe handles them.
@@ -21,9 +21,9 @@ Recipients at other domains are never looked at here.
 
 from __future__ import annotations
 
-from ..config import Config
-from ..esmtp import strip_path
-from ..tokens import KeyRing, token_from_address, verify
+from ..core.config import Config
+from ..core.esmtp import strip_path
+from ..core.tokens import KeyRing, token_from_address, verify
 
 ALWAYS_ACCEPTED = ("postmaster",)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH
+from ..core.config import DEFAULT_CONFIG_PATH
 
 
 @click.command("milter")
@@ -19,7 +19,7 @@ from ..config import DEFAULT_CONFIG_PATH
 @click.option("--log-level", default=None, help="Override the configured log level (DEBUG, INFO, …).")
 def milter_command(config_path: Path, no_supervisor: bool, log_level: str | None) -> None:
     """Run the tracking milter on the configured unix socket."""
-    from ..logsetup import setup
+    from ..core.logsetup import setup
     from .runner import main
 
     setup("milter", log_level or "INFO")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import esmtp
-from ..config import Config
-from ..tokens import verp_address
+from ..core import esmtp
+from ..core.config import Config
+from ..core.tokens import verp_address
 
 # Decision kinds.
 TRACK = "track"  # envelope sender -> VERP, DSN overridden, message recorded

@@ -32,10 +32,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable
 
-from ..config import Config, ConfigError
-from ..redact import config_secrets, register
-from ..reload import REFUSED, RESTART_ONLY, reload_config
-from ..tokens import KeyFileError, KeyRing
+from ..core.config import Config, ConfigError
+from ..core.redact import config_secrets, register
+from ..core.reload import REFUSED, RESTART_ONLY, reload_config
+from ..core.tokens import KeyFileError, KeyRing
 
 log = logging.getLogger("bouncetrack.milter")
 
@@ -45,8 +45,8 @@ RESTART_DELAY = 1.0
 
 
 def load_runtime(config_path: Path) -> "tuple[Config, KeyRing]":
-    from ..config_loader import load_config
-    from ..tokens import load_keyring
+    from ..core.config_loader import load_config
+    from ..core.tokens import load_keyring
 
     config = load_config(config_path)
     return config, load_keyring(config)
@@ -79,7 +79,7 @@ def run_child(config_path: Path, control_fd: int | None) -> int:
     refresher.start()
 
     def reload() -> None:
-        from ..tokens import load_keyring
+        from ..core.tokens import load_keyring
 
         reload_config(config_path, shared.runtime.config,
                       lambda new: shared.swap(Runtime(new, load_keyring(new))), RESTART_ONLY["milter"], log)

@@ -84,7 +84,7 @@ class Store(Protocol):
     def purge_messages_before(self, cutoff: float, batch: int = 1000) -> "PurgeCounts": ...
     # --- end of retention section
 
-    # --- forgetting one address (issue 16; bouncetrack.forget): in one transaction,
+    # --- forgetting one address (issue 16; bouncetrack.ops.forget): in one transaction,
     # delete the events about ``address`` (lower-case; recipient or reported
     # recipient, case-insensitive) with their outbox jobs, drop the raw bodies of
     # their reports, delete the recipient rows naming it, and turn its suppression

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import psycopg
 
-from ..redact import redact_url
+from ..core.redact import redact_url
 from . import migrations
 
 from .base import MessageRecord, StoreUnavailable

@@ -1386,7 +1386,7 @@ def download_select(query: DownloadQuery, columns: str, after_id: int, limit: in
     range without touching the table; several domains are one ``UNION ALL``
     merged in id order (no sort, so a stream needs no temp space).
     """
-    from ..events import EVENT_TYPES  # the download's vocabulary: not on the pipe's path
+    from ..core.events import EVENT_TYPES  # the download's vocabulary: not on the pipe's path
 
     if not query.domains:
         raise ValueError("a download query needs at least one domain (no 'all domains')")
@@ -1425,7 +1425,7 @@ def download_select(query: DownloadQuery, columns: str, after_id: int, limit: in
 
 
 def _render_json(event: BounceEvent) -> str:
-    from ..events import event_to_json
+    from ..core.events import event_to_json
 
     return json.dumps(event_to_json(event), ensure_ascii=False, separators=(",", ":"))
 
@@ -1433,7 +1433,7 @@ def _render_json(event: BounceEvent) -> str:
 def _render_csv(event: BounceEvent) -> str:
     """One CSV record (no line end) with event_to_json's keys as columns, formula-safe
     (the same cells as SQLite renders in SQL, sqlite_download)."""
-    from ..events import event_to_json
+    from ..core.events import event_to_json
 
     cells = []
     for key, value in event_to_json(event).items():

@@ -6,7 +6,7 @@ Why render in SQL: a full export of a million events must run within 3x a bare
 bare select. SQLite's ``json_object``/``strftime``/``replace`` do the same work
 in C and hand Python one string per row, which it only joins and encodes.
 
-The rendering is *generated* from :func:`bouncetrack.events.event_to_json`, the
+The rendering is *generated* from :func:`bouncetrack.core.events.event_to_json`, the
 one event schema shared with the webhook: its keys, in its order, each with an
 SQL expression that produces the same value. :data:`SCHEMA_KEYS` is checked
 against ``event_to_json`` at import, so a key added there and forgotten here
@@ -20,14 +20,14 @@ pays for it).
 
 from __future__ import annotations
 
-from ..events import EVENT_TYPES, event_to_json
+from ..core.events import EVENT_TYPES, event_to_json
 from .base import BounceEvent
 from .sql import CSV_FORMULA_PREFIXES, CSV_HEADER, EVENT_KINDS
 
 
 
 def _iso(col: str) -> str:
-    """SQL for :func:`bouncetrack.events.iso_utc` of a REAL column, bit for bit.
+    """SQL for :func:`bouncetrack.core.events.iso_utc` of a REAL column, bit for bit.
 
     iso_utc: ``whole = floor(ts)``, ``millis = round((ts - whole) * 1000)`` with
     Python's round-half-even, carry into the next second at 1000. SQLite's

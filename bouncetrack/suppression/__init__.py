@@ -39,8 +39,8 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Sequence
 
-from ..config import SUPPRESSION_DROP, SUPPRESSION_OFF, SUPPRESSION_REJECT, Config
-from ..esmtp import parse_address
+from ..core.config import SUPPRESSION_DROP, SUPPRESSION_OFF, SUPPRESSION_REJECT, Config
+from ..core.esmtp import parse_address
 from ..store.base import (
     REASON_COMPLAINT,
     REASON_HARD_BOUNCE,

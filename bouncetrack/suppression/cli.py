@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
-from ..config import DEFAULT_CONFIG_PATH, SUPPRESSION_OFF, Config
+from ..core.config import DEFAULT_CONFIG_PATH, SUPPRESSION_OFF, Config
 from ..store.base import REASON_MANUAL
 from ..store.views import Suppression
-from ..addresses import AddressError, parse_address, parse_domain
+from ..core.addresses import AddressError, parse_address, parse_domain
 
 DAY = 86400.0
 
@@ -34,7 +34,7 @@ HEADER = ("DOMAIN", "ADDRESS", "REASON", "LISTED", "EXPIRES", "STATE", "SOURCE_E
 
 
 def _load(config_file: str) -> Config:
-    from ..config_loader import load_or_exit  # PyYAML: only for the command that runs
+    from ..core.config_loader import load_or_exit  # PyYAML: only for the command that runs
 
     return load_or_exit(config_file)
 

@@ -45,7 +45,7 @@ from array import array
 from bisect import bisect_left
 from typing import Callable, Iterator
 
-from ..config import Config
+from ..core.config import Config
 from ..store.interfaces import Store
 from . import OFF, index_key, key_hash
 

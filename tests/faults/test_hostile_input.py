@@ -54,7 +54,7 @@ def env() -> Iterator[Env]:
     if reason:
         pytest.skip(reason)
     from bouncetrack.harness.stack import Stack
-    from bouncetrack.tokens import hash_api_token
+    from bouncetrack.core.tokens import hash_api_token
 
     with WebhookReceiver(SECRET) as rx:
         domains = {"tracked.test": {"tracking": True, "api_tokens": [hash_api_token(API_TOKEN)],
@@ -98,7 +98,7 @@ def dsn(verp: str, rcpt: str, diagnostic: str, n: int = 0, status: str = "5.1.1"
 
 
 def deliver_outbox(st: Any) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.forward.worker import run_worker
     from bouncetrack.store import open_store
 
@@ -121,8 +121,8 @@ def events_for(st: Any, rcpt: str) -> list[sqlite3.Row]:
 
 
 def test_forged_and_foreign_tokens(env: Env) -> None:
-    from bouncetrack.config_loader import load_config
-    from bouncetrack.tokens import KeyRing, mint, new_token_id, verify, load_keyring
+    from bouncetrack.core.config_loader import load_config
+    from bouncetrack.core.tokens import KeyRing, mint, new_token_id, verify, load_keyring
 
     st = env.st
     _, verp = tracked_message(st, "ok-forge@remote.test")
@@ -169,7 +169,7 @@ def test_bounce_storm_for_one_recipient_then_a_loop(env: Env) -> None:
 
     # The loop: our SMTP forward of one of them, bounced back to the VERP address.
     from bouncetrack.forward.smtp import build_forward
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.store import open_store
 
     store = open_store(load_config(st.config_path).store_url)
@@ -241,7 +241,7 @@ def test_injection_in_webhook_csv_and_dashboard(env: Env) -> None:
     from fastapi.testclient import TestClient
 
     from bouncetrack.api.app import create_app
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
 
     st, rx = env.st, env.rx
     rcpt = "ok-inject@remote.test"

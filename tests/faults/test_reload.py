@@ -115,7 +115,7 @@ def test_sighup_applies_token_webhook_and_domain_changes_in_every_process(
     import httpx
 
     from bouncetrack.harness.webhook_receiver import WebhookReceiver
-    from bouncetrack.tokens import hash_api_token, new_api_token
+    from bouncetrack.core.tokens import hash_api_token, new_api_token
     from tests.services import format_problems, rewrite, start_api, start_worker
 
     token1, token2 = new_api_token(), new_api_token()

@@ -181,7 +181,7 @@ class SkewedClock:
 
 
 def test_clock_jumps_under_the_worker(env: Env) -> None:
-    from bouncetrack.config_loader import load_config
+    from bouncetrack.core.config_loader import load_config
     from bouncetrack.forward.worker import run_worker
     from bouncetrack.store import open_store
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from .config import DEFAULT_CONFIG_PATH
+from ..core.config import DEFAULT_CONFIG_PATH
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,9 @@ def backup_sqlite(source: str, dest: Path, *, timeout: float = 30.0) -> BackupRe
 @click.argument("dest", type=click.Path(path_type=Path))
 def backup_command(config_file: str, dest: Path) -> None:
     """Copy the SQLite store to DEST while bouncetrack runs (consistent, checked, mode 0600)."""
-    from .config_loader import load_or_exit
-    from .redact import redact_url
-    from .store.sqlite import parse_url
+    from ..core.config_loader import load_or_exit
+    from ..core.redact import redact_url
+    from ..store.sqlite import parse_url
 
     config = load_or_exit(config_file)
     if not config.store_url.startswith("sqlite:"):

@@ -26,12 +26,12 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from bouncetrack.redact import redact_url
+from bouncetrack.core.redact import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
-    from bouncetrack.config import Config
+    from bouncetrack.core.config import Config
 
 __all__ = ["main", "build_cli", "LAZY_COMMANDS"]
 
@@ -55,21 +55,21 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("bouncetrack.api.cli:api_command", "Serve the HTTP API."),
     # doctor: DNS / Postfix wiring checks
     "doctor": ("bouncetrack.doctor.cli:doctor_command", "Check config, milter, Postfix wiring, pipe user, store and DNS."),
-    # install / uninstall: wire bouncetrack into an existing Postfix (bouncetrack/install.py)
-    "install": ("bouncetrack.install:install_command", "Wire bouncetrack into Postfix's main.cf/master.cf (backup, idempotent)."),
-    "uninstall": ("bouncetrack.install:uninstall_command", "Undo `bouncetrack install` (restore main.cf and master.cf)."),
+    # install / uninstall: wire bouncetrack into an existing Postfix (bouncetrack/ops/install.py)
+    "install": ("bouncetrack.ops.install:install_command", "Wire bouncetrack into Postfix's main.cf/master.cf (backup, idempotent)."),
+    "uninstall": ("bouncetrack.ops.install:uninstall_command", "Undo `bouncetrack install` (restore main.cf and master.cf)."),
     # suppression: the per-domain suppression lists by hand (bouncetrack/suppression/cli.py, issue 6)
     "suppression": ("bouncetrack.suppression.cli:suppression", "List, add and remove suppressed recipients."),
     # pipe-server: the warm bounce pipe behind bounce_pipe/client.py (bouncetrack/bounce_pipe/server.py)
     "pipe-server": ("bouncetrack.bounce_pipe.cli:pipe_server_command", "Serve the bounce pipe warm, for the pipe client in master.cf."),
-    # purge: retention of raw reports, events and messages (bouncetrack/purge_cli.py, issue 6)
-    "purge": ("bouncetrack.purge_cli:purge_command", "Delete raw reports, events and messages past retention (--dry-run: count)."),
-    # check-address: pre-send address validation (bouncetrack/validation_cli.py, issue 19)
-    "check-address": ("bouncetrack.validation_cli:check_address_command", "Can these addresses receive mail? (syntax, MX/A, provider rules, suppression)"),
-    # backup: an online, consistent copy of a SQLite store (bouncetrack/backup.py, issue 15)
-    "backup": ("bouncetrack.backup:backup_command", "Copy the SQLite store while bouncetrack runs (PostgreSQL: pg_dump)."),
-    # forget: everything about one address, for privacy requests (bouncetrack/forget.py, issue 16)
-    "forget": ("bouncetrack.forget:forget_command", "Delete everything the store holds about one address."),
+    # purge: retention of raw reports, events and messages (bouncetrack/ops/purge.py, issue 6)
+    "purge": ("bouncetrack.ops.purge:purge_command", "Delete raw reports, events and messages past retention (--dry-run: count)."),
+    # check-address: pre-send address validation (bouncetrack/validation/cli.py, issue 19)
+    "check-address": ("bouncetrack.validation.cli:check_address_command", "Can these addresses receive mail? (syntax, MX/A, provider rules, suppression)"),
+    # backup: an online, consistent copy of a SQLite store (bouncetrack/ops/backup.py, issue 15)
+    "backup": ("bouncetrack.ops.backup:backup_command", "Copy the SQLite store while bouncetrack runs (PostgreSQL: pg_dump)."),
+    # forget: everything about one address, for privacy requests (bouncetrack/ops/forget.py, issue 16)
+    "forget": ("bouncetrack.ops.forget:forget_command", "Delete everything the store holds about one address."),
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -186,10 +186,10 @@ def _build() -> "click.Group":
 
     import click
 
-    from bouncetrack.config import DEFAULT_CONFIG_PATH
+    from bouncetrack.core.config import DEFAULT_CONFIG_PATH
 
     def load(path: str) -> "Config":
-        from bouncetrack.config_loader import load_or_exit  # PyYAML: only for the command that runs
+        from bouncetrack.core.config_loader import load_or_exit  # PyYAML: only for the command that runs
 
         return load_or_exit(path)
 
@@ -270,7 +270,7 @@ def _build() -> "click.Group":
         Prints "ok" and a summary, or every problem, one per line, on stderr; API
         tokens and webhook secrets everybody knows (examples, "test") are problems.
         """
-        from bouncetrack.known_secrets import known_secret_problems
+        from bouncetrack.core.known_secrets import known_secret_problems
 
         config = load(file)
         known = known_secret_problems(config)
@@ -289,7 +289,7 @@ def _build() -> "click.Group":
 
         The token shown is an example minted now; the milter mints one per message.
         """
-        from bouncetrack.tokens import KeyFileError, KeyRing, load_keyring, mint, new_token_id
+        from bouncetrack.core.tokens import KeyFileError, KeyRing, load_keyring, mint, new_token_id
 
         config = load(config_file)
         note = None
@@ -316,7 +316,7 @@ def _build() -> "click.Group":
 
         Reload the milter afterwards (SIGHUP) so that it mints with the new key.
         """
-        from bouncetrack.tokens import KeyFileError, load_keyring, rotate_key
+        from bouncetrack.core.tokens import KeyFileError, load_keyring, rotate_key
 
         config = load(config_file)
         now = time.time()
@@ -352,7 +352,7 @@ def _build() -> "click.Group":
 
         Paste the line into api_tokens: of a domain; the token itself is never stored.
         """
-        from bouncetrack.tokens import hash_api_token, new_api_token
+        from bouncetrack.core.tokens import hash_api_token, new_api_token
 
         if generate:
             token = new_api_token()

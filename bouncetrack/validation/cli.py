@@ -50,14 +50,14 @@ def check_address_command(config_file: str | None, domains: tuple[str, ...], nam
                           timeout: float | None, as_json: bool, addresses: tuple[str, ...]) -> None:
     """Check ADDRESS… (or - for stdin): syntax, the domain's MX/A records, the mailbox
     provider's rules and, with --domain, the suppression lists."""
-    from .addresses import AddressError, parse_domain
-    from .config import ValidationConfig
-    from .validation import VALID, build_validator, store_suppressed
+    from ..core.addresses import AddressError, parse_domain
+    from ..core.config import ValidationConfig
+    from . import VALID, build_validator, store_suppressed
 
     settings = ValidationConfig()
     store = None
     if config_file is not None:
-        from .config_loader import load_or_exit
+        from ..core.config_loader import load_or_exit
 
         config = load_or_exit(config_file, status=2)
         settings = config.validation
@@ -70,7 +70,7 @@ def check_address_command(config_file: str | None, domains: tuple[str, ...], nam
     if scope:
         if config_file is None:
             raise click.UsageError("--domain needs --config (the store holding the suppression lists)")
-        from .store import StoreUnavailable, open_store
+        from ..store import StoreUnavailable, open_store
 
         try:
             store = open_store(config.store_url)

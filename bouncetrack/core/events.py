@@ -47,7 +47,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, keeps the import cheap
-    from .store.base import BounceEvent
+    from ..store.base import BounceEvent
 
 SCHEMA_VERSION = 1
 

@@ -4,7 +4,7 @@ Used by the YAML config (forward and feedback addresses, the bounce and tracked
 domains), the send API (``envelope``, ``recipient``, ``to``, ``cc``, ``from``,
 ``bounce``), the suppression CLI and API, the API's filters and the address
 validation (:mod:`bouncetrack.validation`). The milter's SMTP path
-(:func:`bouncetrack.esmtp.parse_address`) and the classifier keep their own fast
+(:func:`bouncetrack.core.esmtp.parse_address`) and the classifier keep their own fast
 parsing: their budgets are per message.
 
 Guarantee: a value is either refused with :class:`AddressError`, whose text says

@@ -4,7 +4,7 @@ Used by ``bouncetrack check-address``, ``POST /v1/addresses/validate`` and the s
 per-domain ``validate_recipients`` option. Checks, in order; the first that fails names
 the verdict:
 
-1. ``syntax``: :func:`bouncetrack.addresses.parse_address` (flanker's RFC 5322 grammar).
+1. ``syntax``: :func:`bouncetrack.core.addresses.parse_address` (flanker's RFC 5322 grammar).
 2. ``domain``: where the domain's mail goes (:meth:`Resolver.mail_hosts`): no such
    domain (NXDOMAIN), a null MX (RFC 7505), or neither MX nor A/AAAA record (RFC 5321
    §5.1) is ``invalid``; a DNS failure is ``unknown`` (check ``dns``), never invalid.
@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterable
 
 import flanker.addresslib.validate as _esp
 
-from .addresses import AddressError, parse_address
-from .config import ValidationConfig
-from .resolver import DnsPythonResolver, DnsTempError, MailHosts, Resolver, parse_nameserver
+from ..core.addresses import AddressError, parse_address
+from ..core.config import ValidationConfig
+from ..core.resolver import DnsPythonResolver, DnsTempError, MailHosts, Resolver, parse_nameserver
 
 VALID = "valid"
 INVALID = "invalid"

@@ -3,7 +3,7 @@
 Prints the cutoffs, then one line per kind of row (tab-separated: verb, kind,
 count), counted (``--dry-run``: nothing is deleted) or deleted. With
 ``retention.automatic`` the worker runs the same purge once a day; otherwise run
-this from cron. See :mod:`bouncetrack.retention` for what goes and what stays.
+this from cron. See :mod:`bouncetrack.ops.retention` for what goes and what stays.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import fields
 import click
 
 from . import retention
-from .config import DEFAULT_CONFIG_PATH
+from ..core.config import DEFAULT_CONFIG_PATH
 
 
 def _iso(ts: float | None) -> str:
@@ -33,8 +33,8 @@ def _iso(ts: float | None) -> str:
               help="Rows per transaction (default: retention.batch_size).")
 def purge_command(config_file: str, dry: bool, batch_size: int | None) -> None:
     """Delete raw reports, events and messages past their retention periods."""
-    from .config_loader import load_or_exit
-    from .store import StoreUnavailable, open_store
+    from ..core.config_loader import load_or_exit
+    from ..store import StoreUnavailable, open_store
 
     config = load_or_exit(config_file)
     cut = retention.cutoffs(config, time.time())

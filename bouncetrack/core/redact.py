@@ -1,6 +1,6 @@
 """Secrets out of every line a process writes: the one redactor (issue 15).
 
-Two layers, both applied by the log formatter of :mod:`bouncetrack.logsetup` to
+Two layers, both applied by the log formatter of :mod:`bouncetrack.core.logsetup` to
 every line of every process (uvicorn's access log included), and by the pipe to
 what it says on stderr (which Postfix logs):
 

@@ -29,10 +29,10 @@ from typing import Sequence
 
 import click
 
-from .config import DEFAULT_CONFIG_PATH
-from .store.interfaces import Store
-from .store.views import ForgetCounts
-from .suppression import forgotten_address
+from ..core.config import DEFAULT_CONFIG_PATH
+from ..store.interfaces import Store
+from ..store.views import ForgetCounts
+from ..suppression import forgotten_address
 
 
 def forget(store: Store, address: str, domains: Sequence[str] | None, now: float | None = None) -> ForgetCounts:
@@ -51,9 +51,9 @@ def counts_dict(counts: ForgetCounts) -> dict[str, int]:
 @click.option("--domain", "domains", multiple=True, help="Only within this sender domain (repeatable; default: all).")
 def forget_command(address: str, config_file: str, domains: tuple[str, ...]) -> None:
     """Delete everything the store holds about ADDRESS; print what went (tab-separated)."""
-    from .addresses import AddressError, parse_address, parse_domain
-    from .config_loader import load_or_exit
-    from .store import StoreUnavailable, open_store
+    from ..core.addresses import AddressError, parse_address, parse_domain
+    from ..core.config_loader import load_or_exit
+    from ..store import StoreUnavailable, open_store
 
     try:
         key = parse_address(address).key

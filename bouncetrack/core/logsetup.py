@@ -8,7 +8,7 @@ one line per record to stderr (journald or the container runtime keeps it)::
 timestamp (ISO 8601, UTC, milliseconds), process name and pid, level, message;
 continuation lines of a record (a traceback) are indented.
 uvicorn's loggers (``uvicorn``, ``uvicorn.error``, ``uvicorn.access``) use the
-same handler. Every line goes through :func:`bouncetrack.redact.redact_text`
+same handler. Every line goes through :func:`bouncetrack.core.redact.redact_text`
 (access tokens, webhook secrets, session cookies, passwords never reach a log).
 """
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from bouncetrack.config import Config
+    from bouncetrack.core.config import Config
 
 __all__ = [
     "KeyRing",

@@ -5,7 +5,7 @@ milter, the pipe, the worker and the API never see raw dicts. Every validation
 error names the file, the line and the key (see :class:`ConfigError`), and a
 process refuses to start on an invalid file.
 
-The loader itself lives in :mod:`bouncetrack.config_loader` so that the model
+The loader itself lives in :mod:`bouncetrack.core.config_loader` so that the model
 can be imported without PyYAML.
 """
 

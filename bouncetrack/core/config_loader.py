@@ -1,10 +1,10 @@
-"""Load and validate the YAML configuration into :class:`bouncetrack.config.Config`.
+"""Load and validate the YAML configuration into :class:`bouncetrack.core.config.Config`.
 
 Why a node walker instead of ``yaml.safe_load`` + dict checks: the composer
 keeps the line of every node, so each problem names ``file:line: key``, and we
 see duplicate keys, which PyYAML's constructor silently collapses (last one
 wins). All problems are collected and raised together as one
-:class:`~bouncetrack.config.ConfigError` so the operator fixes them in one go.
+:class:`~bouncetrack.core.config.ConfigError` so the operator fixes them in one go.
 
 Decisions:
 
@@ -24,7 +24,7 @@ Decisions:
 - Durations (``key_grace_period``): a number of seconds, or ``<n><unit>``
   with unit ``s``, ``m``, ``h``, ``d``, ``w``, possibly combined (``1d12h``).
 - Domain names (keys of ``domains:`` and ``bounce_domain``) and addresses (``forward``)
-  are parsed by :mod:`bouncetrack.addresses`: lower-cased, a domain's trailing dot
+  are parsed by :mod:`bouncetrack.core.addresses`: lower-cased, a domain's trailing dot
   dropped, an internationalized name kept in its ``xn--`` A-label form.
 - ``dsn.notify`` may be a string ``"FAILURE,DELAY"`` or a list.
 
@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bouncetrack import addresses, esmtp
-from bouncetrack.config import (
+from bouncetrack.core import addresses, esmtp
+from bouncetrack.core.config import (
     ApiConfig,
     Config,
     ConfigError,
@@ -83,7 +83,7 @@ DEFAULT_SECRET_FILE = "/var/lib/bouncetrack/verp.key"
 DEFAULT_STORE = "sqlite:////var/lib/bouncetrack/bouncetrack.db"
 # Under Postfix's queue directory, so that a chrooted smtpd/cleanup (Debian's packaged
 # master.cf) reaches it: `bouncetrack install` names it unix:bouncetrack/milter.sock
-# (bouncetrack/postfix_wiring.py, HACKING.md "Socket locations").
+# (bouncetrack/ops/postfix_wiring.py, HACKING.md "Socket locations").
 DEFAULT_MILTER_SOCKET = "/var/spool/postfix/bouncetrack/milter.sock"
 DEFAULT_GRACE_SECONDS = 7 * 86400.0
 # The VERP token is 24 characters (HACKING.md); the local part is prefix + "+" + token
@@ -450,7 +450,7 @@ def _domain_problem(value: str, exc: addresses.AddressError) -> str:
 
 def _domain(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     """Lower-cased ASCII domain (IDN as A-labels) without trailing dot
-    (:func:`bouncetrack.addresses.parse_domain`)."""
+    (:func:`bouncetrack.core.addresses.parse_domain`)."""
     value = _str(ctx, node, key)
     try:
         return addresses.parse_domain(value)

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Config
-from .store.interfaces import Store
-from .store.views import PurgeCounts
+from ..core.config import Config
+from ..store.interfaces import Store
+from ..store.views import PurgeCounts
 
 DAY = 86400.0
 

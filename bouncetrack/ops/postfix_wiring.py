@@ -1,6 +1,6 @@
 """What bouncetrack needs in an existing Postfix's main.cf and master.cf (pure).
 
-:mod:`bouncetrack.install` reads the current settings with ``postconf`` and applies
+:mod:`bouncetrack.ops.install` reads the current settings with ``postconf`` and applies
 what :func:`plan` returns with ``postconf -e`` / ``postconf -M``; ``bouncetrack
 doctor`` calls :func:`plan` too and reports every pending change as a problem. No
 I/O here, so both agree on what "wired" means and the rules are unit-tested.
@@ -63,7 +63,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .config import TRANSPORT_LMTP, TRANSPORT_PIPE
+from ..core.config import TRANSPORT_LMTP, TRANSPORT_PIPE
 
 SERVICE = "bouncepipe"
 #: Our lmtp(8) service (issue 21), for ``pipe.transport: lmtp``.

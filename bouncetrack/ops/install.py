@@ -1,6 +1,6 @@
 """``bouncetrack install`` / ``uninstall``: wire bouncetrack into an existing Postfix.
 
-What changes is decided by :mod:`bouncetrack.postfix_wiring` (pure); this module reads
+What changes is decided by :mod:`bouncetrack.ops.postfix_wiring` (pure); this module reads
 the current values with ``postconf -c DIR`` and writes with ``postconf -c DIR -e`` /
 ``-M -e`` / ``-X`` / ``-M -X`` (Postfix's own editor: it keeps comments, order and the
 operator's other lines), writes our transport map file and runs ``postmap`` for
@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from . import postfix_wiring as wiring
-from .config import DEFAULT_CONFIG_PATH, TRANSPORT_LMTP, TRANSPORT_PIPE, Config
+from ..core.config import DEFAULT_CONFIG_PATH, TRANSPORT_LMTP, TRANSPORT_PIPE, Config
 
 POSTCONF = "/usr/sbin/postconf"
 POSTMAP = "/usr/sbin/postmap"
@@ -93,7 +93,7 @@ def _parse_postconf(text: str) -> dict[str, str]:
 def main_values(config_dir: Path) -> dict[str, str]:
     """Effective main.cf values (defaults included, ``$name`` not expanded), except that
     ``relay_domains``' compatibility-level default is resolved to a plain value
-    (:func:`~bouncetrack.postfix_wiring.relay_domains_base`)."""
+    (:func:`~bouncetrack.ops.postfix_wiring.relay_domains_base`)."""
     values = _parse_postconf(run([POSTCONF, "-c", str(config_dir)]).stdout)
     explicit = explicit_values(config_dir)
     values.update(explicit)
@@ -155,7 +155,7 @@ def wanted_for(
     pipe_client: str | None = None,
     transport: str | None = None,
 ) -> wiring.Wanted:
-    """What to wire for ``config`` into ``config_dir``; :class:`~bouncetrack.postfix_wiring.WiringError`
+    """What to wire for ``config`` into ``config_dir``; :class:`~bouncetrack.ops.postfix_wiring.WiringError`
     when the milter socket is out of reach of a chrooted smtpd or cleanup, or (``transport``
     lmtp; default: the config's ``pipe.transport``) the LMTP socket of our lmtp service."""
     current = current if current is not None else main_values(config_dir)
@@ -195,7 +195,7 @@ def lmtp_chroot(all_services: Sequence[wiring.Service]) -> bool:
 
 def default_pipe_client() -> str:
     """The pipe client of this installed package (the checkout, for an editable install)."""
-    return str(Path(__file__).resolve().parent / "bounce_pipe" / "client.py")
+    return str(Path(__file__).resolve().parents[1] / "bounce_pipe" / "client.py")
 
 
 def default_bouncetrack_bin() -> str:
@@ -320,7 +320,7 @@ def install(
     ``pipe_client``: the client script pipe(8) starts (default: this package's);
     ``transport``: ``pipe`` or ``lmtp`` (issue 21), by default the config's ``pipe.transport``,
     which it must equal (the pipe server opens its LMTP socket only for ``lmtp``).
-    Raises :class:`~bouncetrack.postfix_wiring.WiringError`, before writing anything,
+    Raises :class:`~bouncetrack.ops.postfix_wiring.WiringError`, before writing anything,
     when a chrooted smtpd or cleanup could not reach the milter socket."""
     config_dir = config_dir.resolve()
     if not (config_dir / "main.cf").is_file() or not (config_dir / "master.cf").is_file():
@@ -510,7 +510,7 @@ def uninstall(config_dir: Path, *, dry_run: bool = False, echo: Echo = print) ->
 # click commands (registered in bouncetrack.cli.LAZY_COMMANDS)
 
 def _load(path: str) -> Config:
-    from .config_loader import load_or_exit  # PyYAML: only for the command that runs
+    from ..core.config_loader import load_or_exit  # PyYAML: only for the command that runs
 
     return load_or_exit(path)
 
