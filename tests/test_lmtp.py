@@ -137,7 +137,10 @@ class Client:
                 return int(line[:3]), "\n".join(item[4:] for item in lines)
 
     def cmd(self, line: str) -> tuple[int, str]:
-        self.sock.sendall(line.encode() + b"\r\n")
+        try:
+            self.sock.sendall(line.encode() + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered 421 and closed before this command: read it
         return self.reply()
 
     def lhlo(self, *xforward: str) -> None:
@@ -381,12 +384,32 @@ def test_workers_are_replaced_after_their_messages_and_at_sighup(config: Config,
     assert c.deliver("", [verp], mailgen.dsn(verp, "unknown-1@remote.test"))[-1] == (250, "2.0.0 Bounce stored")
 
 
-def test_sigterm_closes_idle_connections_and_removes_the_socket(config: Config, server: Server) -> None:
+def test_a_worker_due_for_replacement_ends_a_long_connection_between_transactions(config: Config, server: Server) -> None:
+    # Postfix's connection cache keeps one connection for many deliveries.
     c = Client(server.socket)
     c.lhlo()
+    for i in range(PER_WORKER):
+        assert c.deliver("", ["fbl@bounce.test"], b"Subject: %d\n\nx\n" % i)[-1] == (250, "2.0.0 Bounce stored")
+    assert c.cmd("RSET") == (421, "4.3.2 Service shutting down, try again later")
+    wait_until(lambda: "retiring after 4 messages: pipe.lmtp.messages_per_worker" in server.log_text(), 30)
+
+
+def test_sigterm_lets_the_transaction_in_hand_finish_and_closes_idle_connections(config: Config, server: Server) -> None:
+    verp, _ = record(config, "unknown-1@remote.test")
+    c = Client(server.socket)
+    c.lhlo()
+    idle = Client(server.socket)
+    idle.lhlo()
     assert oct(server.socket.stat().st_mode & 0o777) == "0o666"  # the directory keeps others out
+    assert c.cmd("MAIL FROM:<>")[0] == 250 and c.cmd(f"RCPT TO:<{verp}>")[0] == 250 and c.cmd("DATA")[0] == 354
+    data = stuff(mailgen.dsn(verp, "unknown-1@remote.test"))
+    c.sock.sendall(data[:100])
     server.proc.send_signal(signal.SIGTERM)
+    assert idle.reply() == (421, "4.3.2 Service shutting down, try again later")
+    c.sock.sendall(data[100:] + b".\r\n")
+    assert c.reply() == (250, "2.0.0 Bounce stored")  # the transaction in hand is finished
     assert c.reply() == (421, "4.3.2 Service shutting down, try again later")
+    assert len(events(config)) == 1
     assert server.proc.wait(60) == 0
     assert not server.socket.exists()
     assert "bouncetrack pipe-server stopped" in server.log_text()

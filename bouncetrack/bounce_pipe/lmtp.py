@@ -162,6 +162,7 @@ class Session:
         self.hostname = hostname
         self.buf = bytearray()
         self.waiting = False  # in recv for the first byte of a command (SIGTERM may interrupt)
+        self.in_command = False  # reading a command line (not DATA)
         self.messages = 0
 
     # --- I/O -------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class Session:
         if left <= 0:
             raise _Timeout()
         self.sock.settimeout(min(left, self.settings.command_timeout_seconds))
-        self.waiting = not self.buf
+        self.waiting = self.in_command and not self.buf
         try:
             chunk = self.sock.recv(DATA_PIECE)
         except TimeoutError:
@@ -233,7 +234,11 @@ class Session:
                 if errors >= MAX_ERRORS:
                     self.say(replies.LMTP_TOO_MANY_ERRORS)
                     return self.messages
-                raw = self._piece(MAX_COMMAND_LINE + 2, time.monotonic() + self.settings.command_timeout_seconds)
+                self.in_command = True
+                try:
+                    raw = self._piece(MAX_COMMAND_LINE + 2, time.monotonic() + self.settings.command_timeout_seconds)
+                finally:
+                    self.in_command = False
                 if not raw.endswith(b"\n"):
                     self.say(replies.LMTP_LINE_TOO_LONG)
                     return self.messages
@@ -416,19 +421,30 @@ class Worker:
             except OSError as exc:
                 log.error("LMTP accept failed: %s", exc)
                 return 1
-            self.session = Session(conn, self.settings, self.deliver, lambda: self.stop_requested, hostname)
+            # Postfix keeps a connection for many deliveries (its connection cache): a worker
+            # due for replacement ends the one in hand at a transaction's end (421 4.3.2:
+            # lmtp(8) drops a cached connection that fails its RSET and opens another).
+            self.session = session = Session(
+                conn, self.settings, self.deliver,
+                lambda: self.stop_requested or self._retiring(served + session.messages) is not None, hostname)
             try:
-                served += self.session.run()
+                served += session.run()
             finally:
                 self.session = None
                 conn.close()
-            if served >= self.settings.messages_per_worker:
-                log.info("LMTP worker retiring after %d messages (pipe.lmtp.messages_per_worker)", served)
-                break
-            if peak_rss_mb() > self.settings.worker_max_rss_mb:
-                log.info("LMTP worker retiring at a peak RSS of %.0f MB (pipe.lmtp.worker_max_rss_mb)", peak_rss_mb())
+            why = self._retiring(served)
+            if why is not None:
+                log.info("LMTP worker retiring after %d messages: %s", served, why)
                 break
         return 0
+
+    def _retiring(self, served: int) -> str | None:
+        """Why this worker should be replaced now, or None."""
+        if served >= self.settings.messages_per_worker:
+            return "pipe.lmtp.messages_per_worker"
+        if peak_rss_mb() > self.settings.worker_max_rss_mb:
+            return f"peak RSS {peak_rss_mb():.0f} MB > pipe.lmtp.worker_max_rss_mb"
+        return None
 
 
 def listen(path: Path) -> socket.socket:

@@ -230,7 +230,11 @@ class Server:
                 log.error("configuration not loaded: no LMTP listener (pipe.transport is read at start)")
             return
         self.lmtp = Pool(self.runtime[0].pipe.lmtp, self.config_path, lambda: self.runtime)
-        self.lmtp.start(close_in_workers=[listener])
+        try:
+            self.lmtp.start(close_in_workers=[listener])
+        except (OSError, RuntimeError) as exc:  # no directory, no permission, another server
+            log.error("cannot listen on the LMTP socket %s: %s", self.runtime[0].pipe.lmtp.socket, exc)
+            raise SystemExit(1) from None
 
     def run(self) -> int:
         listener = self._listen()
