@@ -135,7 +135,10 @@ def xforward(arg: str, into: Transaction) -> None:
 
 
 def path_arg(arg: str, keyword: str) -> tuple[str, dict[str, str | None]] | None:
-    """``FROM:<a> PARAMS`` → (a, params); None when malformed."""
+    """``FROM:<a> PARAMS`` → (a, params); None when malformed (a control character in it
+    included: the sender goes into the ``Return-Path:`` line the pipe reads)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in arg):
+        return None
     head, sep, rest = arg.partition(":")
     if not sep or head.strip().upper() != keyword:
         return None
