@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Callable
 
 from ..core.config import Config, ConfigError
@@ -133,10 +132,17 @@ def run_writer(config_path: Path, control_fd: int | None) -> int:
     from ..store import open_store
     from .journal import JournalWriter
 
-    config, _ = load_runtime(config_path)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():  # not with --no-supervisor
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        # SIGTERM is taken by a thread with sigwait(), never by a handler: a handler
+        # runs in the main thread between two bytecodes, and Event.set() there
+        # deadlocks when it lands inside stop.wait() while the main thread holds the
+        # Event's lock (the writer then never stopped, nor did its supervisor). The
+        # supervisor forks us with the signal blocked (a SIGTERM sent at once waits,
+        # pending, for the sigwait), and threads started from here inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_stop_on_sigterm, args=(stop,), name="sigterm", daemon=True).start()
+    config, _ = load_runtime(config_path)
     if control_fd is not None:
         threading.Thread(target=_control_loop, args=(control_fd, lambda: None, stop.set), daemon=True).start()
     writer = JournalWriter(config.milter_journal, lambda: open_store(config.store_url, timeout=10.0))
@@ -144,6 +150,11 @@ def run_writer(config_path: Path, control_fd: int | None) -> int:
     writer.run(stop)
     log.info("journal writer stopped; %d record(s) moved", writer.moved)
     return 0
+
+
+def _stop_on_sigterm(stop: threading.Event) -> None:
+    signal.sigwait({signal.SIGTERM})
+    stop.set()
 
 
 def _control_loop(fd: int, reload: Callable[[], None], stop: Callable[[], object]) -> None:
@@ -160,8 +171,22 @@ def _control_loop(fd: int, reload: Callable[[], None], stop: Callable[[], object
             reload()
 
 
+SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
+WRITER_STOP_SECONDS = 10.0  # then SIGKILL: the journal loses nothing to a kill -9
+
+
 class Supervisor:
-    """Owns the signals; forks and restarts the libmilter child and the journal writer."""
+    """Owns the signals; forks and restarts the libmilter child and the journal writer.
+
+    No signal handler runs here: the supervisor blocks its signals for good and takes
+    them one at a time with ``sigtimedwait`` in its loop, so that a signal never
+    interrupts it half way through forking or reaping, and a child never runs the
+    supervisor's code: a forked process inherits the handlers until it resets them,
+    and the SIGTERM that a reload sent a journal writer forked a moment before made
+    it run the supervisor's stop handler, which killed the libmilter child (mail
+    tempfailed for the 1 s of its restart). A child is forked with the signals
+    blocked; what arrives before it is ready waits, pending, for it.
+    """
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
@@ -170,19 +195,24 @@ class Supervisor:
         self.writer: int | None = None
         self.writer_w: int | None = None  # its end closes when we die: the writer stops
         self.writer_reload = False  # the writer was stopped to follow a reload
+        self.child_due: float | None = None  # when to (re)start the child (time.monotonic)
+        self.writer_due: float | None = None  # when to (re)start the writer
+        self.writer_kill_at: float | None = None  # stopping: SIGKILL a writer still there then
         self.stopping = False
         self.exit_code = 0
+        self._mask: set[int] = set()  # the mask our children get (SIGCHLD unblocked)
 
     def _fork(self, name: str, target: Callable[[int], int]) -> tuple[int, int]:
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child
+        if pid == 0:  # child: no handler to reset (the supervisor has none)
             os.close(w)
             for fd in (self.control_w, self.writer_w):  # the other child's pipe: not ours to hold
                 if fd is not None:
                     os.close(fd)
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
+            # SIGHUP, SIGTERM and SIGINT stay blocked: the libmilter child's signal
+            # thread and the writer's sigwait() take them.
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
             code = 1
             try:
                 code = target(r)
@@ -206,12 +236,14 @@ class Supervisor:
             importlib.import_module(module)
 
     def spawn(self) -> None:
+        self.child_due = None
         self.child, self.control_w = self._fork("milter child", lambda r: run_child(self.config_path, r))
 
     def spawn_writer(self) -> None:
+        self.writer_due = None
         self.writer, self.writer_w = self._fork("journal writer", lambda r: run_writer(self.config_path, r))
 
-    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+    def on_hup(self) -> None:
         # Validated here, applied by the child (which logs "configuration reloaded").
         try:
             config, _ = load_runtime(self.config_path)
@@ -229,38 +261,82 @@ class Supervisor:
             self._kill(self.writer)
 
     @staticmethod
-    def _kill(pid: int | None) -> None:
+    def _kill(pid: int | None, sig: int = signal.SIGTERM) -> None:
         if pid:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
-    def on_term(self, signum: int, frame: FrameType | None) -> None:
+    def on_term(self) -> None:
+        if not self.stopping:
+            self.writer_kill_at = time.monotonic() + WRITER_STOP_SECONDS
         self.stopping = True
         self._kill(self.child)
         self._kill(self.writer)
 
+    def _timeout(self) -> float | None:
+        """Seconds until the next thing to do on a clock (None: only a signal)."""
+        dues = [t for t in (self.child_due, self.writer_due) if t is not None and not self.stopping]
+        if self.stopping and self.writer is not None and self.writer_kill_at is not None:
+            dues.append(self.writer_kill_at)
+        return max(0.0, min(dues) - time.monotonic()) if dues else None
+
+    def _on_clock(self) -> None:
+        now = time.monotonic()
+        if self.stopping:
+            if self.writer is not None and self.writer_kill_at is not None and now >= self.writer_kill_at:
+                log.warning("journal writer %d still running %.0f s after SIGTERM: SIGKILL (the journal "
+                            "keeps what it had not moved)", self.writer, WRITER_STOP_SECONDS)
+                self._kill(self.writer, signal.SIGKILL)
+                self.writer_kill_at = None
+            return
+        if self.writer_due is not None and now >= self.writer_due:
+            self.spawn_writer()
+        if self.child_due is not None and now >= self.child_due:
+            self.spawn()
+
+    def _alive(self) -> bool:
+        return (self.child is not None or self.writer is not None
+                or (not self.stopping and (self.child_due is not None or self.writer_due is not None)))
+
     def run(self) -> int:
-        signal.signal(signal.SIGHUP, self.on_hup)
-        signal.signal(signal.SIGTERM, self.on_term)
-        signal.signal(signal.SIGINT, self.on_term)
+        # Blocked before anything is forked; sigtimedwait() takes them (SIGCHLD too:
+        # its default action discards it, a blocked one stays pending).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        self._mask = {int(sig) for sig in old} | {int(sig) for sig in SIGNALS if sig != signal.SIGCHLD}
         self._preload()
         self.spawn_writer()  # first: it moves what an earlier run left in the journal
         self.spawn()
-        while self.child is not None or self.writer is not None:
+        while self._alive():
+            timeout = self._timeout()
+            info = signal.sigwaitinfo(SIGNALS) if timeout is None else signal.sigtimedwait(SIGNALS, timeout)
+            if info is None:
+                pass
+            elif info.si_signo == signal.SIGHUP:
+                if not self.stopping:
+                    self.on_hup()
+            elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                self.on_term()
+            elif info.si_signo == signal.SIGCHLD:
+                self._reap()
+            self._on_clock()
+        return self.exit_code
+
+    def _reap(self) -> None:
+        """Every child that has exited (SIGCHLDs coalesce: one may stand for several)."""
+        while True:
             try:
-                pid, status = os.wait()
-            except InterruptedError:
-                continue
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                return
+            if pid == 0:
+                return
             code = os.waitstatus_to_exitcode(status)
             if pid == self.writer:
                 self._writer_exited(pid, code)
             elif pid == self.child:
                 self._child_exited(pid, code)
-        return self.exit_code
 
     def _child_exited(self, pid: int, code: int) -> None:
         if self.control_w is not None:
@@ -271,9 +347,7 @@ class Supervisor:
             self.exit_code = 0 if code in (0, -signal.SIGTERM) else code
             return
         log.error("milter child %d exited with %s; restarting in %.0f s", pid, code, RESTART_DELAY)
-        time.sleep(RESTART_DELAY)
-        if not self.stopping:
-            self.spawn()
+        self.child_due = time.monotonic() + RESTART_DELAY
 
     def _writer_exited(self, pid: int, code: int) -> None:
         if self.writer_w is not None:
@@ -284,11 +358,10 @@ class Supervisor:
             return
         if self.writer_reload:
             self.writer_reload = False
+            self.writer_due = time.monotonic()
         else:
             log.error("journal writer %d exited with %s; restarting in %.0f s", pid, code, RESTART_DELAY)
-            time.sleep(RESTART_DELAY)
-        if not self.stopping:
-            self.spawn_writer()
+            self.writer_due = time.monotonic() + RESTART_DELAY
 
 
 def main(config_path: Path, *, foreground_child: bool = False) -> int:
