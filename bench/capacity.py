@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """Capacity: how much mail, and how many bounces, one node carries before bounces wait.
 
-Two configurations, measured one after the other in the same run, at the same rising
-offered rates (``--rates``, messages/s), each step ``--step-seconds`` long:
+Three configurations, measured one after the other in the same run (``--configs``), at the
+same rising offered rates (``--rates``, messages/s; ``--pipe-rates`` for the pipe's series),
+each step ``--step-seconds`` long:
 
-* **bouncetrack**: the soak's whole product (:mod:`bench.soak`): private Postfix with the
-  milter, the bounce transport into the pipe client and the pipe server, the outbox
-  worker delivering webhooks to a local receiver (no faults);
+* **bouncetrack-lmtp**: the soak's whole product (:mod:`bench.soak`): private Postfix with the
+  milter, the bounce domain delivered by Postfix's lmtp client to the pipe server's LMTP
+  workers (``pipe.transport: lmtp``, :data:`LMTP_WORKERS` workers as ``bouncetrack install``
+  sets by default; no process per bounce), the outbox worker delivering webhooks to a local
+  receiver (no faults; HTTP/1.1 keep-alive, as receivers in the wild answer);
+* **bouncetrack**: the same with the pipe transport (the default): pipe(8) starting the pipe
+  client per bounce, the pipe server forking per bounce;
 * **floor**: the same Postfix with the milter off and the bounce transport delivering
   into a trivial pipe command (``/bin/sh floorpipe.sh``: ``cat`` the message into a
   file): the most this Postfix carries when handling a bounce costs nothing.
-
-With ``--with-lmtp``, a third configuration between them, **bouncetrack-lmtp**: bouncetrack
-with the bounce domain delivered by Postfix's lmtp client to ``bench/lmtp_prototype.py``
-(a measuring prototype, not shipped: one long-running server, a fork per connection, the
-pipe's code per message; no pipe client and no fork per bounce).
 
 Traffic: the soak's mix (:data:`bench.soak.MIX`: ok, complaint, auto-reply, hard,
 moved, soft, delayed, multi), paced by a global schedule over
@@ -22,7 +22,9 @@ moved, soft, delayed, multi), paced by a global schedule over
 its own envelope sender at the bounce domain (no milter to VERP it) and complaints go to
 that sender, so every delivery names its message.
 
-Per step: accepted msg/s; events stored/s (floor: deliveries into the trivial pipe);
+Per step: accepted msg/s and how late the driver sent (send lag: accepted minus scheduled,
+p50/p99: the driver and Postfix's acceptance keep pace); events stored/s (floor: deliveries
+into the trivial pipe);
 webhooks delivered/s; p50/p99 send → stored and stored → webhook; Postfix's active,
 incoming and deferred queue sizes (files counted in the private instance's queue
 directories every 0.5 s; the growth check compares the smallest sample of the first and of
@@ -38,8 +40,9 @@ was already counted for the vanished child). Short-lived pipe clients, mostly mi
 the polling, are therefore counted in full through pipe(8)'s reaped-children time, and the
 pipe server's per-bounce children through the server's. Components: Postfix daemons by
 process name, ``pipe clients`` (children of pipe(8)), ``milter``, ``pipe server`` (accept
-loop) and ``pipe server children`` (one fork per bounce), ``worker``, ``driver`` (this
-process: SMTP senders, fake MX, webhook receiver).
+loop) and ``pipe server children`` (one fork per bounce; with LMTP: ``lmtp workers``),
+``worker``, ``driver`` (this process: SMTP senders, fake MX, webhook receiver: the outside
+world, which shares the machine here; reported apart, never bouncetrack's).
 
 **Knee**: the highest offered rate at which (1) p99 send → stored < 5 s, soft bounces
 excepted (they wait for ``maximal_queue_lifetime`` by design), (2) no queue keeps growing:
@@ -63,10 +66,10 @@ Writes ``bench/results/capacity.json`` and ``capacity.png`` (``--quick``:
 reconciliation fails. The machine may be shared: the JSON records the whole machine's
 CPU busy share per step beside the components' own.
 
-    python bench/capacity.py                 # ~15 min
-    python bench/capacity.py --quick         # ~4 min, development
-    python bench/capacity.py --with-lmtp     # ~20 min, the LMTP prototype too
-    python bench/capacity.py --storm 20000
+    python bench/capacity.py                 # ~20 min
+    python bench/capacity.py --quick         # ~6 min, development
+    python bench/capacity.py --configs bouncetrack-lmtp,floor --rates 80,120,160
+    python bench/capacity.py --storm 20000 [--transport lmtp]
 """
 
 from __future__ import annotations
@@ -75,10 +78,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import sqlite3
-import tempfile
 import subprocess
 import sys
 import threading
@@ -106,8 +107,15 @@ from bouncetrack.harness.stack import Stack, make_message, unavailable_reason  #
 from bouncetrack.harness.webhook_receiver import WebhookReceiver  # noqa: E402
 
 Mode = Literal["bouncetrack", "floor"]
-#: The configurations a run may hold (result keys); "bouncetrack-lmtp" only with --with-lmtp.
-CONFIGS = ("bouncetrack", "bouncetrack-lmtp", "floor")
+#: The configurations a run may hold (result keys), in the order they run by default:
+#: (key, mode, bounce transport).
+PLAN: tuple[tuple[str, Mode, str], ...] = (("bouncetrack-lmtp", "bouncetrack", "lmtp"),
+                                           ("floor", "floor", "pipe"),
+                                           ("bouncetrack", "bouncetrack", "pipe"))
+CONFIGS = tuple(key for key, _mode, _transport in PLAN)
+#: The pipe server's LMTP workers: ``pipe.lmtp.workers``' default, what ``bouncetrack install``
+#: sets the lmtp service's concurrency to.
+LMTP_WORKERS = 4
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -177,9 +185,11 @@ class ProcSampler(threading.Thread):
     """CPU per component (see the module doc), RSS per component and Postfix's queue sizes,
     every :data:`SAMPLE_EVERY` s."""
 
-    def __init__(self, roots: Callable[[], dict[str, int | None]], queue_dir: Path) -> None:
+    def __init__(self, roots: Callable[[], dict[str, int | None]], queue_dir: Path,
+                 server_children: str = "pipe server children") -> None:
         super().__init__(daemon=True, name="proc-sampler")
         self.roots, self.queue_dir = roots, queue_dir
+        self.server_children = server_children  # the pipe server's children: per bounce, or LMTP workers
         self.lock = threading.Lock()
         self.cpu: dict[str, float] = defaultdict(float)  # component -> CPU seconds so far
         self.rss_peak: dict[str, dict[str, float]] = {}  # component -> {sum_mb, single_mb, processes}
@@ -207,7 +217,7 @@ class ProcSampler(threading.Thread):
                     parent = out.get(p.ppid, "")
                     comp = "pipe clients" if parent in ("postfix pipe", "pipe clients") else f"postfix {p.comm}"
                 elif label == "pipe server" and pid != root:
-                    comp = "pipe server children"
+                    comp = self.server_children
                 out[pid] = comp
                 todo.extend((k, comp) for k in kids.get(pid, []))
         return out
@@ -217,7 +227,7 @@ class ProcSampler(threading.Thread):
         if comp == "postfix pipe":
             return "pipe clients"
         if comp == "pipe server":
-            return "pipe server children"
+            return self.server_children
         if comp == "postfix master":
             return "postfix (exited daemons)"
         return comp
@@ -354,11 +364,9 @@ def stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
         worker.wait()
 
 
-def roots_of(st: Stack, worker: subprocess.Popen[bytes] | None,
-             lmtp: subprocess.Popen[bytes] | None = None) -> Callable[[], dict[str, int | None]]:
+def roots_of(st: Stack, worker: subprocess.Popen[bytes] | None) -> Callable[[], dict[str, int | None]]:
     def roots() -> dict[str, int | None]:
         return {
-            "lmtp prototype": lmtp.pid if lmtp is not None else None,
             "postfix": st.postfix.master_pid(),
             "milter": st._milter.pid if st._milter is not None else None,
             "pipe server": st._pipe_server.pid if st._pipe_server is not None else None,
@@ -491,10 +499,10 @@ def expected_non_soft(msgs: list[Msg]) -> int:
 def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_for: float, max_drain: float,
           drain_timeout: float, all_steps: bool, seed: int, transport: str = "pipe") -> dict[str, Any]:
     """Run the steps of one configuration, drain, reconcile; the configuration's result.
-    ``transport="lmtp"``: bouncetrack's bounce domain is delivered over LMTP to
-    ``bench/lmtp_prototype.py`` instead of pipe(8) → pipe client → pipe server."""
+    ``transport="lmtp"``: bouncetrack's bounce domain is delivered over LMTP to the pipe
+    server's workers (``pipe.transport: lmtp``) instead of pipe(8) → pipe client → pipe server."""
     secret = "cap-" + os.urandom(12).hex()
-    rx = WebhookReceiver(secret).start() if mode == "bouncetrack" else None
+    rx = WebhookReceiver(secret, keep_alive=True).start() if mode == "bouncetrack" else None
     first_seen: dict[str, float] = {}
     first_lock = threading.Lock()
 
@@ -509,14 +517,8 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
     common: dict[str, Any] = {"log_level": "INFO", "maximal_queue_lifetime": f"{lifetime}s",
                               "delay_warning_time": "1s"}
     stack: Stack
-    workdir: Path | None = None
-    lmtp_socket: Path | None = None
-    lmtp_proc: subprocess.Popen[bytes] | None = None
     if transport == "lmtp":
-        workdir = Path(tempfile.mkdtemp(prefix="bouncetrack-", dir="/var/tmp"))
-        lmtp_socket = workdir / "run" / "lmtp.sock"
-        common.update(routes={"bounce.test": f"lmtp:unix:{lmtp_socket}"},
-                      postfix_extra={"lmtp_send_xforward_command": "yes"}, workdir=workdir)
+        common.update(transport="lmtp", lmtp_workers=LMTP_WORKERS)
     if mode == "bouncetrack":
         assert rx is not None
         stack = Stack(with_milter=True, pipe="real", **common,
@@ -529,16 +531,15 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
     sender_for = floor_sender if mode == "floor" else None
     worker: subprocess.Popen[bytes] | None = None
     steps: list[Step] = []
-    out: dict[str, Any] = {"mode": mode}
+    out: dict[str, Any] = {"mode": mode, "transport": transport}
     started = time.time()
     try:
         with stack as st:
             st.fakemx.rule = rule
-            if lmtp_socket is not None:
-                lmtp_proc = start_lmtp_prototype(st, lmtp_socket)
             if mode == "bouncetrack":
                 worker = spawn_worker(st)
-            sampler = ProcSampler(roots_of(st, worker, lmtp_proc), st.postfix.queue_dir)
+            sampler = ProcSampler(roots_of(st, worker), st.postfix.queue_dir,
+                                  "lmtp workers" if transport == "lmtp" else "pipe server children")
             floor_index = FloorIndex(st.spool_dir)
             sampler.start()
             data_cache: dict[int, bytes] = {}
@@ -646,29 +647,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
         stop_worker(worker)
         if rx is not None:
             rx.stop()
-        if lmtp_proc is not None:
-            try:
-                os.killpg(lmtp_proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            lmtp_proc.wait()
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
     return out
-
-
-def start_lmtp_prototype(st: Stack, sock: Path) -> subprocess.Popen[bytes]:
-    """Run ``bench/lmtp_prototype.py`` as the pipe's user (its own process group) and give
-    Postfix an ``lmtp`` service."""
-    staged = st.lib / "lmtp_prototype.py"
-    shutil.copyfile(Path(__file__).with_name("lmtp_prototype.py"), staged)
-    staged.chmod(0o644)
-    proc = st._spawn([st.python, str(staged), "--socket", str(sock), "--config", str(st.config_path)],
-                     st.log_dir / "lmtp.log", sock, 30.0, "lmtp prototype")
-    with open(st.postfix.config_dir / "master.cf", "a") as f:
-        f.write("lmtp        unix  -       -       n       -       -       lmtp\n")
-    st.postfix.reload()
-    return proc
 
 
 def step_ok_quick(step: Step, sampler: ProcSampler) -> bool:
@@ -692,18 +671,32 @@ def lat_summary(vals: list[float]) -> dict[str, float | int | None]:
     return {"n": len(vals), "p50": percentile(vals, 0.5), "p99": percentile(vals, 0.99), "max": max(vals)}
 
 
-def step_common(s: Step, sampler: ProcSampler, stored_times: list[float], n_webhooks: int) -> dict[str, Any]:
+def cpu_group(component: str, mode: str) -> str:
+    """Whose CPU a component's is: Postfix's daemons, the driver (the outside world: senders,
+    fake MX, webhook receiver), the floor's trivial pipe, or bouncetrack's own processes."""
+    if component.startswith("postfix"):
+        return "postfix"
+    if component == "driver":
+        return "driver"
+    return "trivial pipe" if mode == "floor" else "bouncetrack"
+
+
+def step_common(s: Step, sampler: ProcSampler, stored_times: list[float], n_webhooks: int,
+                mode: str) -> dict[str, Any]:
     sent = [m for m in s.msgs if m.sent_at]
     window = s.t_end - s.t0
-    mid = s.t0 + window / 2
     q_mid, q_end = queue_ends(s, sampler)
     cpu = cpu_delta(s.cpu_before, s.cpu_after)
     stored_in = sum(1 for t in stored_times if s.t0 <= t <= s.t_end)
+    groups: dict[str, float] = defaultdict(float)
+    for comp, sec in cpu.items():
+        groups[cpu_group(comp, mode)] += sec
     return {
         "offered_msg_per_s": s.rate,
         "messages": len(s.msgs),
         "accepted": len(sent),
         "accepted_msg_per_s": len(sent) / window,
+        "send_lag": lat_summary([m.sent_at - m.due for m in sent if m.sent_at]),
         "send_seconds": window,
         "connections": connections_for(s.rate),
         "events_stored_per_s": stored_in / window,
@@ -715,6 +708,8 @@ def step_common(s: Step, sampler: ProcSampler, stored_times: list[float], n_webh
         "drain_seconds": (s.drained_at - s.t_end) if s.drained_at else None,
         "cpu_seconds": cpu,
         "cpu_share_of_one_core": {k: round(v / window, 3) for k, v in cpu.items()},
+        "cpu_ms_per_event_by_group": {k: round(v * 1000 / stored_in, 2) for k, v in sorted(groups.items())}
+        if stored_in else {},
         "machine_busy_share_all_cores": sampler.machine_share(s.t0, s.t_end),
     }
 
@@ -763,7 +758,7 @@ def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
                 s2w.append(wh - got[0]["received_at"])
     stored = [ev["received_at"] for ev in events]
     n_wh = sum(1 for t in first_ok.values() if s.t0 <= t <= s.t_end)
-    row = step_common(s, sampler, stored, n_wh)
+    row = step_common(s, sampler, stored, n_wh, "bouncetrack")
     row.update({"send_to_stored_non_soft": lat_summary(s2s), "send_to_stored_soft": lat_summary(s2s_soft),
                 "stored_to_webhook": lat_summary(s2w), "lost": lost, "duplicated": dup})
     row.update(verdict(row))
@@ -809,7 +804,7 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
                 if times and origin is not None:
                     (s2s_soft if e.kind == SOFT else s2s).append(min(times) - origin)
         stored = [d.t for d in deliveries for _ in (d.reports or (("", ""),))]
-        row = step_common(s, sampler, stored, 0)
+        row = step_common(s, sampler, stored, 0, "floor")
         row.update({"send_to_stored_non_soft": lat_summary(s2s), "send_to_stored_soft": lat_summary(s2s_soft),
                     "stored_to_webhook": lat_summary([]), "lost": lost, "duplicated": dup})
         row.update(verdict(row))
@@ -836,17 +831,20 @@ def knee(rows: list[dict[str, Any]]) -> float | None:
 # --- storm --------------------------------------------------------------------------------
 
 
-def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1) -> dict[str, Any]:
+def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1, transport: str = "pipe") -> dict[str, Any]:
     """``n`` bounces within ``seconds``: ``n / per_message`` messages, each to ``per_message``
     recipients the fake MX refuses with 550, so Postfix's bounce daemon writes one DSN per
-    message naming ``per_message`` failed recipients, each a bounce event."""
-    stack = Stack(with_milter=True, pipe="real", log_level="INFO")
+    message naming ``per_message`` failed recipients, each a bounce event. ``transport``: how
+    the DSNs reach bouncetrack (``pipe`` or ``lmtp``)."""
+    extra: dict[str, Any] = {"transport": "lmtp", "lmtp_workers": LMTP_WORKERS} if transport == "lmtp" else {}
+    stack = Stack(with_milter=True, pipe="real", log_level="INFO", **extra)
     n_msgs = math.ceil(n / per_message)
     out: dict[str, Any] = {"bounces": n_msgs * per_message, "messages": n_msgs, "dsns_expected": n_msgs,
-                           "recipients_per_message": per_message, "send_within_s": seconds}
+                           "recipients_per_message": per_message, "send_within_s": seconds, "transport": transport}
     started = time.time()
     with stack as st:
-        sampler = ProcSampler(roots_of(st, None), st.postfix.queue_dir)
+        sampler = ProcSampler(roots_of(st, None), st.postfix.queue_dir,
+                              "lmtp workers" if transport == "lmtp" else "pipe server children")
         sampler.start()
         tag = f"st{int(time.time()) % 100000}"
         rate = n_msgs / seconds
@@ -887,7 +885,7 @@ def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1) ->
         unexpected = sum(c for r, c in by_rcpt.items() if r not in wanted) + sum(
             1 for e in events if e["type"] != "bounce")
         log = st.postfix.log_text()
-        dsns_sent, tempfails, attempts = bounce_transport_log(log)
+        dsns_sent, tempfails, attempts = bounce_transport_log(log, "lmtp.sock" if transport == "lmtp" else "relay=bouncepipe")
         retried = {k: v for k, v in attempts.items() if v > 2}
         cache = Path(os.environ.get("BOUNCETRACK_CACHE_DIR", "/var/cache/bouncetrack"))
         queue_left = sum(queue_counts(st.postfix.queue_dir).values())
@@ -919,13 +917,14 @@ def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1) ->
     return out
 
 
-def bounce_transport_log(log: str) -> tuple[int, int, dict[str, int]]:
+def bounce_transport_log(log: str, marker: str = "relay=bouncepipe") -> tuple[int, int, dict[str, int]]:
     """(deliveries and deferrals by the bounce transport, delivery attempts per DSN queue id)
-    from Postfix's log."""
+    from Postfix's log: the lines that name ``marker`` (the pipe's service, or the LMTP socket
+    as the relay)."""
     sent = deferred = 0
     attempts: Counter[str] = Counter()
     for line in log.splitlines():
-        if "relay=bouncepipe" not in line:
+        if marker not in line:
             continue
         qid = line.split("]: ", 1)[-1].split(":", 1)[0]
         attempts[qid] += 1
@@ -1021,18 +1020,17 @@ def capacity_rows(d: dict[str, Any], heading: str, figs: list[str]) -> list[str]
     L = [f"## {heading}", "",
          f"Taken {d.get('taken_at', '?')}. The soak's traffic mix offered at rising rates, {p['step_seconds']:g} s "
          f"per step, the backlog drained between steps; maximal_queue_lifetime {p['queue_lifetime_s']} s. "
-         "**bouncetrack**: milter, pipe client + pipe server, worker and webhook receiver. **floor**: the same "
-         "Postfix, milter off, the bounce transport delivering into `/bin/sh floorpipe.sh` (`cat` into a file). "
+         f"**bouncetrack-lmtp**: milter, the bounce domain delivered over LMTP to the pipe server's "
+         f"{p.get('lmtp_workers', '?')} workers (`pipe.transport: lmtp`), worker and webhook receiver. "
+         "**bouncetrack**: the same with the pipe transport (pipe(8) → pipe client → pipe server's fork per bounce). "
+         "**floor**: the same Postfix, milter off, the bounce transport delivering into `/bin/sh floorpipe.sh` "
+         "(`cat` into a file). "
          f"Knee: highest rate with p99 send→stored < {p['knee_p99_s']:g} s (soft bounces excepted), active+incoming "
          "not growing over the step's second half (within 1 s of load) and ≥ 90 % of the offered rate accepted. "
          f"CPU from /proc (see the script's doc). {d.get('machine_note', '')}.", "",
-         f"**Knee: bouncetrack {k.get('bouncetrack_msg_per_s')} msg/s, floor {k.get('floor_msg_per_s')} msg/s, "
-         f"ratio {_f(k.get('ratio'))}** (goal ≥ 0.7).", ""]
-    if "bouncetrack-lmtp" in d:
-        L += [f"**bouncetrack-lmtp** (a measuring prototype, not shipped: `bench/lmtp_prototype.py`, the bounce "
-              "domain delivered by Postfix's lmtp client over a unix socket to one long-running server that forks "
-              "per connection and runs the pipe's code per message; no pipe client, no fork per bounce): knee "
-              f"**{k.get('bouncetrack_lmtp_msg_per_s')} msg/s, ratio to the floor {_f(k.get('lmtp_ratio'))}**.", ""]
+         f"**Knee: bouncetrack over LMTP {k.get('bouncetrack_lmtp_msg_per_s')} msg/s (ratio to the floor "
+         f"{_f(k.get('lmtp_ratio'))}), over the pipe {k.get('bouncetrack_msg_per_s')} msg/s (ratio "
+         f"{_f(k.get('ratio'))}), floor {k.get('floor_msg_per_s')} msg/s** (goal ≥ 0.7).", ""]
     for mode in CONFIGS:
         m = d.get(mode)
         if not m:
@@ -1078,13 +1076,18 @@ def cpu_per_event_rows(m: dict[str, Any]) -> list[str]:
         for k, v in x.items():
             if v == v:
                 total[k] += v
-    top = sorted(total, key=lambda k: -total[k])[:10]
+    top = sorted(total, key=lambda k: -total[k])[:12]
     L = [f"CPU ms per {'event stored' if m['mode'] == 'bouncetrack' else 'bounce delivered'} while sending "
-         f"({m.get('config', m['mode'])}; all components, the driver included, share the machine):", "",
+         f"({m.get('config', m['mode'])}; all components share the machine; the driver is the outside world: "
+         "senders, fake MX, webhook receiver):", "",
          "| component | " + " | ".join(f"{r['offered_msg_per_s']:g} msg/s" for r in rows) + " |",
          "|---|" + "---|" * len(rows)]
     for k in top:
         L.append(f"| {k} | " + " | ".join(f"{x.get(k, 0.0):.1f}" for x in per) + " |")
+    for g in ("bouncetrack", "trivial pipe", "postfix", "driver"):
+        if any(g in r.get("cpu_ms_per_event_by_group", {}) for r in rows):
+            L.append(f"| *{g}, all its processes* | "
+                     + " | ".join(f"*{r.get('cpu_ms_per_event_by_group', {}).get(g, 0.0):.1f}*" for r in rows) + " |")
     L.append("| **all** | " + " | ".join(f"**{sum(v for v in x.values() if v == v):.1f}**" for x in per) + " |")
     return [*L, ""]
 
@@ -1128,6 +1131,11 @@ def print_table(d: dict[str, Any]) -> None:
               f"{r['webhooks_delivered_per_s']:8.1f} {s['p50'] or float('nan'):6.2f} {s['p99'] or float('nan'):6.2f} "
               f"{r['queue_growth_active_incoming']:7d} {r['drain_seconds'] or float('nan'):6.1f}  "
               f"{'yes' if r['within_knee'] else 'no: ' + '; '.join(r['why_not'])}")
+        top = sorted(r["cpu_seconds"].items(), key=lambda kv: -kv[1])[:8]
+        n = r["events_stored_per_s"] * r["send_seconds"]
+        print(f"         CPU ms/event by group {r.get('cpu_ms_per_event_by_group')}; send lag p99 "
+              f"{r['send_lag']['p99'] or 0:.2f} s; busy {r.get('machine_busy_share_all_cores') or 0:.0%}; top: "
+              + ", ".join(f"{k} {v * 1000 / n:.1f}" for k, v in top if n))
 
 
 def main() -> int:
@@ -1136,10 +1144,10 @@ def main() -> int:
                                                   f"--quick {QUICK_RATES})")
     ap.add_argument("--step-seconds", type=float, default=None, help="sending time per step (default 30; --quick 12)")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter steps (development)")
-    ap.add_argument("--only", choices=CONFIGS, default=None, help="one configuration only")
-    ap.add_argument("--with-lmtp", action="store_true",
-                    help="a third configuration: bouncetrack with its bounce domain delivered over LMTP to "
-                         "bench/lmtp_prototype.py (no process per bounce)")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"the configurations to run, in this order (default {','.join(CONFIGS)})")
+    ap.add_argument("--pipe-rates", default=None,
+                    help="offered msg/s per step of the pipe's series (bouncetrack), default --rates")
     ap.add_argument("--all-steps", action="store_true", help="do not stop two steps past the knee")
     ap.add_argument("--queue-lifetime", type=int, default=15, help="maximal_queue_lifetime, s (default 15)")
     ap.add_argument("--delay-for", type=float, default=5.0, help="delay-* recipients greylisted this long")
@@ -1149,6 +1157,8 @@ def main() -> int:
     ap.add_argument("--storm-seconds", type=float, default=60.0, help="the storm is sent within this (s)")
     ap.add_argument("--per-message", type=int, default=1,
                     help="storm: refused recipients per message, i.e. bounces per DSN (default 1)")
+    ap.add_argument("--transport", choices=("pipe", "lmtp"), default="pipe",
+                    help="storm: the bounce transport (default pipe, the product's default)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--name", default=None, help="result name (default capacity / capacity-quick / storm)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here instead of bench/results/")
@@ -1158,26 +1168,28 @@ def main() -> int:
         raise SystemExit(f"cannot run: {why}")
 
     if a.storm:
-        res = storm(a.storm, a.storm_seconds, a.drain_timeout, a.per_message)
+        res = storm(a.storm, a.storm_seconds, a.drain_timeout, a.per_message, a.transport)
         return finish(a.name or "storm", res, a.out, res["reconciliation"]["ok"])
 
     rates = [float(x) for x in (a.rates or (QUICK_RATES if a.quick else DEFAULT_RATES)).split(",")]
+    pipe_rates = [float(x) for x in a.pipe_rates.split(",")] if a.pipe_rates else rates
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    if not configs or any(c not in CONFIGS for c in configs):
+        raise SystemExit(f"--configs: choose among {', '.join(CONFIGS)}")
     step_s = a.step_seconds or (12.0 if a.quick else 30.0)
     name = a.name or ("capacity-quick" if a.quick else "capacity")
-    result: dict[str, Any] = {"params": {"rates": rates, "step_seconds": step_s, "queue_lifetime_s": a.queue_lifetime,
+    result: dict[str, Any] = {"params": {"rates": rates, "pipe_rates": pipe_rates, "lmtp_workers": LMTP_WORKERS,
+                                         "configs": configs, "step_seconds": step_s, "queue_lifetime_s": a.queue_lifetime,
                                          "delay_for_s": a.delay_for, "max_drain_s": a.max_drain,
                                          "knee_p99_s": KNEE_P99_S, "carried_share": CARRIED_SHARE,
                                          "sample_every_s": SAMPLE_EVERY, "seed": a.seed},
                               "taken": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "machine_note": "shared 2-core machine, other helpers' work running beside it"}
-    plan: list[tuple[str, Mode, str]] = [("bouncetrack", "bouncetrack", "pipe"), ("floor", "floor", "pipe")]
-    if a.with_lmtp or a.only == "bouncetrack-lmtp":
-        plan.insert(1, ("bouncetrack-lmtp", "bouncetrack", "lmtp"))
-    for key, mode, transport in plan:
-        if a.only and a.only != key:
-            continue
-        result[key] = climb(mode, rates, step_s, a.queue_lifetime, a.delay_for, a.max_drain, a.drain_timeout,
-                            a.all_steps, a.seed, transport)
+    plan = {key: (mode, transport) for key, mode, transport in PLAN}
+    for key in configs:
+        mode, transport = plan[key]
+        result[key] = climb(mode, pipe_rates if key == "bouncetrack" else rates, step_s, a.queue_lifetime,
+                            a.delay_for, a.max_drain, a.drain_timeout, a.all_steps, a.seed, transport)
         result[key]["config"] = key
         print_table(result[key])
     kb = result.get("bouncetrack", {}).get("knee_msg_per_s")
@@ -1190,6 +1202,9 @@ def main() -> int:
     kl = result.get("bouncetrack-lmtp", {}).get("knee_msg_per_s")
     if "bouncetrack-lmtp" in result:
         result["knee"].update({"bouncetrack_lmtp_msg_per_s": kl, "lmtp_ratio": (kl / kf) if kl and kf else None})
+        if kl:
+            row = next(r for r in result["bouncetrack-lmtp"]["steps"] if r["offered_msg_per_s"] == kl)
+            result["knee"]["bouncetrack_lmtp_events_per_s_at_knee"] = row["events_stored_per_s"]
     print(f"\nknee: bouncetrack {kb} msg/s, floor {kf} msg/s, ratio {result['knee']['ratio']}"
           + (f"; over LMTP {kl} msg/s, ratio {result['knee']['lmtp_ratio']}" if "bouncetrack-lmtp" in result else ""))
     ok = all(result[m]["reconciliation"].get("ok") for m in CONFIGS if m in result)
