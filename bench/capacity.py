@@ -96,6 +96,7 @@ from bench._common import RESULTS, percentile, write_result  # noqa: E402
 from bench.soak import (  # noqa: E402
     REMOTE,
     SENDER,
+    Expect,
     Msg,
     Run,
     analyse,
@@ -385,6 +386,12 @@ def read_db(st: Stack) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]
     return evs, jobs, nmsg
 
 
+def stored_events(events: list[dict[str, Any]]) -> Callable[[str, str], bool]:
+    """Whether an event of (recipient, type) is among ``events``."""
+    keys = {((e["recipient"] or "").lower(), e["type"]) for e in events}
+    return lambda rcpt, kind: (rcpt.lower(), kind) in keys
+
+
 def count_stored(st: Stack) -> tuple[int, int]:
     """(events other than soft bounces, all events) stored so far."""
     with sqlite3.connect(f"file:{st.db_path}?mode=ro", uri=True, timeout=30) as db:
@@ -433,6 +440,11 @@ class FloorIndex:
                 self.seen[e.name] = Delivery(e.name.rsplit(".", 1)[0].lower(), e.stat().st_mtime,
                                              parse_reports(data))
         return list(self.seen.values())
+
+    def stored(self) -> Callable[[str, str], bool]:
+        """Whether a DSN reported (recipient, bounce | delay) (:func:`expectations`)."""
+        keys = {(rcpt, action) for d in self.refresh() for rcpt, action in d.reports}
+        return lambda rcpt, kind: (rcpt.lower(), "failed" if kind == "bounce" else "delayed") in keys
 
     def covered(self) -> tuple[int, int]:
         """(reports other than soft bounces, all reports) received so far; a DSN counts
@@ -494,6 +506,33 @@ def offer(st: Stack, msgs: list[Msg], rate: float, sender_for: Callable[[Msg], s
 
 def expected_non_soft(msgs: list[Msg]) -> int:
     return sum(1 for m in msgs if m.sent_at for e in m.expected() if e.kind != SOFT)
+
+
+def expired_recipients(postfix_log: str) -> set[str]:
+    """Recipients whose mail Postfix returned at ``maximal_queue_lifetime`` (``status=expired``)."""
+    out = set()
+    for line in postfix_log.splitlines():
+        if "status=expired" in line and "to=<" in line:
+            out.add(line.split("to=<", 1)[1].split(">", 1)[0].lower())
+    return out
+
+
+def expectations(m: Msg, expired: set[str], stored: Callable[[str, str], bool]) -> list[Expect]:
+    """What the message's reports should be, given what Postfix did under load: a recipient
+    whose mail waited in the queue past ``maximal_queue_lifetime`` (only past the knee, where
+    queues grow) is returned by Postfix's bounce daemon, as it must be: a greylisted
+    (``delay-*``) one then has a bounce too (soft, 4.x.x: the last deferral's status), and its
+    delay notice is there only if Postfix sent one before the lifetime ran out (``stored``:
+    whether a report of that type reached the other end). Nothing disappears either way."""
+    out = []
+    for e in m.expected():
+        if e.recipient.lower() in expired and e.type == "delay" and not stored(e.recipient, e.type):
+            continue  # returned before a delay notice was due
+        out.append(e)
+    for r in m.rcpts:
+        if r.lower() in expired and r.split("@")[0].startswith("delay-"):
+            out.append(Expect(r, "bounce", None, False, SOFT))
+    return out
 
 
 def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_for: float, max_drain: float,
@@ -578,9 +617,15 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                 while time.time() < deadline:
                     q = queue_counts(st.postfix.queue_dir)
                     got = count_stored(st)[0] if mode == "bouncetrack" else floor_index.covered()[0]
-                    if got >= want and q["active"] + q["incoming"] == 0:
-                        step.drained_at = time.time()
-                        break
+                    if q["active"] + q["incoming"] == 0:
+                        if got >= want:
+                            step.drained_at = time.time()
+                            break
+                        expired = expired_recipients(st.postfix.log_text())
+                        if expired:  # returned at the queue lifetime: a delay notice may never come
+                            stored = stored_events(read_db(st)[0]) if mode == "bouncetrack" else floor_index.stored()
+                            want = sum(1 for m in all_msgs if m.sent_at
+                                       for e in expectations(m, expired, stored) if e.kind != SOFT)
                     time.sleep(0.5)
                 ok_now = step_ok_quick(step, sampler)
                 print(f"  accepted {sum(1 for m in msgs if m.sent_at)}/{len(msgs)} in {step.t_end - t0:.1f} s; "
@@ -595,19 +640,25 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
             # Drain everything (soft bounces included), then reconcile.
             send_end = time.time()
             print(f"[{mode}] draining", flush=True)
-            expected = [(m, e) for m in all_msgs if m.sent_at for e in m.expected()]
             deadline = time.time() + drain_timeout
+            expired = set()
             while True:
                 q = queue_counts(st.postfix.queue_dir)
                 empty = sum(q.values()) == 0
+                if empty:  # what Postfix returned at the queue lifetime changes what is expected
+                    expired = expired_recipients(st.postfix.log_text())
                 if mode == "bouncetrack":
                     assert rx is not None
                     events, jobs, _ = read_db(st)
+                    stored = stored_events(events)
                     accepted = set(rx.accepted_ids())
-                    done = (len(events) >= len(expected) and all(j["state"] != "pending" for j in jobs)
+                    want = sum(len(expectations(m, expired, stored)) for m in all_msgs if m.sent_at)
+                    done = (len(events) >= want and all(j["state"] != "pending" for j in jobs)
                             and all(e["event_id"] in accepted for e in events))
                 else:
-                    done = floor_index.covered()[1] >= len(expected)
+                    stored = floor_index.stored()
+                    want = sum(len(expectations(m, expired, stored)) for m in all_msgs if m.sent_at)
+                    done = floor_index.covered()[1] >= want
                 if done and empty:
                     break
                 if time.time() > deadline:
@@ -619,9 +670,13 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
             sampler.stop_ev.set()
             sampler.join()
             queue_left = sum(queue_counts(st.postfix.queue_dir).values())
+            expired = expired_recipients(st.postfix.log_text())
+            out["returned_at_queue_lifetime"] = len(expired)
             if mode == "bouncetrack":
                 assert rx is not None
                 events, jobs, n_stored = read_db(st)
+                stored = stored_events(events)
+                expected = [(m, e) for m in all_msgs if m.sent_at for e in expectations(m, expired, stored)]
                 requests = list(rx.requests)
                 ns = SimpleNamespace(rate=rates[0], short=True, seed=seed, connections=connections_for(rates[-1]))
                 first_t0 = steps[0].t0
@@ -629,10 +684,11 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                                drain_end, n_stored, queue_left, [], send_end - first_t0, lifetime, delay_for,
                                SAMPLE_EVERY)
                 recon = full["reconciliation"]
-                per_step = [bouncetrack_step(s, events, requests, sampler) for s in steps]
+                per_step = [bouncetrack_step(s, events, requests, sampler, expired) for s in steps]
             else:
                 deliveries = floor_index.refresh()
-                recon, per_step = floor_reconcile(steps, deliveries, queue_left, sampler)
+                recon, per_step = floor_reconcile(steps, deliveries, queue_left, sampler, expired,
+                                                  floor_index.stored())
             out.update({
                 "steps": per_step,
                 "reconciliation": recon,
@@ -729,7 +785,7 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
-                     sampler: ProcSampler) -> dict[str, Any]:
+                     sampler: ProcSampler, expired: set[str]) -> dict[str, Any]:
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for ev in events:
         by_key[((ev["recipient"] or "").lower(), ev["type"])].append(ev)
@@ -741,10 +797,11 @@ def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
     s2s_soft: list[float] = []
     s2w: list[float] = []
     lost = dup = 0
+    stored = stored_events(events)
     for m in s.msgs:
         if not m.sent_at:
             continue
-        for e in m.expected():
+        for e in expectations(m, expired, stored):
             got = by_key.get((e.recipient.lower(), e.type), [])
             if not got:
                 lost += 1
@@ -756,17 +813,18 @@ def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
             wh = first_ok.get(got[0]["event_id"])
             if wh is not None:
                 s2w.append(wh - got[0]["received_at"])
-    stored = [ev["received_at"] for ev in events]
+    stored_at = [ev["received_at"] for ev in events]
     n_wh = sum(1 for t in first_ok.values() if s.t0 <= t <= s.t_end)
-    row = step_common(s, sampler, stored, n_wh, "bouncetrack")
+    row = step_common(s, sampler, stored_at, n_wh, "bouncetrack")
     row.update({"send_to_stored_non_soft": lat_summary(s2s), "send_to_stored_soft": lat_summary(s2s_soft),
                 "stored_to_webhook": lat_summary(s2w), "lost": lost, "duplicated": dup})
     row.update(verdict(row))
     return row
 
 
-def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: int,
-                    sampler: ProcSampler) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: int, sampler: ProcSampler,
+                    expired: set[str], stored: Callable[[str, str], bool]
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every expected report exactly once: each bounce and delay of a recipient in exactly
     one DSN to its message's sender (Action failed / delayed), each complaint or reply once;
     per-step rows with latencies (to the first delivery that carries the report)."""
@@ -791,7 +849,7 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
                 continue
             r = floor_sender(m).lower()
             known.add(r)
-            for e in m.expected():
+            for e in expectations(m, expired, stored):
                 if e.type in ("bounce", "delay"):
                     key = (r, e.recipient.lower(), "failed" if e.type == "bounce" else "delayed")
                     used.add(key)
@@ -803,8 +861,8 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
                 origin = m.origin(e)
                 if times and origin is not None:
                     (s2s_soft if e.kind == SOFT else s2s).append(min(times) - origin)
-        stored = [d.t for d in deliveries for _ in (d.reports or (("", ""),))]
-        row = step_common(s, sampler, stored, 0, "floor")
+        stored_at = [d.t for d in deliveries for _ in (d.reports or (("", ""),))]
+        row = step_common(s, sampler, stored_at, 0, "floor")
         row.update({"send_to_stored_non_soft": lat_summary(s2s), "send_to_stored_soft": lat_summary(s2s_soft),
                     "stored_to_webhook": lat_summary([]), "lost": lost, "duplicated": dup})
         row.update(verdict(row))
