@@ -571,6 +571,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
     worker: subprocess.Popen[bytes] | None = None
     steps: list[Step] = []
     out: dict[str, Any] = {"mode": mode, "transport": transport}
+    label = f"{mode}-lmtp" if transport == "lmtp" else mode
     started = time.time()
     try:
         with stack as st:
@@ -584,7 +585,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
             data_cache: dict[int, bytes] = {}
             base = int(time.time()) % 100000
             all_msgs: list[Msg] = []
-            fails_in_row = 0
+            fails = 0
 
             def data_for(m: Msg) -> bytes:
                 key = id(m)
@@ -600,7 +601,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                 step = Step(i, rate, msgs, t0)
                 time.sleep(max(0.0, t0 - time.time()))
                 step.cpu_before = sampler.cpu_snapshot()
-                print(f"[{mode}] step {i}: {rate:g} msg/s for {step_s:g} s ({len(msgs)} messages, "
+                print(f"[{label}] step {i}: {rate:g} msg/s for {step_s:g} s ({len(msgs)} messages, "
                       f"{connections_for(rate)} connections)", flush=True)
 
                 def at_sent(step: Step = step) -> None:
@@ -631,15 +632,17 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                 print(f"  accepted {sum(1 for m in msgs if m.sent_at)}/{len(msgs)} in {step.t_end - t0:.1f} s; "
                       f"drained {'in %.1f s' % (step.drained_at - step.t_end) if step.drained_at else 'NOT within %g s' % max_drain}"
                       f"; queue ok {ok_now}", flush=True)
-                fails_in_row = 0 if (ok_now and step.drained_at and step.drained_at - step.t_end < KNEE_P99_S) \
-                    else fails_in_row + 1
-                if fails_in_row >= 2 and not all_steps and i + 1 < len(rates):
+                # A quick look (the verdict comes after the final drain): past the knee when the
+                # queue grew or the backlog took long to drain. The knee cannot rise after a step
+                # past it (:func:`knee`): the climb stops at the second such step.
+                fails += not (ok_now and step.drained_at and step.drained_at - step.t_end < 2 * KNEE_P99_S)
+                if fails >= 2 and not all_steps and i + 1 < len(rates):
                     print(f"  two steps past the knee: rates {rates[i + 1:]} not run", flush=True)
                     break
 
             # Drain everything (soft bounces included), then reconcile.
             send_end = time.time()
-            print(f"[{mode}] draining", flush=True)
+            print(f"[{label}] draining", flush=True)
             deadline = time.time() + drain_timeout
             expired = set()
             while True:
@@ -697,6 +700,7 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                 "wall_seconds": time.time() - started,
             })
             out["knee_msg_per_s"] = knee(per_step)
+            out["highest_step_within_knee_msg_per_s"] = highest_within(per_step)
             if not recon.get("ok"):
                 print(st.logs()[-4000:], file=sys.stderr)
     finally:
@@ -881,7 +885,19 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
 
 
 def knee(rows: list[dict[str, Any]]) -> float | None:
-    """The highest offered rate whose step is within the knee (the steps climb)."""
+    """The highest offered rate whose step is within the knee with every step below it
+    within too (the steps climb): a step that passes above one that failed is not counted
+    (:func:`highest_within` says whether there was one)."""
+    out = None
+    for r in sorted(rows, key=lambda r: r["offered_msg_per_s"]):
+        if not r["within_knee"]:
+            break
+        out = r["offered_msg_per_s"]
+    return out
+
+
+def highest_within(rows: list[dict[str, Any]]) -> float | None:
+    """The highest offered rate whose step is within the knee, whatever the steps below."""
     ok = [r["offered_msg_per_s"] for r in rows if r["within_knee"]]
     return max(ok) if ok else None
 
