@@ -184,6 +184,8 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
             pending = holds_token(config.milter_journal, token)
             message = store.message_by_token_id(token_id)
             if message is None and pending:
+                message = _await_journal_writer(store, token_id, started + config.pipe.deadline_seconds - 1)
+            if message is None and pending:
                 _say(f"token={token}: its message is still in the milter's journal, not yet in the "
                      "store; Postfix will retry")
                 return os.EX_TEMPFAIL
@@ -232,6 +234,27 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     what = "stored" if outcome.stored else "already stored (retry)"
     sys.stderr.write(summary(what, token, token_status, message, events) + "\n")
     return 0
+
+
+#: How long a bounce whose message is still in the milter's journal waits for the journal
+#: writer to move it (the writer catches up within about its pause, journal.IDLE_SECONDS)
+#: before it exits 75: a bounce that comes right after its message (Postfix's own DSNs over
+#: LMTP: tens of milliseconds) is stored at once instead of queued for a second delivery,
+#: and the time spent waiting is asleep, not CPU. Polled every JOURNAL_POLL_SECONDS.
+JOURNAL_WAIT_SECONDS = 0.5
+JOURNAL_POLL_SECONDS = 0.02
+
+
+def _await_journal_writer(store: "Store", token_id: int, deadline: float) -> MessageRecord | None:
+    """The message of ``token_id`` once the journal writer has stored it, or None after
+    :data:`JOURNAL_WAIT_SECONDS` (never past ``deadline``, a ``time.time()``)."""
+    until = min(time.time() + JOURNAL_WAIT_SECONDS, deadline)
+    while time.time() < until:
+        time.sleep(JOURNAL_POLL_SECONDS)
+        message = store.message_by_token_id(token_id)
+        if message is not None:
+            return message
+    return None
 
 
 def _say(line: str) -> None:
