@@ -67,13 +67,13 @@ def main() -> None:
         now = time.time()
         chunk = 100_000
         for start in range(0, a.n, chunk):
-            store.add_suppressions([  # type: ignore[attr-defined]
+            store.add_suppressions([
                 Suppression(domains[i % a.domains], f"user{i}.{rng.getrandbits(32):08x}@remote{i % 97}.test",
                             "hard_bounce", None, now, now + 365 * 86400.0)
                 for i in range(start, min(a.n, start + chunk))
             ])
         fill_s = time.perf_counter() - started
-        listed = [(s.domain, s.address) for s in store.suppressions(  # type: ignore[attr-defined]
+        listed = [(s.domain, s.address) for s in store.suppressions(
             None, now, limit=5000)]
         print(f"store filled with {a.n} entries in {fill_s:.1f} s")
 
@@ -134,7 +134,7 @@ def main() -> None:
         t = time.perf_counter()
         index.refresh(store, time.time())
         idle_ms = (time.perf_counter() - t) * 1e3
-        store.add_suppressions([  # type: ignore[attr-defined]
+        store.add_suppressions([
             Suppression(domains[0], f"new{i}@remote.test", "hard_bounce", None, time.time(), None)
             for i in range(a.changes)
         ])

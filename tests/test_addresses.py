@@ -296,7 +296,7 @@ def test_send_api_header_fields_take_display_names_and_idn(client: TestClient, s
 def _store_entries(config: Config) -> list[Any]:
     store = open_store(config.store_url)
     try:
-        return list(store.suppressions(None, time.time(), limit=100))  # type: ignore[attr-defined]
+        return list(store.suppressions(None, time.time(), limit=100))
     finally:
         store.close()
 

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import httpx
 import pytest
@@ -581,7 +581,7 @@ def test_large_export_is_streamed_not_built(config: Config, store: SQLiteStore, 
     n = 50_000
     bulk(tmp_path / "bt.db", n)
     counting = CountingStore(SQLiteStore.from_url(config.store_url))
-    app = create_app(config, store_factory=lambda c: counting)
+    app = create_app(config, store_factory=lambda c: cast(SQLiteStore, counting))  # a wrapper, typed as what it wraps
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

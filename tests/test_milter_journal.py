@@ -92,7 +92,7 @@ def test_writer_moves_each_record_once_and_deletes_sealed_segments(config: Confi
     again.close()
     assert writer(config).step() == 1
     store = open_store(config.store_url)
-    count = store._conn.execute("SELECT count(*) FROM messages").fetchone()[0]  # type: ignore[attr-defined]
+    count = store._conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     got = store.message_by_token_id(104)
     store.close()
     assert count == 6

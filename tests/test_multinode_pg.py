@@ -30,7 +30,6 @@ from bouncetrack.bounce_pipe import config_snapshot
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
-from bouncetrack.store.interfaces import MetricsStore
 from bouncetrack.core.tokens import load_keyring, mint, new_token_id, rotate_key, verp_address
 from tests import mailgen
 from tests.pg import Cluster, pg_cluster  # noqa: F401  (fixture)
@@ -138,7 +137,7 @@ def test_two_pipes_and_two_workers_on_one_database(tmp_path: Path, pg_cluster: C
         assert len(jobs) == N and {j.state for j in jobs} == {"delivered"}
         delivered_per_worker = [err.count(" delivered") for _, err in outputs]
         assert sum(delivered_per_worker) == N and all(delivered_per_worker), delivered_per_worker
-        runs = cast(MetricsStore, store).metric_counts(time.time()).pipe_runs
+        runs = store.metric_counts(time.time()).pipe_runs
         assert sum(c for o, _le, c, _s in runs if o == "stored") == N
         assert sum(c for o, _le, c, _s in runs if o == "duplicate") == N
         store.close()

@@ -110,7 +110,7 @@ def test_a_kept_store_that_fails_is_dropped_the_bounce_retried_and_stored_once(c
     verp, _ = record(config, "unknown-1@remote.test")
     assert bounce(config, verp, mailgen.dsn(verp, "unknown-1@remote.test"))[0] == 0
     (store,) = process._Kept.stores.values()
-    store._conn.close()  # type: ignore[attr-defined]  # its connection breaks behind its back
+    store._conn.close()  # its connection breaks behind its back
     verp2, _ = record(config, "unknown-2@remote.test")
     data = mailgen.dsn(verp2, "unknown-2@remote.test")
     code, said = bounce(config, verp2, data)

@@ -46,7 +46,7 @@ def make_shared(tmp_path: Path) -> Any:
                          store_url=f"sqlite:///{tmp_path}/bt.db", milter_journal=tmp_path / "journal")
         store = open_store(config.store_url)
         now = time.time()
-        store.add_suppressions([Suppression(d, a, "manual", None, now, None) for d, a in entries])  # type: ignore[attr-defined]
+        store.add_suppressions([Suppression(d, a, "manual", None, now, None) for d, a in entries])
         store.close()
         shared = journal_shared(config)
         refresher = SuppressionRefresher(shared.suppression, lambda: shared.runtime.config,
@@ -100,7 +100,7 @@ def test_reject_refuses_only_the_listed_recipient_tracked_and_untracked(make_sha
     # The tracked message was recorded without the refused recipient.
     drain(shared.runtime.config)
     store = open_store(shared.runtime.config.store_url)
-    rows = store._conn.execute("SELECT address FROM recipients").fetchall()  # type: ignore[attr-defined]
+    rows = store._conn.execute("SELECT address FROM recipients").fetchall()
     assert rows == [("ok@remote.test",)]
     store.close()
 
@@ -159,11 +159,11 @@ def test_refresher_follows_additions_removals_and_expiry(make_shared: Any) -> No
     assert index.contains("tracked.test", "a@remote.test")
     store = open_store(shared.runtime.config.store_url)
     now = time.time()
-    store.add_suppressions([  # type: ignore[attr-defined]
+    store.add_suppressions([
         Suppression("tracked.test", "b@remote.test", "manual", None, now, None),
         Suppression("tracked.test", "soon@remote.test", "manual", None, now, now + 1.0),
     ])
-    assert store.remove_suppressions(["tracked.test"], ["a@remote.test"], now) == [("tracked.test", "a@remote.test")]  # type: ignore[attr-defined]
+    assert store.remove_suppressions(["tracked.test"], ["a@remote.test"], now) == [("tracked.test", "a@remote.test")]
     refresher.step()
     assert not index.contains("tracked.test", "a@remote.test")
     assert index.contains("tracked.test", "b@remote.test") and index.contains("tracked.test", "soon@remote.test")

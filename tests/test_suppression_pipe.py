@@ -118,13 +118,13 @@ def test_unattributed_flagged_and_delays_never_list(config: Config) -> None:
 def test_expired_or_removed_entry_is_put_back_by_a_new_hard_bounce(config: Config) -> None:
     store = open_store(config.store_url)
     now = time.time()
-    store.add_suppressions([  # type: ignore[attr-defined]
+    store.add_suppressions([
         Suppression("tracked.test", "gone@remote.test", "manual", None, now - 100 * DAY, now - DAY),
     ])
-    assert store.suppressions(["tracked.test"], now) == []  # type: ignore[attr-defined]
+    assert store.suppressions(["tracked.test"], now) == []
     verp, _ = record(config, "gone@remote.test")
     assert run_pipe(config, verp, mailgen.dsn(verp, "gone@remote.test")).returncode == 0
-    (entry,) = store.suppressions(["tracked.test"], time.time())  # type: ignore[attr-defined]
+    (entry,) = store.suppressions(["tracked.test"], time.time())
     assert entry.reason == "hard_bounce" and entry.expires_at is not None and entry.expires_at > now + 29 * DAY
     assert entry.created_at >= now
     store.close()

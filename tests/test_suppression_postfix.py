@@ -39,7 +39,7 @@ def clean(stack: Any) -> None:
 
 def suppress(stack: Any, domain: str, address: str) -> None:
     store = open_store(f"sqlite:///{stack.db_path}")
-    store.add_suppressions([Suppression(domain, address, "manual", None, time.time(), None)])  # type: ignore[attr-defined]
+    store.add_suppressions([Suppression(domain, address, "manual", None, time.time(), None)])
     store.close()
     time.sleep(REFRESH_SECONDS + 1.0)  # the milter's index follows the store at this pace
 

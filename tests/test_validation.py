@@ -127,7 +127,7 @@ def test_check_address_hostile_inputs(dns: DnsServer, raw: str, fragment: str) -
 def test_check_address_suppression_is_per_sender_domain(dns: DnsServer, tmp_path: Path) -> None:
     config = _config(tmp_path, dns)
     store = open_store(config.store_url)
-    store.add_suppressions([Suppression("b.test", "gone@good.test", "hard_bounce", None, time.time(), None)])  # type: ignore[attr-defined]
+    store.add_suppressions([Suppression("b.test", "gone@good.test", "hard_bounce", None, time.time(), None)])
     store.close()
     base = ["--config", str(config.path)]
     r = run(*base, "--domain", "b.test", "Gone@good.test")
@@ -265,7 +265,7 @@ def api(tmp_path: Path, dns: DnsServer, fake_mx: FakeMX) -> Iterator[tuple[TestC
     config = _config(tmp_path, dns, fake_mx=fake_mx.port)
     store = open_store(config.store_url)
     now = time.time()
-    store.add_suppressions([  # type: ignore[attr-defined]
+    store.add_suppressions([
         Suppression("a.test", "gone@good.test", "hard_bounce", None, now, None),
         Suppression("b.test", "other@good.test", "complaint", None, now, None),
     ])

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence, cast
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlencode
 
 import jinja2
@@ -48,7 +48,6 @@ from ..core.config import Config
 from ..core.events import EVENT_TYPES, event_to_json, iso_utc
 from ..store import Store
 from ..store.base import MAX_ROW_ID, BounceEvent
-from ..store.interfaces import DashboardStore
 from ..store.views import DailyCount, EventQuery, JobView
 from .deps import ApiContext, context
 from ..core.tokens import hash_api_token
@@ -234,13 +233,6 @@ def safe_next(value: str | None) -> str:
     ):
         return "/dashboard"
     return value
-
-
-def _dash(store: Store) -> DashboardStore:
-    """The store's dashboard queries (the SQLite store has them)."""
-    if not hasattr(store, "dashboard_daily"):
-        raise RuntimeError(f"{type(store).__name__} does not implement the dashboard queries")
-    return cast(DashboardStore, store)
 
 
 def _fmt_ts(ts: float | None) -> str:
@@ -524,7 +516,7 @@ def overview(
     span, errors = parse_period(period, start, end)
     scope, scope_errors = _scope(session, domain)
     errors += scope_errors
-    dash = _dash(ctx.store())
+    dash = ctx.store()
     daily = dash.dashboard_daily(scope, span.start, span.end)
     messages, recipients = dash.dashboard_sent(scope, span.start, span.end)
     totals = {key: 0 for key, _ in SERIES}
@@ -634,7 +626,7 @@ def events_page(
             reason=reason or None,
             recipient_contains=q or None,
         )
-        dash = _dash(ctx.store())
+        dash = ctx.store()
         if after is not None and before is None:
             rows = dash.dashboard_events(query, after_pk=after, limit=limit + 1)
             more_newer = len(rows) > limit
@@ -737,7 +729,7 @@ def outbox_page(
     session: Session = Depends(require_session),
     ctx: ApiContext = Depends(context),
 ) -> Response:
-    dash = _dash(ctx.store())
+    dash = ctx.store()
     sections: list[tuple[str, str, str, list[JobView]]] = [
         (kind, title, note, dash.dashboard_jobs(session.domains, kind, OUTBOX_LIMIT))
         for kind, title, note in OUTBOX_SECTIONS
@@ -773,7 +765,7 @@ def replay(
             "The form was stale or forged (CSRF check failed).", session,
         )
     store = ctx.store()
-    view = _dash(store).dashboard_job(job_id) if abs(job_id) <= MAX_ROW_ID else None
+    view = store.dashboard_job(job_id) if abs(job_id) <= MAX_ROW_ID else None
     if view is None or view.domain not in session.domains:
         return _not_found(request, session, "No such outbox job.")
     if view.job.state != "dead":

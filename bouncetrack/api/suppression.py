@@ -29,7 +29,6 @@ from pydantic import BaseModel, Field
 
 from ..core.events import iso_utc
 from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
-from ..store.interfaces import SuppressionStore
 from ..store.views import Suppression
 from ..core.addresses import AddressError, parse_address, parse_domain
 from .deps import ApiContext, context
@@ -145,7 +144,7 @@ def list_suppressions(
         if after_id > MAX_ROW_ID:
             raise _ParamError(400, "cursor: not a cursor issued by this API (pass next_cursor unchanged)", "cursor")
         now = time.time()
-        rows = _store(ctx).suppressions(
+        rows = ctx.store().suppressions(
             domains, now, address=wanted, after_id=after_id, limit=limit + 1,
             include_inactive=state == "all",
         )
@@ -192,7 +191,7 @@ def add_suppressions(
                         created_at=now, expires_at=expires)
             for a in dict.fromkeys(addresses)
         ]
-        _store(ctx).add_suppressions(entries)
+        ctx.store().add_suppressions(entries)
     except _ParamError as exc:
         return _error(exc.status, exc.detail, exc.parameter)
     except StoreUnavailable:
@@ -218,7 +217,7 @@ def remove_suppression(
     try:
         domains = _scope(principal, domain)
         wanted = _address(address, "address")
-        removed = _store(ctx).remove_suppressions(domains, [wanted], time.time())
+        removed = ctx.store().remove_suppressions(domains, [wanted], time.time())
     except _ParamError as exc:
         return _error(exc.status, exc.detail, exc.parameter)
     except StoreUnavailable:
@@ -252,14 +251,6 @@ def _address(raw: str, parameter: str) -> str:
         return parse_address(raw).key
     except AddressError as exc:
         raise _ParamError(400, f"{parameter}: not an email address: {raw[:100]!r}: {exc}", parameter) from None
-
-
-def _store(ctx: ApiContext) -> SuppressionStore:
-    store: Any = ctx.store()
-    if not hasattr(store, "suppression_changes"):
-        raise StoreUnavailable("this store has no suppression list")
-    typed: SuppressionStore = store
-    return typed
 
 
 def _out(s: Suppression, now: float) -> SuppressionOut:

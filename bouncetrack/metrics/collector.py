@@ -65,7 +65,7 @@ def _one_of(value: str, allowed: Iterable[str]) -> str:
 
 
 class StoreCollector(Collector):
-    """Reads :meth:`MetricsStore.metric_counts` and the pipe's tempfail log per scrape.
+    """Reads :meth:`Store.metric_counts` and the pipe's tempfail log per scrape.
 
     ``store`` is called on the scraping thread (the API hands out one store per
     thread). A store that cannot be read yields ``bouncetrack_store_up 0`` and

@@ -1,6 +1,6 @@
 """Forgetting one address (issue 16): ``bouncetrack forget ADDRESS`` and ``DELETE /v1/addresses/{address}``.
 
-What goes, in one transaction (:meth:`bouncetrack.store.interfaces.Store.forget_address`,
+What goes, in one transaction (:meth:`bouncetrack.store.sql.SQLStore.forget_address`,
 SQLite and PostgreSQL alike):
 
 - every event whose recipient or reported recipient is the address (compared

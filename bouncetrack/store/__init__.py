@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Lazy imports: each engine's module only when its URL is opened (the SQLite pipe never loads
-# psycopg); the Store protocol only for type hints.
+# psycopg); the Store type only for type hints.
 
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +33,6 @@ def open_store(url: str, *, timeout: float = 10.0) -> Store:
 
         return PostgresStore.from_url(url, timeout=timeout)
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///path or postgresql://…")
-
-
 
 
 def __getattr__(name: str) -> Any:

@@ -3,8 +3,7 @@
 Records are plain frozen dataclasses; timestamps are UTC seconds since the
 epoch (float). Only what the bounce pipe needs is defined here, because the pipe
 imports this module once per bounce; the read-side records live in
-:mod:`bouncetrack.store.views` and the protocols (:class:`Store` …) in
-:mod:`bouncetrack.store.interfaces`.
+:mod:`bouncetrack.store.views` and the queries in :mod:`bouncetrack.store.sql`.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ class UntrustedQuota:
 
 
 # Metrics (issue 5): the pipe's runs are counted by store_report in the report's
-# transaction, by duration bucket; the read side is in views/interfaces.
+# transaction, by duration bucket; the read side is in views and sql.
 # Upper bounds (seconds) of the pipe-duration histogram buckets. Stored rows
 # name their bucket by this bound, so changing it only affects new runs.
 PIPE_DURATION_BUCKETS: tuple[float, ...] = (

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 
-# A counter upsert of the SQLite triggers: 'table (columns) VALUES (…)' then the key.
+# The event columns whose text migration 7 cleans of NUL characters.
 _NUL_COLUMNS = ("type", "reason", "status", "reply_code", "diagnostic", "recipient", "reported_recipient",
                 "action", "remote_mta", "domain", "original_sender", "original_message_id", "token",
                 "token_status", "feedback_type")

@@ -124,22 +124,19 @@ class PostgresDialect(Dialect):
         return text.lower()  # PostgreSQL's lower() folds beyond ASCII
 
     def connect(self, store: SQLStore) -> psycopg.Connection[Any]:
-        ms = max(1, int(store.timeout * 1000))
-        conn = psycopg.connect(
+        return psycopg.connect(
             getattr(store, "url"),
             autocommit=True,
             connect_timeout=max(2, math.ceil(store.timeout)),  # libpq: whole seconds, at least 2
             application_name="bouncetrack",
         )
-        try:
-            conn.execute(
-                f"SET statement_timeout = {ms}; SET lock_timeout = {ms}; "
-                f"SET idle_in_transaction_session_timeout = {max(ms * 6, 60000)}; SET TIME ZONE 'UTC'".encode()
-            )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+
+    def configure(self, store: SQLStore, conn: psycopg.Connection[Any]) -> None:
+        ms = max(1, int(store.timeout * 1000))
+        conn.execute(
+            f"SET statement_timeout = {ms}; SET lock_timeout = {ms}; "
+            f"SET idle_in_transaction_session_timeout = {max(ms * 6, 60000)}; SET TIME ZONE 'UTC'".encode()
+        )
 
     def usable(self, conn: psycopg.Connection[Any]) -> bool:
         # Called under the store's lock, when none of its commands runs: a connection that
@@ -191,21 +188,14 @@ class PostgresDialect(Dialect):
         row = conn.execute(_RECORD_MESSAGES, (*columns, *rcpt_columns)).fetchone()
         return int(row[0]) if row else 0
 
-    def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:
-        """A connection of its own, in one read-only REPEATABLE READ transaction (one
-        snapshot, however long the export), with a server-side cursor; closed when the
-        generator finishes or is closed: the export neither holds the store's lock nor
-        keeps its connection in a transaction."""
-        conn = store._connect("exporting events")
-        try:
-            with store._guard("exporting events"):
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                cur = conn.cursor(name=f"bt_export_{uuid.uuid4().hex[:12]}")
-                cur.itersize = batch
-                cur.execute(_pg_style(sql), params)
-            yield from store._drain(cur, batch, locked=False)
-        finally:
-            conn.close()  # ends the transaction and the cursor with it
+    def export_cursor(self, conn: psycopg.Connection[Any], sql: str, params: Sequence[Any], batch: int) -> Any:
+        """A server-side cursor in one read-only REPEATABLE READ transaction (one snapshot,
+        however long the export)."""
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cur = conn.cursor(name=f"bt_export_{uuid.uuid4().hex[:12]}")
+        cur.itersize = batch
+        cur.execute(_pg_style(sql), params)
+        return cur
 
 
 def _record_params(message: MessageRecord) -> tuple[Any, ...]:

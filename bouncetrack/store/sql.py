@@ -1,5 +1,5 @@
-"""The store, once for both engines: every query of the Store, DashboardStore,
-SuppressionStore and MetricsStore protocols (:mod:`.interfaces`).
+"""The store, once for both engines: every query, in :class:`SQLStore` (callers
+name it ``Store``, :mod:`.interfaces`), whose docstrings state the contracts.
 
 SQL is written once, with ``?`` and ``:name`` parameters; what differs between
 SQLite and PostgreSQL (parameter marks, a few functions, row locks, booleans,
@@ -100,7 +100,7 @@ MESSAGE_INSERT = f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?,
 RECIPIENT_INSERT = "INSERT INTO recipients (message_pk, address, orcpt, notify, position) VALUES (?, ?, ?, ?, ?)"
 SUPPRESSION_COLUMNS = "id, domain, address, reason, source_event_id, created_at, expires_at, removed_at"
 
-# Outbox jobs as the dashboard lists them (keys of DashboardStore.dashboard_jobs).
+# Outbox jobs as the dashboard lists them (keys of SQLStore.dashboard_jobs).
 DASH_JOB_KINDS = {
     "pending": "o.state = 'pending' AND o.attempts = 0",
     "failed": "o.state = 'pending' AND o.attempts > 0",
@@ -298,7 +298,11 @@ class Dialect:
 
     # --- connections and transactions (every engine implements these)
     def connect(self, store: SQLStore) -> Any:
+        """A new connection to the store (:meth:`configure` sets it up)."""
         raise NotImplementedError
+
+    def configure(self, store: SQLStore, conn: Any) -> None:
+        """Per-connection settings of a new connection."""
 
     def usable(self, conn: Any) -> bool:
         return True
@@ -337,9 +341,22 @@ class Dialect:
                 self.many(conn, RECIPIENT_INSERT, recipient_params(int(row[0]), message))
         return added
 
-    def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:
-        """Batches of one statement's rows, hence one snapshot, outside the store's lock."""
+    def export_cursor(self, conn: Any, sql: str, params: Sequence[Any], batch: int) -> Any:
+        """A cursor over one statement's rows, in one read-only snapshot, on ``conn``."""
         raise NotImplementedError
+
+    def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:
+        """Batches of one statement's rows, hence one snapshot, through a connection of
+        its own, closed when the generator finishes or is closed: a long export neither
+        holds the store's lock nor shares its connection (Starlette iterates in a
+        thread pool)."""
+        conn = store._connect("exporting events")
+        try:
+            with store._guard("exporting events"):
+                cur = self.export_cursor(conn, sql, params, batch)
+            yield from store._drain(cur, batch, locked=False)
+        finally:
+            conn.close()  # ends the transaction and the cursor with it
 
 
 # --- retention (issue 6; owner: retention) ----------------------------------
@@ -412,7 +429,7 @@ def marks(values: Sequence[object]) -> str:
 
 
 class SQLStore:
-    """The :class:`~bouncetrack.store.interfaces.Store` (and the optional protocols) on SQL."""
+    """The store on SQL, for both engines (its :class:`Dialect` says what differs)."""
 
     dialect: Dialect
     timeout: float
@@ -441,7 +458,13 @@ class SQLStore:
 
     def _connect(self, what: str) -> Any:
         with self._guard(what):
-            return self.d.connect(self)
+            conn = self.d.connect(self)
+            try:
+                self.d.configure(self, conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -478,6 +501,11 @@ class SQLStore:
 
     def _x(self, conn: Any, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return conn.execute(self.d.q(sql), params)
+
+    def _rows(self, what: str, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        """Every row of one read statement, under the store's lock."""
+        with self._read(what) as conn:
+            return list(self._x(conn, sql, params).fetchall())
 
     def _one(self, conn: Any, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         row = conn.execute(self.d.q(sql), params).fetchone()
@@ -705,13 +733,12 @@ class SQLStore:
                 keyset = " AND (received_at, id) > (?, ?)"
                 params.extend(last)
             params.extend(domains or ())
-            with self._read("reading events") as conn:
-                found = self._x(
-                    conn,
-                    f"SELECT id, {EVENT_COLUMNS} FROM events WHERE received_at >= ? AND received_at < ?{keyset}"
-                    f"{scope} ORDER BY received_at, id LIMIT {FETCH_BATCH}",
-                    params,
-                ).fetchall()
+            found = self._rows(
+                "reading events",
+                f"SELECT id, {EVENT_COLUMNS} FROM events WHERE received_at >= ? AND received_at < ?{keyset}"
+                f"{scope} ORDER BY received_at, id LIMIT {FETCH_BATCH}",
+                params,
+            )
             for row in found:
                 yield event_from_row(row[1:])
             if len(found) < FETCH_BATCH:
@@ -728,8 +755,7 @@ class SQLStore:
         if not query.domains or limit <= 0:
             return []
         sql, params = download_select(query, EVENT_COLUMNS, after_id, limit)
-        with self._read("reading a page of events") as conn:
-            return keyed_events(self._x(conn, sql, params).fetchall())
+        return keyed_events(self._rows("reading a page of events", sql, params))
 
     def iter_events(self, query: DownloadQuery, after_id: int = 0) -> Iterator[tuple[int, BounceEvent]]:
         """Every event of the query after ``after_id``, in id order, streamed."""
@@ -742,14 +768,14 @@ class SQLStore:
     def rendered_page(
         self, query: DownloadQuery, fmt: str, after_id: int = 0, limit: int = 1000
     ) -> list[tuple[int, str]]:
-        """Like :meth:`events_page`, each event rendered as ``fmt`` (json | csv)."""
+        """Like :meth:`events_page`, each event rendered as ``fmt``: "json", the text of
+        event_to_json(event); "csv", one record (no line end) of its keys, formula-safe."""
         if self.d.render_sql is None:
             return [(pk, RENDERERS[fmt](e)) for pk, e in self.events_page(query, after_id, limit)]
         if not query.domains or limit <= 0:
             return []
         sql, params = download_select(query, self.d.render_sql[fmt], after_id, limit)
-        with self._read("reading a page of events") as conn:
-            return [(int(r[0]), str(r[1])) for r in self._x(conn, sql, params).fetchall()]
+        return [(int(r[0]), str(r[1])) for r in self._rows("reading a page of events", sql, params)]
 
     def iter_rendered(
         self, query: DownloadQuery, fmt: str, after_id: int = 0, batch: int = 2000
@@ -768,8 +794,12 @@ class SQLStore:
 
     # --- Retention (issue 6, retention section; owner: retention): keyset walks in
     # (time, id) order, each batch deleted by id in its own short transaction, so
-    # pipes and the milter wait at most one batch. No delete triggers exist, so
-    # the metric counters (cumulative totals) are left as they are.
+    # pipes and the milter wait at most one batch. Cutoffs are epoch seconds (rows
+    # strictly older go). An event with a pending outbox job is never deleted (nor
+    # its job); its delivered/dead jobs go with it. A message goes only when no
+    # remaining event references it (its recipients with it); a raw_reports row
+    # only when no remaining event references it. No delete triggers exist, so the
+    # metric counters (cumulative totals) are left as they are.
 
     def purge_raw_before(self, cutoff: float, batch: int = 1000) -> int:
         """Drop the compressed bodies of reports received before ``cutoff``; returns how many.
@@ -804,8 +834,9 @@ class SQLStore:
 
     def _keyset_walk(self, what: str, table: str, time_col: str, cutoff: float, batch: int) -> Iterator[tuple[Any, list[int]]]:
         """Ids of ``table`` with ``time_col < cutoff`` in (time, id) order, ``batch`` at a
-        time, each batch yielded as ``(conn, ids)`` inside its own short write
-        transaction (committed when the caller asks for the next)."""
+        time (at most _MAX_BATCH), each batch yielded as ``(conn, ids)`` inside its own
+        short write transaction (committed when the caller asks for the next)."""
+        batch = max(1, min(batch, _MAX_BATCH))
         last: tuple[float, int] = (NEVER, 0)
         while True:
             with self._write(what) as conn:
@@ -831,7 +862,6 @@ class SQLStore:
         """
         from .views import PurgeCounts
 
-        batch = max(1, min(batch, _MAX_BATCH))
         events = jobs = kept = reports = 0
         for conn, ids in self._keyset_walk("purging events", "events", "received_at", cutoff, batch):
             jobs += self._x(
@@ -861,7 +891,6 @@ class SQLStore:
         """Delete messages recorded before ``cutoff`` that no event references, with their recipients."""
         from .views import PurgeCounts
 
-        batch = max(1, min(batch, _MAX_BATCH))
         messages = recipients = 0
         for conn, ids in self._keyset_walk("purging messages", "messages", "created_at", cutoff, batch):
             free = [int(r[0]) for r in self._x(
@@ -880,7 +909,13 @@ class SQLStore:
     def forget_address(
         self, address: str, domains: Sequence[str] | None, now: float, pseudonym: Callable[[str, str], str]
     ) -> ForgetCounts:
-        """The contract of :meth:`~bouncetrack.store.interfaces.Store.forget_address`, one transaction.
+        """Forget ``address`` (lower-case) in one transaction: delete the events
+        naming it (recipient or reported recipient, case-insensitive) with their
+        outbox jobs, drop the raw bodies of their reports, delete the recipient
+        rows naming it, and turn its suppression entries into tombstones whose
+        address is ``pseudonym(domain, address)`` (removed now, with a new change
+        number, so milters learn of it). ``domains``: only within these sender
+        domains; None: everywhere (the CLI).
 
         Events are found by a scan (no index on the recipient: forgetting is rare,
         a million events take about a second).
@@ -981,9 +1016,8 @@ class SQLStore:
     def jobs(self, state: str | None = None, limit: int = 100) -> list[OutboxJob]:
         """Jobs, newest first, optionally of one state (for the CLI)."""
         where, params = ("", [limit]) if state is None else (" WHERE state = ?", [state, limit])
-        with self._read("listing jobs") as conn:
-            found = self._x(conn, f"SELECT {JOB_COLUMNS} FROM outbox{where} ORDER BY id DESC LIMIT ?", params)
-            return [job_from_row(r) for r in found.fetchall()]
+        found = self._rows("listing jobs", f"SELECT {JOB_COLUMNS} FROM outbox{where} ORDER BY id DESC LIMIT ?", params)
+        return [job_from_row(r) for r in found]
 
     def replay_job(self, job_id: int, now: float) -> bool:
         """Make a job pending again, due now, attempts reset; False if no such job.
@@ -1074,12 +1108,11 @@ class SQLStore:
             where.append(_ACTIVE)
             params.append(now)
         params.append(limit)
-        with self._read("listing suppressions") as conn:
-            found = self._x(
-                conn,
-                f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-                params,
-            ).fetchall()
+        found = self._rows(
+            "listing suppressions",
+            f"SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            params,
+        )
         return [suppression_from_row(r) for r in found]
 
     def add_suppressions(self, entries: Sequence[Suppression]) -> int:
@@ -1128,12 +1161,11 @@ class SQLStore:
         """Every active (domain, address) in batches (keyset on id; the lock held per batch only)."""
         after = 0
         while True:
-            with self._read("loading suppressions") as conn:
-                found = self._x(
-                    conn,
-                    f"SELECT id, domain, address FROM suppressions WHERE id > ? AND {_ACTIVE} ORDER BY id LIMIT ?",
-                    (after, now, batch),
-                ).fetchall()
+            found = self._rows(
+                "loading suppressions",
+                f"SELECT id, domain, address FROM suppressions WHERE id > ? AND {_ACTIVE} ORDER BY id LIMIT ?",
+                (after, now, batch),
+            )
             if found:
                 yield [(r[1], r[2]) for r in found]
             if len(found) < batch:
@@ -1144,24 +1176,22 @@ class SQLStore:
         """Changes with seq > ``after_seq``, in seq order."""
         from .views import SuppressionChange
 
-        with self._read("reading suppression changes") as conn:
-            found = self._x(
-                conn,
-                "SELECT seq, domain, address, removed_at IS NOT NULL, expires_at FROM suppressions "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
+        found = self._rows(
+            "reading suppression changes",
+            "SELECT seq, domain, address, removed_at IS NOT NULL, expires_at FROM suppressions "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
         return [SuppressionChange(int(r[0]), r[1], r[2], bool(r[3]), r[4]) for r in found]
 
     def suppressions_expiring(self, after: float, until: float) -> list[tuple[str, str]]:
         """(domain, address) of entries whose expires_at is in (after, until], not removed."""
-        with self._read("reading expired suppressions") as conn:
-            found = self._x(
-                conn,
-                "SELECT domain, address FROM suppressions WHERE expires_at IS NOT NULL AND removed_at IS NULL "
-                "AND expires_at > ? AND expires_at <= ?",
-                (after, until),
-            ).fetchall()
+        found = self._rows(
+            "reading expired suppressions",
+            "SELECT domain, address FROM suppressions WHERE expires_at IS NOT NULL AND removed_at IS NULL "
+            "AND expires_at > ? AND expires_at <= ?",
+            (after, until),
+        )
         return [(r[0], r[1]) for r in found]
 
     # --- Dashboard aggregates (issue 5, dashboard section; owner: dashboard).
@@ -1236,14 +1266,13 @@ class SQLStore:
 
         if not domains:
             return []
-        with self._read("counting events per day") as conn:
-            found = self._x(
-                conn,
-                f"SELECT {self.d.utc_day('received_at')} AS day, type, hard, count(*) FROM events "
-                f"WHERE domain IN ({marks(domains)}) AND received_at >= ? AND received_at < ? "
-                "GROUP BY day, type, hard ORDER BY day, type, hard",
-                (*domains, start, end),
-            ).fetchall()
+        found = self._rows(
+            "counting events per day",
+            f"SELECT {self.d.utc_day('received_at')} AS day, type, hard, count(*) FROM events "
+            f"WHERE domain IN ({marks(domains)}) AND received_at >= ? AND received_at < ? "
+            "GROUP BY day, type, hard ORDER BY day, type, hard",
+            (*domains, start, end),
+        )
         return [DailyCount(day=r[0], type=r[1], hard=bool(r[2]), count=int(r[3])) for r in found]
 
     def dashboard_top_reasons(
@@ -1264,14 +1293,13 @@ class SQLStore:
     ) -> list[tuple[str, int]]:
         if not domains or limit <= 0:
             return []
-        with self._read("ranking bounces") as conn:
-            found = self._x(
-                conn,
-                f"SELECT k, n FROM (SELECT {expr} AS k, count(*) AS n FROM events "
-                f"WHERE domain IN ({marks(domains)}) AND received_at >= ? AND received_at < ? "
-                f"AND type = 'bounce' {extra} GROUP BY 1) t ORDER BY n DESC, k{self.d.binary} LIMIT ?",
-                (*domains, start, end, limit),
-            ).fetchall()
+        found = self._rows(
+            "ranking bounces",
+            f"SELECT k, n FROM (SELECT {expr} AS k, count(*) AS n FROM events "
+            f"WHERE domain IN ({marks(domains)}) AND received_at >= ? AND received_at < ? "
+            f"AND type = 'bounce' {extra} GROUP BY 1) t ORDER BY n DESC, k{self.d.binary} LIMIT ?",
+            (*domains, start, end, limit),
+        )
         return [(str(r[0]), int(r[1])) for r in found]
 
     def dashboard_events(
@@ -1306,12 +1334,11 @@ class SQLStore:
             params.append(ascii_lower(query.recipient_contains))
         order = "ASC" if after_pk is not None and before_pk is None else "DESC"
         params.append(limit)
-        with self._read("listing events") as conn:
-            found = self._x(
-                conn,
-                f"SELECT id, {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
-                params,
-            ).fetchall()
+        found = self._rows(
+            "listing events",
+            f"SELECT id, {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
+            params,
+        )
         out = keyed_events(found)
         if order == "ASC":
             out.reverse()
@@ -1322,26 +1349,24 @@ class SQLStore:
         ``failed`` (pending, tried and failed at least once), ``dead``, ``delivered``."""
         if not domains or limit <= 0:
             return []
-        with self._read("listing outbox jobs") as conn:
-            found = self._x(
-                conn,
-                f"SELECT {_DASH_JOB_COLUMNS} FROM outbox o JOIN events e ON e.event_id = o.event_id "
-                f"WHERE e.domain IN ({marks(domains)}) AND {DASH_JOB_KINDS[kind]} ORDER BY o.id DESC LIMIT ?",
-                (*domains, limit),
-            ).fetchall()
+        found = self._rows(
+            "listing outbox jobs",
+            f"SELECT {_DASH_JOB_COLUMNS} FROM outbox o JOIN events e ON e.event_id = o.event_id "
+            f"WHERE e.domain IN ({marks(domains)}) AND {DASH_JOB_KINDS[kind]} ORDER BY o.id DESC LIMIT ?",
+            (*domains, limit),
+        )
         return [job_view_from_row(r) for r in found]
 
     def dashboard_job_counts(self, domains: Sequence[str]) -> dict[str, int]:
         """Number of jobs of each kind (keys as :meth:`dashboard_jobs`) in scope."""
         if not domains:
             return job_kind_counts(())
-        with self._read("counting outbox jobs") as conn:
-            found = self._x(
-                conn,
-                f"SELECT {DASH_JOB_KIND_CASE} AS kind, count(*) FROM outbox o JOIN events e "
-                f"ON e.event_id = o.event_id WHERE e.domain IN ({marks(domains)}) GROUP BY kind",
-                tuple(domains),
-            ).fetchall()
+        found = self._rows(
+            "counting outbox jobs",
+            f"SELECT {DASH_JOB_KIND_CASE} AS kind, count(*) FROM outbox o JOIN events e "
+            f"ON e.event_id = o.event_id WHERE e.domain IN ({marks(domains)}) GROUP BY kind",
+            tuple(domains),
+        )
         return job_kind_counts(found)
 
     def dashboard_job(self, job_id: int) -> JobView | None:

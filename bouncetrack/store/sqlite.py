@@ -102,18 +102,16 @@ class SQLiteDialect(Dialect):
         return RENDER_SQL
 
     def connect(self, store: SQLStore) -> sqlite3.Connection:
-        """A connection with the per-connection pragmas, in WAL mode (transactions explicit)."""
-        path = getattr(store, "path")
-        conn = sqlite3.connect(path, timeout=store.timeout, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")  # the busy timeout is set by connect(timeout=…)
-            conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL up to a power cut
-            if path != ":memory:":
-                self._wal(conn, path, store.timeout)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        """Transactions explicit; the busy timeout is set by connect(timeout=…)."""
+        return sqlite3.connect(getattr(store, "path"), timeout=store.timeout, isolation_level=None,
+                               check_same_thread=False)
+
+    def configure(self, store: SQLStore, conn: sqlite3.Connection) -> None:
+        """The per-connection pragmas, in WAL mode."""
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL up to a power cut
+        if getattr(store, "path") != ":memory:":
+            self._wal(conn, getattr(store, "path"), store.timeout)
 
     @staticmethod
     def _wal(conn: sqlite3.Connection, path: str, timeout: float) -> None:
@@ -170,39 +168,27 @@ class SQLiteDialect(Dialect):
         return self.transaction(conn, "BEGIN")  # a read transaction (WAL: never blocks writers)
 
     def record_message(self, conn: sqlite3.Connection, message: MessageRecord) -> int:
-        message_pk = conn.execute(
-            MESSAGE_INSERT, message_params(message),
-        ).lastrowid
+        message_pk = conn.execute(MESSAGE_INSERT, message_params(message)).lastrowid
         assert message_pk is not None
-        conn.executemany(
-            RECIPIENT_INSERT, recipient_params(message_pk, message),
-        )
+        conn.executemany(RECIPIENT_INSERT, recipient_params(message_pk, message))
         return message_pk
 
+    def export_cursor(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], batch: int) -> Any:
+        conn.execute("PRAGMA query_only = ON")
+        return conn.execute(sql, params)  # one statement: one read snapshot (WAL)
+
     def export(self, store: SQLStore, sql: str, params: Sequence[Any], batch: int) -> Iterator[list[Any]]:
-        """A file store reads through a connection of its own (``query_only``), closed
-        when the generator finishes or is closed: a long export neither holds the
-        store's lock nor shares its connection with the thread that runs the next
-        batch (Starlette iterates in a thread pool). ``:memory:``: ours, batch by batch."""
-        path = getattr(store, "path")
-        if path == ":memory:":  # one database per connection
-            with store._read("exporting events") as conn:
-                cur = conn.execute(sql, params)
-            try:
-                yield from store._drain(cur, batch, locked=True)
-            finally:
-                with store._lock:
-                    cur.close()
+        """``:memory:`` (one database per connection): through ours, batch by batch."""
+        if getattr(store, "path") != ":memory:":
+            yield from super().export(store, sql, params, batch)
             return
-        with store._guard("exporting events"):
-            conn = sqlite3.connect(path, timeout=store.timeout, isolation_level=None, check_same_thread=False)
+        with store._read("exporting events") as conn:
+            cur = conn.execute(sql, params)
         try:
-            with store._guard("exporting events"):
-                conn.execute("PRAGMA query_only = ON")
-                cur = conn.execute(sql, params)
-            yield from store._drain(cur, batch, locked=False)
+            yield from store._drain(cur, batch, locked=True)
         finally:
-            conn.close()
+            with store._lock:
+                cur.close()
 
 
 SQLITE = SQLiteDialect()

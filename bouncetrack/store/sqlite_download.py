@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from ..core.events import EVENT_TYPES, event_to_json
 from .base import BounceEvent
-from .sql import CSV_FORMULA_PREFIXES, CSV_HEADER, EVENT_KINDS
-
+from .sql import CSV_FORMULA_PREFIXES, EVENT_KINDS
 
 
 def _iso(col: str) -> str:
@@ -135,6 +134,4 @@ RENDER_SQL: dict[str, str] = {
     "csv": _csv_row(),
 }
 
-
-
-__all__ = ["CSV_FORMULA_PREFIXES", "CSV_HEADER", "RENDER_SQL", "SCHEMA_KEYS"]
+__all__ = ["CSV_FORMULA_PREFIXES", "RENDER_SQL", "SCHEMA_KEYS"]

@@ -107,12 +107,12 @@ class SuppressionIndex:
 
     def load(self, store: Store, now: float) -> None:
         """Replace everything by the store's active entries."""
-        seq = store.suppression_seq()  # type: ignore[attr-defined]
+        seq = store.suppression_seq()
         # Keys go to 256 buckets by their top byte, and each bucket is sorted on its
         # own: the sort's list of Python ints is 1/256 of the keys at a time, so the
         # load peaks at about twice the final 8 bytes per entry, not ~60 MB per million.
         buckets = [array("Q") for _ in range(256)]
-        batches: Iterator[list[tuple[str, str]]] = store.suppression_keys(now, LOAD_BATCH)  # type: ignore[attr-defined]
+        batches: Iterator[list[tuple[str, str]]] = store.suppression_keys(now, LOAD_BATCH)
         for batch in batches:
             for domain, address in batch:
                 key = key_hash(domain, address)
@@ -131,14 +131,14 @@ class SuppressionIndex:
         updates: dict[int, bool] = {}
         seq = self.seq
         while True:
-            changes = store.suppression_changes(seq, CHANGES_BATCH)  # type: ignore[attr-defined]
+            changes = store.suppression_changes(seq, CHANGES_BATCH)
             for c in changes:
                 active = not c.removed and (c.expires_at is None or c.expires_at > now)
                 updates[index_key(c.domain, c.address)] = active
                 seq = c.seq
             if len(changes) < CHANGES_BATCH:
                 break
-        for domain, address in store.suppressions_expiring(self.checked_until, now):  # type: ignore[attr-defined]
+        for domain, address in store.suppressions_expiring(self.checked_until, now):
             updates[index_key(domain, address)] = False
         self.seq = seq
         self.checked_until = now
