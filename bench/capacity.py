@@ -844,6 +844,7 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
     known: set[str] = set()
     rows = []
     lost_all = dup_all = 0
+    lost_items: list[str] = []
     for s in steps:
         s2s: list[float] = []
         s2s_soft: list[float] = []
@@ -861,6 +862,8 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
                 else:
                     times = others.get(r, [])
                 lost += not times
+                if not times:
+                    lost_items.append(f"{e.recipient} {e.type}")
                 dup += len(times) > 1
                 origin = m.origin(e)
                 if times and origin is not None:
@@ -873,13 +876,15 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
         rows.append(row)
         lost_all += lost
         dup_all += dup
-    unexpected = sum(len(v) for k, v in by_key.items() if k not in used) + sum(
-        len(v) for k, v in others.items() if k not in known)
+    odd = [f"{k[1]} {k[2]} (to {k[0]})" for k, v in by_key.items() if k not in used for _ in v] + [
+        f"non-DSN mail to {k}" for k, v in others.items() if k not in known for _ in v]
+    unexpected = len(odd)
     sent = sum(1 for s in steps for m in s.msgs if m.sent_at)
     total = sum(1 for s in steps for _ in s.msgs)
     recon = {"messages_sent": sent, "messages_unsent": total - sent, "deliveries": len(deliveries),
              "dsns_naming_several_recipients": sum(1 for d in deliveries if len(d.reports) > 1),
-             "lost": lost_all, "duplicated": dup_all, "unexpected": unexpected, "postfix_queue_left": queue_left}
+             "lost": lost_all, "duplicated": dup_all, "unexpected": unexpected, "postfix_queue_left": queue_left,
+             "details": {"lost": lost_items[:20], "unexpected": odd[:20]}}
     recon["ok"] = not lost_all and not dup_all and not unexpected and not queue_left and sent == total
     return recon, rows
 
