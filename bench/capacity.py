@@ -1178,8 +1178,9 @@ def storm_rows(d: dict[str, Any]) -> list[str]:
          f"Taken {d.get('taken_at', '?')}: {d['bounces']:,} bounces: {d['messages']:,} messages, each to "
          f"{d['recipients_per_message']} recipient(s) the fake MX refuses with 550, offered within "
          f"{d['send_within_s']:g} s (accepted in {d['accepted_seconds']:.0f} s); Postfix's bounce daemon writes one "
-         f"DSN per message ({r['dsns_delivered']:,} delivered), which take the real path (pipe(8) → pipe "
-         "client → pipe server → store). No worker.",
+         f"DSN per message ({r['dsns_delivered']:,} delivered), which take the real path ("
+         + ("Postfix's lmtp client → the pipe server's LMTP workers → store" if d.get("transport") == "lmtp"
+            else "pipe(8) → pipe client → pipe server → store") + "). No worker.",
          "",
          f"Lost **{r['lost']}**, duplicated **{r['duplicated']}**, unexpected {r['unexpected']}, queue left "
          f"{r['postfix_queue_left']}; drained {d['time_to_drain_from_first_send_s']:.0f} s after the first send "
