@@ -11,6 +11,7 @@ once. Behind the real Postfix: tests/test_lmtp_postfix.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -86,7 +87,14 @@ class Server:
 
 @pytest.fixture()
 def server(config: Config, tmp_path: Path) -> Iterator[Server]:
-    config.pipe.lmtp.socket.parent.mkdir()
+    with running(config, tmp_path) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def running(config: Config, tmp_path: Path) -> Iterator[Server]:
+    """``bouncetrack pipe-server`` for ``config``, its LMTP workers up (killed at the end)."""
+    config.pipe.lmtp.socket.parent.mkdir(exist_ok=True)
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -97,7 +105,7 @@ def server(config: Config, tmp_path: Path) -> Iterator[Server]:
         why = wait_accepting(config.pipe.lmtp.socket, proc, 30)
         assert why is None, f"LMTP {why}: {log.read_text()}"
         srv = Server(config, proc, log)
-        wait_until(lambda: len(srv.workers()) == 2, 30)
+        wait_until(lambda: len(srv.workers()) == config.pipe.lmtp.workers, 30, "the workers")
         yield srv
     finally:
         if proc.poll() is None:
@@ -417,3 +425,26 @@ def test_sigterm_lets_the_transaction_in_hand_finish_and_closes_idle_connections
     assert server.proc.wait(60) == 0
     assert not server.socket.exists()
     assert "bouncetrack pipe-server stopped" in server.log_text()
+
+
+def test_no_secret_reaches_the_log(tmp_path: Path) -> None:
+    # The pipe server's one log format and redaction (issue 15) cover its LMTP workers: a
+    # webhook secret on the line of a broken configuration, which a bounce falls back from
+    # (the server's last good one) and a SIGHUP refuses.
+    secret = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
+    config = write_config(tmp_path, f"""\
+        pipe: {{transport: lmtp, lmtp: {{socket: {tmp_path}/spool/lmtp.sock, workers: 1}}}}
+        domains:
+          tracked.test: {{tracking: true, webhook: {{url: "http://127.0.0.1:9/h", secret: {secret}}}}}
+    """)
+    with running(config, tmp_path) as srv:
+        good = config.path.read_text()
+        config.path.write_text(good.replace(f"secret: {secret}", f"secret: {secret}, [", 1))
+        verp, _ = record(config, "unknown-1@remote.test")
+        c = Client(srv.socket)
+        c.lhlo("SOURCE=LOCAL")
+        assert c.deliver("", [verp], mailgen.dsn(verp, "unknown-1@remote.test"))[-1] == (250, "2.0.0 Bounce stored")
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        wait_until(lambda: "reload refused" in srv.log_text(), 30, "the refused reload")
+        assert "configuration not loaded" in srv.log_text() and "bounce handled via LMTP" in srv.log_text()
+        assert secret not in srv.log_text()
