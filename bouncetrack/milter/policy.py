@@ -8,6 +8,7 @@ Keeping the rules here lets them be tested without libmilter or an MTA.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..core import esmtp
 from ..core.config import Config
@@ -39,24 +40,23 @@ class Recipient:
         self.orcpt: str = self.dsn.get("ORCPT") or esmtp.orcpt_for(self.address)
 
 
-@dataclass(frozen=True)
-class Envelope:
+# Envelope, RecipientChange and Decision are made for every message: NamedTuples, as
+# immutable as frozen dataclasses and several times cheaper to create (issue 20).
+class Envelope(NamedTuple):
     sender: str  # MAIL FROM path as received, "<>" for the null sender
     sender_params: tuple[str, ...] = ()
     recipients: tuple[Recipient, ...] = ()
     return_paths: tuple[str, ...] = ()  # values of Return-Path header fields, in order
 
 
-@dataclass(frozen=True)
-class RecipientChange:
+class RecipientChange(NamedTuple):
     """Replace a recipient by the same address with new DSN parameters."""
 
     path: str
     new_params: str  # "NOTIFY=FAILURE,DELAY ORCPT=rfc822;a@b"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     kind: str  # TRACK | RETURN_PATH | DSN_DEFAULTS | PASS | REFUSE
     why: str  # short label for logs and metrics: "tracked", "null-sender", ...
     new_sender: str | None = None  # address without brackets; "" is the null sender
