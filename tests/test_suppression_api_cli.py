@@ -195,3 +195,22 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
     assert "delete" in paths["/v1/suppressions/{address}"]
     schema = paths["/v1/suppressions"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/SuppressionPage")
+
+
+def test_every_router_answers_an_error_alike(client: TestClient) -> None:
+    """One error body for the /v1/ routers (api/deps.error_response), each router's headers kept."""
+    h = auth("tok-a")  # a.test only
+    answers = {
+        "suppressions": client.get("/v1/suppressions", params={"domain": "b.test"}, headers=h),
+        "forget": client.delete("/v1/addresses/x@remote.test", params={"domain": "b.test"}, headers=h),
+        "download": client.get("/v1/bounces/2026-01-01/2026-01-02", params={"domain": "b.test"}, headers=h),
+        "validate": client.post("/v1/addresses/validate", json={"addresses": ["x@remote.test"], "domain": "b.test"},
+                                headers=h),
+    }
+    for name, r in answers.items():
+        assert r.status_code == 403, (name, r.status_code, r.text)
+        body = r.json()
+        assert set(body) == {"detail", "parameter"} and body["parameter"] == "domain", (name, body)
+    for name in ("suppressions", "forget", "download"):
+        assert answers[name].headers["cache-control"] == "no-store", name
+    assert answers["download"].headers["vary"] == "Accept, Authorization"

@@ -1,4 +1,5 @@
-"""What the API's routers share: the :class:`ApiContext` and the :func:`context` dependency.
+"""What the API's routers share: the :class:`ApiContext`, the :func:`context`
+dependency and the error body (:func:`error_response`).
 
 Routers import this module, never :mod:`.app` (which imports the routers): the
 API's imports go one way, app -> routers -> deps (issue 17).
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from ..core.config import Config
 from ..store import Store, open_store
@@ -51,6 +54,17 @@ class ApiContext:
         self.config = config
         for callback in self.on_apply:
             callback(config)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    parameter: str | None = Field(default=None, description="The parameter at fault (400, 403).")
+
+
+def error_response(status: int, detail: str, parameter: str | None, headers: Mapping[str, str] = {}) -> JSONResponse:
+    """An error as the /v1/ routers answer it: :class:`ErrorBody` ``{"detail", "parameter"}``,
+    with the router's ``headers``."""
+    return JSONResponse({"detail": detail, "parameter": parameter}, status_code=status, headers=dict(headers))
 
 
 def context(request: Request) -> ApiContext:

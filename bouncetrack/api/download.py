@@ -49,7 +49,7 @@ from ..core.events import EVENT_TYPES
 from ..store.base import StoreUnavailable
 from ..store.sql import CSV_HEADER
 from ..store.views import DownloadQuery
-from .deps import ApiContext, context
+from .deps import ApiContext, ErrorBody, context, error_response
 from .auth import Principal, require_token
 from .pagination import (
     FORMATS,
@@ -118,11 +118,6 @@ class EventsPage(BaseModel):
         description="Pass as `cursor` (same dates and filters) for the next page; null when this was the last."
     )
     count: int = Field(description="Number of events in this page.")
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    parameter: str | None = Field(default=None, description="The parameter at fault (400, 403).")
 
 
 # ----------------------------------------------------------------- router
@@ -224,9 +219,10 @@ def download_bounces(
             return _page(ctx, request, query, fmt, after_id, limit or DEFAULT_LIMIT)
         return _stream(ctx, query, fmt, after_id)
     except ParamError as exc:
-        return _error(exc.status, str(exc), exc.parameter)
+        return error_response(exc.status, str(exc), exc.parameter, _common_headers())
     except StoreUnavailable:
-        return _error(503, "the event store is unavailable; retry later", None, {"Retry-After": "5"})
+        return error_response(503, "the event store is unavailable; retry later", None,
+                              {**_common_headers(), "Retry-After": "5"})
 
 
 def _query(
@@ -353,14 +349,6 @@ def _common_headers() -> dict[str, str]:
     return {"Cache-Control": "no-store", "Vary": "Accept, Authorization"}
 
 
-def _error(status: int, detail: str, parameter: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail, "parameter": parameter},
-        status_code=status,
-        headers={**_common_headers(), **(headers or {})},
-    )
-
-
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -374,7 +362,7 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
             parse_bound(parameter, str(first.get("input", "")))
         except ParamError as exc:
             message = exc.message
-    return _error(400, f"{parameter or 'request'}: {message}", parameter)
+    return error_response(400, f"{parameter or 'request'}: {message}", parameter, _common_headers())
 
 
 __all__ = ["router", "BounceEventOut", "EventsPage", "ErrorBody"]

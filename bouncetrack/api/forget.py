@@ -15,10 +15,9 @@ from pydantic import BaseModel, Field
 
 from ..ops.forget import counts_dict, forget
 from ..store.base import StoreUnavailable
-from .deps import ApiContext, context
+from .deps import ApiContext, ErrorBody, context, error_response
 from .auth import Principal, require_token
-from .download import ErrorBody
-from .suppression import _address, _error, _ErrorsAre400, _ParamError, _scope, _unavailable
+from .suppression import _NO_STORE, _address, _ErrorsAre400, _ParamError, _scope, _unavailable
 
 router = APIRouter(route_class=_ErrorsAre400, tags=["privacy"])
 
@@ -61,7 +60,7 @@ def forget_address(
         key = _address(address, "address")
         counts = forget(ctx.store(), key, domains)
     except _ParamError as exc:
-        return _error(exc.status, exc.detail, exc.parameter)
+        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     body = Forgotten(address=key, domains=list(domains), deleted=counts_dict(counts))

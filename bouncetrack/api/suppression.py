@@ -31,9 +31,8 @@ from ..core.events import iso_utc
 from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
 from ..store.views import Suppression
 from ..core.addresses import AddressError, parse_address, parse_domain
-from .deps import ApiContext, context
+from .deps import ApiContext, ErrorBody, context, error_response
 from .auth import Principal, require_token
-from .download import ErrorBody
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
@@ -104,7 +103,7 @@ class _ErrorsAre400(APIRoute):
                 loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body")]
                 parameter = loc[0] if loc else None
                 where = ".".join(loc) or "request"
-                return _error(400, f"{where}: {first.get('msg', 'invalid value')}", parameter)
+                return error_response(400, f"{where}: {first.get('msg', 'invalid value')}", parameter, _NO_STORE)
 
         return route
 
@@ -149,7 +148,7 @@ def list_suppressions(
             include_inactive=state == "all",
         )
     except _ParamError as exc:
-        return _error(exc.status, exc.detail, exc.parameter)
+        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     page = rows[:limit]
@@ -193,7 +192,7 @@ def add_suppressions(
         ]
         ctx.store().add_suppressions(entries)
     except _ParamError as exc:
-        return _error(exc.status, exc.detail, exc.parameter)
+        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     out = SuppressionAdded(added=len(entries), suppressions=[_out(e, now) for e in entries])
@@ -219,11 +218,11 @@ def remove_suppression(
         wanted = _address(address, "address")
         removed = ctx.store().remove_suppressions(domains, [wanted], time.time())
     except _ParamError as exc:
-        return _error(exc.status, exc.detail, exc.parameter)
+        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     if not removed:
-        return _error(404, f"{wanted} is not suppressed for {', '.join(domains)}", "address")
+        return error_response(404, f"{wanted} is not suppressed for {', '.join(domains)}", "address", _NO_STORE)
     out = SuppressionRemoved(removed=len(removed), domains=sorted({d for d, _ in removed}))
     return JSONResponse(out.model_dump(), headers={"Cache-Control": "no-store"})
 
@@ -266,15 +265,11 @@ def _out(s: Suppression, now: float) -> SuppressionOut:
     )
 
 
-def _error(status: int, detail: str, parameter: str | None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "parameter": parameter}, status_code=status,
-                        headers={"Cache-Control": "no-store"})
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _unavailable() -> JSONResponse:
-    response = _error(503, "the store is unavailable; retry later", None)
-    response.headers["Retry-After"] = "5"
-    return response
+    return error_response(503, "the store is unavailable; retry later", None, {**_NO_STORE, "Retry-After": "5"})
 
 
 __all__ = ["router", "SuppressionOut", "SuppressionPage", "SuppressionAdd"]

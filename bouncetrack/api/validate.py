@@ -27,9 +27,8 @@ from ..core.addresses import AddressError, parse_domain
 from ..store.base import StoreUnavailable
 from ..core.config import ValidationConfig
 from ..validation import VERDICTS, build_validator, store_suppressed
-from .deps import ApiContext, context
+from .deps import ApiContext, ErrorBody, context, error_response
 from .auth import Principal, require_token
-from .download import ErrorBody
 
 router = APIRouter(tags=["addresses"])
 
@@ -151,10 +150,6 @@ def state_for(app: Starlette, ctx: ApiContext) -> ValidationState:
     return state
 
 
-def _error(status: int, detail: str, parameter: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "parameter": parameter}, status_code=status, headers=headers)
-
-
 @router.post(
     "/v1/addresses/validate",
     response_model=ValidateResponse,
@@ -171,27 +166,27 @@ def validate_addresses(
     """Never a connection to port 25: DNS (cached for the records' TTL) and local rules only."""
     state = state_for(request.app, ctx)
     if len(body.addresses) > state.max_batch:
-        return _error(400, f"addresses: at most {state.max_batch} per request, got {len(body.addresses)}",
-                      "addresses")
+        return error_response(400, f"addresses: at most {state.max_batch} per request, got {len(body.addresses)}",
+                              "addresses")
     scope = principal.domains
     if body.domain is not None:
         try:
             name = parse_domain(body.domain)
         except AddressError as exc:
-            return _error(400, f"domain: {body.domain[:100]!r}: {exc}", "domain")
+            return error_response(400, f"domain: {body.domain[:100]!r}: {exc}", "domain")
         if name not in principal.domains:
-            return _error(403, f"domain {body.domain[:100]!r} is not covered by this token", "domain")
+            return error_response(403, f"domain {body.domain[:100]!r} is not covered by this token", "domain")
         scope = (name,)
     wait = state.take(principal.token_hash, len(body.addresses), time.monotonic())
     if wait > 0:
-        return _error(429, f"more than {int(state.rate)} addresses a minute for this token; retry later",
-                      None, {"Retry-After": str(max(1, math.ceil(wait)))})
+        return error_response(429, f"more than {int(state.rate)} addresses a minute for this token; retry later",
+                              None, {"Retry-After": str(max(1, math.ceil(wait)))})
     lookup = store_suppressed(ctx.store(), scope)
     validator = state.validator
     try:
         results = [validator.check(raw, lookup) for raw in body.addresses]
     except StoreUnavailable:
-        return _error(503, "the store is unavailable (suppression lists); retry later", None, {"Retry-After": "5"})
+        return error_response(503, "the store is unavailable (suppression lists); retry later", None, {"Retry-After": "5"})
     counts = {v: 0 for v in VERDICTS}
     for r in results:
         counts[r.verdict] += 1
