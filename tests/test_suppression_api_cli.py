@@ -214,3 +214,11 @@ def test_every_router_answers_an_error_alike(client: TestClient) -> None:
     for name in ("suppressions", "forget", "download"):
         assert answers[name].headers["cache-control"] == "no-store", name
     assert answers["download"].headers["vary"] == "Accept, Authorization"
+    # One scope check (api/auth.token_scope): the same refusal everywhere, and the same 400 for no domain.
+    assert {r.json()["detail"] for r in answers.values()} == {"domain: 'b.test' is not among this token's domains"}
+    bad = [client.get("/v1/suppressions", params={"domain": "-x-"}, headers=h),
+           client.delete("/v1/addresses/x@remote.test", params={"domain": "-x-"}, headers=h),
+           client.get("/v1/bounces/2026-01-01/2026-01-02", params={"domain": "-x-"}, headers=h),
+           client.post("/v1/addresses/validate", json={"addresses": ["x@remote.test"], "domain": "-x-"}, headers=h)]
+    assert [r.status_code for r in bad] == [400] * 4, [r.text for r in bad]
+    assert len({r.json()["detail"] for r in bad}) == 1 and bad[0].json()["parameter"] == "domain"

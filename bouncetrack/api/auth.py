@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Sequence
 
 from fastapi import Depends, HTTPException, Request, status
 
+from ..core.addresses import AddressError, parse_domain
 from ..core.config import Config
 from ..core.tokens import hash_api_token as token_hash
 from .deps import ApiContext, context
+from .pagination import ParamError
 
 UNAUTHORIZED_DETAIL = "missing or invalid access token"
 SESSION_COOKIE = "bt_session"
@@ -29,6 +32,25 @@ class Principal:
 
     domains: tuple[str, ...]
     token_hash: str
+
+
+def token_scope(principal: Principal, asked: Sequence[str] | None) -> tuple[str, ...]:
+    """The sender domains a request works on: those ``asked`` (its ``domain``
+    parameters, as A-labels, each once) or, when none, all of the token's. A name
+    that is no domain is a 400, one outside the token's scope a 403
+    (:class:`ParamError` naming ``domain``)."""
+    if not asked:
+        return principal.domains
+    wanted: list[str] = []
+    for raw in asked:
+        try:
+            name = parse_domain(raw)
+        except AddressError as exc:
+            raise ParamError("domain", f"{raw[:100]!r} is not a domain name: {exc}") from None
+        if name not in principal.domains:
+            raise ParamError("domain", f"{raw[:100]!r} is not among this token's domains", 403)
+        wanted.append(name)
+    return tuple(dict.fromkeys(wanted))
 
 
 def domains_for_token(config: Config, token: str | None) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ from ..store.base import StoreUnavailable
 from ..store.sql import CSV_HEADER
 from ..store.views import DownloadQuery
 from .deps import ApiContext, ErrorBody, context, error_response
-from .auth import Principal, require_token
+from .auth import Principal, require_token, token_scope
 from .pagination import (
     FORMATS,
     MEDIA_TYPES,
@@ -237,21 +237,8 @@ def _query(
     domains: Sequence[str] | None,
 ) -> DownloadQuery:
     start, end = parse_range(start_date, end_date, _max_range_days(ctx))
-    scope = principal.domains
-    if domains:
-        wanted = []
-        for d in domains:
-            try:
-                name = parse_domain(d)
-            except AddressError as exc:
-                raise ParamError("domain", f"{d[:100]!r} is not a domain name: {exc}") from None
-            if name not in principal.domains:
-                raise ParamError("domain", f"{d[:100]!r} is not among this token's domains", 403)
-            if name not in wanted:
-                wanted.append(name)
-        scope = tuple(wanted)
     return DownloadQuery(
-        domains=scope,
+        domains=token_scope(principal, domains),
         start=start,
         end=end,
         types=tuple(sorted(set(types or ()))),

@@ -16,8 +16,9 @@ from pydantic import BaseModel, Field
 from ..ops.forget import counts_dict, forget
 from ..store.base import StoreUnavailable
 from .deps import ApiContext, ErrorBody, context, error_response
-from .auth import Principal, require_token
-from .suppression import _NO_STORE, _address, _ErrorsAre400, _ParamError, _scope, _unavailable
+from .auth import Principal, require_token, token_scope
+from .pagination import ParamError
+from .suppression import _NO_STORE, _address, _ErrorsAre400, _unavailable
 
 router = APIRouter(route_class=_ErrorsAre400, tags=["privacy"])
 
@@ -56,11 +57,11 @@ def forget_address(
     """Idempotent: forgetting an address the store does not hold answers 200 with zero counts."""
     del access_token
     try:
-        domains = _scope(principal, domain)
+        domains = token_scope(principal, domain)
         key = _address(address, "address")
         counts = forget(ctx.store(), key, domains)
-    except _ParamError as exc:
-        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
+    except ParamError as exc:
+        return error_response(exc.status, str(exc), exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     body = Forgotten(address=key, domains=list(domains), deleted=counts_dict(counts))

@@ -30,9 +30,10 @@ from pydantic import BaseModel, Field
 from ..core.events import iso_utc
 from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
 from ..store.views import Suppression
-from ..core.addresses import AddressError, parse_address, parse_domain
+from ..core.addresses import AddressError, parse_address
 from .deps import ApiContext, ErrorBody, context, error_response
-from .auth import Principal, require_token
+from .auth import Principal, require_token, token_scope
+from .pagination import ParamError
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
@@ -80,12 +81,6 @@ class SuppressionAdded(BaseModel):
 class SuppressionRemoved(BaseModel):
     removed: int
     domains: list[str] = Field(description="Domains whose list held the address.")
-
-
-class _ParamError(Exception):
-    def __init__(self, status: int, detail: str, parameter: str | None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.parameter = status, detail, parameter
 
 
 class _ErrorsAre400(APIRoute):
@@ -137,18 +132,18 @@ def list_suppressions(
 ) -> Response:
     del access_token  # read by require_token; declared for the OpenAPI document
     try:
-        domains = _scope(principal, domain)
+        domains = token_scope(principal, domain)
         wanted = _address(address, "address") if address is not None else None
         after_id = int(cursor or 0)
         if after_id > MAX_ROW_ID:
-            raise _ParamError(400, "cursor: not a cursor issued by this API (pass next_cursor unchanged)", "cursor")
+            raise ParamError("cursor", "not a cursor issued by this API (pass next_cursor unchanged)")
         now = time.time()
         rows = ctx.store().suppressions(
             domains, now, address=wanted, after_id=after_id, limit=limit + 1,
             include_inactive=state == "all",
         )
-    except _ParamError as exc:
-        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
+    except ParamError as exc:
+        return error_response(exc.status, str(exc), exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     page = rows[:limit]
@@ -178,10 +173,10 @@ def add_suppressions(
     try:
         if body.domain is None:
             if len(principal.domains) != 1:
-                raise _ParamError(400, "domain: the token covers several domains; name one", "domain")
+                raise ParamError("domain", "the token covers several domains; name one")
             domain = principal.domains[0]
         else:
-            (domain,) = _scope(principal, [body.domain])
+            (domain,) = token_scope(principal, [body.domain])
         addresses = [_address(a, f"addresses[{i}]") for i, a in enumerate(body.addresses)]
         now = time.time()
         expires = None if body.expire_days is None else now + body.expire_days * DAY
@@ -191,8 +186,8 @@ def add_suppressions(
             for a in dict.fromkeys(addresses)
         ]
         ctx.store().add_suppressions(entries)
-    except _ParamError as exc:
-        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
+    except ParamError as exc:
+        return error_response(exc.status, str(exc), exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     out = SuppressionAdded(added=len(entries), suppressions=[_out(e, now) for e in entries])
@@ -214,11 +209,11 @@ def remove_suppression(
 ) -> Response:
     del access_token
     try:
-        domains = _scope(principal, domain)
+        domains = token_scope(principal, domain)
         wanted = _address(address, "address")
         removed = ctx.store().remove_suppressions(domains, [wanted], time.time())
-    except _ParamError as exc:
-        return error_response(exc.status, exc.detail, exc.parameter, _NO_STORE)
+    except ParamError as exc:
+        return error_response(exc.status, str(exc), exc.parameter, _NO_STORE)
     except StoreUnavailable:
         return _unavailable()
     if not removed:
@@ -230,26 +225,11 @@ def remove_suppression(
 # ----------------------------------------------------------------- helpers
 
 
-def _scope(principal: Principal, asked: list[str] | None) -> tuple[str, ...]:
-    if not asked:
-        return principal.domains
-    out = []
-    for raw in asked:
-        try:
-            name = parse_domain(raw)
-        except AddressError as exc:
-            raise _ParamError(400, f"domain: {raw[:100]!r}: {exc}", "domain") from None
-        if name not in principal.domains:
-            raise _ParamError(403, f"domain {raw!r} is not covered by this token", "domain")
-        out.append(name)
-    return tuple(dict.fromkeys(out))
-
-
 def _address(raw: str, parameter: str) -> str:
     try:
         return parse_address(raw).key
     except AddressError as exc:
-        raise _ParamError(400, f"{parameter}: not an email address: {raw[:100]!r}: {exc}", parameter) from None
+        raise ParamError(parameter, f"not an email address: {raw[:100]!r}: {exc}") from None
 
 
 def _out(s: Suppression, now: float) -> SuppressionOut:

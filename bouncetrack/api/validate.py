@@ -23,12 +23,12 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 
-from ..core.addresses import AddressError, parse_domain
 from ..store.base import StoreUnavailable
 from ..core.config import ValidationConfig
 from ..validation import VERDICTS, build_validator, store_suppressed
 from .deps import ApiContext, ErrorBody, context, error_response
-from .auth import Principal, require_token
+from .auth import Principal, require_token, token_scope
+from .pagination import ParamError
 
 router = APIRouter(tags=["addresses"])
 
@@ -168,15 +168,10 @@ def validate_addresses(
     if len(body.addresses) > state.max_batch:
         return error_response(400, f"addresses: at most {state.max_batch} per request, got {len(body.addresses)}",
                               "addresses")
-    scope = principal.domains
-    if body.domain is not None:
-        try:
-            name = parse_domain(body.domain)
-        except AddressError as exc:
-            return error_response(400, f"domain: {body.domain[:100]!r}: {exc}", "domain")
-        if name not in principal.domains:
-            return error_response(403, f"domain {body.domain[:100]!r} is not covered by this token", "domain")
-        scope = (name,)
+    try:
+        scope = token_scope(principal, None if body.domain is None else [body.domain])
+    except ParamError as exc:
+        return error_response(exc.status, str(exc), exc.parameter)
     wait = state.take(principal.token_hash, len(body.addresses), time.monotonic())
     if wait > 0:
         return error_response(429, f"more than {int(state.rate)} addresses a minute for this token; retry later",
