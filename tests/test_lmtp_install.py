@@ -26,12 +26,12 @@ ENTRY = "bouncelmtp unix - - y - 4 lmtp -o lmtp_send_xforward_command=yes -o lmt
 
 
 def test_the_lmtp_plan_routes_to_our_own_lmtp_service_and_is_empty_once_applied() -> None:
-    w = _wanted(transport="lmtp", lmtp_socket="bouncetrack/lmtp.sock", lmtp_chroot=True, lmtp_workers=4,
+    w = _wanted(transport="lmtp", lmtp_socket="bouncetrack/lmtp.sock", lmtp_chroot=True, lmtp_workers=8,
                 lmtp_max_recipients=50)
     current = {"message_drop_headers": "bcc, return-path", "relay_domains": "", "transport_maps": ""}
     p = wiring.plan(current, None, w)
     assert set(p.main) == set(wiring.MAIN_PARAMS) | set(wiring.LMTP_MAIN_PARAMS)
-    assert p.main["bouncelmtp_destination_concurrency_limit"] == "4"  # one connection per worker
+    assert p.main["bouncelmtp_destination_concurrency_limit"] == "4"  # half the workers: cached connections hold the rest
     assert p.main["bouncelmtp_destination_recipient_limit"] == "50"
     assert p.lmtp_master == ENTRY and p.master is not None  # the pipe stays: a switch back is one map line
     assert p.transport_text.splitlines()[-1] == "bounce.test bouncelmtp:unix:bouncetrack/lmtp.sock"
@@ -55,7 +55,7 @@ def _doctor(entry: str | None = ENTRY, *, probe: str = SOCKET_OURS, answer: str 
         {"bouncelmtp_destination_concurrency_limit": concurrency, "bouncelmtp_destination_recipient_limit": "50"},
         entry, socket_path=SOCKET, address="bouncetrack/lmtp.sock", queue_directory=QUEUE,
         overrides={"bouncelmtp/unix": {"lmtp_send_xforward_command": xforward}}, probe=lambda path: probe,
-        answers=lambda path: answer, workers=4, max_recipients=50, fix="bouncetrack install")
+        answers=lambda path: answer, workers=8, max_recipients=50, fix="bouncetrack install")
     return {r.name: (r.verdict, r.why) for r in results}
 
 
@@ -79,7 +79,7 @@ def lmtp_config(tmp_path: Path) -> Config:
     path.parent.mkdir()
     path.write_text(f"bounce_domain: bounce.test\nmilter_socket: {tmp_path}/pf/spool/bouncetrack/milter.sock\n"
                     f"secret_file: {tmp_path}/bt/verp.key\nstore: sqlite:///{tmp_path}/bt/bt.db\n"
-                    f"pipe:\n  transport: lmtp\n  lmtp: {{socket: {tmp_path}/pf/spool/bouncetrack/lmtp.sock, workers: 3}}\n"
+                    f"pipe:\n  transport: lmtp\n  lmtp: {{socket: {tmp_path}/pf/spool/bouncetrack/lmtp.sock, workers: 6}}\n"
                     "domains:\n  tracked.test: {tracking: true}\n")
     return load_config(path)
 

@@ -125,8 +125,9 @@ class LmtpConfig:
 
     socket: Path = Path(DEFAULT_LMTP_SOCKET)
     # Worker processes, each serving one connection at a time: the most connections
-    # served at once (install sets the lmtp service's concurrency to it).
-    workers: int = 4
+    # served at once (install sets the lmtp service's concurrency to half of it:
+    # postfix_wiring.lmtp_concurrency, idle cached connections hold the other half).
+    workers: int = 8
     # DATA beyond this is drained, not kept, and answered 552 5.3.4 (announced as SIZE).
     max_message_bytes: int = 10_240_000
     # RCPT beyond this in one transaction: 452 4.5.3 (Postfix sends them again later).

@@ -212,7 +212,8 @@ def lmtp_results(
     else:
         out.append(Result("LMTP socket", OK, f"lmtp(8) opens {path} and the pipe server answers LHLO there"))
     for param, most, why in (
-        (f"{wiring.LMTP_SERVICE}_destination_concurrency_limit", workers, "connections wait for a free worker"),
+        (f"{wiring.LMTP_SERVICE}_destination_concurrency_limit", wiring.lmtp_concurrency(workers),
+         "idle connections in lmtp(8)'s cache hold workers and new ones wait for a free worker"),
         (f"{wiring.LMTP_SERVICE}_destination_recipient_limit", max_recipients,
          "recipients beyond pipe.lmtp.max_recipients get 452 and wait for another transaction"),
     ):

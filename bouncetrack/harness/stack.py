@@ -257,7 +257,7 @@ class Stack:
         keep: bool = False,
         postfix_config: PostfixConfig = "harness",
         transport: Transport = "pipe",
-        lmtp_workers: int = 2,
+        lmtp_workers: int = 4,
     ) -> None:
         if pipe not in ("files", "real"):
             raise ValueError(f"pipe must be 'files' or 'real', not {pipe!r}")
