@@ -971,7 +971,9 @@ def storm(n: int, seconds: float, drain_timeout: float, per_message: int = 1, tr
         recon = {"messages_sent": len(sent), "messages_unsent": n_msgs - len(sent),
                  "dsns_delivered": dsns_sent,
                  "messages_recorded_by_milter": n_messages, "bounces_stored": sum(by_rcpt.values()),
-                 "lost": lost, "duplicated": dup, "unexpected": unexpected, "postfix_queue_left": queue_left}
+                 "lost": lost, "duplicated": dup, "unexpected": unexpected, "postfix_queue_left": queue_left,
+                 # what is left and why (cleanup unfinished? qmgr never took it?), for a failure's report
+                 "postfix_queue_left_files": st.postfix.describe_queue() if queue_left else []}
         recon["ok"] = not lost and not dup and not unexpected and not queue_left and len(sent) == n_msgs
         out.update({
             "accepted_seconds": send_end - t0,

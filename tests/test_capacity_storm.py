@@ -37,7 +37,8 @@ def test_storm_of_500_bounces_loses_and_duplicates_nothing() -> None:
     assert r["messages_sent"] == 500, res["smtp_errors_sample"]
     assert r["messages_recorded_by_milter"] == 500
     assert r["bounces_stored"] == 500
-    assert (r["lost"], r["duplicated"], r["unexpected"], r["postfix_queue_left"]) == (0, 0, 0, 0)
+    assert (r["lost"], r["duplicated"], r["unexpected"], r["postfix_queue_left"]) == (0, 0, 0, 0), \
+        "\n".join(r["postfix_queue_left_files"])
     assert r["ok"]
     assert res["retry_loops"]["dsn_attempted_more_than_twice"] == 0
     for comp in ("postfix qmgr", "postfix bounce", "milter", "pipe server"):

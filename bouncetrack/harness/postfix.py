@@ -575,6 +575,24 @@ class PrivatePostfix:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def describe_queue(self, limit: int = 10) -> list[str]:
+        """What is left in the incoming, active and deferred queues, for a failure's report:
+        per file its queue, id, whether cleanup finished it (the execute bit, which qmgr
+        waits for), size, mtime age, and this instance's log lines that name it."""
+        log = self.log_text().splitlines()
+        out: list[str] = []
+        for q in ("incoming", "active", "deferred"):
+            for root, _dirs, files in os.walk(self.queue_dir / q):
+                for name in sorted(files)[:limit]:
+                    try:
+                        st = os.stat(os.path.join(root, name))
+                    except FileNotFoundError:
+                        continue  # moved meanwhile
+                    done = "complete" if st.st_mode & 0o100 else "NOT complete (no +x)"
+                    out.append(f"{q}/{name}: {done}, {st.st_size} bytes, mtime {time.time() - st.st_mtime:.0f} s ago")
+                    out.extend(f"    {line}" for line in log if f" {name}: " in line or f" {name} " in line)
+        return out
+
     # --- local submission ----------------------------------------------------------
     def sendmail(
         self,
