@@ -79,7 +79,16 @@ PLAN: list[tuple[str, str, list[str], list[str]]] = [
 ]
 
 
-KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m", "suppression_lookup",
+# Issue 20's figures: each configuration in one run on the quiet machine, bouncetrack against the
+# actions+rcptreply+lean reference (run by hand in a quiet window, not by run_all).
+QUIET = (
+    ("milter_overhead_quiet", "SQLite, held", 0.95),
+    ("milter_overhead_quiet_deliver", "SQLite, delivering", 0.95),
+    ("milter_overhead_quiet_suppressed_1m", "SQLite, held, 1,000,000 suppressed", 0.95),
+    ("milter_overhead_quiet_pg", "PostgreSQL, held", 0.85),
+)
+KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m",
+         *(q[0] for q in QUIET), "suppression_lookup",
          "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export", "api_hostile",
          "hostile_pipe", "webhook", "soak-short", "soak", "capacity-quick", "capacity", "storm", "bounce_path")
 
@@ -247,6 +256,33 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
             f"ratio with / without = {d['ratio_median']:.2f} (target ≥ {d['target_ratio']}); "
             f"store check {'ok' if d.get('store_check') else 'FAILED'}",
             target=(d["target_ratio"] * base["median"], f"target: {d['target_ratio']} × baseline"))]
+
+    quiet = [(label, results[name], target, r) for name, label, target in QUIET
+             if name in results and (r := milter_vs_reference(results[name])) is not None]
+    if quiet:
+        fig, ax = plt.subplots(figsize=(10, 5))
+        x = np.arange(len(quiet))
+        ratios = [r for _, _, _, r in quiet]
+        series = [("rate ÷ reference's", [r["rate"] for r in ratios], "#1f77b4"),
+                  ("milter CPU/msg ÷ reference's", [r["cpu"] for r in ratios], "#ff7f0e"),
+                  ("with the journal writer", [r["cpu_with_writer"] for r in ratios], "#ffbb78")]
+        for i, (name, values, color) in enumerate(series):
+            bars = ax.bar(x + (i - 1) * 0.26, values, 0.26, label=name, color=color)
+            for b, v in zip(bars, values):
+                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9)
+        for i, (_, _, target, _) in enumerate(quiet):
+            ax.hlines(target, i - 0.4, i - 0.14, color="#d62728", linestyle="--", linewidth=1.2,
+                      label="rate target (≥)" if i == 0 else None)
+            ax.hlines(1.25, i - 0.14, i + 0.4, color="#7f7f7f", linestyle=":", linewidth=1.2,
+                      label="CPU target (≤ 1.25)" if i == 0 else None)
+        ax.set_xticks(x)
+        ax.set_xticklabels([label.replace(", 1,000,000", ",\n1,000,000") for label, _, _, _ in quiet])
+        ax.set_ylabel("bouncetrack ÷ actions+rcptreply+lean pymilter")
+        ax.legend(loc="upper left", fontsize=9, ncol=2)
+        ax.set_ylim(0, max(v for _, vs, _ in series for v in vs) * 1.4)
+        ax.set_title("bouncetrack's milter against a pymilter doing the same rewrite with constants\n"
+                     "each configuration one run on the quiet machine, medians of alternating rounds", fontsize=11)
+        figs["milter_quiet"] = [p.save(fig, quiet[0][1], "milter_quiet.png")]
 
     d = results.get("milter_overhead_suppressed_1m")
     if d:
@@ -434,17 +470,30 @@ def milter_row(label: str, d: dict[str, Any]) -> str:
 ISSUE20_REFERENCE = "actions+rcptreply+lean"
 
 
+def milter_vs_reference(d: dict[str, Any]) -> dict[str, float] | None:
+    """bouncetrack ÷ the actions+rcptreply+lean reference in one result: rate, milter CPU per
+    message (the libmilter child and its supervisor), and that CPU with the journal writer's."""
+    ref = (d.get("reference_msg_per_s") or {}).get(ISSUE20_REFERENCE)
+    cpu = d.get("cpu_us_per_message") or {}
+    if not ref or ISSUE20_REFERENCE not in cpu or not cpu[ISSUE20_REFERENCE]["milter"]:
+        return None
+    mine, theirs = cpu["milter"], cpu[ISSUE20_REFERENCE]["milter"]
+    writer = mine.get("journal_writer", 0.0)
+    return {"rate": d["with_milter_msg_per_s"]["median"] / ref["median"], "cpu": mine["milter"] / theirs,
+            "cpu_with_writer": (mine["milter"] + writer) / theirs}
+
+
 def milter_vs_reference_rows(label: str, d: dict[str, Any], rate_target: float) -> list[str]:
     """Issue 20's rows: bouncetrack's milter against the pymilter doing the same rewrite,
     rate (>= rate_target x) and the milter process's CPU per message (<= 1.25 x)."""
-    ref = (d.get("reference_msg_per_s") or {}).get(ISSUE20_REFERENCE)
-    cpu = d.get("cpu_us_per_message") or {}
-    if not ref or ISSUE20_REFERENCE not in cpu:
+    ratios = milter_vs_reference(d)
+    if ratios is None:
         return []
-    milt, ref_rate = d["with_milter_msg_per_s"]["median"], ref["median"]
+    cpu = d["cpu_us_per_message"]
+    milt, ref_rate = d["with_milter_msg_per_s"]["median"], d["reference_msg_per_s"][ISSUE20_REFERENCE]["median"]
     mine, theirs = cpu["milter"], cpu[ISSUE20_REFERENCE]
     writer = mine.get("journal_writer", 0.0)
-    rate_ratio, cpu_ratio = milt / ref_rate, mine["milter"] / theirs["milter"]
+    rate_ratio, cpu_ratio = ratios["rate"], ratios["cpu"]
     return [
         f"| {label}: rate vs the {ISSUE20_REFERENCE} pymilter | {milt:.0f} msg/s | {ref_rate:.0f} msg/s | "
         f"{rate_ratio:.2f} | ≥ {rate_target} | {'yes' if rate_ratio >= rate_target else 'no'} |",
@@ -568,6 +617,10 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
     if d:
         L.append(milter_row(f"milter overhead, {d.get('suppressed', 0):,} suppressed", d))
         L += milter_vs_reference_rows(f"SQLite, held, {d.get('suppressed', 0):,} suppressed", d, 0.95)
+    for name, label, target in QUIET:
+        d = results.get(name)
+        if d:
+            L += milter_vs_reference_rows(f"quiet machine ({d.get('taken_at', '?')}), {label}", d, target)
     d = results.get("suppression_lookup")
     if d and "per_recipient_us" in d:
         u = d["per_recipient_us"]
@@ -726,6 +779,21 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                           "a private cluster on loopback TCP with fsync and synchronous_commit on; its server "
                           "processes count in the whole machine's CPU.", ""]
                     L += milter_cpu_table(pg)
+    if "milter_quiet" in figs:
+        L += ["## The milter against the reference pymilter on a quiet machine (issue 20)", "",
+              "Each configuration in one run of `bench/milter_overhead.py --reference --ref-modes "
+              "actions+rcptreply+lean` while nothing else ran on the machine (run by hand, not by run_all): "
+              "bouncetrack's milter against a pymilter doing the same rewrite with constant values (no policy, "
+              "token, record or log line), in alternating rounds. CPU per message is per process (/proc): the "
+              "libmilter child with its idle supervisor, and the journal writer beside it.", ""]
+        L += [f"![{f}]({f})" for f in figs["milter_quiet"]]
+        L.append("")
+        for name, label, _ in QUIET:
+            d = results.get(name)
+            if d and d.get("cpu_us_per_message"):
+                L += [f"{label}: {d['messages_per_round']} messages × {d['rounds_per_side']} rounds per side, "
+                      f"taken {d.get('taken_at', '?')}.", ""]
+                L += milter_cpu_table(d)
     if "soak-short" in results or "soak" in results:
         L += ["## Soak: steady mail, receiver faults, reconciliation", "",
               "Private Postfix + milter + fake MX + real pipe + the real outbox worker (`bt.py worker`, as the "
