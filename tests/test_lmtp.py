@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -448,3 +449,29 @@ def test_no_secret_reaches_the_log(tmp_path: Path) -> None:
         wait_until(lambda: "reload refused" in srv.log_text(), 30, "the refused reload")
         assert "configuration not loaded" in srv.log_text() and "bounce handled via LMTP" in srv.log_text()
         assert secret not in srv.log_text()
+
+
+def test_an_idle_connection_gives_its_worker_to_a_waiting_one(tmp_path: Path) -> None:
+    # lmtp(8) parks finished connections in its cache; each holds a worker while idle. A new
+    # connection must not wait for them to expire (the command timeout here: a minute).
+    config = write_config(tmp_path, f"""\
+        pipe: {{transport: lmtp, lmtp: {{socket: {tmp_path}/spool/lmtp.sock, workers: 2, command_timeout_seconds: 60}}}}
+    """)
+    with running(config, tmp_path) as srv:
+        parked = [Client(srv.socket), Client(srv.socket)]
+        for c in parked:
+            c.lhlo()
+            assert c.deliver("", ["fbl@bounce.test"], b"Subject: %d\n\nx\n" % id(c))[-1][0] == 250
+        started = time.monotonic()
+        waiting = Client(srv.socket)  # its greeting comes once a parked one yields
+        assert waiting.greeting[0] == 220 and time.monotonic() - started < 20
+        closed = [c.reply() for c in parked if select.select([c.sock], [], [], 5)[0]]
+        assert closed == [(421, "4.3.2 Idle connection closed for a waiting one")], closed
+        waiting.lhlo()
+        assert waiting.deliver("", ["fbl@bounce.test"], b"Subject: w\n\nx\n")[-1][0] == 250
+        # A connection inside a transaction is never closed for another: that one waits.
+        busy = next(c for c in parked if not select.select([c.sock], [], [], 0)[0])
+        assert busy.cmd("MAIL FROM:<>")[0] == 250 and waiting.cmd("MAIL FROM:<>")[0] == 250
+        with pytest.raises(TimeoutError):
+            Client(srv.socket, timeout=3)
+        assert busy.cmd("RSET") == (250, "2.0.0 Ok") and waiting.cmd("RSET") == (250, "2.0.0 Ok")

@@ -52,7 +52,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 import resource
+import select
 import signal
 import socket
 import sys
@@ -80,6 +82,10 @@ MAX_COMMAND_LINE = 2048
 DATA_PIECE = 65536
 MAX_ERRORS = 20
 ACCEPT_POLL_SECONDS = 1.0  # how soon an idle worker sees a stop or retire request
+#: How long a new connection may wait for a worker while another worker's connection is
+#: idle between transactions (parked in lmtp(8)'s connection cache) before that one is
+#: closed for it: a random pause in this range, so that of several idle workers one yields.
+YIELD_AFTER_SECONDS = (0.05, 0.2)
 RESPAWN_PAUSE_SECONDS = 1.0  # between replacing workers that die at once (a crash loop)
 NULL_SENDER = "MAILER-DAEMON"  # pipe(8)'s ${sender} for the null sender (its null_sender)
 EX_TEMPFAIL = 75
@@ -95,6 +101,10 @@ class _Timeout(Exception):
 
 class _Closed(Exception):
     pass
+
+
+class _Yield(Exception):
+    """Idle between transactions while a new connection waits for a worker: close this one."""
 
 
 class _Interrupted(BaseException):
@@ -157,8 +167,11 @@ class Session:
     """
 
     def __init__(self, sock: socket.socket, settings: LmtpConfig, deliver: Deliver,
-                 stopping: Callable[[], bool] = lambda: False, hostname: str = "bouncetrack") -> None:
+                 stopping: Callable[[], bool] = lambda: False, hostname: str = "bouncetrack",
+                 listener: socket.socket | None = None) -> None:
         self.sock = sock
+        self.listener = listener  # the workers' listening socket: a connection waiting there
+        self.idle = False  # between transactions: this connection may be closed for a waiting one
         self.settings = settings
         self.deliver = deliver
         self.stopping = stopping
@@ -173,12 +186,14 @@ class Session:
         self.sock.sendall(reply_line(r, text))
 
     def _fill(self, deadline: float) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _Timeout()
-        self.sock.settimeout(min(left, self.settings.command_timeout_seconds))
         self.waiting = self.in_command and not self.buf
         try:
+            if self.waiting and self.idle and self.listener is not None:
+                self._wait_or_yield(deadline)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Timeout()
+            self.sock.settimeout(min(left, self.settings.command_timeout_seconds))
             chunk = self.sock.recv(DATA_PIECE)
         except TimeoutError:
             raise _Timeout() from None
@@ -187,6 +202,29 @@ class Session:
         if not chunk:
             raise _Closed()
         self.buf += chunk
+
+    def _wait_or_yield(self, deadline: float) -> None:
+        """Until this connection has bytes to read (then return) or the deadline (then
+        return: the read times out); raise :class:`_Yield` when a new connection has waited
+        at the listener for :data:`YIELD_AFTER_SECONDS` meanwhile, which no free worker took.
+
+        Why: lmtp(8) parks finished connections in its cache, and each holds a worker while
+        idle; the connection Postfix opens meanwhile would wait in the listen queue until
+        one of them expires (up to ``lmtp_connection_cache_time_limit``)."""
+        assert self.listener is not None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ready, _, _ = select.select([self.sock, self.listener], [], [], left)
+            if not ready or self.sock in ready:
+                return
+            ready, _, _ = select.select([self.sock], [], [], random.uniform(*YIELD_AFTER_SECONDS))
+            if ready:
+                return
+            still, _, _ = select.select([self.listener], [], [], 0)
+            if still:
+                raise _Yield()
 
     def _piece(self, limit: int, deadline: float) -> bytes:
         """Up to and including the next LF, or ``limit`` octets without one."""
@@ -237,11 +275,11 @@ class Session:
                 if errors >= MAX_ERRORS:
                     self.say(replies.LMTP_TOO_MANY_ERRORS)
                     return self.messages
-                self.in_command = True
+                self.in_command, self.idle = True, greeted and t.sender is None
                 try:
                     raw = self._piece(MAX_COMMAND_LINE + 2, time.monotonic() + self.settings.command_timeout_seconds)
                 finally:
-                    self.in_command = False
+                    self.in_command = self.idle = False
                 if not raw.endswith(b"\n"):
                     self.say(replies.LMTP_LINE_TOO_LONG)
                     return self.messages
@@ -323,6 +361,9 @@ class Session:
                         "connection closed, nothing of its open transaction stored")
         except _Interrupted:
             self._last(replies.LMTP_SHUTTING_DOWN)
+        except _Yield:
+            self._last(replies.LMTP_YIELD)
+            log.debug("LMTP connection idle between transactions closed: a new one waited for a worker")
         except (_Closed, OSError):
             pass
         return self.messages
@@ -429,7 +470,8 @@ class Worker:
             # lmtp(8) drops a cached connection that fails its RSET and opens another).
             self.session = session = Session(
                 conn, self.settings, self.deliver,
-                lambda: self.stop_requested or self._retiring(served + session.messages) is not None, hostname)
+                lambda: self.stop_requested or self._retiring(served + session.messages) is not None, hostname,
+                self.listener)
             try:
                 served += session.run()
             finally:

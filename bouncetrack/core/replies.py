@@ -60,5 +60,8 @@ LMTP_BYE = Reply("221", "2.0.0", "Bye")
 LMTP_TIMEOUT = Reply("421", "4.4.2", "Timeout, closing connection")
 # The server is stopping (SIGTERM) or replacing this worker: §3.4 X.3.2 "system not accepting".
 LMTP_SHUTTING_DOWN = Reply("421", "4.3.2", "Service shutting down, try again later")
+# A connection idle between transactions (parked in lmtp(8)'s connection cache) while a new
+# one waits for a worker: closed for it (lmtp(8) opens another when it needs one).
+LMTP_YIELD = Reply("421", "4.3.2", "Idle connection closed for a waiting one")
 # Too many errors on one connection.
 LMTP_TOO_MANY_ERRORS = Reply("421", "4.7.0", "Too many errors, closing connection")
