@@ -312,3 +312,39 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     assert {"bounce_domain", "trackin", "log_level", "domains.example.com.tracking",
             "domains.example.com.webhook.url", "domains.example.com.webhook.secret"} <= keys
     assert [p.line for p in probs] == sorted(p.line or 0 for p in probs)
+
+
+MINIMAL = """\
+bounce_domain: bounce.example.com
+secret_file: /etc/bouncetrack/verp.key
+store: sqlite:////var/lib/bouncetrack/bouncetrack.db
+milter_socket: /run/bouncetrack/milter.sock
+"""
+
+
+@pytest.mark.parametrize("spec, parsed", [
+    ("192.0.2.1", ("192.0.2.1", 53)), ("192.0.2.1:5353", ("192.0.2.1", 5353)), ("::1", ("::1", 53)),
+    ("[::1]:5353", ("::1", 5353)), ("[2001:db8::1]", ("2001:db8::1", 53)),
+])
+def test_validation_nameserver_is_what_the_resolver_takes(tmp_path: Path, spec: str, parsed: tuple[str, int]) -> None:
+    from bouncetrack.core.resolver import parse_nameserver
+
+    config = load_config(write(tmp_path, MINIMAL + f'validation: {{nameserver: "{spec}"}}\n'))
+    assert config.validation.nameserver == spec and parse_nameserver(spec) == parsed
+
+
+@pytest.mark.parametrize("spec", ["dns.example", "192.0.2.1:0", "192.0.2.1:70000", "[::1]x", "192.0.2.1:53:1"])
+def test_validation_nameserver_refused_as_the_resolver_would(tmp_path: Path, spec: str) -> None:
+    from bouncetrack.core.resolver import parse_nameserver
+
+    one(tmp_path, MINIMAL + f'validation: {{nameserver: "{spec}"}}\n', 5, "validation.nameserver", "IP address")
+    with pytest.raises(ValueError):
+        parse_nameserver(spec)
+
+
+def test_feedback_loop_senders_are_domains_like_any_other(tmp_path: Path) -> None:
+    """The shared domain rule: IDN as A-labels, a trailing dot dropped; an address refused."""
+    config = load_config(write(tmp_path, MINIMAL + 'pipe: {feedback_loop_senders: ["FBL.Example.NET.", "bücher.example"]}\n'))
+    assert config.pipe.feedback_loop_senders == ("fbl.example.net", "xn--bcher-kva.example")
+    one(tmp_path, MINIMAL + 'pipe: {feedback_loop_senders: [isp.test, "abuse@isp.test"]}\n', 5,
+        "pipe.feedback_loop_senders[1]", "not an address")

@@ -34,7 +34,6 @@ PyYAML is imported only here so the model stays importable without it.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os.path
 import re
 import sys
@@ -64,6 +63,7 @@ from bouncetrack.core.config import (
     ValidationConfig,
     WebhookConfig,
 )
+from bouncetrack.core.resolver import parse_nameserver
 
 try:  # libyaml is much faster; fall back to the pure-Python loader
     _Loader: Any = yaml.CSafeLoader
@@ -639,12 +639,11 @@ def _pipe(ctx: _Ctx, node: yaml.Node, key: str, verp_prefix: str) -> PipeConfig:
             listed = _str_list(ctx, e["feedback_loop_senders"][1], skey)
         except _Invalid:
             listed = []
-        for i, (n, v) in enumerate(listed):
-            domain = v.strip().rstrip(".").lower()
-            if not domain or "@" in domain or any(c.isspace() for c in domain) or "." not in domain:
-                ctx.add(n, f"{skey}[{i}]", f"invalid domain {v[:100]!r} (a DKIM d= domain, e.g. fbl.example.net)")
-            else:
-                senders.append(domain)
+        for i, (n, _) in enumerate(listed):  # DKIM d= domains (e.g. fbl.example.net), as A-labels
+            try:
+                senders.append(_domain(ctx, n, f"{skey}[{i}]"))
+            except _Invalid:
+                pass
 
     def transport(c: _Ctx, n: yaml.Node, k: str) -> str:
         value = _str(c, n, k).lower()
@@ -733,13 +732,10 @@ def _validation(ctx: _Ctx, node: yaml.Node, key: str) -> ValidationConfig:
         if _is_null(n):
             return None
         value = _str(c, n, k)
-        host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
         try:
-            ipaddress.ip_address(host)
-            if port and not 0 < int(port) < 65536:
-                raise ValueError(port)
-        except ValueError:
-            raise c.fail(n, k, f"expected an IP address, optionally with :port, got {value!r}") from None
+            parse_nameserver(value)  # what the resolver will be given
+        except ValueError as exc:
+            raise c.fail(n, k, str(exc)) from None
         return value
 
     return ValidationConfig(

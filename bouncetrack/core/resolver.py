@@ -15,6 +15,7 @@ for callers that cache: the records' own TTL, and for a negative answer the SOA'
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
@@ -59,14 +60,24 @@ class Resolver(Protocol):
 
 
 def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``1.2.3.4``, ``1.2.3.4:5353``, ``::1``, ``[::1]:5353`` -> (address, port)."""
+    """``1.2.3.4``, ``1.2.3.4:5353``, ``::1``, ``[::1]:5353`` -> (address, port); ValueError
+    for anything else (the configuration's ``validation.nameserver`` and the commands'
+    ``--nameserver`` are checked by this one rule)."""
     if spec.startswith("["):
         host, _, rest = spec[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 53
-    if spec.count(":") == 1:
+        port = rest[1:] if rest.startswith(":") else rest or "53"
+    elif spec.count(":") == 1:
         host, _, port = spec.partition(":")
-        return host, int(port)
-    return spec, 53
+    else:
+        host, port = spec, "53"
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 0 < number < 65536:
+        raise ValueError(f"expected an IP address, optionally with :port, got {spec[:100]!r}")
+    return host, number
 
 
 class DnsPythonResolver:
