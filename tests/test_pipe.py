@@ -282,7 +282,7 @@ def test_deadline_firing_inside_the_error_handler_is_still_exit_75(
         if len(said) == 1:
             raise pipe_main._Deadline()  # the alarm, right inside the first handler
 
-    monkeypatch.setattr(pipe_main, "_say", say)
+    monkeypatch.setattr(pipe_main, "say", say)
     code = pipe_main._main(["--config", str(config.path / "missing.yaml"), "b+x@bounce.test", ""], time.time(),
                            raw=b"Subject: x\r\n\r\nx\r\n")
     assert code == 75

@@ -106,3 +106,19 @@ def test_setup_sends_uvicorns_loggers_to_the_one_handler() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_pipe_says_everything_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    """One way for the pipe to talk to Postfix's log (bounce_pipe/say.py), used by the pipe's
+    edge (main) and its work (process) alike: a secret in a line is masked."""
+    from bouncetrack.bounce_pipe import main, process
+    from bouncetrack.bounce_pipe.say import say
+
+    assert vars(main)["say"] is say and vars(process)["_say"] is say
+    register(["whsec_0123456789abcdef"])
+    try:
+        say("configuration not loaded (bt.yaml:9: secret: whsec_0123456789abcdef)")
+    finally:
+        register([])
+    err = capsys.readouterr().err
+    assert err.startswith("bouncetrack pipe: configuration not loaded") and "whsec_0123456789abcdef" not in err

@@ -24,13 +24,14 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from .say import say
+
 if TYPE_CHECKING:  # pragma: no cover - typing only: the pipe's import path stays lean
     from ..core.config import Config
     from ..core.tokens import KeyRing
 
 EX_OK = 0
 EX_TEMPFAIL = 75
-PROG = "bouncetrack pipe"
 
 
 class _Deadline(BaseException):
@@ -39,14 +40,6 @@ class _Deadline(BaseException):
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise _Deadline()
-
-
-def _say(message: str) -> None:
-    # Prefixed so it can never begin with an enhanced status code. Postfix logs it:
-    # no secret in it (a configuration error may quote a line of the YAML file).
-    from ..core.redact import redact_text
-
-    sys.stderr.write(redact_text(f"{PROG}: {message}") + "\n")
 
 
 def parse_argv(argv: list[str]) -> tuple[str, str, str, str | None]:
@@ -141,12 +134,12 @@ def _main(argv: list[str] | None, started: float, raw: bytes | None = None,
 
             return process(config_path, recipient, sender, raw, started, fallback, client_address)
         except _Deadline:
-            _say("deadline reached before the report was stored; Postfix will retry")
+            say("deadline reached before the report was stored; Postfix will retry")
             return EX_TEMPFAIL
         except BaseException as exc:  # noqa: BLE001 - the pipe's top level: every failure is a retry
             if isinstance(exc, SystemExit) and exc.code in (EX_OK, EX_TEMPFAIL):
                 return int(exc.code)
-            _say(f"not stored, Postfix will retry: {type(exc).__name__}: {exc}")
+            say(f"not stored, Postfix will retry: {type(exc).__name__}: {exc}")
             if os.environ.get("BOUNCETRACK_DEBUG"):
                 import traceback  # not on the hot path: it imports tokenize, linecache, textwrap
 
@@ -159,7 +152,7 @@ def _main(argv: list[str] | None, started: float, raw: bytes | None = None,
         # moment the time ran out) or just before alarm(0): uncaught, it would be
         # Python's exit 1, and pipe(8) would bounce the bounce. There is one alarm
         # at a time and it is spent now.
-        _say("deadline reached before the report was stored; Postfix will retry")
+        say("deadline reached before the report was stored; Postfix will retry")
         return EX_TEMPFAIL
     finally:
         signal.signal(signal.SIGALRM, previous)

@@ -25,6 +25,7 @@ from ..suppression import candidates, report_verified, sending_host, trusted
 from ..core.tokens import KeyRing
 from . import attribution, guard
 from .attribution import Delivery
+from .say import say as _say
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: the Store protocol stays off the pipe's path
     from ..store.interfaces import Store
@@ -121,8 +122,7 @@ def runtime(config_path: str, fallback: tuple[Config, KeyRing] | None = None) ->
         if fallback is None:
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        sys.stderr.write(f"bouncetrack pipe: configuration not loaded ({first}); "
-                         "using the pipe server's last good one\n")
+        _say(f"configuration not loaded ({first}); using the pipe server's last good one")
         return fallback
 
 
@@ -255,10 +255,6 @@ def _await_journal_writer(store: "Store", token_id: int, deadline: float) -> Mes
         if message is not None:
             return message
     return None
-
-
-def _say(line: str) -> None:
-    sys.stderr.write(f"bouncetrack pipe: {line}\n")
 
 
 def _ids(raw: bytes) -> str:
