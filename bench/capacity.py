@@ -1050,7 +1050,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         c = colours[mode]
         axes[0].plot(x, [r["accepted_msg_per_s"] for r in rows], "o-", color=c, label=f"{mode}: accepted msg/s")
         axes[0].plot(x, [r["events_stored_per_s"] for r in rows], "s--", color=c,
-                     label=f"{mode}: {'events stored' if mode == 'bouncetrack' else 'bounces delivered'}/s")
+                     label=f"{mode}: {'events stored' if d['mode'] == 'bouncetrack' else 'bounces delivered'}/s")
         p99 = [r["send_to_stored_non_soft"]["p99"] or float("nan") for r in rows]
         p50 = [r["send_to_stored_non_soft"]["p50"] or float("nan") for r in rows]
         axes[1].plot(x, p99, "o-", color=c, label=f"{mode} p99")
@@ -1065,7 +1065,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[1].axhline(KNEE_P99_S, color="red", lw=0.8)
     axes[1].set(xscale="log", yscale="log", xlabel="offered msg/s", ylabel="seconds",
                 title="send → stored, soft bounces excepted")
-    bt = result.get("bouncetrack")
+    key = "bouncetrack-lmtp" if "bouncetrack-lmtp" in result else "bouncetrack"
+    bt = result.get(key)
     if bt:
         rows = bt["steps"]
         comps: Counter[str] = Counter()
@@ -1079,11 +1080,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
             vals = [r["cpu_share_of_one_core"].get(k, 0.0) for r in rows]
             axes[2].bar(labels, vals, bottom=bottom, label=k)
             bottom = [a + b for a, b in zip(bottom, vals)]
-        axes[2].set(xlabel="offered msg/s", ylabel="CPU (cores)", title="bouncetrack CPU per component (sending)")
+        axes[2].set(xlabel="offered msg/s", ylabel="CPU (cores)", title=f"{key}: CPU per component (sending)")
         axes[2].legend(fontsize=7)
     for ax in axes[:2]:
         ax.legend(fontsize=7)
-    fig.suptitle(f"bench/capacity.py, {result.get('taken', '')} — shared 2-core machine (other work running)",
+    fig.suptitle(f"bench/capacity.py, {result.get('taken', '')} — 2-core machine: {result.get('machine_note', '')}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -1242,6 +1243,8 @@ def main() -> int:
     ap.add_argument("--transport", choices=("pipe", "lmtp"), default="pipe",
                     help="storm: the bounce transport (default pipe, the product's default)")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--machine-note", default="shared 2-core machine, other helpers' work running beside it",
+                    help="how busy the machine was otherwise (recorded in the JSON, the report and the plot)")
     ap.add_argument("--name", default=None, help="result name (default capacity / capacity-quick / storm)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here instead of bench/results/")
     a = ap.parse_args()
@@ -1266,7 +1269,7 @@ def main() -> int:
                                          "knee_p99_s": KNEE_P99_S, "carried_share": CARRIED_SHARE,
                                          "sample_every_s": SAMPLE_EVERY, "seed": a.seed},
                               "taken": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                              "machine_note": "shared 2-core machine, other helpers' work running beside it"}
+                              "machine_note": a.machine_note}
     plan = {key: (mode, transport) for key, mode, transport in PLAN}
     for key in configs:
         mode, transport = plan[key]
