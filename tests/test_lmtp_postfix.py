@@ -24,7 +24,9 @@ from bouncetrack.bounce_pipe.client import DEFAULT_CACHE_DIR as CACHE_DIR
 from bouncetrack.harness.postfix import packaged_unavailable
 from bouncetrack.harness.stack import REMOTE, TRACKED, Stack
 from bouncetrack.metrics import pipe_fallback
+from tests import mailgen
 from tests.storeview import rows
+from tests.test_pipe_postfix import record_message
 
 from .conftest import harness_unavailable
 from .test_debian_postfix import _chrooted_pids
@@ -97,6 +99,20 @@ def test_bounces_arrive_over_lmtp_without_a_process_per_bounce(stack: Stack) -> 
     assert all("421 4.3.2" in line or "451 4.3.0" in line for line in deferred), deferred
     if any("451 4.3.0" in line for line in deferred):
         assert "still in the milter's journal" in server_log
+
+
+def test_a_report_from_an_smtp_client_carries_its_address(stack: Stack) -> None:
+    # The trust rules read the client address (issue 16): a report that came in over SMTP
+    # reaches the server with XFORWARD ADDR, as pipe(8)'s ${client_address}; Postfix's own
+    # DSNs come as local (the first test).
+    verp = record_message(stack, "unknown-remote@remote.test")
+    report = mailgen.dsn(verp, "unknown-remote@remote.test")
+    r = stack.send("", [verp], report)
+    assert r.accepted, r
+    reconcile(stack, ["unknown-remote@remote.test"], "unknown-remote")
+    # ... and XFORWARD IDENT, the report's queue id here, which Postfix's lmtp line names too.
+    assert stack.wait_for(lambda: f"bounce handled via LMTP (client 127.0.0.1, queue id {r.queue_id}): exit 0" in
+                          stack.pipe_server_log.read_text() or None, 30)
 
 
 def test_store_locked_the_bounce_is_deferred_then_stored_once(stack: Stack) -> None:

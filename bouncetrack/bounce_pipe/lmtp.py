@@ -12,9 +12,13 @@ workers that inherit it and each serve one connection at a time (pre-fork: they 
 ``accept`` on the same socket). A worker is replaced by the server when it exits: after
 ``messages_per_worker`` messages, once its peak RSS passes ``worker_max_rss_mb``, at
 SIGHUP (the server loads the configuration, refuses a broken one, and replaces its workers
-so that they start from the new one), or when it crashes. So at most ``workers``
-connections are served at once (more wait in the listen queue: install sets the lmtp
-service's ``destination_concurrency_limit`` and process limit to it).
+so that they start from the new one), or when it crashes; a worker due for replacement
+ends its connection at a transaction's end (``421 4.3.2``). So at most ``workers``
+connections are served at once. lmtp(8) parks finished connections in its cache, each
+holding a worker while idle: install gives Postfix half as many deliveries at once as there
+are workers (:func:`bouncetrack.ops.postfix_wiring.lmtp_concurrency`), and a connection
+idle between transactions is closed for a new one that waits at the socket with no worker
+free (:meth:`Session._wait_or_yield`).
 
 Each message is stored by the very code of ``bouncetrack pipe`` (:func:`.main.main`, as in
 the pipe server's children; a worker keeps its store connection and configuration across
@@ -30,8 +34,9 @@ The message is handed over as pipe(8) hands it (master.cf flags ``R``, line ends
 ``Return-Path:`` line first, CRLF turned into LF; the null sender is ``MAILER-DAEMON``
 (pipe(8)'s ``${sender}``). The client address (pipe(8)'s ``${client_address}``, which the
 trust rules read) comes from XFORWARD ADDR (install turns ``lmtp_send_xforward_command``
-on for our service; ``[UNAVAILABLE]``, mail Postfix made itself, is empty, as pipe(8)
-gives it); without XFORWARD it is unknown, and the report is not trusted to suppress.
+on for our service; an XFORWARD without ADDR, or with ``[UNAVAILABLE]``, is a message
+Postfix made itself: empty, as pipe(8) gives it); without XFORWARD it is unknown, and the
+report is not trusted to suppress.
 
 Bounds per connection, on top of the pipe's per report: a command line of at most
 :data:`MAX_COMMAND_LINE` octets (beyond: ``500 5.5.2`` and the connection is closed);
@@ -108,7 +113,7 @@ class _Yield(Exception):
 
 
 class _Interrupted(BaseException):
-    """SIGTERM while the worker waits for the next command: close now (421)."""
+    """SIGTERM or SIGHUP while the worker waits for the next command: close now (421)."""
 
 
 def reply_line(r: Reply, text: str | None = None) -> bytes:
@@ -122,7 +127,7 @@ class Transaction:
     sender: str | None = None
     recipients: list[str] = field(default_factory=list)
     client_address: str | None = None  # XFORWARD ADDR; "" without one (mail Postfix made itself)
-    ident: str | None = None  # XFORWARD IDENT: the queue id upstream, when the client had one
+    ident: str | None = None  # XFORWARD IDENT: the message's queue id here (not sent for a DSN Postfix wrote)
 
 
 def xforward(arg: str, into: Transaction) -> None:
@@ -399,7 +404,7 @@ class Session:
             log.log(logging.INFO if code == 0 else logging.WARNING,
                     "bounce handled via LMTP (client %s%s): exit %d in %.0f ms: %s",
                     "unknown" if t.client_address is None else t.client_address or "local",
-                    f", upstream queue id {t.ident}" if t.ident else "", code, (time.time() - started) * 1000, lines)
+                    f", queue id {t.ident}" if t.ident else "", code, (time.time() - started) * 1000, lines)
             self.say(replies.LMTP_STORED if code == 0 else replies.LMTP_TEMPFAIL)
 
 
