@@ -7,8 +7,8 @@ each step ``--step-seconds`` long:
 
 * **bouncetrack-lmtp**: the soak's whole product (:mod:`bench.soak`): private Postfix with the
   milter, the bounce domain delivered by Postfix's lmtp client to the pipe server's LMTP
-  workers (``pipe.transport: lmtp``, :data:`LMTP_WORKERS` workers as ``bouncetrack install``
-  sets by default; no process per bounce), the outbox worker delivering webhooks to a local
+  workers (``pipe.transport: lmtp``, :data:`LMTP_WORKERS` workers, the default, wired as
+  ``bouncetrack install`` wires them; no process per bounce), the outbox worker delivering webhooks to a local
   receiver (no faults; HTTP/1.1 keep-alive, as receivers in the wild answer);
 * **bouncetrack**: the same with the pipe transport (the default): pipe(8) starting the pipe
   client per bounce, the pipe server forking per bounce;
@@ -104,6 +104,7 @@ from bench.soak import (  # noqa: E402
     followup_thread,
     sender_thread,
 )
+from bouncetrack.core.config import LmtpConfig  # noqa: E402
 from bouncetrack.harness.stack import Stack, make_message, unavailable_reason  # noqa: E402
 from bouncetrack.harness.webhook_receiver import WebhookReceiver  # noqa: E402
 
@@ -114,9 +115,9 @@ PLAN: tuple[tuple[str, Mode, str], ...] = (("bouncetrack-lmtp", "bouncetrack", "
                                            ("floor", "floor", "pipe"),
                                            ("bouncetrack", "bouncetrack", "pipe"))
 CONFIGS = tuple(key for key, _mode, _transport in PLAN)
-#: The pipe server's LMTP workers: ``pipe.lmtp.workers``' default, what ``bouncetrack install``
-#: sets the lmtp service's concurrency to.
-LMTP_WORKERS = 4
+#: The pipe server's LMTP workers: ``pipe.lmtp.workers``' default (Postfix gets half as many
+#: deliveries at once: ``postfix_wiring.lmtp_concurrency``, as ``bouncetrack install`` sets it).
+LMTP_WORKERS = LmtpConfig().workers
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
