@@ -466,12 +466,19 @@ def test_an_idle_connection_gives_its_worker_to_a_waiting_one(tmp_path: Path) ->
         waiting = Client(srv.socket)  # its greeting comes once a parked one yields
         assert waiting.greeting[0] == 220 and time.monotonic() - started < 20
         closed = [c.reply() for c in parked if select.select([c.sock], [], [], 5)[0]]
-        assert closed == [(421, "4.3.2 Idle connection closed for a waiting one")], closed
+        # One yields (two only if their random pauses end within the same instant).
+        assert closed and all(x == (421, "4.3.2 Idle connection closed for a waiting one") for x in closed), closed
         waiting.lhlo()
         assert waiting.deliver("", ["fbl@bounce.test"], b"Subject: w\n\nx\n")[-1][0] == 250
+        for c in (*parked, waiting):
+            with contextlib.suppress(OSError):
+                c.cmd("QUIT")
+            c.close()
         # A connection inside a transaction is never closed for another: that one waits.
-        busy = next(c for c in parked if not select.select([c.sock], [], [], 0)[0])
-        assert busy.cmd("MAIL FROM:<>")[0] == 250 and waiting.cmd("MAIL FROM:<>")[0] == 250
+        busy = [Client(srv.socket), Client(srv.socket)]
+        for c in busy:
+            c.lhlo()
+            assert c.cmd("MAIL FROM:<>")[0] == 250
         with pytest.raises(TimeoutError):
             Client(srv.socket, timeout=3)
-        assert busy.cmd("RSET") == (250, "2.0.0 Ok") and waiting.cmd("RSET") == (250, "2.0.0 Ok")
+        assert [c.cmd("RSET") for c in busy] == [(250, "2.0.0 Ok")] * 2
