@@ -99,6 +99,7 @@ def test_install_lmtp_then_uninstall_restores_the_files_byte_for_byte(pfdir: Pat
                        capture_output=True, text=True)
     assert q.stdout.strip() == "bouncelmtp:unix:bouncetrack/lmtp.sock"  # under this instance's queue directory
     assert any("bounce.test -> bouncelmtp:unix:bouncetrack/lmtp.sock" in line for line in out), out
+    assert any("lmtp.sock does not exist yet: (re)start the pipe server" in line for line in out), out
     assert not install(lmtp_config, pfdir, echo=lambda s: None)  # idempotent
     assert uninstall(pfdir, echo=lambda s: None)
     assert {k: v for k, v in _snapshot(pfdir).items() if ".bouncetrack-backup-" not in k} == before

@@ -413,6 +413,10 @@ def install(
     if not config.milter_socket.exists():
         echo(f"note: {config.milter_socket} does not exist yet: start the milter (systemctl start "
              "bouncetrack-milter) before reloading Postfix, or it answers every message 451 4.7.1")
+    if w.transport == TRANSPORT_LMTP and not config.pipe.lmtp.socket.exists():
+        echo(f"note: {config.pipe.lmtp.socket} does not exist yet: (re)start the pipe server (systemctl restart "
+             "bouncetrack-pipe-server; it opens the LMTP socket at start) before reloading Postfix, or every "
+             "bounce is deferred until it listens")
     echo(f"postfix check: ok. Apply with: postfix{_c(config_dir)} reload")
     return True
 
