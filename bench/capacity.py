@@ -510,12 +510,20 @@ def expected_non_soft(msgs: list[Msg]) -> int:
 
 
 def expired_recipients(postfix_log: str) -> set[str]:
-    """Recipients whose mail Postfix returned at ``maximal_queue_lifetime`` (``status=expired``)."""
-    out = set()
+    """Recipients whose mail Postfix returned at ``maximal_queue_lifetime``: qmgr logs
+    ``QID: from=<…>, status=expired, returned to sender`` for the message; its recipients
+    are those of the delivery agents' lines for that queue id (``QID: to=<…>``) that were
+    still deferred."""
+    expired: set[str] = set()
+    deferred: dict[str, set[str]] = defaultdict(set)
     for line in postfix_log.splitlines():
-        if "status=expired" in line and "to=<" in line:
-            out.add(line.split("to=<", 1)[1].split(">", 1)[0].lower())
-    return out
+        head, sep, rest = line.partition("]: ")
+        qid = rest.split(":", 1)[0] if sep else ""
+        if "status=expired" in rest:
+            expired.add(qid)
+        elif rest.startswith(f"{qid}: to=<") and "status=deferred" in rest:
+            deferred[qid].add(rest.split("to=<", 1)[1].split(">", 1)[0].lower())
+    return {r for qid in expired for r in deferred.get(qid, ())}
 
 
 def expectations(m: Msg, expired: set[str], stored: Callable[[str, str], bool]) -> list[Expect]:
