@@ -13,6 +13,7 @@ again (deferred while it is gone). The LMTP bounds themselves: tests/test_lmtp.p
 from __future__ import annotations
 
 import sqlite3
+import zlib
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -88,6 +89,9 @@ def test_bounces_arrive_over_lmtp_without_a_process_per_bounce(stack: Stack) -> 
     assert len(tokens) == len(sent), server_log[-3000:]
     assert "bounce handled: exit" not in server_log
     assert sum(pipe_fallback.read_counts(CACHE_DIR).values()) == fallbacks_before
+    # The report as pipe(8) (flag R) hands it over: the same bytes, so the same dedupe key.
+    raw = zlib.decompress(rows(stack.db_path, "raw_reports")[-1]["compressed"])
+    assert raw.startswith(b"Return-Path: <MAILER-DAEMON>\nReceived: by ") and b"\r" not in raw
     assert "retiring after" in server_log and "configuration reloaded" in server_log
     # Workers replaced mid-traffic (after PER_WORKER messages, at the reload) close their
     # connections between transactions (421 4.3.2): lmtp(8) checks a cached connection with

@@ -392,7 +392,9 @@ class Session:
                 self.say(replies.LMTP_TOO_BIG)
             return
         sender = t.sender or NULL_SENDER
-        raw = f"Return-Path: <{t.sender}>\n".encode("utf-8", "surrogateescape") + data  # pipe(8) flag R
+        # pipe(8)'s flag R writes this line (MAILER-DAEMON for the null sender): the same bytes,
+        # so a bounce moved from one transport to the other keeps its dedupe key.
+        raw = f"Return-Path: <{sender}>\n".encode("utf-8", "surrogateescape") + data
         for recipient in t.recipients:
             started = time.time()
             try:
