@@ -313,11 +313,17 @@ def cpu_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 #: The floor's bounce transport: read the message and keep it in a file named after its
 #: recipient (the time of delivery is the file's mtime). Arguments: the directory, then
 #: what master.cf passes (options such as ``--client-address=…``, the recipient, the sender).
+#: The name ends in the shell's pid, made unique with shell built-ins only (pids wrap around
+#: at pid_max: a second report to the same address must not overwrite the first).
 FLOOR_SCRIPT = """#!/bin/sh
 dir=$1; shift
 while [ "${1#--}" != "$1" ]; do shift; done
-exec cat > "$dir/$1.$$"
+f="$dir/$1.$$"
+while [ -e "$f" ]; do f="$f.x"; done
+exec cat > "$f"
 """
+#: A floor delivery's file is read once its last write is this old (s): never half-written.
+FLOOR_SETTLED_S = 1.0
 
 
 class FloorStack(Stack):
@@ -425,6 +431,14 @@ def parse_reports(data: bytes) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def floor_recipient(name: str) -> str:
+    """The recipient a floor delivery's file was named after (:data:`FLOOR_SCRIPT`:
+    ``RCPT.PID``, ``.x`` appended until unique), lower-cased."""
+    while name.endswith(".x"):
+        name = name[:-2]
+    return name.rsplit(".", 1)[0].lower()
+
+
 class FloorIndex:
     """The floor's deliveries, each file read once. Postfix's bounce daemon reports every
     recipient that failed in one delivery pass in one DSN, so a message's failures may come
@@ -435,11 +449,16 @@ class FloorIndex:
         self.seen: dict[str, Delivery] = {}
 
     def refresh(self) -> list[Delivery]:
+        """Every delivery so far, each file read once it is complete (its last write
+        :data:`FLOOR_SETTLED_S` ago: ``cat`` may still be writing a newer one)."""
+        settled = time.time() - FLOOR_SETTLED_S
         for e in os.scandir(self.spool):
             if e.is_file() and e.name not in self.seen:
-                data = Path(e.path).read_bytes()
-                self.seen[e.name] = Delivery(e.name.rsplit(".", 1)[0].lower(), e.stat().st_mtime,
-                                             parse_reports(data))
+                st = e.stat()
+                if st.st_mtime > settled:
+                    continue
+                self.seen[e.name] = Delivery(floor_recipient(e.name), st.st_mtime,
+                                             parse_reports(Path(e.path).read_bytes()))
         return list(self.seen.values())
 
     def stored(self) -> Callable[[str, str], bool]:
