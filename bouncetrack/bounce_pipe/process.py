@@ -27,7 +27,7 @@ from . import attribution, guard
 from .attribution import Delivery
 from .say import say as _say
 
-if TYPE_CHECKING:  # pragma: no cover - typing only: the Store protocol stays off the pipe's path
+if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..store.interfaces import Store
 
 LOOP_HEADER = b"\nx-bouncetrack-forwarded:"
