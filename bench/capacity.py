@@ -393,12 +393,6 @@ def read_db(st: Stack) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]
     return evs, jobs, nmsg
 
 
-def stored_events(events: list[dict[str, Any]]) -> Callable[[str, str], bool]:
-    """Whether an event of (recipient, type) is among ``events``."""
-    keys = {((e["recipient"] or "").lower(), e["type"]) for e in events}
-    return lambda rcpt, kind: (rcpt.lower(), kind) in keys
-
-
 def count_stored(st: Stack) -> tuple[int, int]:
     """(events other than soft bounces, all events) stored so far."""
     with sqlite3.connect(f"file:{st.db_path}?mode=ro", uri=True, timeout=30) as db:
@@ -460,11 +454,6 @@ class FloorIndex:
                 self.seen[e.name] = Delivery(floor_recipient(e.name), st.st_mtime,
                                              parse_reports(Path(e.path).read_bytes()))
         return list(self.seen.values())
-
-    def stored(self) -> Callable[[str, str], bool]:
-        """Whether a DSN reported (recipient, bounce | delay) (:func:`expectations`)."""
-        keys = {(rcpt, action) for d in self.refresh() for rcpt, action in d.reports}
-        return lambda rcpt, kind: (rcpt.lower(), "failed" if kind == "bounce" else "delayed") in keys
 
     def covered(self) -> tuple[int, int]:
         """(reports other than soft bounces, all reports) received so far; a DSN counts
@@ -528,37 +517,51 @@ def expected_non_soft(msgs: list[Msg]) -> int:
     return sum(1 for m in msgs if m.sent_at for e in m.expected() if e.kind != SOFT)
 
 
-def expired_recipients(postfix_log: str) -> set[str]:
-    """Recipients whose mail Postfix returned at ``maximal_queue_lifetime``: qmgr logs
-    ``QID: from=<…>, status=expired, returned to sender`` for the message; its recipients
-    are those of the delivery agents' lines for that queue id (``QID: to=<…>``) that were
-    still deferred."""
+@dataclass(frozen=True)
+class Returned:
+    """What Postfix's log says of the mail it returned at ``maximal_queue_lifetime``."""
+
+    expired: frozenset[str] = frozenset()  # recipients returned at the queue lifetime
+    delay_notified: frozenset[str] = frozenset()  # recipients whose sender got a delay notice
+
+
+def returned(postfix_log: str) -> Returned:
+    """Recipients whose mail Postfix returned at ``maximal_queue_lifetime`` (qmgr logs
+    ``QID: from=<…>, status=expired, returned to sender`` for the message) and those it sent a
+    delay notice for (the bounce daemon logs ``QID: sender delay notification: …``): the
+    recipients of a queue id are those of the delivery agents' lines (``QID: to=<…>``) that
+    were deferred."""
     expired: set[str] = set()
+    notified: set[str] = set()
     deferred: dict[str, set[str]] = defaultdict(set)
     for line in postfix_log.splitlines():
-        head, sep, rest = line.partition("]: ")
+        _head, sep, rest = line.partition("]: ")
         qid = rest.split(":", 1)[0] if sep else ""
         if "status=expired" in rest:
             expired.add(qid)
+        elif "sender delay notification" in rest:
+            notified.add(qid)
         elif rest.startswith(f"{qid}: to=<") and "status=deferred" in rest:
             deferred[qid].add(rest.split("to=<", 1)[1].split(">", 1)[0].lower())
-    return {r for qid in expired for r in deferred.get(qid, ())}
+    return Returned(frozenset(r for qid in expired for r in deferred.get(qid, ())),
+                    frozenset(r for qid in notified for r in deferred.get(qid, ())))
 
 
-def expectations(m: Msg, expired: set[str], stored: Callable[[str, str], bool]) -> list[Expect]:
-    """What the message's reports should be, given what Postfix did under load: a recipient
-    whose mail waited in the queue past ``maximal_queue_lifetime`` (only past the knee, where
-    queues grow) is returned by Postfix's bounce daemon, as it must be: a greylisted
-    (``delay-*``) one then has a bounce too (soft, 4.x.x: the last deferral's status), and its
-    delay notice is there only if Postfix sent one before the lifetime ran out (``stored``:
-    whether a report of that type reached the other end). Nothing disappears either way."""
+def expectations(m: Msg, ret: Returned) -> list[Expect]:
+    """What the message's reports should be, given what Postfix did: a recipient whose mail
+    was returned at ``maximal_queue_lifetime`` has a delay notice only if Postfix's log says
+    it sent one before (under load it may not have: the queue lifetime ran out first), and a
+    greylisted (``delay-*``) one that waited that long (only past the knee, where queues
+    grow) has a bounce too (soft, 4.x.x: its last deferral's status). Postfix returns such
+    mail as it must; nothing disappears either way."""
     out = []
     for e in m.expected():
-        if e.recipient.lower() in expired and e.type == "delay" and not stored(e.recipient, e.type):
+        r = e.recipient.lower()
+        if e.type == "delay" and r in ret.expired and r not in ret.delay_notified:
             continue  # returned before a delay notice was due
         out.append(e)
     for r in m.rcpts:
-        if r.lower() in expired and r.split("@")[0].startswith("delay-"):
+        if r.lower() in ret.expired and r.split("@")[0].startswith("delay-"):
             out.append(Expect(r, "bounce", None, False, SOFT))
     return out
 
@@ -650,11 +653,8 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                         if got >= want:
                             step.drained_at = time.time()
                             break
-                        expired = expired_recipients(st.postfix.log_text())
-                        if expired:  # returned at the queue lifetime: a delay notice may never come
-                            stored = stored_events(read_db(st)[0]) if mode == "bouncetrack" else floor_index.stored()
-                            want = sum(1 for m in all_msgs if m.sent_at
-                                       for e in expectations(m, expired, stored) if e.kind != SOFT)
+                        ret = returned(st.postfix.log_text())  # what Postfix returned changes what is due
+                        want = sum(1 for m in all_msgs if m.sent_at for e in expectations(m, ret) if e.kind != SOFT)
                     time.sleep(0.5)
                 ok_now = step_ok_quick(step, sampler)
                 print(f"  accepted {sum(1 for m in msgs if m.sent_at)}/{len(msgs)} in {step.t_end - t0:.1f} s; "
@@ -672,23 +672,20 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
             send_end = time.time()
             print(f"[{label}] draining", flush=True)
             deadline = time.time() + drain_timeout
-            expired = set()
+            ret = Returned()
             while True:
                 q = queue_counts(st.postfix.queue_dir)
                 empty = sum(q.values()) == 0
                 if empty:  # what Postfix returned at the queue lifetime changes what is expected
-                    expired = expired_recipients(st.postfix.log_text())
+                    ret = returned(st.postfix.log_text())
+                want = sum(len(expectations(m, ret)) for m in all_msgs if m.sent_at)
                 if mode == "bouncetrack":
                     assert rx is not None
                     events, jobs, _ = read_db(st)
-                    stored = stored_events(events)
                     accepted = set(rx.accepted_ids())
-                    want = sum(len(expectations(m, expired, stored)) for m in all_msgs if m.sent_at)
                     done = (len(events) >= want and all(j["state"] != "pending" for j in jobs)
                             and all(e["event_id"] in accepted for e in events))
                 else:
-                    stored = floor_index.stored()
-                    want = sum(len(expectations(m, expired, stored)) for m in all_msgs if m.sent_at)
                     done = floor_index.covered()[1] >= want
                 if done and empty:
                     break
@@ -701,13 +698,13 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
             sampler.stop_ev.set()
             sampler.join()
             queue_left = sum(queue_counts(st.postfix.queue_dir).values())
-            expired = expired_recipients(st.postfix.log_text())
-            out["returned_at_queue_lifetime"] = len(expired)
+            ret = returned(st.postfix.log_text())
+            out["returned_at_queue_lifetime"] = {"recipients": len(ret.expired),
+                                                 "with_a_delay_notice": len(ret.expired & ret.delay_notified)}
             if mode == "bouncetrack":
                 assert rx is not None
                 events, jobs, n_stored = read_db(st)
-                stored = stored_events(events)
-                expected = [(m, e) for m in all_msgs if m.sent_at for e in expectations(m, expired, stored)]
+                expected = [(m, e) for m in all_msgs if m.sent_at for e in expectations(m, ret)]
                 requests = list(rx.requests)
                 ns = SimpleNamespace(rate=rates[0], short=True, seed=seed, connections=connections_for(rates[-1]))
                 first_t0 = steps[0].t0
@@ -715,11 +712,10 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                                drain_end, n_stored, queue_left, [], send_end - first_t0, lifetime, delay_for,
                                SAMPLE_EVERY)
                 recon = full["reconciliation"]
-                per_step = [bouncetrack_step(s, events, requests, sampler, expired) for s in steps]
+                per_step = [bouncetrack_step(s, events, requests, sampler, ret) for s in steps]
             else:
                 deliveries = floor_index.refresh()
-                recon, per_step = floor_reconcile(steps, deliveries, queue_left, sampler, expired,
-                                                  floor_index.stored())
+                recon, per_step = floor_reconcile(steps, deliveries, queue_left, sampler, ret)
             out.update({
                 "steps": per_step,
                 "reconciliation": recon,
@@ -817,7 +813,7 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
-                     sampler: ProcSampler, expired: set[str]) -> dict[str, Any]:
+                     sampler: ProcSampler, ret: Returned) -> dict[str, Any]:
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for ev in events:
         by_key[((ev["recipient"] or "").lower(), ev["type"])].append(ev)
@@ -829,11 +825,10 @@ def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
     s2s_soft: list[float] = []
     s2w: list[float] = []
     lost = dup = 0
-    stored = stored_events(events)
     for m in s.msgs:
         if not m.sent_at:
             continue
-        for e in expectations(m, expired, stored):
+        for e in expectations(m, ret):
             got = by_key.get((e.recipient.lower(), e.type), [])
             if not got:
                 lost += 1
@@ -855,8 +850,7 @@ def bouncetrack_step(s: Step, events: list[dict[str, Any]], requests: list[Any],
 
 
 def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: int, sampler: ProcSampler,
-                    expired: set[str], stored: Callable[[str, str], bool]
-                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    ret: Returned) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every expected report exactly once: each bounce and delay of a recipient in exactly
     one DSN to its message's sender (Action failed / delayed), each complaint or reply once;
     per-step rows with latencies (to the first delivery that carries the report)."""
@@ -882,7 +876,7 @@ def floor_reconcile(steps: list[Step], deliveries: list[Delivery], queue_left: i
                 continue
             r = floor_sender(m).lower()
             known.add(r)
-            for e in expectations(m, expired, stored):
+            for e in expectations(m, ret):
                 if e.type in ("bounce", "delay"):
                     key = (r, e.recipient.lower(), "failed" if e.type == "bounce" else "delayed")
                     used.add(key)
