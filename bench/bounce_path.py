@@ -7,6 +7,8 @@ three ways, in alternating rounds (the machine is shared and noisy):
 
 * ``in-process``: the pipe's :func:`~bouncetrack.bounce_pipe.main.main`, as the server's child
   calls it (message, start time and the server's configuration handed in), in this process;
+* ``in-process, kept``: the same with the store connection and configuration kept across
+  bounces (:func:`~bouncetrack.bounce_pipe.process.keep_stores_open`), as an LMTP worker runs it;
 * ``forked child``: the same call in a child forked per bounce, as the server does today
   (CPU: the child's, from the parent's reaped-children times, plus the parent's);
 * ``bare fork``: a child that exits at once (the fork and exit alone).
@@ -47,6 +49,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=40, help="bounces per way and round")
     a = ap.parse_args()
 
+    from bouncetrack.bounce_pipe import process
     from bouncetrack.bounce_pipe.main import main as pipe_main
     from bouncetrack.bounce_pipe.server import warm
     from bouncetrack.core.config_loader import load_config
@@ -54,7 +57,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["BOUNCETRACK_CACHE_DIR"] = tmp
-        cfg, inputs = setup_bounces(tmp, 2 * a.n * a.rounds + 10)
+        cfg, inputs = setup_bounces(tmp, 3 * a.n * a.rounds + 10)
         config = load_config(cfg)
         runtime = (config, load_keyring(config))
         warm(str(cfg))
@@ -70,9 +73,15 @@ def main() -> int:
                 sys.stderr = saved
 
         def in_process() -> int:
+            process._Kept.on = False
+            return store_one()
+
+        def in_process_kept() -> int:
+            process._Kept.on = True  # keep_stores_open(), switched per call to alternate the ways
             return store_one()
 
         def forked() -> int:
+            process._Kept.on = False
             pid = os.fork()
             if pid == 0:
                 code = 75
@@ -88,8 +97,8 @@ def main() -> int:
                 os._exit(0)
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
-        ways: dict[str, Callable[[], int]] = {"in-process": in_process, "forked child": forked,
-                                              "bare fork": bare_fork}
+        ways: dict[str, Callable[[], int]] = {"in-process": in_process, "in-process, kept": in_process_kept,
+                                              "forked child": forked, "bare fork": bare_fork}
         for _ in range(10):
             in_process()  # first-use caches, as a server that has run a while
         per: dict[str, list[float]] = {k: [] for k in ways}
@@ -100,9 +109,10 @@ def main() -> int:
                 codes = [fn() for _ in range(a.n)]
                 per[name].append((cpu_now() - c0) / a.n)
                 failures += sum(1 for c in codes if c != 0)
+        process.close_kept_stores()
     med = {k: statistics.median(v) for k, v in per.items()}
     for k, v in med.items():
-        print(f"{k:13s} {v * 1000:6.2f} ms CPU per bounce (rounds: {', '.join(f'{x * 1000:.1f}' for x in per[k])})")
+        print(f"{k:17s} {v * 1000:6.2f} ms CPU per bounce (rounds: {', '.join(f'{x * 1000:.1f}' for x in per[k])})")
     overhead = med["forked child"] - med["in-process"]
     print(f"a fork per bounce adds {overhead * 1000:.1f} ms ({med['forked child'] / med['in-process']:.1f}× the work); "
           f"failures {failures}")

@@ -718,7 +718,9 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
     if d and "cpu_ms_per_bounce_median" in d:
         c = d["cpu_ms_per_bounce_median"]
         L.append(f"| pipe server: CPU per bounce in a forked child (as it runs) | {c['forked child']:.1f} ms | "
-                 f"{c['in-process']:.1f} ms for the same work in the warm process; bare fork {c['bare fork']:.1f} ms"
+                 f"{c['in-process']:.1f} ms for the same work in the warm process"
+                 + (f", {c['in-process, kept']:.1f} ms with its store and configuration kept (an LMTP worker)"
+                    if "in-process, kept" in c else "") + f"; bare fork {c['bare fork']:.1f} ms"
                  f" | {d['forked_to_in_process_ratio']:.1f}× | – | – |")
     d = results.get("storm")
     if d and "reconciliation" in d:
