@@ -37,8 +37,10 @@ class Milter:
         self.config = write_config(tmp_path, "domains:\n  tracked.test: {tracking: true}\n")
         self.path = tmp_path / "bouncetrack.yaml"
         self.original = self.path.read_text()
-        self.variant = self.original.replace("domains:\n", "domains:\n  reload-only.test: {tracking: true}\n", 1)
-        assert self.variant != self.original
+        self.domains_only = self.original.replace("domains:\n", "domains:\n  reload-only.test: {tracking: true}\n", 1)
+        # A second store: the journal writer is restarted only when the store changes.
+        self.variant = self.domains_only.replace("/bt.db", "/bt-variant.db", 1)
+        assert self.original != self.domains_only != self.variant
         self.log = tmp_path / "milter.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -140,3 +142,19 @@ def test_a_stop_right_after_a_reload_completes_with_every_stop_line(milter: Milt
     for line in STOP_LINES:
         assert line in text, (line, text[-3000:])
     assert "SIGKILL" not in text, text[-3000:]
+
+
+def test_a_reload_that_keeps_the_store_keeps_the_journal_writer(milter: Milter) -> None:
+    """Only a new store restarts the writer: a restart replays the open journal segment
+    and repeats its "tracked" lines, so a reload of the domains must not cause one."""
+    for round_ in range(4):
+        milter.write(milter.domains_only if round_ % 2 == 0 else milter.original)
+        os.kill(milter.proc.pid, signal.SIGHUP)
+        wait_for(lambda: milter.text().count("configuration reloaded") >= round_ + 1, 60, milter.text()[-3000:])
+    text = milter.text()
+    assert len(re.findall(r"journal writer \d+ started", text)) == 1, text[-3000:]
+    assert "journal writer stopped" not in text, text[-3000:]
+    milter.write(milter.variant)
+    os.kill(milter.proc.pid, signal.SIGHUP)
+    wait_for(lambda: len(re.findall(r"journal writer \d+ started", milter.text())) == 2, 60, milter.text()[-3000:])
+    assert milter.stop() == 0, milter.text()[-3000:]

@@ -195,6 +195,7 @@ class Supervisor:
         self.writer: int | None = None
         self.writer_w: int | None = None  # its end closes when we die: the writer stops
         self.writer_reload = False  # the writer was stopped to follow a reload
+        self.store_url = ""  # the store the writer was started for (a reload changing it restarts it)
         self.child_due: float | None = None  # when to (re)start the child (time.monotonic)
         self.writer_due: float | None = None  # when to (re)start the writer
         self.writer_kill_at: float | None = None  # stopping: SIGKILL a writer still there then
@@ -230,6 +231,7 @@ class Supervisor:
         these imports): a child or writer restarted after a crash is at work within
         milliseconds instead of after seconds of imports on a busy host."""
         config, _ = load_runtime(self.config_path)
+        self.store_url = config.store_url
         engine = "postgres" if config.store_url.startswith("postgresql") else "sqlite"
         for module in ("Milter", "bouncetrack.milter.app", "bouncetrack.milter.journal",
                        f"bouncetrack.store.{engine}"):
@@ -256,9 +258,14 @@ class Supervisor:
                 os.write(self.control_w, RELOAD)
             except OSError:
                 pass
-        if self.writer is not None:  # restarted with the new configuration (a new store URL)
-            self.writer_reload = True
-            self._kill(self.writer)
+        # The writer needs nothing else of the configuration: it is restarted only for a
+        # new store (a restart replays the open journal segment, the store skipping what
+        # it holds, and repeats that segment's "tracked" lines).
+        if config.store_url != self.store_url:
+            self.store_url = config.store_url
+            if self.writer is not None:
+                self.writer_reload = True
+                self._kill(self.writer)
 
     @staticmethod
     def _kill(pid: int | None, sig: int = signal.SIGTERM) -> None:
