@@ -26,6 +26,8 @@ from typing import Callable, Iterator, TypeVar
 import pytest
 
 from bouncetrack.bounce_pipe import guard
+from bouncetrack.bounce_pipe.client import PROTOCOL, REFUSALS, REFUSED_LOG, TIMED_OUT, TOO_BIG
+from bouncetrack.metrics import pipe_fallback
 from bouncetrack.core.config import Config
 from bouncetrack.harness.stack import wait_accepting
 from bouncetrack.suppression import LOCAL_HOST, UNKNOWN_HOST
@@ -245,6 +247,12 @@ def test_oversized_data_is_refused_and_drained_without_growing_the_worker(config
     assert c.cmd("NOOP") == (250, "2.0.0 Ok")
     assert c.deliver("", [verp], mailgen.dsn(verp, "unknown-1@remote.test"))[-1] == (250, "2.0.0 Bounce stored")
     assert len(events(config)) == 1
+    # Counted for /metrics (bouncetrack_lmtp_refused_total): at MAIL SIZE= and after DATA.
+    assert refusals(config)[TOO_BIG] == 2
+
+
+def refusals(config: Config) -> dict[str, int]:
+    return pipe_fallback.read_counts(_env(config)["BOUNCETRACK_CACHE_DIR"], log=REFUSED_LOG, reasons=REFUSALS)
 
 
 def _hwm_kb(pid: int) -> int:
@@ -310,6 +318,7 @@ def test_a_slow_or_silent_client_is_closed_at_the_command_timeout(server: Server
             break
     assert answer.startswith(b"421 4.4.2"), answer
     assert time.monotonic() - started < 40
+    assert refusals(server.config)[TIMED_OUT] == 1
 
 
 def test_data_that_never_ends_is_closed_at_the_data_timeout(config: Config, server: Server) -> None:
@@ -482,3 +491,18 @@ def test_an_idle_connection_gives_its_worker_to_a_waiting_one(tmp_path: Path) ->
         with pytest.raises(TimeoutError):
             Client(srv.socket, timeout=3)
         assert [c.cmd("RSET") for c in busy] == [(250, "2.0.0 Ok")] * 2
+
+
+def test_refusals_reach_metrics(config: Config, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bouncetrack.store import open_store
+    from tests.test_metrics import parse, scrape_text, value
+
+    open_store(config.store_url).close()  # counted from the store's creation on
+    time.sleep(1.1)  # records are stamped in whole seconds
+    c = Client(server.socket)
+    c.lhlo()
+    c.sock.sendall(b"NOOP " + b"x" * 5000 + b"\r\n")
+    assert c.reply() == (500, "5.5.2 Line too long")
+    samples = parse(scrape_text(config, monkeypatch))
+    assert value(samples, "bouncetrack_lmtp_refused_total", reason=PROTOCOL) == 1
+    assert value(samples, "bouncetrack_lmtp_refused_total", reason=TOO_BIG) == 0  # present at 0

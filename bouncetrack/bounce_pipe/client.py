@@ -62,6 +62,14 @@ USAGE = "usage: client.py --socket PATH [--config FILE] RECIPIENT [SENDER]"
 FALLBACK_LOG = "pipe-fallback.log"
 NO_SERVER = "no-server"  # nothing listening on the socket (not started, stopped)
 SERVER_LOST = "server-lost"  # it accepted, then went away before answering
+# What the pipe server's LMTP listener (bouncetrack.bounce_pipe.lmtp) refused, one record
+# each in a log of the same format, counted by /metrics as bouncetrack_lmtp_refused_total:
+# a message over pipe.lmtp.max_message_bytes (552: Postfix drops that report, a double
+# bounce), a client that timed out (421; Postfix retries its open transaction), protocol
+# abuse (an endless line, too many errors).
+REFUSED_LOG = "lmtp-refused.log"
+TOO_BIG, TIMED_OUT, PROTOCOL = "too-big", "timeout", "protocol"
+REFUSALS = (TOO_BIG, TIMED_OUT, PROTOCOL)
 REASON_WIDTH = 11
 FALLBACK_RECORD_LEN = 10 + 1 + REASON_WIDTH + 1
 DEFAULT_CACHE_DIR = "/var/cache/bouncetrack"
@@ -96,10 +104,11 @@ def cache_dir() -> str:
     return os.environ.get("BOUNCETRACK_CACHE_DIR", DEFAULT_CACHE_DIR)
 
 
-def note_fallback(reason: str) -> None:
-    """Append one record to the fallback log (best-effort)."""
+def note_fallback(reason: str, log: str = FALLBACK_LOG) -> None:
+    """Append one record to the fallback log (best-effort); ``log``: another log of the
+    same format in the cache directory (the LMTP listener's refusals, bouncetrack.bounce_pipe.lmtp)."""
     record = "%010d %-*s\n" % (int(time.time()), REASON_WIDTH, reason[:REASON_WIDTH])
-    append_record(os.path.join(cache_dir(), FALLBACK_LOG), record.encode())
+    append_record(os.path.join(cache_dir(), log), record.encode())
 
 
 def run_full_pipe(pipe_args: list[str], message: bytes | None = None, *, reason: str = NO_SERVER) -> None:

@@ -73,6 +73,7 @@ from ..core import replies
 from ..core.config import LmtpConfig
 from ..core.esmtp import parse_params, strip_path, xtext_decode
 from ..core.replies import Reply
+from .client import PROTOCOL, REFUSED_LOG, TIMED_OUT, TOO_BIG, note_fallback
 from .process import close_kept_stores, keep_stores_open
 
 if TYPE_CHECKING:
@@ -278,6 +279,7 @@ class Session:
                     self.say(replies.LMTP_SHUTTING_DOWN)
                     return self.messages
                 if errors >= MAX_ERRORS:
+                    note_fallback(PROTOCOL, REFUSED_LOG)
                     self.say(replies.LMTP_TOO_MANY_ERRORS)
                     return self.messages
                 self.in_command, self.idle = True, greeted and t.sender is None
@@ -286,6 +288,7 @@ class Session:
                 finally:
                     self.in_command = self.idle = False
                 if not raw.endswith(b"\n"):
+                    note_fallback(PROTOCOL, REFUSED_LOG)
                     self.say(replies.LMTP_LINE_TOO_LONG)
                     return self.messages
                 line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -322,6 +325,7 @@ class Session:
                     sender, params = parsed
                     size = params.get("SIZE") or "0"
                     if size.isdigit() and int(size) > self.settings.max_message_bytes:  # RFC 1870 §6.2
+                        note_fallback(TOO_BIG, REFUSED_LOG)
                         self.say(replies.LMTP_TOO_BIG)
                         continue
                     t.sender = sender
@@ -361,6 +365,7 @@ class Session:
                     errors += 1
                     self.say(replies.LMTP_UNKNOWN_COMMAND)
         except _Timeout:
+            note_fallback(TIMED_OUT, REFUSED_LOG)
             self._last(replies.LMTP_TIMEOUT)
             log.warning("LMTP client timed out (pipe.lmtp.command_timeout_seconds / data_timeout_seconds); "
                         "connection closed, nothing of its open transaction stored")
@@ -388,6 +393,7 @@ class Session:
             log.warning("LMTP message over pipe.lmtp.max_message_bytes (%d): 552 for %d recipient(s) (%s), "
                         "drained, not kept", self.settings.max_message_bytes, len(t.recipients),
                         ", ".join(t.recipients[:5]))
+            note_fallback(TOO_BIG, REFUSED_LOG)
             for _ in t.recipients:
                 self.say(replies.LMTP_TOO_BIG)
             return

@@ -38,6 +38,7 @@ from ..store.base import PIPE_DURATION_BUCKETS, StoreUnavailable, pipe_bucket
 from ..store.views import MetricCounts
 from ..bounce_pipe import tempfail as pipe_tempfail
 from . import pipe_fallback
+from ..bounce_pipe.client import REFUSALS, REFUSED_LOG
 
 # The reason taxonomy (shared/corpus/README.md, Sisimai 5), plus "challenge": the reason of an
 # auto_reply event from a challenge-response system (issue 18; never a bounce).
@@ -167,6 +168,17 @@ class StoreCollector(Collector):
         for reason, n in pipe_fallback.read_counts(self._tempfail_dir, since=self._since).items():
             fallbacks.add_metric([reason], n)
         yield fallbacks
+        refused = CounterMetricFamily(
+            "bouncetrack_lmtp_refused",
+            "What the pipe server's LMTP listener refused (issue 21), by reason: too-big (552 over "
+            "pipe.lmtp.max_message_bytes: Postfix drops that report), timeout (421; Postfix retries), "
+            "protocol (an endless line, too many errors)",
+            labels=["reason"],
+        )
+        for reason, n in pipe_fallback.read_counts(self._tempfail_dir, since=self._since, log=REFUSED_LOG,
+                                                   reasons=REFUSALS).items():
+            refused.add_metric([reason], n)
+        yield refused
 
 
 def _guard_family(counts: MetricCounts) -> Metric:

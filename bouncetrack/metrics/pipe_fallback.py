@@ -21,21 +21,23 @@ REASONS = (NO_SERVER, SERVER_LOST)
 _CHUNK = FALLBACK_RECORD_LEN * 4096  # whole records per read
 
 
-def path(directory: str | None = None) -> str:
+def path(directory: str | None = None, log: str = FALLBACK_LOG) -> str:
     """The log in ``directory``, by default the pipe's cache directory (where the client writes it)."""
-    return os.path.join(directory or cache_dir(), FALLBACK_LOG)
+    return os.path.join(directory or cache_dir(), log)
 
 
-def read_counts(directory: str | None = None, since: float = 0.0) -> dict[str, int]:
+def read_counts(directory: str | None = None, since: float = 0.0, log: str = FALLBACK_LOG,
+                reasons: tuple[str, ...] = REASONS) -> dict[str, int]:
     """Records per reason stamped at or after ``since`` (every reason present, 0 when
-    none); a missing file is all 0.
+    none); a missing file is all 0. ``log``, ``reasons``: another log of the same format
+    (the LMTP listener's refusals: ``client.REFUSED_LOG``, ``client.REFUSALS``).
 
     Read in whole records, so a long outage's log is counted in constant memory.
     """
-    counts = dict.fromkeys(REASONS, 0)
-    tokens = {reason: f" {reason}".encode() for reason in REASONS}
+    counts = dict.fromkeys(reasons, 0)
+    tokens = {reason: f" {reason}".encode() for reason in reasons}
     try:
-        with open(path(directory), "rb") as fh:
+        with open(path(directory, log), "rb") as fh:
             if since > 0:
                 fh.seek(first_record_since(fh, os.fstat(fh.fileno()).st_size, FALLBACK_RECORD_LEN, since))
             while chunk := fh.read(_CHUNK):
