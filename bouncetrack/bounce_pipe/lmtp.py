@@ -75,6 +75,7 @@ from ..core.esmtp import parse_params, strip_path, xtext_decode
 from ..core.replies import Reply
 from .client import PROTOCOL, REFUSED_LOG, TIMED_OUT, TOO_BIG, note_fallback
 from .process import close_kept_stores, keep_stores_open
+from .tempfail import note_tempfail
 
 if TYPE_CHECKING:
     from ..core.config import Config
@@ -405,8 +406,10 @@ class Session:
             started = time.time()
             try:
                 code, said = self.deliver(recipient, sender, t.client_address, raw, started)
-            except Exception:  # noqa: BLE001 - a failure is a retry, never a lost bounce
+            except Exception:  # noqa: BLE001 - a failure is a retry, never a lost bounce (main.main
+                # turns its own into 75 and counts them; this is for a bug around it)
                 log.exception("LMTP delivery failed; Postfix will retry")
+                note_tempfail(time.time() - started)  # bouncetrack_pipe_runs_total{outcome="tempfail"}
                 code, said = EX_TEMPFAIL, ""
             lines = " | ".join(line for line in said.splitlines() if line) or "(nothing said)"
             log.log(logging.INFO if code == 0 else logging.WARNING,
