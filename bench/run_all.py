@@ -495,7 +495,7 @@ def milter_vs_reference(d: dict[str, Any]) -> dict[str, float] | None:
     if pairs:
         ratios["rate_pairwise"] = statistics.median(a["msg_per_s"] / b["msg_per_s"] for a, b in pairs)
         ratios["cpu_pairwise"] = statistics.median(
-            (a["milter_cpu_s"] - a["journal_writer_cpu_s"]) / b["milter_cpu_s"] for a, b in pairs)
+            (a["milter_cpu_s"] - a.get("journal_writer_cpu_s", 0.0)) / b["milter_cpu_s"] for a, b in pairs)
         ratios["cpu_with_writer_pairwise"] = statistics.median(a["milter_cpu_s"] / b["milter_cpu_s"] for a, b in pairs)
     return ratios
 
