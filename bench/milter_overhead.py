@@ -582,8 +582,22 @@ def main() -> None:
             "cpu_ratio_with_writer": ((cpu_us["milter"]["milter"] + cpu_us["milter"]["journal_writer"]) / ref_cpu
                                       if ref_cpu else float("nan")),
         }
+        # The same per round (each milter round against the reference round right after it):
+        # steadier than the ratio of medians when the machine's load shifts during the run.
+        ref_pairs = [(m, r) for m, r in zip([x for x in rounds if x.side == "milter"],
+                                        [x for x in rounds if x.side == REFERENCE]) if r.milter_cpu]
+        if ref_pairs:
+            vs_reference["rate_ratio_pairwise"] = statistics.median(m.rate / r.rate for m, r in ref_pairs)
+            vs_reference["cpu_ratio_pairwise"] = statistics.median(
+                (m.milter_cpu - m.writer_cpu) / r.milter_cpu for m, r in ref_pairs)
+            vs_reference["cpu_ratio_with_writer_pairwise"] = statistics.median(
+                m.milter_cpu / r.milter_cpu for m, r in ref_pairs)
         print(f"vs {REFERENCE}: rate {vs_reference['rate_ratio']:.3f} x, milter CPU "
               f"{vs_reference['cpu_ratio']:.2f} x ({vs_reference['cpu_ratio_with_writer']:.2f} x with the journal writer)")
+        if ref_pairs:
+            print(f"vs {REFERENCE}, per round (medians): rate {vs_reference['rate_ratio_pairwise']:.3f} x, milter CPU "
+                  f"{vs_reference['cpu_ratio_pairwise']:.2f} x ({vs_reference['cpu_ratio_with_writer_pairwise']:.2f} x "
+                  f"with the journal writer)")
     if by_command_us:
         # Rows: commands by their largest cost on any side; columns: the sides.
         commands = sorted({c for per in by_command_us.values() for c in per},
