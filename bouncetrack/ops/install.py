@@ -282,20 +282,22 @@ def _apply(target_dir: Path, w: wiring.Wanted, p: wiring.Plan, *, postmap: bool)
     return created
 
 
-def _copy_for_dry_run(config_dir: Path, tmp: Path) -> None:
-    for name in ("main.cf", "master.cf", wiring.TRANSPORT_FILE):
-        src = config_dir / name
-        if src.exists():
-            shutil.copy2(src, tmp / name)
-
-
-def _diff(before_dir: Path, after_dir: Path, names: Sequence[str], label_dir: Path) -> str:
-    out: list[str] = []
-    for name in names:
-        a = (before_dir / name).read_text().splitlines(keepends=True) if (before_dir / name).exists() else []
-        b = (after_dir / name).read_text().splitlines(keepends=True) if (after_dir / name).exists() else []
-        out.extend(difflib.unified_diff(a, b, f"{label_dir / name} (now)", f"{label_dir / name} (after)"))
-    return "".join(out)
+def _dry_run_diff(config_dir: Path, command: str, change: Callable[[Path], object]) -> str:
+    """What ``change`` would do to the wired files, as a unified diff: it runs on copies
+    of them in a temporary directory; ``config_dir`` is never written."""
+    names = ("main.cf", "master.cf", wiring.TRANSPORT_FILE)
+    with tempfile.TemporaryDirectory(prefix=f"bouncetrack-{command}-") as tmpname:
+        tmp = Path(tmpname)
+        for name in names:
+            if (config_dir / name).exists():
+                shutil.copy2(config_dir / name, tmp / name)
+        change(tmp)
+        out: list[str] = []
+        for name in names:
+            a = (config_dir / name).read_text().splitlines(keepends=True) if (config_dir / name).exists() else []
+            b = (tmp / name).read_text().splitlines(keepends=True) if (tmp / name).exists() else []
+            out.extend(difflib.unified_diff(a, b, f"{config_dir / name} (now)", f"{config_dir / name} (after)"))
+    return "".join(out).rstrip("\n")
 
 
 # ---------------------------------------------------------------------------
@@ -351,11 +353,7 @@ def install(
         return False
 
     if dry_run:
-        with tempfile.TemporaryDirectory(prefix="bouncetrack-install-") as tmpname:
-            tmp = Path(tmpname)
-            _copy_for_dry_run(config_dir, tmp)
-            _apply(tmp, w, p, postmap=False)
-            echo(_diff(config_dir, tmp, ["main.cf", "master.cf", wiring.TRANSPORT_FILE], config_dir).rstrip("\n"))
+        echo(_dry_run_diff(config_dir, "install", lambda tmp: _apply(tmp, w, p, postmap=False)))
         if w.map_type != "texthash":
             echo(f"(then: postmap {w.transport_map})")
         echo("dry run: nothing written")
@@ -490,13 +488,12 @@ def uninstall(config_dir: Path, *, dry_run: bool = False, echo: Echo = print) ->
         echo(f"nothing to undo: no {wiring.STATE_FILE} in {config_dir} (bouncetrack install was not run here)")
         return False
     if dry_run:
-        with tempfile.TemporaryDirectory(prefix="bouncetrack-uninstall-") as tmpname:
-            tmp = Path(tmpname)
-            _copy_for_dry_run(config_dir, tmp)
+        def revert(tmp: Path) -> None:
             _revert_into(tmp, state, config_dir, lambda s: None)
             for f in state.files:
                 (tmp / f).unlink(missing_ok=True)
-            echo(_diff(config_dir, tmp, ["main.cf", "master.cf", wiring.TRANSPORT_FILE], config_dir).rstrip("\n"))
+
+        echo(_dry_run_diff(config_dir, "uninstall", revert))
         echo("dry run: nothing written")
         return True
     _revert_into(config_dir, state, config_dir, echo)
