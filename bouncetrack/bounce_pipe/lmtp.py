@@ -75,6 +75,7 @@ from ..core.esmtp import parse_params, strip_path, xtext_decode
 from ..core.replies import Reply
 from .client import PROTOCOL, REFUSED_LOG, TIMED_OUT, TOO_BIG, note_fallback
 from .process import close_kept_stores, keep_stores_open
+from .sockets import listen_unix
 from .tempfail import note_tempfail
 
 if TYPE_CHECKING:
@@ -509,27 +510,10 @@ class Worker:
 
 
 def listen(path: Path) -> socket.socket:
-    """The LMTP socket: a stale one replaced, another server's refused; mode 0666 inside a
-    directory that only Postfix's group may enter (``bouncetrack:postfix 0750``), as the
-    milter's socket."""
-    if path.is_socket():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # stale, from a server that died
-        else:
-            raise RuntimeError(f"another LMTP server is listening on {path}")
-        finally:
-            probe.close()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o111)  # the postfix user's lmtp(8) connects; the directory keeps others out
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
-    listener.listen(128)
-    return listener
+    """The LMTP socket: mode 0666 inside a directory that only Postfix's group may enter
+    (``bouncetrack:postfix 0750``), as the milter's socket: the postfix user's lmtp(8)
+    connects, the directory keeps others out."""
+    return listen_unix(path, 0o111, "LMTP server")
 
 
 class Pool:

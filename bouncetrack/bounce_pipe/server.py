@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 from .client import MAGIC
 from .lmtp import Pool
+from .sockets import listen_unix
 
 from ..core.config import TRANSPORT_LMTP
 
@@ -187,24 +188,9 @@ class Server:
             self.lmtp.replace_all()  # they start again from the new configuration
 
     def _listen(self) -> socket.socket:
-        if self.socket_path.is_socket():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(self.socket_path))
-            except OSError:
-                self.socket_path.unlink()  # stale, from a server that died
-            else:
-                raise RuntimeError(f"another pipe server is listening on {self.socket_path}")
-            finally:
-                probe.close()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # 0600: only our own user (the bouncepipe service's)
-        try:
-            listener.bind(str(self.socket_path))
-        finally:
-            os.umask(old)
-        listener.listen(128)
+        # 0600: only our own user (the bouncepipe service's)
+        listener = listen_unix(self.socket_path, 0o177, "pipe server")
         listener.settimeout(ACCEPT_POLL_SECONDS)
         return listener
 
