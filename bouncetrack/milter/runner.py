@@ -226,11 +226,11 @@ class Supervisor:
         log.info("%s %d started", name, pid)
         return pid, w
 
-    def _preload(self) -> None:
+    def _preload(self, config: Config) -> None:
         """Import what the children run before forking them (no thread is started by
         these imports): a child or writer restarted after a crash is at work within
-        milliseconds instead of after seconds of imports on a busy host."""
-        config, _ = load_runtime(self.config_path)
+        milliseconds instead of after seconds of imports on a busy host. ``config``: the
+        one ``main`` validated at start (not read again here)."""
         self.store_url = config.store_url
         engine = "postgres" if config.store_url.startswith("postgresql") else "sqlite"
         for module in ("Milter", "bouncetrack.milter.app", "bouncetrack.milter.journal",
@@ -307,12 +307,13 @@ class Supervisor:
         return (self.child is not None or self.writer is not None
                 or (not self.stopping and (self.child_due is not None or self.writer_due is not None)))
 
-    def run(self) -> int:
+    def run(self, config: Config) -> int:
+        """Supervise until SIGTERM/SIGINT; ``config`` is the configuration main() validated."""
         # Blocked before anything is forked; sigtimedwait() takes them (SIGCHLD too:
         # its default action discards it, a blocked one stays pending).
         old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self._mask = {int(sig) for sig in old} | {int(sig) for sig in SIGNALS if sig != signal.SIGCHLD}
-        self._preload()
+        self._preload(config)
         self.spawn_writer()  # first: it moves what an earlier run left in the journal
         self.spawn()
         while self._alive():
@@ -387,6 +388,6 @@ def main(config_path: Path, *, foreground_child: bool = False) -> int:
             # No supervisor: the journal writer runs as a thread of this process.
             threading.Thread(target=run_writer, args=(config_path, None), daemon=True).start()
             return run_child(config_path, None)
-        return Supervisor(config_path).run()
+        return Supervisor(config_path).run(config)
     finally:
         log.info("bouncetrack milter stopped")
