@@ -1,5 +1,6 @@
 """What the API's routers share: the :class:`ApiContext`, the :func:`context`
-dependency and the error body (:func:`error_response`).
+dependency, the error body (:func:`error_response`) and the route class that
+answers a parameter's validation error with 400 (:func:`errors_are_400`).
 
 Routers import this module, never :mod:`.app` (which imports the routers): the
 API's imports go one way, app -> routers -> deps (issue 17).
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..core.config import Config
@@ -70,3 +73,27 @@ def error_response(status: int, detail: str, parameter: str | None, headers: Map
 def context(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.ctx
     return ctx
+
+
+def errors_are_400(render: Callable[[RequestValidationError], Response]) -> type[APIRoute]:
+    """A route class for a router whose parameter errors are ``render(exc)`` (400 naming the
+    parameter) instead of FastAPI's 422.
+
+    Authentication is a dependency and runs first (FastAPI solves dependencies before it
+    validates the operation's own parameters), so without a valid token the answer is 401
+    whatever the parameters are.
+    """
+
+    class ParamErrorsAre400(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    return render(exc)
+
+            return route
+
+    return ParamErrorsAre400

@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Coroutine, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..core.addresses import AddressError, parse_domain
@@ -49,7 +48,7 @@ from ..core.events import EVENT_TYPES
 from ..store.base import StoreUnavailable
 from ..store.sql import CSV_HEADER
 from ..store.views import DownloadQuery
-from .deps import ApiContext, ErrorBody, context, error_response
+from .deps import ApiContext, ErrorBody, context, error_response, errors_are_400
 from .auth import Principal, require_token, token_scope
 from .pagination import (
     FORMATS,
@@ -123,27 +122,8 @@ class EventsPage(BaseModel):
 # ----------------------------------------------------------------- router
 
 
-class _ParamErrorsAre400(APIRoute):
-    """FastAPI reports type errors in parameters as 422; this API says 400 naming the parameter.
-
-    Authentication is a dependency and runs first (FastAPI solves
-    dependencies before it validates the operation's own parameters), so
-    without a valid token the answer is 401 whatever the parameters are.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return _validation_error(exc)
-
-        return route
-
-
-router = APIRouter(route_class=_ParamErrorsAre400, tags=["download"])
+# FastAPI reports type errors in parameters as 422; this API says 400 naming the parameter.
+router = APIRouter(route_class=errors_are_400(lambda exc: _validation_error(exc)), tags=["download"])  # defined below
 
 _CSV_NDJSON_BODY = {"schema": {"type": "string"}}
 

@@ -18,9 +18,9 @@ from ..store.base import StoreUnavailable
 from .deps import ApiContext, ErrorBody, context, error_response
 from .auth import Principal, require_token, token_scope
 from .pagination import ParamError
-from .suppression import _NO_STORE, _address, _ErrorsAre400, _unavailable
+from .suppression import _NO_STORE, ROUTE_CLASS, _address, _unavailable
 
-router = APIRouter(route_class=_ErrorsAre400, tags=["privacy"])
+router = APIRouter(route_class=ROUTE_CLASS, tags=["privacy"])
 
 
 class Forgotten(BaseModel):

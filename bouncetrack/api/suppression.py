@@ -19,19 +19,18 @@ JSON ``{"detail": "...", "parameter": "..."}`` like the download API's.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Coroutine, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..core.events import iso_utc
 from ..store.base import MAX_ROW_ID, REASON_MANUAL, StoreUnavailable
 from ..store.views import Suppression
 from ..core.addresses import AddressError, parse_address
-from .deps import ApiContext, ErrorBody, context, error_response
+from .deps import ApiContext, ErrorBody, context, error_response, errors_are_400
 from .auth import Principal, require_token, token_scope
 from .pagination import ParamError
 
@@ -83,27 +82,18 @@ class SuppressionRemoved(BaseModel):
     domains: list[str] = Field(description="Domains whose list held the address.")
 
 
-class _ErrorsAre400(APIRoute):
-    """Validation errors are 400 naming the parameter (the download API's convention)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                errors = exc.errors()
-                first = errors[0] if errors else {}
-                loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body")]
-                parameter = loc[0] if loc else None
-                where = ".".join(loc) or "request"
-                return error_response(400, f"{where}: {first.get('msg', 'invalid value')}", parameter, _NO_STORE)
-
-        return route
+def _validation_error(exc: RequestValidationError) -> Response:
+    """400 naming the parameter (the download API's convention)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body")]
+    parameter = loc[0] if loc else None
+    where = ".".join(loc) or "request"
+    return error_response(400, f"{where}: {first.get('msg', 'invalid value')}", parameter, _NO_STORE)
 
 
-router = APIRouter(route_class=_ErrorsAre400, tags=["suppression"])
+ROUTE_CLASS = errors_are_400(_validation_error)
+router = APIRouter(route_class=ROUTE_CLASS, tags=["suppression"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "A parameter is invalid; `parameter` names it."},
