@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -63,6 +63,18 @@ NONE = "none"
 
 def _one_of(value: str, allowed: Iterable[str]) -> str:
     return value if value in allowed else OTHER
+
+
+_Labels = TypeVar("_Labels", bound="str | tuple[str, ...]")
+
+
+def _counter(name: str, documentation: str, labels: list[str], counts: Mapping[_Labels, int]) -> CounterMetricFamily:
+    """A counter family with one sample per key of ``counts`` (a label value, or a tuple of
+    them in ``labels``' order), in sorted order."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, n in sorted(counts.items()):
+        family.add_metric([key] if isinstance(key, str) else list(key), n)
+    return family
 
 
 class StoreCollector(Collector):
@@ -158,27 +170,22 @@ class StoreCollector(Collector):
             hist.add_metric([outcome], series, sums[outcome])
         yield total
         yield hist
-        fallbacks = CounterMetricFamily(
+        yield _counter(
             "bouncetrack_pipe_fallbacks",
             "Bounces the pipe client handed to the full pipe instead of the pipe server, by reason: "
             "no-server (none listening), server-lost (it went away before answering); each is "
             "stored all the same, at the cost of a full start",
-            labels=["reason"],
+            ["reason"],
+            pipe_fallback.read_counts(self._tempfail_dir, since=self._since),
         )
-        for reason, n in pipe_fallback.read_counts(self._tempfail_dir, since=self._since).items():
-            fallbacks.add_metric([reason], n)
-        yield fallbacks
-        refused = CounterMetricFamily(
+        yield _counter(
             "bouncetrack_lmtp_refused",
             "What the pipe server's LMTP listener refused (issue 21), by reason: too-big (552 over "
             "pipe.lmtp.max_message_bytes: Postfix drops that report), timeout (421; Postfix retries), "
             "protocol (an endless line, too many errors)",
-            labels=["reason"],
+            ["reason"],
+            pipe_fallback.read_counts(self._tempfail_dir, since=self._since, log=REFUSED_LOG, reasons=REFUSALS),
         )
-        for reason, n in pipe_fallback.read_counts(self._tempfail_dir, since=self._since, log=REFUSED_LOG,
-                                                   reasons=REFUSALS).items():
-            refused.add_metric([reason], n)
-        yield refused
 
 
 def _guard_family(counts: MetricCounts) -> Metric:
@@ -186,17 +193,15 @@ def _guard_family(counts: MetricCounts) -> Metric:
     for name, n in counts.pipe_guards:
         key = _one_of(name, GUARDS)
         guards[key] = guards.get(key, 0) + n
-    family = CounterMetricFamily(
+    return _counter(
         "bouncetrack_pipe_guards",
         "Bounds the bounce pipe applied to a report (issue 16), by guard: classify_budget, "
         "classify_crash (stored as unknown), trimmed_* (cut before MIME parsing), "
         "unparsed_bad_token, untrusted_over_quota (not stored), unverified_not_suppressed, ... "
         "(runs); events_dropped and jobs_dropped count the events and forwards dropped",
-        labels=["guard"],
+        ["guard"],
+        guards,
     )
-    for key, n in sorted(guards.items()):
-        family.add_metric([key], n)
-    return family
 
 
 def _store_families(config: Config, counts: MetricCounts) -> Iterator[Metric]:
@@ -211,14 +216,12 @@ def _store_families(config: Config, counts: MetricCounts) -> Iterator[Metric]:
     tracked: dict[str, int] = {d: 0 for d, p in config.domains.items() if p.tracking}
     for name, n in counts.messages:
         tracked[domain(name)] = tracked.get(domain(name), 0) + n
-    family = CounterMetricFamily(
+    yield _counter(
         "bouncetrack_messages_tracked",
         "Messages the milter rewrote to a VERP sender and recorded, by sender domain",
-        labels=["domain"],
+        ["domain"],
+        tracked,
     )
-    for key, n in sorted(tracked.items()):
-        family.add_metric([key], n)
-    yield family
 
     events: dict[tuple[str, str, str, str], int] = defaultdict(int)
     complaints: dict[tuple[str, str], int] = defaultdict(int)
@@ -232,49 +235,41 @@ def _store_families(config: Config, counts: MetricCounts) -> Iterator[Metric]:
         status = _one_of(token_status, TOKEN_STATUSES)
         tokens[status] = tokens.get(status, 0) + n
 
-    family = CounterMetricFamily(
+    yield _counter(
         "bouncetrack_events",
         "Stored report events (bounces, delays, complaints, ...) by sender domain, type, "
         "reason and severity (hard: the address itself failed)",
-        labels=["domain", "type", "reason", "severity"],
+        ["domain", "type", "reason", "severity"],
+        events,
     )
-    for event_labels, n in sorted(events.items()):
-        family.add_metric(list(event_labels), n)
-    yield family
 
-    family = CounterMetricFamily(
+    yield _counter(
         "bouncetrack_complaints",
         "Stored spam complaints (ARF feedback reports) by sender domain and Feedback-Type",
-        labels=["domain", "feedback_type"],
+        ["domain", "feedback_type"],
+        complaints,
     )
-    for complaint_labels, n in sorted(complaints.items()):
-        family.add_metric(list(complaint_labels), n)
-    yield family
 
-    family = CounterMetricFamily(
+    yield _counter(
         "bouncetrack_event_tokens",
         "Stored events by what verifying their VERP token found: valid, forged (bad MAC), "
         "unknown (no such message), expired (key past its grace period), missing",
-        labels=["token_status"],
+        ["token_status"],
+        tokens,
     )
-    for token_status_, n in sorted(tokens.items()):
-        family.add_metric([token_status_], n)
-    yield family
 
     deliveries: dict[tuple[str, str], int] = {(c, o): 0 for c in CHANNELS for o in DELIVERY_OUTCOMES}
     for channel, outcome, n in counts.deliveries:
         pair = (_one_of(channel, CHANNELS), _one_of(outcome, DELIVERY_OUTCOMES))
         deliveries[pair] = deliveries.get(pair, 0) + n
-    family = CounterMetricFamily(
+    yield _counter(
         "bouncetrack_deliveries",
         "Outbox delivery results by channel (webhook, smtp) and outcome: delivered, retry "
         "(a failed attempt, rescheduled), dead (dead-lettered); counted by the store, "
         "whichever worker delivered",
-        labels=["channel", "outcome"],
+        ["channel", "outcome"],
+        deliveries,
     )
-    for delivery_labels, n in sorted(deliveries.items()):
-        family.add_metric(list(delivery_labels), n)
-    yield family
 
     gauge = GaugeMetricFamily(
         "bouncetrack_outbox_jobs",
