@@ -10,15 +10,16 @@ import json
 import random
 import re
 import time
+from contextlib import closing
 from dataclasses import replace
 from email.utils import formatdate
 
-import httpx
 import pytest
 
 from bouncetrack.core.config import DomainPolicy, WebhookConfig
 from bouncetrack.core.events import event_to_json, iso_utc
 from bouncetrack.forward import backoff, webhook
+from bouncetrack.forward.httpclient import HttpClient
 from bouncetrack.forward.jobs import jobs_for, primary_event
 from bouncetrack.harness.webhook_receiver import WebhookReceiver
 from bouncetrack.store.base import BounceEvent
@@ -230,7 +231,7 @@ def test_retry_after() -> None:
 
 def test_deliver_to_real_receiver() -> None:
     event = make_event()
-    with WebhookReceiver(SECRET) as rx, httpx.Client() as client:
+    with WebhookReceiver(SECRET) as rx, closing(HttpClient()) as client:
         req = webhook.build_request(event, rx.url, SECRET, time.time())
         result = webhook.deliver(client, req, 5.0, time.time())
         assert result.outcome == "delivered" and result.status_code == 200
@@ -268,13 +269,13 @@ def test_deliver_to_real_receiver() -> None:
 
 def test_keep_alive_receiver_serves_many_deliveries_on_one_connection() -> None:
     """bench/capacity.py's receiver (keep_alive): the worker's client reuses its connection."""
-    with WebhookReceiver(SECRET, keep_alive=True) as rx, httpx.Client() as client:
+    with WebhookReceiver(SECRET, keep_alive=True) as rx, closing(HttpClient()) as client:
         for _ in range(3):
             req = webhook.build_request(make_event(), rx.url, SECRET, time.time())
             assert webhook.deliver(client, req, 5.0, time.time()).outcome == "delivered"
         got = rx.accepted()
         assert len(got) == 3 and len({r.peer for r in got}) == 1  # one client port: one connection
-    with WebhookReceiver(SECRET) as rx, httpx.Client() as client:  # the default: a connection per request
+    with WebhookReceiver(SECRET) as rx, closing(HttpClient()) as client:  # the default: a connection per request
         for _ in range(2):
             req = webhook.build_request(make_event(), rx.url, SECRET, time.time())
             assert webhook.deliver(client, req, 5.0, time.time()).outcome == "delivered"
@@ -283,7 +284,7 @@ def test_keep_alive_receiver_serves_many_deliveries_on_one_connection() -> None:
 
 def test_deliver_invalid_url_is_retry_not_crash() -> None:
     req = webhook.build_request(make_event(), "http://[::1/nope", SECRET, time.time())
-    with httpx.Client() as client:
+    with closing(HttpClient()) as client:
         assert webhook.deliver(client, req, 1.0, time.time()).outcome == "retry"
 
 

@@ -48,16 +48,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 
-import httpx
-
 from ..core.events import SCHEMA_VERSION, event_to_json, iso_utc
 from ..store.base import BounceEvent
+from .httpclient import HttpClient, InvalidURL
 
 log = logging.getLogger(__name__)
 
@@ -219,42 +219,24 @@ def classify_response(
     return DeliveryResult(RETRY, status, error, retry_after)
 
 
-def deliver(client: httpx.Client, request: WebhookRequest, timeout: float, now: float) -> DeliveryResult:
+def deliver(client: HttpClient, request: WebhookRequest, timeout: float, now: float) -> DeliveryResult:
     """POST ``request``; never raises for network trouble (that is a retry).
 
     Only the first bytes of the response body are read (bounded memory even for
     a receiver that streams megabytes back). A short body is read to its end, so
     that the client keeps the connection for the next delivery (keep-alive); a 2xx
-    is a delivery whatever happens to its body.
+    is a delivery whatever happens to its body. Redirects are not followed, https
+    certificates are verified (:mod:`bouncetrack.forward.httpclient`).
     """
     try:
-        with client.stream(
-            "POST",
-            request.url,
-            content=request.body,
-            headers=request.headers,
-            timeout=timeout,
-            follow_redirects=False,
-        ) as response:
-            snippet = b""
-            accepted = 200 <= response.status_code < 300
-            try:
-                for chunk in response.iter_bytes():
-                    snippet += chunk
-                    if len(snippet) >= _MAX_ERROR_BODY:
-                        break  # the rest unread: the connection is closed, not reused
-            except httpx.HTTPError:
-                if not accepted:
-                    raise
-            return classify_response(
-                response.status_code, response.headers, now, snippet[:_MAX_ERROR_BODY]
-            )
-    except httpx.TimeoutException as exc:
-        return DeliveryResult(RETRY, None, f"timeout: {type(exc).__name__}")
-    except httpx.HTTPError as exc:
-        return DeliveryResult(RETRY, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_BODY])
-    except httpx.InvalidURL as exc:
+        response = client.post(request.url, request.body, request.headers, timeout, _MAX_ERROR_BODY)
+    except TimeoutError as exc:
+        return DeliveryResult(RETRY, None, f"timeout: {exc or type(exc).__name__}")
+    except InvalidURL as exc:
         return DeliveryResult(RETRY, None, f"invalid webhook URL: {exc}")
+    except (OSError, http.client.HTTPException) as exc:
+        return DeliveryResult(RETRY, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_BODY])
+    return classify_response(response.status, response.headers, now, response.body)
 
 
 __all__ = [

@@ -53,8 +53,6 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Callable
 
-import httpx
-
 from ..core.config import Config
 from ..ops import retention
 from ..core.reload import RESTART_ONLY, reload_config
@@ -64,6 +62,7 @@ from ..store.views import PurgeCounts
 from . import smtp as smtp_forward
 from . import webhook
 from .backoff import Random, next_delay
+from .httpclient import HttpClient
 from .jobs import SMTP, WEBHOOK
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ class Worker:
         *,
         clock: Callable[[], float] = time.time,
         rng: Random | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: HttpClient | None = None,
         batch_size: int = 20,
         lease_seconds: float | None = None,
         smtp_timeout: float = SMTP_TIMEOUT,
@@ -140,7 +139,7 @@ class Worker:
         self.clock = clock
         self.rng: Random = rng if rng is not None else random.Random()
         self._own_client = http_client is None
-        self.client = http_client if http_client is not None else httpx.Client(follow_redirects=False)
+        self.client = http_client if http_client is not None else HttpClient()
         self.batch_size = batch_size
         self.smtp_timeout = smtp_timeout
         self.job_budget = _job_budget(config, smtp_timeout)
@@ -324,7 +323,7 @@ def run_worker(
     batch_size: int = 20,
     lease_seconds: float | None = None,
     rng: Random | None = None,
-    http_client: httpx.Client | None = None,
+    http_client: HttpClient | None = None,
     handle_signals: bool = True,
     config_path: str | None = None,
 ) -> WorkerStats:
