@@ -102,7 +102,6 @@ def test_setup_sends_uvicorns_loggers_to_the_one_handler() -> None:
         assert root.handlers == [handler]
         assert all(logging.getLogger(n).propagate and not logging.getLogger(n).handlers
                    for n in ("uvicorn", "uvicorn.error", "uvicorn.access"))
-        assert logging.getLogger("httpx").level == logging.WARNING
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])

@@ -295,3 +295,157 @@ def test_timeout_is_per_operation() -> None:
         assert result.outcome == "retry" and result.error is not None and result.error.startswith("timeout")
         assert time.monotonic() - started < 30  # generous: the machine may be loaded
 
+
+
+# --- answers written byte by byte: the client's reading of RFC 9112 ------------------
+
+
+class RawServer:
+    """Answers each request on a connection with the next scripted bytes; records the
+    requests as (connection number, raw bytes). A None after an answer closes the
+    connection once that answer is sent; a None in place of an answer closes it unanswered."""
+
+    def __init__(self, answers: list[bytes | None]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[int, bytes]] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _read_request(self, conn: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                return None
+            buf += data
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+    def _serve(self) -> None:
+        number = 0
+        while self.answers:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            number += 1
+            with conn:
+                buf = b""
+                while self.answers:
+                    got = self._read_request(conn, buf)
+                    if got is None:
+                        break
+                    request, buf = got
+                    self.requests.append((number, request))
+                    answer = self.answers.pop(0)
+                    if answer is None:
+                        break
+                    conn.sendall(answer)
+                    if self.answers and self.answers[0] is None:
+                        self.answers.pop(0)
+                        break
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def raw_post(client: HttpClient, url: str) -> webhook.DeliveryResult:
+    return post(client, url, timeout=10.0)
+
+
+def test_chunked_answers() -> None:
+    rx = RawServer([
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"e" * 1024 + b"\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ])
+    client = HttpClient()
+    assert raw_post(client, rx.url).outcome == "delivered"
+    result = raw_post(client, rx.url)  # the same connection: the chunked answer was read to its end
+    assert result.status_code == 500 and result.error == "HTTP 500: " + "e" * 512  # bounded
+    assert raw_post(client, rx.url).outcome == "delivered"  # a new one: 1 KiB was left unread
+    assert [n for n, _ in rx.requests] == [1, 1, 2]
+    rx.close()
+
+
+def test_interim_answers_and_folded_headers() -> None:
+    rx = RawServer([
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 429 Slow down\r\nRetry-After:\r\n  45\r\nContent-Length: 2\r\n\r\nno",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ])
+    client = HttpClient()
+    result = raw_post(client, rx.url)
+    assert (result.status_code, result.retry_after, result.error) == (429, 45, "HTTP 429: no")
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert [n for n, _ in rx.requests] == [1, 1]
+    rx.close()
+
+
+def test_answers_that_end_the_connection() -> None:
+    """`Connection: close`, HTTP/1.0, a body delimited by the close, bytes after the answer:
+    each next POST takes a new connection."""
+    rx = RawServer([
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", None,
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", None,
+        b"HTTP/1.1 503 Busy\r\n\r\nbusy", None,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", None,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ])
+    client = HttpClient()
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert raw_post(client, rx.url).outcome == "delivered"
+    result = raw_post(client, rx.url)
+    assert (result.status_code, result.error) == (503, "HTTP 503: busy")
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert [n for n, _ in rx.requests] == [1, 2, 3, 4, 5]
+    rx.close()
+
+
+def test_broken_answers_are_retries() -> None:
+    too_many = b"".join(b"X-H%d: 1\r\n" % i for i in range(101))
+    rx = RawServer([
+        b"SMTP/1.0 220 hello\r\n\r\n", None,
+        b"HTTP/1.1 200 OK\r\n" + too_many + b"\r\n", None,
+        b"HTTP/1.1 500 Oops\r\nContent-Length: 10\r\n\r\nshort", None,
+        b"HTTP/1.1 502 Bad\r\nContent-Length: 1, 2\r\n\r\n", None,
+        None,
+    ])
+    client = HttpClient()
+    errors = [raw_post(client, rx.url) for _ in range(5)]
+    assert all(r.outcome == "retry" and r.status_code is None for r in errors)
+    assert [str(r.error).split(":")[0] for r in errors] == [
+        "BadStatusLine", "HTTPException", "IncompleteRead", "HTTPException", "RemoteDisconnected"]
+    rx.close()
+
+
+def test_a_2xx_whose_body_breaks_is_delivered() -> None:
+    rx = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", None,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    client = HttpClient()
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert [n for n, _ in rx.requests] == [1, 2]
+    rx.close()
+
+
+def test_the_request_as_sent() -> None:
+    rx = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    request = webhook.build_request(make_event(), rx.url.replace("/hook", "/h?x=1"), SECRET, time.time())
+    assert webhook.deliver(HttpClient(), request, 10.0, time.time()).outcome == "delivered"
+    [(_, raw)] = rx.requests
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /h?x=1 HTTP/1.1" and lines[1] == "Host: " + rx.url.split("/")[2]
+    assert f"Content-Length: {len(request.body)}" in lines and body == request.body
+    assert f"webhook-signature: {request.headers['webhook-signature']}" in lines
+    with pytest.raises(ValueError):
+        HttpClient().post(rx.url, b"{}", {"x-bad": "a\r\nInjected: 1"}, 1.0, 512)
+    rx.close()

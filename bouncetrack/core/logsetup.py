@@ -73,9 +73,6 @@ def setup(process: str, level: str | int = "INFO") -> logging.Handler:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    # httpx logs every request's full URL at INFO: the worker's own line per delivery
-    # says it without the query (which may hold a receiver's key).
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     return handler
 
 
