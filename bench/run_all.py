@@ -93,7 +93,20 @@ QUIET = (
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m",
          *(q[0] for q in QUIET), "suppression_lookup",
          "dashboard_sent", "classify", "heldout_flufl", "heldout_bounced", "pipe", "export", "api_hostile",
-         "hostile_pipe", "webhook", "soak-short", "soak", "capacity-quick", "capacity", "storm", "bounce_path")
+         "hostile_pipe", "webhook", "webhook_cpu", "soak-short", "soak", "capacity-quick", "capacity", "storm", "bounce_path")
+
+
+def webhook_cpu_lines(d: dict[str, Any] | None) -> list[str]:
+    """The webhook section's line on CPU per delivery before/after (``bench/webhook_cpu.py``, by hand)."""
+    if not d:
+        return []
+    b, a = d["before_cpu_us_per_delivery"], d["after_cpu_us_per_delivery"]
+    return [f"CPU of the worker process per delivered webhook (`bench/webhook_cpu.py -n {d['deliveries_per_round']} "
+            f"--rounds {d['rounds']}`, run by hand, taken {d['taken_at']}; keep-alive receiver; a fresh interpreter "
+            f"per side and round, alternating): {d['before_rev']} (httpx) **{b['median']:.0f} µs**, "
+            f"{d['after_rev']} **{a['median']:.0f} µs**: ratio **{d['ratio_after_to_before']:.2f}** "
+            f"(median of per-round ratios {d['ratio_per_round_median']:.2f}); every job delivered "
+            f"({d['undelivered']} undelivered), receiver check {'ok' if d['receiver_check'] else 'FAILED'}.", ""]
 
 
 def machine() -> dict[str, Any]:
@@ -332,7 +345,7 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
             d, "webhook_rate.png",
             f"Webhook deliveries to a local receiver process, {d['deliveries_per_round']} × "
             f"{d['rounds_per_side']} rounds/side",
-            ["bare httpx POST loop\n(baseline)", "outbox worker"],
+            [d.get("bare_label", "bare httpx POST loop") + "\n(baseline)", "outbox worker"],
             [d["bare_per_s"]["median"], d["worker_per_s"]["median"]],
             [d["bare_per_s"]["rounds"], d["worker_per_s"]["rounds"]], "deliveries/s (median of rounds)",
             f"ratio worker / bare = {d['ratio_median']:.2f}; failures {d['failures']}")]
@@ -707,7 +720,8 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
     d = results.get("webhook")
     if d:
         L.append(f"| webhook delivery | {d['worker_per_s']['median']:.0f} deliveries/s (worker) | "
-                 f"{d['bare_per_s']['median']:.0f}/s bare httpx loop | {d['ratio_median']:.2f} | – | – |")
+                 f"{d['bare_per_s']['median']:.0f}/s {d.get('bare_label', 'bare httpx POST loop')} | "
+                 f"{d['ratio_median']:.2f} | – | – |")
     for key, label in (("soak-short", "soak (short)"), ("soak", "soak (full)")):
         d = results.get(key)
         if d:
@@ -779,8 +793,9 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
          "Fresh SQLite store; the whole range exported through the real HTTP API (uvicorn subprocess), streamed. "
          "Baseline: a bare `SELECT * FROM events` fetched in the same batches (owner: download API)."),
         ("webhook", "Webhook delivery: the outbox worker vs a bare POST loop",
-         "Receiver in its own process (verifies each signature). Baseline: `httpx.Client.post` of pre-signed "
-         "requests; measured: `run_worker(once=True)` claiming, signing, posting and settling real store jobs."),
+         "Receiver in its own process (verifies each signature). Baseline: a loop of pre-signed POSTs with the "
+         "worker's own client (`HttpClient.post`; `httpx.Client.post` before issue 21); measured: "
+         "`run_worker(once=True)` claiming, signing, posting and settling real store jobs."),
     ]
     for key, title, text in sections:
         if key in figs:
@@ -801,6 +816,8 @@ def write_report(results: dict[str, dict[str, Any]], figs: dict[str, list[str]],
                           "a private cluster on loopback TCP with fsync and synchronous_commit on; its server "
                           "processes count in the whole machine's CPU.", ""]
                     L += milter_cpu_table(pg)
+            if key == "webhook":
+                L += webhook_cpu_lines(results.get("webhook_cpu"))
     if "milter_quiet" in figs:
         L += ["## The milter against the reference pymilter on a quiet machine (issue 20)", "",
               "Each configuration in one run of `bench/milter_overhead.py --reference --ref-modes "

@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Webhook delivery throughput: the outbox worker vs a bare httpx POST loop, same receiver, same run.
+"""Webhook delivery throughput: the outbox worker vs a bare POST loop, same receiver, same run.
 
 A :class:`~bouncetrack.harness.webhook_receiver.WebhookReceiver` (verifies every
 signature, records every request) runs in its own process on loopback, so the
 receiver's work does not share this process's GIL with either side. Each round
 alternates the two sides (the 2-core machine is noisy: both see the same noise):
 
-* **bare**: ``httpx.Client().post`` of ``-n`` requests that were built and signed
-  beforehand (the same payload shape and headers the worker sends), one after
-  another, each answer checked for 200;
+* **bare**: :meth:`bouncetrack.forward.httpclient.HttpClient.post` (the worker's own
+  client) of ``-n`` requests that were built and signed beforehand (the same payload
+  shape and headers the worker sends), one after another, each answer checked for 200;
 * **worker**: ``-n`` events with one webhook job each are written to a real SQLite
   store (outside the timing), then :func:`bouncetrack.forward.worker.run_worker`
   (``once``: until no job is due) claims, signs, POSTs and settles them, in this
   process with the production defaults (batch 20, leases); every job must end
   ``delivered``.
 
-Reported: deliveries/s per side (median over rounds) and the ratio worker / bare.
-The receiver answers with HTTP/1.0 (a connection per request), alike for both.
+Reported: deliveries/s per side (median over rounds) and the ratio worker / bare: what
+the store, signing and the log line add to the POSTs. The receiver answers with HTTP/1.0
+(a connection per request), alike for both. CPU per delivery, before/after issue 21:
+``bench/webhook_cpu.py``.
 
     python bench/webhook.py [-n 400] [--rounds 5]
 """
@@ -78,10 +80,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds per side, alternating (default 5)")
     a = ap.parse_args()
 
-    import httpx
-
     from bouncetrack.core.config_loader import load_config
     from bouncetrack.forward import webhook
+    from bouncetrack.forward.httpclient import HttpClient
     from bouncetrack.forward.jobs import jobs_for
     from bouncetrack.forward.worker import run_worker
     from bouncetrack.store import open_store
@@ -124,12 +125,14 @@ def main() -> None:
             now = time.time()
             reqs = [webhook.build_request(make_event(i, now), url, secret, now) for i in range(a.n)]
             bad = 0
-            with httpx.Client() as client:
+            client = HttpClient()
+            try:
                 t0 = time.perf_counter()
                 for r in reqs:
-                    resp = client.post(r.url, content=r.body, headers=r.headers, timeout=10)
-                    bad += resp.status_code != 200
+                    bad += client.post(r.url, r.body, r.headers, 10, 512).status != 200
                 return time.perf_counter() - t0, bad
+            finally:
+                client.close()
 
         def worker_round() -> tuple[float, int]:
             before = delivered()
@@ -161,13 +164,14 @@ def main() -> None:
     ratio = statistics.median(work) / statistics.median(bare)
     failures = sum(int(r["failures"]) for r in rounds)  # type: ignore[call-overload]
     expected_accepted = (a.rounds * 2 * a.n) + 2 * min(50, a.n)
-    print(f"bare httpx POST loop  median {statistics.median(bare):8.1f} deliveries/s")
+    print(f"bare POST loop        median {statistics.median(bare):8.1f} deliveries/s")
     print(f"outbox worker         median {statistics.median(work):8.1f} deliveries/s")
     print(f"ratio worker / bare {ratio:.2f}  failures {failures}  receiver accepted {counts.get('accepted')} "
           f"(expected {expected_accepted})")
     path = write_result("webhook", {
-        "deliveries_per_round": a.n, "rounds_per_side": a.rounds,
-        "comparison": "same receiver process (HTTP/1.0, verifies signatures); rounds alternate bare/worker",
+        "deliveries_per_round": a.n, "rounds_per_side": a.rounds, "bare_label": "bare POST loop",
+        "comparison": "same receiver process (HTTP/1.0, verifies signatures); rounds alternate bare/worker; "
+                      "bare: HttpClient.post (the worker's client) of pre-signed requests",
         "bare_per_s": {"median": statistics.median(bare), "rounds": bare},
         "worker_per_s": {"median": statistics.median(work), "rounds": work},
         "ratio_median": ratio, "failures": failures, "receiver": counts,
