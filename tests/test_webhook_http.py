@@ -200,7 +200,8 @@ def test_parse_url() -> None:
     assert parse_url("http://[::1]:8080").path == "/"
     assert (parse_url("http://[::1]:8080").host, parse_url("http://[::1]:8080").port) == ("::1", 8080)
     assert parse_url("HTTP://Bücher.example/x").host == "xn--bcher-kva.example"
-    for bad in ("ftp://example.com/", "http:///nohost", "http://example.com:99999/", "http://[::1/nope"):
+    for bad in ("ftp://example.com/", "http:///nohost", "http://example.com:99999/", "http://[::1/nope",
+                "http://exa mple.com/", "http://a\x00b/"):
         with pytest.raises(InvalidURL):
             parse_url(bad)
 
@@ -214,6 +215,8 @@ def test_refused_and_invalid_are_retries() -> None:
     assert result.error is not None and "ConnectionRefusedError" in result.error
     result = post(HttpClient(), "gopher://example.com/")
     assert result.outcome == "retry" and result.error is not None and result.error.startswith("invalid webhook URL")
+    result = post(HttpClient(), "http://" + "a" * 64 + ".example/")  # a label IDNA refuses, at connect
+    assert result.outcome == "retry" and result.error is not None and result.error.startswith("invalid webhook request")
 
 
 # --- TLS -------------------------------------------------------------------------
@@ -411,18 +414,42 @@ def test_answers_that_end_the_connection() -> None:
 
 def test_broken_answers_are_retries() -> None:
     too_many = b"".join(b"X-H%d: 1\r\n" % i for i in range(101))
-    rx = RawServer([
-        b"SMTP/1.0 220 hello\r\n\r\n", None,
-        b"HTTP/1.1 200 OK\r\n" + too_many + b"\r\n", None,
-        b"HTTP/1.1 500 Oops\r\nContent-Length: 10\r\n\r\nshort", None,
-        b"HTTP/1.1 502 Bad\r\nContent-Length: 1, 2\r\n\r\n", None,
-        None,
-    ])
+    answers: list[tuple[bytes | None, str]] = [
+        (b"SMTP/1.0 220 hello\r\n\r\n", "BadStatusLine"),
+        (b"HTTP/1.1 200 OK\r\n" + too_many + b"\r\n", "HTTPException: got more than 100 headers"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+         "HTTPException: more than 10 interim (1xx) answers"),
+        (b"HTTP/1.1 500 Oops\r\nContent-Length: 10\r\n\r\nshort", "IncompleteRead"),
+        (b"HTTP/1.1 502 Bad\r\nContent-Length: 1, 2\r\n\r\n", "HTTPException: bad Content-Length"),
+        ("HTTP/1.1 502 Bad\r\nContent-Length: \u00b2\r\n\r\nxx".encode("latin-1"), "HTTPException: bad Content-Length"),
+        (b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", "HTTPException: bad chunk size"),
+        (b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n",
+         "HTTPException: bad chunk size"),
+        (b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n0\r\n\r\n",
+         "HTTPException: chunk not followed by CRLF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"Filler: " + b"x" * 70_000 + b"\r\n\r\n", "LineTooLong"),
+        (None, "RemoteDisconnected"),
+    ]
+    script: list[bytes | None] = []
+    for answer, _ in answers:
+        script += [answer] if answer is None else [answer, None]
+    rx = RawServer(script)
     client = HttpClient()
-    errors = [raw_post(client, rx.url) for _ in range(5)]
+    errors = [raw_post(client, rx.url) for _ in answers]
     assert all(r.outcome == "retry" and r.status_code is None for r in errors)
-    assert [str(r.error).split(":")[0] for r in errors] == [
-        "BadStatusLine", "HTTPException", "IncompleteRead", "HTTPException", "RemoteDisconnected"]
+    for result, (_, expected) in zip(errors, answers):
+        assert str(result.error).startswith(expected), (result.error, expected)
+    assert len(rx.requests) == len(answers) and len({n for n, _ in rx.requests}) == len(answers)
+    rx.close()
+
+
+def test_transfer_encoding_and_length_together_end_the_connection() -> None:
+    rx = RawServer([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                    None, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    client = HttpClient()
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert raw_post(client, rx.url).outcome == "delivered"
+    assert [n for n, _ in rx.requests] == [1, 2]
     rx.close()
 
 

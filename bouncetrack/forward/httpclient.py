@@ -25,7 +25,8 @@ Guarantees (what :meth:`HttpClient.post` keeps):
 * **Redirects are never followed**: a 3xx is an answer like any other (the worker
   retries it and says the receiver needs fixing).
 * **Bounded answers**: a status or header line of at most 65,536 bytes, at most 100
-  header lines (:mod:`http.client`'s limits), at most ``max_body`` bytes of a body. A
+  header lines (:mod:`http.client`'s limits), at most 10 interim (1xx) answers before the
+  final one, at most ``max_body`` bytes of a body. A
   connection whose answer was not read to its end (a longer body, an error while reading
   it, bytes after it) is closed, never reused.
 * **Nothing injected**: the request target is percent-encoded from the URL; a header
@@ -33,7 +34,8 @@ Guarantees (what :meth:`HttpClient.post` keeps):
 * A URL's ``user:password@`` becomes ``Authorization: Basic`` (as httpx did); no
   cookies, no proxy from the environment, no retries here (the outbox retries).
 
-Errors: :class:`InvalidURL` (a :class:`ValueError`) for a URL that cannot be requested;
+Errors: :class:`InvalidURL` (a :class:`ValueError`) for a URL that cannot be requested,
+:class:`ValueError` for a header value refused (or a host name IDNA refuses at connect);
 :class:`OSError` (:class:`TimeoutError`, :class:`ssl.SSLError`, refused, reset...) and
 :class:`http.client.HTTPException` (:class:`~http.client.RemoteDisconnected`,
 :class:`~http.client.BadStatusLine`, :class:`~http.client.LineTooLong`,
@@ -107,6 +109,8 @@ def parse_url(url: str) -> Target:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise InvalidURL(f"host {host!r}: {exc}") from None
+    if not _HOST.fullmatch(host):
+        raise InvalidURL(f"host {host!r} is not a host name or an IP address")
     path = quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
         path += "?" + quote(parts.query, safe=_QUERY_SAFE)
@@ -121,10 +125,16 @@ def parse_url(url: str) -> Target:
     return Target(scheme, host, port or default_port, path, host_header, authorization)
 
 
+# What parse_url lets through as a host: DNS names (after IDNA) and IPv4/IPv6 literals (a
+# zone id after '%'). Anything else (a NUL, a space...) is refused before any socket call.
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+")
 _MAX_LINE = 65536  # http.client's _MAXLINE
 _MAX_HEADERS = 100  # http.client's _MAXHEADERS
 _RECV = 65536
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a field name (RFC 9110 §5.1, §5.6.2)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # RFC 9112 §7.1: 1*HEXDIG (int() would take "-1", "0x1f")
+_LENGTH = re.compile(r"[0-9]{1,18}")  # RFC 9110 §8.6: 1*DIGIT (str.isdigit() would take "²")
+_MAX_INTERIM = 10  # 1xx answers skipped before the final one; an endless stream of them is an error
 _NO_BODY = frozenset({204, 304})  # and 1xx (RFC 9112 §6.3)
 
 
@@ -184,7 +194,7 @@ class _Connection:
 
 def _head(conn: _Connection) -> tuple[int, bool, dict[str, str]]:
     """Status, HTTP/1.1 or later, and headers of the final answer (1xx skipped)."""
-    while True:
+    for _ in range(_MAX_INTERIM + 1):
         try:
             first = conn.line()
         except http.client.IncompleteRead as exc:
@@ -215,6 +225,7 @@ def _head(conn: _Connection) -> tuple[int, bool, dict[str, str]]:
         if 100 <= status < 200 and status != 101:
             continue  # an interim answer (100 Continue, 103 Early Hints): the final one follows
         return status, version[5:] not in (b"1.0", b"0.9"), headers
+    raise http.client.HTTPException(f"more than {_MAX_INTERIM} interim (1xx) answers")
 
 
 def _body(conn: _Connection, status: int, headers: dict[str, str], max_body: int) -> tuple[bytes, bool]:
@@ -229,10 +240,9 @@ def _body(conn: _Connection, status: int, headers: dict[str, str], max_body: int
         data = b""
         while True:
             size_line = conn.line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise http.client.HTTPException(f"bad chunk size {size_line[:20]!r}") from None
+            if not _CHUNK_SIZE.fullmatch(size_line):
+                raise http.client.HTTPException(f"bad chunk size {size_line[:20]!r}")
+            size = int(size_line, 16)
             if size == 0:
                 break
             if len(data) + size > max_body:
@@ -248,7 +258,7 @@ def _body(conn: _Connection, status: int, headers: dict[str, str], max_body: int
     if length_text is None:
         return conn.take(max_body), False  # delimited by the end of the connection
     values = {v.strip() for v in length_text.split(",")}
-    if len(values) != 1 or not next(iter(values)).isdigit():
+    if len(values) != 1 or not _LENGTH.fullmatch(next(iter(values))):
         raise http.client.HTTPException(f"bad Content-Length {length_text[:40]!r}")
     length = int(next(iter(values)))
     if length > max_body:
@@ -339,7 +349,8 @@ class HttpClient:
                     raise
                 data, complete = b"", False
             reuse = (complete and persistent and not conn.buf
-                     and "close" not in answer.get("connection", "").lower())
+                     and "close" not in answer.get("connection", "").lower()
+                     and not ("transfer-encoding" in answer and "content-length" in answer))  # RFC 9112 §6.3
             return Response(status, answer, data)
         finally:
             if reuse:

@@ -236,6 +236,8 @@ def deliver(client: HttpClient, request: WebhookRequest, timeout: float, now: fl
         return DeliveryResult(RETRY, None, f"invalid webhook URL: {exc}")
     except (OSError, http.client.HTTPException) as exc:
         return DeliveryResult(RETRY, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_BODY])
+    except ValueError as exc:  # a header value with CR/LF, a host name IDNA refuses at connect
+        return DeliveryResult(RETRY, None, f"invalid webhook request: {exc}"[:_MAX_ERROR_BODY])
     return classify_response(response.status, response.headers, now, response.body)
 
 
