@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import ROOT, write_result  # noqa: E402
 
-BEFORE = "aba94bc"  # main before issue 21's worker changes (httpx, a store read per job)
+BEFORE = "aba94bc"  # main before issue 21's worker changes: the last worker with httpx
 
 RECEIVER = textwrap.dedent(
     """\
