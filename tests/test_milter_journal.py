@@ -75,6 +75,17 @@ def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
     assert used == 25 + len(b)  # the partial tail stays for later
 
 
+@pytest.mark.parametrize("bad", [b'{"i":1', b'{"i":1}', b"[]", b'"text"', b"1,2", b'{"i":5,"t":"x"},{"i":6}'])
+def test_decode_all_reads_a_batch_at_once_and_skips_only_the_unreadable_ones(bad: bytes) -> None:
+    # The writer parses a batch as one JSON array (issue 20); a record that is not one
+    # whole JSON object of the right shape (here in the middle) loses only itself.
+    good = [journal.encode(message(i, f"t{i}"))[1:-1] for i in range(4)]
+    assert journal.decode_all(good) == ([message(i, f"t{i}") for i in range(4)], [])
+    records, errors = journal.decode_all([*good[:2], bad, *good[2:]])
+    assert [r.token for r in records] == ["t0", "t1", "t2", "t3"] and len(errors) == 1
+    assert journal.decode_all([]) == ([], [])
+
+
 def test_writer_moves_each_record_once_and_deletes_sealed_segments(config: Config) -> None:
     appender = JournalAppender(config.milter_journal)
     for i in range(5):

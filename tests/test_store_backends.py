@@ -168,6 +168,19 @@ def test_record_messages_is_one_batch_and_skips_known_token_ids(store: Any) -> N
     assert [m.token_id for m in (store.message_by_token_id(t) for t in range(20, 24)) if m] == [20, 21, 22, 23]
 
 
+def test_record_messages_of_a_large_batch_keeps_stored_records_and_every_recipient(store: Any) -> None:
+    # More messages than one statement takes (SQLite: 90 per INSERT), one of them
+    # already stored (kept as it was, no recipient added to it).
+    assert store.record_messages([make_message(1000, n_rcpts=1)]) == 1
+    batch = [make_message(1000 + i, n_rcpts=1 + i % 3, created_at=float(i)) for i in range(250)]
+    assert store.record_messages(batch) == 249
+    for i in range(250):
+        got = store.message_by_token_id(1000 + i)
+        want = 1 if i == 0 else 1 + i % 3
+        assert got is not None and [r.address for r in got.recipients] == [f"r{k}@example.net" for k in range(want)]
+        assert got.created_at == (123.5 if i == 0 else float(i))
+
+
 # ------------------------------------------------------------------- reports
 
 

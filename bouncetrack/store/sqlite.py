@@ -22,7 +22,15 @@ from typing import Any, Iterator, Sequence
 from . import migrations
 
 from .base import MessageRecord, StoreUnavailable
-from .sql import MESSAGE_INSERT, RECIPIENT_INSERT, Dialect, SQLStore, message_params, recipient_params
+from .sql import (
+    MESSAGE_INSERT,
+    MESSAGE_INSERT_COLUMNS,
+    RECIPIENT_INSERT,
+    Dialect,
+    SQLStore,
+    message_params,
+    recipient_params,
+)
 
 # Primary SQLite result codes that mean "the store cannot be used right now"
 # (https://www.sqlite.org/rescode.html). Everything else (constraint
@@ -173,6 +181,25 @@ class SQLiteDialect(Dialect):
         conn.executemany(RECIPIENT_INSERT, recipient_params(message_pk, message))
         return message_pk
 
+    def record_messages(self, conn: sqlite3.Connection, messages: Sequence[MessageRecord]) -> int:
+        """The journal writer's batch in a few statements, not two per message (issue 20:
+        the writer's CPU per message): one multi-row INSERT per :data:`_MESSAGE_ROWS`
+        messages that skips a ``token_id`` already stored (a replay after a crash, or
+        twice in the batch: the first one wins) and returns the new rows' ids, then one
+        ``executemany`` of the new messages' recipients. Returns how many were new."""
+        added = 0
+        for first in range(0, len(messages), _MESSAGE_ROWS):
+            chunk = messages[first : first + _MESSAGE_ROWS]
+            new = dict(conn.execute(_messages_insert(len(chunk)), [v for m in chunk for v in message_params(m)]))
+            recipients: list[tuple[Any, ...]] = []
+            for m in chunk:
+                message_pk = new.pop(m.token_id, None)  # popped: a repeated token_id adds no recipients
+                if message_pk is not None:
+                    added += 1
+                    recipients += recipient_params(message_pk, m)
+            conn.executemany(RECIPIENT_INSERT, recipients)
+        return added
+
     def export_cursor(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], batch: int) -> Any:
         conn.execute("PRAGMA query_only = ON")
         return conn.execute(sql, params)  # one statement: one read snapshot (WAL)
@@ -189,6 +216,18 @@ class SQLiteDialect(Dialect):
         finally:
             with store._lock:
                 cur.close()
+
+
+# Messages per INSERT of record_messages: 10 values each, within the 999 bound variables
+# of SQLite before 3.32 (SQLITE_MAX_VARIABLE_NUMBER).
+_MESSAGE_ROWS = 90
+_MESSAGE_VALUES = "(" + ", ".join("?" for _ in MESSAGE_INSERT_COLUMNS.split(", ")) + ")"
+
+
+def _messages_insert(rows: int) -> str:
+    """MESSAGE_INSERT for ``rows`` messages, skipping stored token_ids, returning (token_id, id) of the new ones."""
+    return (MESSAGE_INSERT + f", {_MESSAGE_VALUES}" * (rows - 1)
+            + " ON CONFLICT (token_id) DO NOTHING RETURNING token_id, id")
 
 
 SQLITE = SQLiteDialect()
