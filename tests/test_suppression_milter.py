@@ -20,7 +20,7 @@ from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
 from bouncetrack.suppression import key_hash, normalize_address, verdict
-from bouncetrack.suppression.index import SuppressionIndex, SuppressionRefresher, _compact, enforced
+from bouncetrack.suppression.index import BUCKET_BITS, SuppressionIndex, SuppressionRefresher, _compact, _starts, enforced
 from bouncetrack.core.tokens import load_keyring
 from tests.test_milter_policy import make_config
 from tests.test_milter_testctx import RecordingCtx
@@ -193,8 +193,24 @@ def test_index_compaction_keeps_membership() -> None:
     overlay.update({k: False for k in keys[:100]})
     merged = _compact(array("Q", base), overlay)
     assert list(merged) == sorted(keys[100:])
-    index._view = (merged, {})
+    index.publish(merged, {})
     assert index.contains("d.test", "u500@x.test") and not index.contains("d.test", "u50@x.test")
+    assert all(index.contains("d.test", f"u{i}@x.test") == (i >= 100) for i in range(1000))
+
+
+def test_bucket_starts_bound_every_key_of_its_bucket() -> None:
+    # contains() bisects only the keys of the key's top-bits bucket (issue 20): each
+    # key, the bucket edges and the ends of the 64-bit range included, is inside it.
+    from array import array
+
+    shift = 64 - BUCKET_BITS
+    edges = [0, 1, (1 << shift) - 1, 1 << shift, (1 << shift) + 1, (7 << shift), 2**63, 2**64 - 2, 2**64 - 1]
+    base = array("Q", sorted(set(edges + [key_hash("d.test", f"u{i}@x.test") for i in range(3000)])))
+    starts = _starts(base)
+    assert len(starts) == (1 << BUCKET_BITS) + 1 and starts[0] == 0 and starts[-1] == len(base)
+    for i, key in enumerate(base):
+        assert starts[key >> shift] <= i < starts[(key >> shift) + 1]
+    assert list(_starts(array("Q"))) == [0] * ((1 << BUCKET_BITS) + 1)
 
 
 def test_verdict_and_normalisation() -> None:

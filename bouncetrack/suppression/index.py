@@ -10,13 +10,17 @@ Structure, chosen for a million entries:
 - ``base``: a sorted ``array('Q')`` of 64-bit keys (:func:`bouncetrack.suppression.key_hash`
   of (sender domain, address)), searched with :func:`bisect.bisect_left`: 8 bytes
   per entry (8 MB per million), where a Python ``set`` of ints costs ~60 MB.
+- ``starts``: where each value of a key's top :data:`BUCKET_BITS` bits begins in
+  ``base`` (65,537 offsets, 512 KB whatever the size): a lookup bisects only its
+  bucket, ~15 keys of a million instead of all of them (4 probes instead of 20, each
+  a cache miss on a busy host; 0.9 -> 0.5 us per recipient here, issue 20).
 - ``overlay``: a small ``dict`` key → listed (True) / not listed (False) holding
   the changes since ``base`` was built; it wins over ``base``. When it grows past
   a quarter of ``base`` (at least :data:`COMPACT_MIN`) the two are merged into a
   new ``base`` (a streamed merge: no list of a million ints on the way; the full
   load sorts per top-byte bucket for the same reason).
 
-Both are replaced, never mutated, once published: a lookup reads one attribute
+All three are replaced, never mutated, once published: a lookup reads one attribute
 (a tuple), so it needs no lock and never sees half an update.
 
 Following the store (:class:`SuppressionRefresher`, one daemon thread):
@@ -55,6 +59,19 @@ REFRESH_SECONDS = 2.0
 COMPACT_MIN = 50_000
 CHANGES_BATCH = 10_000
 LOAD_BATCH = 10_000
+BUCKET_BITS = 16
+
+
+def _starts(base: array[int]) -> array[int]:
+    """``starts[b]``: the index in ``base`` of its first key whose top :data:`BUCKET_BITS`
+    bits are ``b`` or more (``starts[2**BUCKET_BITS] == len(base)``)."""
+    shift = 64 - BUCKET_BITS
+    return array("Q", [bisect_left(base, b << shift) for b in range(1 << BUCKET_BITS)] + [len(base)])
+
+
+_EMPTY = array("Q")
+_EMPTY_STARTS = _starts(_EMPTY)
+_SHIFT = 64 - BUCKET_BITS
 
 
 def enforced(config: Config) -> bool:
@@ -68,7 +85,7 @@ class SuppressionIndex:
     """Membership of (domain, address) in the suppression lists; see the module doc."""
 
     def __init__(self) -> None:
-        self._view: tuple[array[int], dict[int, bool]] = (array("Q"), {})
+        self._view: tuple[array[int], array[int], dict[int, bool]] = (_EMPTY, _EMPTY_STARTS, {})
         self.seq = 0  # newest change applied
         self.checked_until = 0.0  # expiries up to this time are applied
         self.loaded = False
@@ -77,30 +94,35 @@ class SuppressionIndex:
 
     def contains(self, domain: str, address: str) -> bool:
         """Is ``address`` on ``domain``'s list? Both normalized (lower-case)."""
-        base, overlay = self._view
+        base, starts, overlay = self._view
         key = key_hash(domain, address)
         listed = overlay.get(key)
         if listed is not None:
             return listed
-        i = bisect_left(base, key)
+        bucket = key >> _SHIFT
+        i = bisect_left(base, key, starts[bucket], starts[bucket + 1])
         return i < len(base) and base[i] == key
 
     def __len__(self) -> int:
         """Entries listed (approximate: overlay additions of keys already in base count twice)."""
-        base, overlay = self._view
+        base, _, overlay = self._view
         return len(base) + sum(1 if v else -1 for v in overlay.values())
 
     def memory_bytes(self) -> int:
-        """Bytes held by the structure (array buffer + overlay dict and its ints, roughly)."""
+        """Bytes held by the structure (the arrays' buffers + overlay dict and its ints, roughly)."""
         import sys
 
-        base, overlay = self._view
-        return base.itemsize * len(base) + sys.getsizeof(overlay) + 36 * len(overlay)
+        base, starts, overlay = self._view
+        return base.itemsize * len(base) + starts.itemsize * len(starts) + sys.getsizeof(overlay) + 36 * len(overlay)
 
     # --- the refresher's side (one thread) --------------------------------------------
 
+    def publish(self, base: array[int], overlay: dict[int, bool]) -> None:
+        """Make ``base`` (sorted keys) and ``overlay`` the index, in one assignment."""
+        self._view = (base, _starts(base) if base is not self._view[0] else self._view[1], overlay)
+
     def clear(self) -> None:
-        self._view = (array("Q"), {})
+        self._view = (_EMPTY, _EMPTY_STARTS, {})
         self.seq = 0
         self.checked_until = 0.0
         self.loaded = False
@@ -121,7 +143,7 @@ class SuppressionIndex:
         for i, bucket in enumerate(buckets):
             base.extend(sorted(bucket))
             buckets[i] = array("Q")  # free it as we go
-        self._view = (base, {})
+        self.publish(base, {})
         self.seq = seq
         self.checked_until = now
         self.loaded = True
@@ -143,12 +165,12 @@ class SuppressionIndex:
         self.seq = seq
         self.checked_until = now
         if updates:
-            base, overlay = self._view
+            base, _, overlay = self._view
             merged = {**overlay, **updates}
             if len(merged) > max(COMPACT_MIN, len(base) // 4):
-                self._view = (_compact(base, merged), {})
+                self.publish(_compact(base, merged), {})
             else:
-                self._view = (base, merged)
+                self.publish(base, merged)
         return len(updates)
 
 
