@@ -19,7 +19,7 @@ from bouncetrack.core.config import Config, DomainPolicy, SuppressionPolicy
 from bouncetrack.milter.app import Runtime, Shared, make_factory
 from bouncetrack.store import open_store
 from bouncetrack.store.views import Suppression
-from bouncetrack.suppression import key_hash, normalize_address, verdict
+from bouncetrack.suppression import key_hash, lookup_form, normalize_address, verdict
 from bouncetrack.suppression.index import BUCKET_BITS, SuppressionIndex, SuppressionRefresher, _compact, _starts, enforced
 from bouncetrack.core.tokens import load_keyring
 from tests.test_milter_policy import make_config
@@ -226,3 +226,14 @@ def test_verdict_and_normalisation() -> None:
     assert verdict(config, "untracked.test", "<a.b@remote.test>", contains) == "drop"
     assert verdict(config, "other.test", "<a.b@remote.test>", contains) is None
     assert verdict(config, None, "<a.b@remote.test>", contains) is None
+    # The milter looks recipients up by lookup_form (no validation, issue 20): the same
+    # form as normalize_address for every well-formed address; a malformed one is never
+    # on a list, so it is not found either.
+    for raw in ("<A.B@Remote.Test.>", "a@b.test", " <x+tag@Sub.Example.ORG> ", "<@relay.test:u@d.test>",
+                '<"Q u"@d.test>', "<üser@Bücher.Example>", "<a@b@c.test>"):
+        assert lookup_form(raw) == normalize_address(raw), raw
+    assert lookup_form("<>") is None and lookup_form("nobody") is None
+    for malformed in ("<bad@bad_domain!>", "<a.b\x01@remote.test>", "<@remote.test>", "<>", "no-at-sign"):
+        assert normalize_address(malformed) is None
+        assert verdict(config, "tracked.test", malformed, contains) is None
+    assert verdict(config, "tracked.test", "<x@remote.test>", contains) is None

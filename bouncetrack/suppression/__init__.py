@@ -40,7 +40,7 @@ import hashlib
 from typing import Callable, Sequence
 
 from ..core.config import SUPPRESSION_DROP, SUPPRESSION_OFF, SUPPRESSION_REJECT, Config
-from ..core.esmtp import parse_address
+from ..core.esmtp import parse_address, strip_path
 from ..store.base import (
     REASON_COMPLAINT,
     REASON_HARD_BOUNCE,
@@ -59,10 +59,20 @@ DAY = 86400.0
 
 def normalize_address(raw: str) -> str | None:
     """``<Jane.Doe@Example.COM.>`` → ``jane.doe@example.com``; None when malformed or empty."""
-    address = parse_address(raw)
-    if address is None:
+    if parse_address(raw) is None:
         return None
-    return f"{address.local.lower()}@{address.domain}"
+    return lookup_form(raw)
+
+
+def lookup_form(raw: str) -> str | None:
+    """What :func:`normalize_address` gives for a well-formed address, without checking
+    that it is one; None without an ``@``. For a membership test only (the milter, at
+    every RCPT, issue 20): a malformed address gets a form no entry has, as entries are
+    written well-formed, so it is not found, as it was not when refused here."""
+    local, at, domain = strip_path(raw).rpartition("@")
+    if not at:
+        return None
+    return f"{local.lower()}@{domain.rstrip('.').lower()}"
 
 
 def normalize_domain(raw: str) -> str:
@@ -186,7 +196,7 @@ def verdict(
     policy = config.policy_for(sender_domain).suppression.policy
     if policy == OFF:
         return None
-    address = normalize_address(recipient)
+    address = lookup_form(recipient)
     if address is None or not listed(sender_domain, address):
         return None
     return policy
