@@ -506,3 +506,100 @@ def test_refusals_reach_metrics(config: Config, server: Server, monkeypatch: pyt
     samples = parse(scrape_text(config, monkeypatch))
     assert value(samples, "bouncetrack_lmtp_refused_total", reason=PROTOCOL) == 1
     assert value(samples, "bouncetrack_lmtp_refused_total", reason=TOO_BIG) == 0  # present at 0
+
+
+def _data_reference(stream: bytes, limit: int) -> tuple[bytes | None, bytes]:
+    """DATA as RFC 5321 §4.5.2 reads it, one line at a time (the reading before issue 21's
+    bulk handling; a line without its LF is cut into pieces of DATA_PIECE octets): (the
+    message with CRLF as LF, None past ``limit``; what follows the lone dot)."""
+    from bouncetrack.bounce_pipe.lmtp import DATA_PIECE
+
+    at, line_start = 0, True
+    parts: list[bytes] = []
+    while True:
+        lf = stream.find(b"\n", at, at + DATA_PIECE)
+        end = lf + 1 if lf >= 0 else at + DATA_PIECE
+        piece, at = stream[at:end], end
+        if line_start:
+            if piece in (b".\r\n", b".\n"):
+                data = b"".join(parts)
+                return (data if len(data) <= limit else None), stream[at:]
+            if piece.startswith(b"."):
+                piece = piece[1:]
+        line_start = piece.endswith(b"\n")
+        parts.append(piece[:-2] + b"\n" if piece.endswith(b"\r\n") else piece)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_data_is_read_as_line_by_line_unstuffing_reads_it(seed: int) -> None:
+    # read_data handles the complete lines in hand at once (issue 21: CPU per bounce); the
+    # message must be exactly what a line-by-line reading gives: dots, CRLF and LF, a lone
+    # dot inside a line, lines longer than a read, the size limit, what follows the dot.
+    import random
+    import threading
+
+    from bouncetrack.bounce_pipe.lmtp import DATA_PIECE, Session
+    from bouncetrack.core.config import LmtpConfig
+
+    rng = random.Random(seed)
+    words = [b".", b"..", b"...x", b"x.", b" .", b"\r", b"a\r", b"", b"text", b"-- ", b".\r", b"x" * 70,
+             b"y" * (DATA_PIECE - 1), b"z" * DATA_PIECE, b"w" * (DATA_PIECE + 5)]
+    for limit in (1 << 20, 300_000, 2_000):
+        lines = [b"".join(rng.choice(words) for _ in range(rng.randint(0, 3))) for _ in range(rng.randint(0, 60))]
+        body = b"".join(line + rng.choice((b"\r\n", b"\n")) for line in lines)
+        stream = body + rng.choice((b".\r\n", b".\n")) + b"NOOP\r\n"
+        want, rest = _data_reference(stream, limit)
+        a, b = socket.socketpair()
+        try:
+            def send(b: socket.socket = b, stream: bytes = stream) -> None:
+                b.sendall(stream)
+                b.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            session = Session(a, LmtpConfig(max_message_bytes=limit), lambda *args: (0, ""))
+            got = session.read_data()
+            assert got == want, (seed, limit)
+            left = bytes(session.buf)
+            while chunk := a.recv(1 << 20):
+                left += chunk
+            assert left == rest  # what follows the dot stays for the session
+            sender.join(30)
+        finally:
+            a.close()
+            b.close()
+
+
+def test_pipelined_commands_get_every_reply_in_order() -> None:
+    # The replies to pipelined commands are sent together before the session waits for
+    # more (RFC 2920 §3.2); each recipient's final reply leaves as soon as it is stored.
+    import threading
+
+    from bouncetrack.bounce_pipe.lmtp import Session
+    from bouncetrack.core.config import LmtpConfig
+
+    delivered: list[str] = []
+
+    def deliver(recipient: str, sender: str, client: str | None, raw: bytes, started: float) -> tuple[int, str]:
+        delivered.append(recipient)
+        return (0 if recipient.startswith("ok") else 75), ""
+
+    a, b = socket.socketpair()
+    b.settimeout(30)
+    session = Session(a, LmtpConfig(), deliver)
+    runner = threading.Thread(target=session.run)
+    runner.start()
+    try:
+        reader = b.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        b.sendall(b"LHLO x\r\nXFORWARD ADDR=192.0.2.1\r\nMAIL FROM:<>\r\nRCPT TO:<ok@bounce.test>\r\n"
+                  b"RCPT TO:<later@bounce.test>\r\nDATA\r\n")
+        got = [reader.readline() for _ in range(6 + 5)]
+        assert [line[:4] for line in got] == [b"250-"] * 5 + [b"250 ", b"250 ", b"250 ", b"250 ", b"250 ", b"354 "]
+        b.sendall(b"Subject: x\r\n..dot\r\n.\r\nRSET\r\nQUIT\r\n")
+        assert [reader.readline()[:3] for _ in range(4)] == [b"250", b"451", b"250", b"221"]
+        assert delivered == ["ok@bounce.test", "later@bounce.test"]
+    finally:
+        runner.join(30)
+        a.close()
+        b.close()

@@ -58,6 +58,7 @@ import io
 import logging
 import os
 import random
+import re
 import resource
 import select
 import signal
@@ -152,10 +153,13 @@ def xforward(arg: str, into: Transaction) -> None:
             into.ident = value[:64]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def path_arg(arg: str, keyword: str) -> tuple[str, dict[str, str | None]] | None:
     """``FROM:<a> PARAMS`` → (a, params); None when malformed (a control character in it
     included: the sender goes into the ``Return-Path:`` line the pipe reads)."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in arg):
+    if _CONTROL.search(arg):
         return None
     head, sep, rest = arg.partition(":")
     if not sep or head.strip().upper() != keyword:
@@ -165,6 +169,18 @@ def path_arg(arg: str, keyword: str) -> tuple[str, dict[str, str | None]] | None
         return None
     end = rest.index(">")
     return strip_path(rest[: end + 1]), parse_params([rest[end + 1 :]])
+
+
+def _lone_dot(block: bytes, line_start: bool) -> tuple[int, int] | None:
+    """Where the lone dot line ends DATA in ``block`` (complete lines): (its start, its end),
+    or None. ``line_start``: the block begins a line."""
+    if line_start and (block.startswith(b".\r\n") or block.startswith(b".\n")):
+        return 0, 3 if block[1:2] == b"\r" else 2
+    found = [at for at in (block.find(b"\n.\r\n"), block.find(b"\n.\n")) if at >= 0]
+    if not found:
+        return None
+    at = min(found)
+    return at + 1, at + (4 if block[at + 2 : at + 3] == b"\r" else 3)
 
 
 class Session:
@@ -185,15 +201,26 @@ class Session:
         self.stopping = stopping
         self.hostname = hostname
         self.buf = bytearray()
+        self.out = bytearray()  # replies not sent yet (flushed before a read waits)
         self.waiting = False  # in recv for the first byte of a command (SIGTERM may interrupt)
         self.in_command = False  # reading a command line (not DATA)
         self.messages = 0
 
     # --- I/O -------------------------------------------------------------------------
     def say(self, r: Reply, text: str | None = None) -> None:
-        self.sock.sendall(reply_line(r, text))
+        """Queue a reply: it goes out with the others at :meth:`flush`, before the next read
+        that waits for the client (RFC 2920 §3.2: a server may buffer the replies to pipelined
+        commands, never past the point where it waits for more): lmtp(8) pipelines XFORWARD,
+        MAIL, RCPT and DATA, whose four replies then leave in one write."""
+        self.out += reply_line(r, text)
+
+    def flush(self) -> None:
+        if self.out:
+            out, self.out = bytes(self.out), bytearray()
+            self.sock.sendall(out)
 
     def _fill(self, deadline: float) -> None:
+        self.flush()  # nothing more to read without waiting: the client gets our replies first
         self.waiting = self.in_command and not self.buf
         try:
             if self.waiting and self.idle and self.listener is not None:
@@ -247,30 +274,64 @@ class Session:
 
     def read_data(self) -> bytes | None:
         """The message up to the lone dot (RFC 5321 §4.5.2 dot-unstuffing), CRLF as LF;
-        None when it grew past ``max_message_bytes`` (the rest read and dropped)."""
+        None when it grew past ``max_message_bytes`` (the rest read and dropped).
+
+        The complete lines in hand are handled together (the lone dot looked for, the dots
+        and CRs taken out by two passes of ``bytes.replace``); a line without its LF after
+        :data:`DATA_PIECE` octets is taken as it is (not a line start after it), so at most
+        about two pieces are held beside what is kept."""
         deadline = time.monotonic() + self.settings.data_timeout_seconds
         limit = self.settings.max_message_bytes
         parts: list[bytes] = []
         size = 0
         line_start = True
         while True:
-            piece = self._piece(DATA_PIECE, deadline)
-            if line_start:
-                if piece in (b".\r\n", b".\n"):
-                    return b"".join(parts) if size <= limit else None
-                if piece.startswith(b"."):
-                    piece = piece[1:]
-            line_start = piece.endswith(b"\n")
-            if piece.endswith(b"\r\n"):
-                piece = piece[:-2] + b"\n"
-            size += len(piece)
+            last_lf = self.buf.rfind(b"\n")
+            if last_lf < 0:
+                if len(self.buf) < DATA_PIECE:
+                    self._fill(deadline)
+                    continue
+                block = bytes(self.buf[:DATA_PIECE])  # a line longer than a piece
+                del self.buf[:DATA_PIECE]
+                if line_start and block.startswith(b"."):
+                    block = block[1:]
+                line_start = False
+            else:
+                block = bytes(self.buf[: last_lf + 1])
+                end = _lone_dot(block, line_start)
+                if end is not None:
+                    del self.buf[: end[1]]
+                    block = block[: end[0]]
+                else:
+                    del self.buf[: last_lf + 1]
+                if block:
+                    if line_start and block.startswith(b"."):
+                        block = block[1:]
+                    block = block.replace(b"\n.", b"\n").replace(b"\r\n", b"\n")
+                line_start = True
+                if end is not None:
+                    size += len(block)
+                    if size > limit:
+                        return None
+                    parts.append(block)
+                    return b"".join(parts)
+            size += len(block)
             if size <= limit:
-                parts.append(piece)
+                parts.append(block)
             elif parts:
                 parts = []  # past the limit: keep nothing, drain to the dot
 
     # --- the session ------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            try:
+                self.flush()  # the last replies (221, 421, …)
+            except OSError:
+                pass
+
+    def _run(self) -> int:
         t = Transaction()
         greeted = False
         errors = 0
@@ -302,7 +363,7 @@ class Session:
                         self.say(replies.LMTP_SYNTAX)
                         continue
                     t, greeted = Transaction(), True
-                    self.sock.sendall(
+                    self.out += (
                         f"250-{self.hostname}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n"
                         f"250-SIZE {self.settings.max_message_bytes}\r\n"  # RFC 1870 §4
                         "250 XFORWARD NAME ADDR PROTO HELO IDENT SOURCE\r\n".encode())
@@ -383,6 +444,7 @@ class Session:
     def _last(self, r: Reply) -> None:
         try:
             self.say(r)
+            self.flush()
         except OSError:
             pass
 
@@ -398,6 +460,7 @@ class Session:
             note_fallback(TOO_BIG, REFUSED_LOG)
             for _ in t.recipients:
                 self.say(replies.LMTP_TOO_BIG)
+            self.flush()
             return
         sender = t.sender or NULL_SENDER
         # pipe(8)'s flag R writes this line (MAILER-DAEMON for the null sender): the same bytes,
@@ -418,6 +481,7 @@ class Session:
                     "unknown" if t.client_address is None else t.client_address or "local",
                     f", queue id {t.ident}" if t.ident else "", code, (time.time() - started) * 1000, lines)
             self.say(replies.LMTP_STORED if code == 0 else replies.LMTP_TEMPFAIL)
+            self.flush()  # each recipient's reply as soon as its bounce is stored
 
 
 def pipe_deliver(config_path: str, runtime: "tuple[Config, KeyRing] | None") -> Deliver:
@@ -453,6 +517,7 @@ class Worker:
         self.deliver = deliver
         self.stop_requested = False
         self.session: Session | None = None
+        self._rss_at: tuple[int, float] = (-1, 0.0)  # (messages served, peak RSS then)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -504,8 +569,10 @@ class Worker:
         """Why this worker should be replaced now, or None."""
         if served >= self.settings.messages_per_worker:
             return "pipe.lmtp.messages_per_worker"
-        if peak_rss_mb() > self.settings.worker_max_rss_mb:
-            return f"peak RSS {peak_rss_mb():.0f} MB > pipe.lmtp.worker_max_rss_mb"
+        if self._rss_at[0] != served:  # asked before every command: the RSS looked at once per message
+            self._rss_at = served, peak_rss_mb()
+        if self._rss_at[1] > self.settings.worker_max_rss_mb:
+            return f"peak RSS {self._rss_at[1]:.0f} MB > pipe.lmtp.worker_max_rss_mb"
         return None
 
 
