@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 
+from . import boundary
 from .lazy import lazy_re
 from email.message import Message
 from email.parser import BytesParser
+
+boundary.install()  # no regular expression compiled per multipart (issue 21: CPU per bounce)
 
 # How much of each text part detectors may scan; bounces put the failure near the top.
 TEXT_CAP = 96 * 1024
