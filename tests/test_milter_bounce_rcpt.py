@@ -48,7 +48,10 @@ def test_invalid_bounce_domain_recipients_refused(address: str) -> None:
 
 
 @pytest.mark.parametrize("address", ["<fbl@bounce.test>", "<ABUSE@bounce.test>", "<postmaster@Bounce.Test>",
-                                     "<anyone@remote.test>", "<b+forged@remote.test>", "<>"])
+                                     "<anyone@remote.test>", "<b+forged@remote.test>", "<>",
+                                     # the bounce domain's name elsewhere in the address: not at it
+                                     "<b+forged@sub.bounce.test>", "<b+x@bounce.test.example>",
+                                     "<bounce.test@remote.test>"])
 def test_feedback_postmaster_and_other_domains_accepted(address: str) -> None:
     assert accept_bounce_rcpt(CONFIG, KeyRing(KEY), address, time.time())
 

@@ -145,6 +145,7 @@ class Shared:
 # The header fields the milter reads (TrackingMilter.header); every other field is
 # passed over without decoding it.
 HEADERS_READ = frozenset(("return-path", "message-id"))
+_READ_LENGTHS = frozenset(len(name) for name in HEADERS_READ)  # a field of another length is passed over as is
 
 
 class TrackingMilter(Milter.Base):  # type: ignore[misc]
@@ -263,7 +264,7 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         return REJECT
 
     def header_bytes(self, name: str, value: bytes) -> int:
-        if name.lower() in HEADERS_READ:
+        if len(name) in _READ_LENGTHS and name.lower() in HEADERS_READ:
             self.header(name, value.decode("utf-8", "surrogateescape"))
         return self._header_rc
 
@@ -305,11 +306,9 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             self.shared.count("discarded-suppressed")
             return DISCARD
         rule = self._sender_rule()
-        envelope = policy.Envelope(
-            sender=self.sender if self.sender is not None else "<>",
-            sender_params=self.sender_params,
-            recipients=tuple(self.recipients),
-            return_paths=tuple(self.return_paths),
+        envelope = policy.Envelope(  # (sender, sender_params, recipients, return_paths)
+            self.sender if self.sender is not None else "<>", self.sender_params, tuple(self.recipients),
+            tuple(self.return_paths),
         )
         token = None
         token_id = 0

@@ -30,6 +30,9 @@ ALWAYS_ACCEPTED = ("postmaster",)
 
 def bounce_domain_rcpt(config: Config, address: str) -> str | None:
     """The lower-cased local part when ``address`` is at the bounce domain, else None."""
+    bounce = config.bounce_domain
+    if bounce.isascii() and bounce not in address.lower():
+        return None  # the common recipient, told at once (issue 20: every RCPT asks)
     local, at, domain = strip_path(address).rpartition("@")
     if not at or domain.rstrip(".").lower() != config.bounce_domain.lower():
         return None
