@@ -662,10 +662,12 @@ def climb(mode: Mode, rates: list[float], step_s: float, lifetime: int, delay_fo
                       f"; queue ok {ok_now}", flush=True)
                 # A quick look (the verdict comes after the final drain): past the knee when the
                 # queue grew or the backlog took long to drain; the climb stops at the second such
-                # step (one may be noise at the margin: the knee is the highest step within).
-                fails += not (ok_now and step.drained_at and step.drained_at - step.t_end < 2 * KNEE_P99_S)
+                # step in a row (one may be noise at the margin, the more so with fine steps: the
+                # knee is the highest step within).
+                past = not (ok_now and step.drained_at and step.drained_at - step.t_end < 2 * KNEE_P99_S)
+                fails = fails + 1 if past else 0
                 if fails >= 2 and not all_steps and i + 1 < len(rates):
-                    print(f"  two steps past the knee: rates {rates[i + 1:]} not run", flush=True)
+                    print(f"  two steps in a row past the knee: rates {rates[i + 1:]} not run", flush=True)
                     break
 
             # Drain everything (soft bounces included), then reconcile.
