@@ -89,6 +89,8 @@ QUIET = (
     ("milter_overhead_quiet_pg", "PostgreSQL, held", 0.85),
     ("milter_overhead_quiet_held_again", "SQLite, held, a second run", 0.95),
     ("milter_overhead_quiet_suppressed_1m_again", "SQLite, held, 1,000,000 suppressed, a second run", 0.95),
+    ("milter_overhead_quiet_deliver_again", "SQLite, delivering, a second run", 0.95),
+    ("milter_overhead_quiet_pg_again", "PostgreSQL, held, a second run", 0.85),
 )
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m",
          *(q[0] for q in QUIET), "suppression_lookup",
