@@ -535,11 +535,12 @@ def milter_vs_reference_rows(label: str, d: dict[str, Any], rate_target: float) 
     writer = mine.get("journal_writer", 0.0)
     rate_ratio, cpu_ratio = ratios["rate"], ratios["cpu"]
     pairwise_rate = (f" (per round: {ratios['rate_pairwise']:.2f})" if "rate_pairwise" in ratios else "")
-    pairwise_cpu = (f" (per round: {ratios['cpu_pairwise']:.2f}; with the writer "
-                    f"{ratios['cpu_with_writer_pairwise']:.2f})" if "cpu_pairwise" in ratios else "")
+    cpu_ways = [f"per round: {ratios['cpu_pairwise']:.2f}; with the writer {ratios['cpu_with_writer_pairwise']:.2f}"
+                ] if "cpu_pairwise" in ratios else []
     if "cpu_mean" in ratios:
-        pairwise_cpu += (f" (means over the rounds: {ratios['cpu_mean']:.2f}; with the writer "
-                         f"{ratios['cpu_with_writer_mean']:.2f})")
+        cpu_ways.append(f"means over the rounds: {ratios['cpu_mean']:.2f}; with the writer "
+                        f"{ratios['cpu_with_writer_mean']:.2f}")
+    pairwise_cpu = f" ({'; '.join(cpu_ways)})" if cpu_ways else ""
     return [
         f"| {label}: rate vs the {ISSUE20_REFERENCE} pymilter | {milt:.0f} msg/s | {ref_rate:.0f} msg/s | "
         f"{rate_ratio:.2f}{pairwise_rate} | ≥ {rate_target} | {'yes' if min(rate_ratio, ratios.get('rate_pairwise', rate_ratio)) >= rate_target else 'no'} |",
