@@ -607,7 +607,10 @@ class SQLStore:
         now = time.time()
         received_at = events[0].received_at if events else now
         with self._write("storing a report") as conn:
-            row = self._x(conn, "SELECT id FROM raw_reports WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
+            # A retry is told apart by the INSERT's ON CONFLICT below; looked up first only when
+            # the untrusted quota counts the report (a retry must not count twice).
+            row = (self._x(conn, "SELECT id FROM raw_reports WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
+                   if untrusted is not None else None)
             if row is None:
                 if untrusted is not None and not self._untrusted_allowed(conn, untrusted, received_at):
                     self._count_guards(conn, {**guards, UNTRUSTED_OVER_QUOTA: 1})
