@@ -21,6 +21,7 @@ it differently, is compiled as before.
 
 from __future__ import annotations
 
+import email.feedparser
 import re
 from typing import Any
 
@@ -75,8 +76,6 @@ class _FeedparserRe:
 
 def install() -> None:
     """Give ``email.feedparser`` the view of ``re`` above (idempotent)."""
-    import email.feedparser
-
     if not isinstance(getattr(email.feedparser, "re", None), _FeedparserRe):
         setattr(email.feedparser, "re", _FeedparserRe())
 
