@@ -287,6 +287,7 @@ class Session:
         line_start = True
         while True:
             last_lf = self.buf.rfind(b"\n")
+            end: tuple[int, int] | None = None
             if last_lf < 0:
                 if len(self.buf) < DATA_PIECE:
                     self._fill(deadline)
@@ -309,17 +310,13 @@ class Session:
                         block = block[1:]
                     block = block.replace(b"\n.", b"\n").replace(b"\r\n", b"\n")
                 line_start = True
-                if end is not None:
-                    size += len(block)
-                    if size > limit:
-                        return None
-                    parts.append(block)
-                    return b"".join(parts)
             size += len(block)
             if size <= limit:
                 parts.append(block)
             elif parts:
                 parts = []  # past the limit: keep nothing, drain to the dot
+            if end is not None:  # the lone dot: the message ends here
+                return b"".join(parts) if size <= limit else None
 
     # --- the session ------------------------------------------------------------------
     def run(self) -> int:

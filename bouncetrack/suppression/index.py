@@ -60,18 +60,17 @@ COMPACT_MIN = 50_000
 CHANGES_BATCH = 10_000
 LOAD_BATCH = 10_000
 BUCKET_BITS = 16
+_SHIFT = 64 - BUCKET_BITS  # a key's bucket: key >> _SHIFT
 
 
 def _starts(base: array[int]) -> array[int]:
     """``starts[b]``: the index in ``base`` of its first key whose top :data:`BUCKET_BITS`
     bits are ``b`` or more (``starts[2**BUCKET_BITS] == len(base)``)."""
-    shift = 64 - BUCKET_BITS
-    return array("Q", [bisect_left(base, b << shift) for b in range(1 << BUCKET_BITS)] + [len(base)])
+    return array("Q", [bisect_left(base, b << _SHIFT) for b in range(1 << BUCKET_BITS)] + [len(base)])
 
 
 _EMPTY = array("Q")
 _EMPTY_STARTS = _starts(_EMPTY)
-_SHIFT = 64 - BUCKET_BITS
 
 
 def enforced(config: Config) -> bool:
