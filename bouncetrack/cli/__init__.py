@@ -6,7 +6,7 @@ Two constraints shape this module:
   :func:`main` dispatches it *before* click is imported, and this module
   imports nothing but ``sys`` at load time. The click group is built on first
   use by :func:`build_cli`.
-- ``bouncetrack --help`` must not import pymilter, httpx & co. Every command
+- ``bouncetrack --help`` must not import pymilter, FastAPI & co. Every command
   but ``pipe`` lives in its own module, registered by import path in
   :data:`LAZY_COMMANDS` and imported only when invoked (click's LazyGroup
   pattern); their one-line help is given here so that ``--help`` needs no
