@@ -162,7 +162,7 @@ def test_help_is_lazy() -> None:
         "import sys\n"
         "from bouncetrack.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('milter', 'fastapi', 'bouncetrack.milter.app', 'yaml', 'aiosmtpd') if m in sys.modules]\n"
+        "heavy = [m for m in ('milter', 'httpx', 'fastapi', 'bouncetrack.milter.app', 'yaml', 'aiosmtpd') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
