@@ -6,9 +6,12 @@ on loopback; needs root) serves both sides of the comparison. The milter runs th
 whole time; between rounds only Postfix's ``smtpd_milters`` is switched
 (``postconf -c DIR -e`` + ``postfix reload``), so both sides share the very same
 Postfix instance, queue, processes' binaries, page cache and client. Rounds
-alternate (baseline, milter, baseline, milter, …) and the median of each side is
-compared: the 2-core machine is noisy, and alternation makes both sides see the
-same noise. Each round is checked: every message got 250 after DATA, and the
+alternate and the median of each side is compared: the 2-core machine is noisy, and
+alternation makes both sides see the same noise. The order of the sides is reversed
+every other round (baseline, milter, reference; then reference, milter, baseline; …):
+a machine that slows down or speeds up during the run favours no side, since each
+side of a pair runs first as often as second. Pairwise ratios compare the sides of
+one round. Each round is checked: every message got 250 after DATA, and the
 store grew by exactly one row per message with the milter and by none without it
 (proof that the reload took effect).
 
@@ -126,6 +129,7 @@ class Round:
     errors: list[str] = field(default_factory=list)
     milter_cpu: float = 0.0  # CPU seconds of the side's milter process(es) during the round
     machine_cpu: float = 0.0  # busy CPU seconds of the whole machine during the round
+    group: int = 0  # the round (each side runs once per round)
     by_command: dict[str, float] = field(default_factory=dict)  # --perf: CPU seconds per command
     writer_cpu: float = 0.0  # of milter_cpu: the journal writer process's share (issue 20)
     postfix_cpu: float = 0.0  # CPU seconds of the Postfix instance's processes during the round
@@ -490,9 +494,10 @@ def main() -> None:
             offset += a.warmup
             settle()
 
-        order = [s for _ in range(a.rounds) for s in sides]
+        # Every other round in reverse order: drift during the run favours no side.
+        order = [(g, s) for g in range(a.rounds) for s in (sides if g % 2 == 0 else sides[::-1])]
         current = "baseline"  # the warm-up left it there
-        for i, side in enumerate(order):
+        for i, (group, side) in enumerate(order):
             if side != current:
                 switch(side)
                 current = side
@@ -524,12 +529,12 @@ def main() -> None:
                     added = stored() - before
             w1 = _tree_cpu([writer]) if writer else 0.0
             cpu1 += w1 - w_end
-            r = Round(side, seconds, a.n, bad, added, errs[:5], cpu1 - cpu0, busy1 - busy0, by_command, w1 - w0,
-                      pf1 - pf0)
+            r = Round(side, seconds, a.n, bad, added, errs[:5], cpu1 - cpu0, busy1 - busy0, group, by_command,
+                      w1 - w0, pf1 - pf0)
             rounds.append(r)
             expected = a.n if side == "milter" else 0
             check = "ok" if (added == expected and not bad) else f"MISMATCH (store +{added}, expected +{expected})"
-            print(f"round {i // len(sides) + 1:2d} {side:8s} {r.rate:7.1f} msg/s  {seconds:6.2f} s  "
+            print(f"round {group + 1:2d} {side:8s} {r.rate:7.1f} msg/s  {seconds:6.2f} s  "
                   f"cpu/msg milter {r.milter_cpu / a.n * 1e6:4.0f} us machine {r.machine_cpu / a.n * 1e6:5.0f} us  "
                   f"failures {bad}  store +{added}  {check}", flush=True)
             if bad or added != expected:
@@ -544,8 +549,9 @@ def main() -> None:
     milt = [r.rate for r in rounds if r.side == "milter"]
     base_med, milt_med = statistics.median(base), statistics.median(milt)
     ratio = milt_med / base_med
-    # Pairwise ratios (each milter round against the baseline round just before it).
-    pairs = [rounds[i + 1].rate / rounds[i].rate for i in range(0, len(rounds) - 1, len(sides))]
+    # Pairwise ratios (each milter round against the baseline round of the same round).
+    by_round = {(r.group, r.side): r for r in rounds}
+    pairs = [by_round[g, "milter"].rate / by_round[g, "baseline"].rate for g in range(a.rounds)]
     refs_med = {k: statistics.median([r.rate for r in rounds if r.side == k]) for k in sides[2:]}
     # "milter": the milter's processes without the journal writer (the libmilter child
     # and the idle supervisor); "journal_writer": the writer process (issue 20).
@@ -573,7 +579,7 @@ def main() -> None:
     failures = sum(r.failures for r in rounds)
     verified = all(r.stored == (r.messages if r.side == "milter" else 0) for r in rounds)
     print(f"\n{a.n} messages x {a.rounds} rounds per side, {a.threads} connections, mode {a.mode}, "
-          f"delivery {a.delivery}, milter log level {a.log_level}, order per round {'/'.join(sides)}")
+          f"delivery {a.delivery}, milter log level {a.log_level}, order per round {'/'.join(sides)}, reversed every other round")
     print(f"without milter  median {base_med:7.1f} msg/s  (rounds: {', '.join(f'{x:.0f}' for x in base)})")
     print(f"with milter     median {milt_med:7.1f} msg/s  (rounds: {', '.join(f'{x:.0f}' for x in milt)})")
     for ref, med in refs_med.items():
@@ -597,10 +603,10 @@ def main() -> None:
             vs_reference["cpu_ratio_mean"] = cpu_mean_us["milter"]["milter"] / ref_mean
             vs_reference["cpu_ratio_with_writer_mean"] = (
                 (cpu_mean_us["milter"]["milter"] + cpu_mean_us["milter"]["journal_writer"]) / ref_mean)
-        # The same per round (each milter round against the reference round right after it):
+        # The same per round (each milter round against the reference round next to it):
         # steadier than the ratio of medians when the machine's load shifts during the run.
-        ref_pairs = [(m, r) for m, r in zip([x for x in rounds if x.side == "milter"],
-                                        [x for x in rounds if x.side == REFERENCE]) if r.milter_cpu]
+        ref_pairs = [(by_round[g, "milter"], by_round[g, REFERENCE]) for g in range(a.rounds)
+                     if by_round[g, REFERENCE].milter_cpu]
         if ref_pairs:
             vs_reference["rate_ratio_pairwise"] = statistics.median(m.rate / r.rate for m, r in ref_pairs)
             vs_reference["cpu_ratio_pairwise"] = statistics.median(
@@ -639,7 +645,7 @@ def main() -> None:
             "delivery": a.delivery,
             "milter_log_level": a.log_level,
             "comparison": "same Stack; smtpd_milters switched by postconf -e + postfix reload; "
-                          f"rounds alternate {'/'.join(sides)}",
+                          f"rounds alternate {'/'.join(sides)}, the order reversed every other round",
             "without_milter_msg_per_s": {"median": base_med, "rounds": base},
             "with_milter_msg_per_s": {"median": milt_med, "rounds": milt},
             "ratio_median": ratio,
@@ -653,8 +659,8 @@ def main() -> None:
             "cpu_us_per_message": cpu_us,
             "cpu_us_per_message_mean": cpu_mean_us,
             "perf_cpu_us_per_message_by_command": by_command_us or None,
-            "rounds": [{"side": r.side, "seconds": r.seconds, "msg_per_s": r.rate, "failures": r.failures,
-                        "store_added": r.stored, "milter_cpu_s": r.milter_cpu, "machine_cpu_s": r.machine_cpu,
+            "rounds": [{"round": r.group + 1, "side": r.side, "seconds": r.seconds, "msg_per_s": r.rate,
+                        "failures": r.failures, "store_added": r.stored, "milter_cpu_s": r.milter_cpu, "machine_cpu_s": r.machine_cpu,
                         "journal_writer_cpu_s": r.writer_cpu, "postfix_cpu_s": r.postfix_cpu}
                        for r in rounds],
             "store": a.store,
