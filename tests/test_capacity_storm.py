@@ -9,8 +9,6 @@ full storm (20,000 bounces within a minute) is ``python bench/capacity.py --stor
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.conftest import harness_unavailable
@@ -18,14 +16,6 @@ from tests.conftest import harness_unavailable
 pytestmark = [
     pytest.mark.postfix,
     pytest.mark.slow,
-    # Left out of CI runs for now: in 1 of 4 full runs on 2026-12-07 one DSN stayed in
-    # Postfix's incoming queue past the drain, cause not yet found; bouncetrack lost
-    # nothing, but the run fails. Not seen since in 18 runs by hand under load (two at
-    # once; ~25 s each; no DSN waited more than 1 s for qmgr, which never restarted).
-    # A failure now lists what is left and whether cleanup had finished it
-    # (PrivatePostfix.describe_queue). Run it by hand (no CI variable) and with
-    # bench/capacity.py --storm until that is understood.
-    pytest.mark.skipif(os.environ.get("CI") == "true", reason="storm test: an open Postfix-queue flake (see module)"),
 ]
 
 
