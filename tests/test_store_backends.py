@@ -147,6 +147,37 @@ def test_message_round_trip(store: Any, n_rcpts: int) -> None:
     assert store.message_by_message_id(msg.message_id, "OTHER") is None
 
 
+def test_send_api_message_ids_are_looked_up_through_their_partial_index(store: Any) -> None:
+    # Issue 20: only the send API's Message-IDs are indexed (every other one cost the journal
+    # writer an index page per message); its lookup is served by that index on both engines,
+    # any other Message-ID is still found (by a scan).
+    from email.utils import make_msgid
+
+    from bouncetrack.api.compose import SendRequest, compose
+
+    sent = compose(SendRequest.model_validate({"envelope": "info@example.com", "recipient": "r@example.net",
+                                               "from": "info@example.com", "to": "r@example.net", "text": "x"}))
+    assert sent.message_id.startswith("<bt.") and sent.message_id.endswith("@example.com>")
+    ours = replace(make_message(11), message_id=sent.message_id)
+    theirs = replace(make_message(12), message_id=make_msgid(domain="client.test"))
+    store.record_messages([ours, theirs])
+    for msg in (ours, theirs):
+        got = store.message_by_message_id(msg.message_id, "4ABC123")
+        assert got is not None and got.token_id == msg.token_id
+    assert store.message_by_message_id("<bt.nothing@example.com>") is None
+    from bouncetrack.store.sql import MESSAGE_COLUMNS, SEND_API_MESSAGE
+
+    query = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ? AND {SEND_API_MESSAGE} ORDER BY id DESC LIMIT 1"
+    with store._read("explaining") as conn:
+        if store.d.name == "SQLite":
+            plan = " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + query, (sent.message_id,)))
+        else:
+            conn.execute("SET enable_seqscan = off")  # a tiny table: only whether the index can serve it
+            plan = " ".join(str(row[0]) for row in conn.execute(store.d.q("EXPLAIN " + query), (sent.message_id,)))
+            conn.execute("RESET enable_seqscan")
+    assert "messages_send_api" in plan, plan
+
+
 def test_duplicate_token_id_is_an_integrity_error(store: Any) -> None:
     store.record_message(make_message(7))
     with pytest.raises(integrity_errors()):

@@ -201,7 +201,8 @@ def test_a_postgresql_store_of_main_before_issue_17_is_renumbered_with_its_data(
         rows = conn.execute("SELECT version, applied_at, description FROM schema_migrations ORDER BY version").fetchall()
         assert [(v, d) for v, _, d in rows] == [(v, d) for v, d, _ in migrations.MIGRATIONS]
         new_of = {1: (1, 2, 3, 4, 5), 2: (6, 7), 3: (8,), 4: (9,), 5: (10,)}
-        assert {v: a for v, a, _ in rows} == {n: old[o] for o, ns in new_of.items() for n in ns}
+        # Later versions (11 on) are applied by this open, after the renumbering.
+        assert {v: a for v, a, _ in rows if v <= 10} == {n: old[o] for o, ns in new_of.items() for n in ns}
         assert {t: pg_count(conn, t) for t in TABLES} == before
     store = PostgresStore.from_url(url)
     try:

@@ -43,6 +43,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..core import addresses, esmtp
+from ..store.base import SEND_API_MESSAGE_ID_PREFIX
 
 #: Postfix's default ``smtpd_recipient_limit``: more RCPTs per transaction get 452.
 MAX_RECIPIENTS = 1000
@@ -357,7 +358,8 @@ class Submission:
 def compose(request: SendRequest, *, now: datetime | None = None, message_id: str | None = None) -> Submission:
     """Build the MIME message and the SMTP envelope for a validated request."""
     sender = request.from_mailbox
-    msgid = message_id or make_msgid(domain=sender.domain)
+    # Recognisable by the store, which indexes only these (SEND_API_MESSAGE_ID_PREFIX).
+    msgid = message_id or SEND_API_MESSAGE_ID_PREFIX + make_msgid(domain=sender.domain)[1:]
     msg = EmailMessage(policy=_POLICY)
     if request.bounce:
         # The spec: "bounce" is the Return-Path header; the milter turns it into

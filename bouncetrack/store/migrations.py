@@ -498,6 +498,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # --- the journal writer's CPU per message (issue 20) -------------------------------
+    # messages_message_id served one query, the send API's lookup of the message it has
+    # just submitted, yet every tracked message paid for it: a Message-ID as clients make
+    # them has no order, so each message dirtied its own page of the index, which the WAL
+    # wrote and checkpoints copied again (about a third of the writer's CPU per message).
+    # The send API's Message-IDs start with "<bt." (store.base.SEND_API_MESSAGE_ID_PREFIX):
+    # only they are indexed, and its lookup names the same predicate (sql.SEND_API_MESSAGE).
+    # Older code keeps working on this schema (its lookup scans instead).
+    (
+        11,
+        "index only the send API's Message-IDs (partial index), not every message's",
+        (
+            "CREATE INDEX messages_send_api ON messages (message_id) WHERE substr(message_id, 1, 4) = '<bt.'",
+            "DROP INDEX messages_message_id",
+        ),
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

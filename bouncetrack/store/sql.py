@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Generator, Iter
 from .base import (
     DAY_SECONDS,
     REASON_FORGOTTEN,
+    SEND_API_MESSAGE_ID_PREFIX,
     UNTRUSTED_OVER_QUOTA,
     BounceEvent,
     MessageRecord,
@@ -95,6 +96,9 @@ MESSAGE_COLUMNS = (
 MESSAGE_INSERT_COLUMNS = MESSAGE_COLUMNS.removeprefix("id, ")
 _message_values = attrgetter(*MESSAGE_INSERT_COLUMNS.split(", "))
 RECIPIENT_COLUMNS = "id, address, orcpt, notify"
+# The predicate of migration 11's partial index messages_send_api, verbatim: a query that
+# names it may use the index (SQLite and PostgreSQL match it by its text).
+SEND_API_MESSAGE = f"substr(message_id, 1, {len(SEND_API_MESSAGE_ID_PREFIX)}) = '{SEND_API_MESSAGE_ID_PREFIX}'"
 # One message (message_params) and one recipient (recipient_params), in SQLite's parameter style.
 MESSAGE_INSERT = f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 RECIPIENT_INSERT = "INSERT INTO recipients (message_pk, address, orcpt, notify, position) VALUES (?, ?, ?, ?, ?)"
@@ -556,9 +560,13 @@ class SQLStore:
         """The newest tracked message with this Message-ID (and queue id, if given).
 
         The send API generates a fresh Message-ID per request and looks its message
-        up right after Postfix answered 250: the milter records it before that.
+        up right after Postfix answered 250: the milter records it before that. Its
+        Message-IDs (:data:`SEND_API_MESSAGE_ID_PREFIX`) are found through an index;
+        any other is found by a scan of the table (no index taxes every message).
         """
         sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
+        if message_id.startswith(SEND_API_MESSAGE_ID_PREFIX):
+            sql += f" AND {SEND_API_MESSAGE}"  # the partial index's predicate: it serves the lookup
         args: tuple[str, ...] = (message_id,)
         if queue_id is not None:
             sql += " AND queue_id = ?"
