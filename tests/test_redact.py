@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bouncetrack.core.logsetup import Formatter, setup
+from bouncetrack.core.logsetup import Formatter, log_lines, setup
 from bouncetrack.core.redact import config_secrets, redact_text, redact_url, register
 from bouncetrack.core.tokens import new_api_token
 from tests.configkit import write_config
@@ -92,6 +92,40 @@ def test_the_log_format_and_its_continuation_lines() -> None:
     match = LOG_LINE.match(first)
     assert match and match["process"] == "test" and match["level"] == "ERROR"
     assert second == "    file:3: key: bad access_token=***"
+
+
+def test_log_lines_is_a_line_each_as_if_logged_alone_and_redacted() -> None:
+    # Issue 20: the journal writer's line per tracked message, a few dozen per record.
+    stream = io.StringIO()
+    writes: list[int] = []  # bytes of each record the handler writes
+
+    class Handler(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            writes.append(len(self.format(record).encode()))
+            super().emit(record)
+
+    handler = Handler(stream)
+    handler.setFormatter(Formatter("bouncetrack-test"))
+    log = logging.getLogger("bouncetrack.test-lines")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    register(["known-secret-value"])
+    lines = [f"tracked queue_id=Q{i} token=tok{i} sender_domain=example.com recipients=1" for i in range(200)]
+    lines[7] = "tracked queue_id=Q7 token=known-secret-value sender_domain=a.test\nforged line"
+    try:
+        log_lines(log, logging.INFO, lines)
+        log_lines(log, logging.DEBUG, ["not logged"])
+    finally:
+        log.removeHandler(handler)
+    out = stream.getvalue().splitlines()
+    assert len(out) == 201 and 2 < len(writes) < 20  # a record (one write) per few dozen lines
+    got = [line for line in out if not line.startswith("    ")]
+    assert len(got) == 200 and all(LOG_LINE.match(line) for line in got)
+    assert [line.split(" INFO ", 1)[1] for line in got] == [
+        "tracked queue_id=Q7 token=*** sender_domain=a.test" if i == 7 else line for i, line in enumerate(lines)]
+    assert out[8] == "    forged line"  # a line's own break is indented, as in any record
+    assert max(writes) < 4096  # PIPE_BUF: a pipe never interleaves another process's lines into it
 
 
 def test_setup_sends_uvicorns_loggers_to_the_one_handler() -> None:
