@@ -132,30 +132,42 @@ def _mac(key: bytes, body: bytes) -> bytes:
     inner.update(body)
     outer = outer_pad.copy()
     outer.update(inner.digest())
-    return bytes(outer.digest()[:MAC_BYTES])
+    mac: bytes = outer.digest()[:MAC_BYTES]
+    return mac
 
 
 # RFC 4648 §6 base32, lower case, ten bits (two characters) at a time.
 _B32_PAIRS = tuple(a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567")
+_LOW60 = (1 << 60) - 1
+_pack_body = struct.Struct(">BQ").pack
 
 
 def _b32(raw: bytes) -> str:
     """``base64.b32encode(raw).decode().lower()`` for the token's 15 bytes (120 bits,
-    no padding), in one expression instead of the base64 module's Python loop: the
-    milter mints a token per message."""
+    no padding), without the base64 module's Python loop."""
     n = int.from_bytes(raw, "big")
+    return _b32_halves(n >> 60, n & _LOW60)
+
+
+def _b32_halves(hi: int, lo: int) -> str:
+    """Base32 of the 120 bits ``hi`` (top 60) and ``lo`` (low 60): twelve pairs of
+    characters taken from 60-bit integers (cheaper than shifting one 120-bit one)."""
     p = _B32_PAIRS
-    return (p[n >> 110] + p[(n >> 100) & 1023] + p[(n >> 90) & 1023] + p[(n >> 80) & 1023]
-            + p[(n >> 70) & 1023] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]
-            + p[(n >> 30) & 1023] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023])
+    return "".join((p[hi >> 50], p[(hi >> 40) & 1023], p[(hi >> 30) & 1023], p[(hi >> 20) & 1023],
+                    p[(hi >> 10) & 1023], p[hi & 1023], p[lo >> 50], p[(lo >> 40) & 1023],
+                    p[(lo >> 30) & 1023], p[(lo >> 20) & 1023], p[(lo >> 10) & 1023], p[lo & 1023]))
 
 
 def mint(keyring: KeyRing, token_id: int) -> str:
-    """The 24-character token for ``token_id`` under the current key."""
+    """The 24-character token for ``token_id`` under the current key.
+
+    The milter mints one per tracked message (issue 20): the 120 bits are encoded from
+    two 60-bit integers, not from the 15 bytes."""
     if not 0 < token_id < 1 << 64:
         raise ValueError("token_id must be a positive 64-bit integer")
-    body = struct.pack(">BQ", VERSION, token_id)
-    return _b32(body + _mac(keyring.current, body))
+    mac = int.from_bytes(_mac(keyring.current, _pack_body(VERSION, token_id)), "big")
+    # 8 bits of version, 64 of id, 48 of MAC: the top 60 bits and the low 60 bits.
+    return _b32_halves((VERSION << 52) | (token_id >> 12), ((token_id & 0xFFF) << 48) | mac)
 
 
 def verify(keyring: KeyRing, token: str, now: float) -> TokenCheck:

@@ -22,7 +22,7 @@ from ..core.config import Config
 from ..suppression.index import SuppressionIndex
 from ..core.tokens import KeyRing, mint, new_token_id
 from . import journal, policy
-from .bounce_rcpt import accept_bounce_rcpt
+from .bounce_rcpt import accept_bounce_rcpt, bounce_marker
 
 log = logging.getLogger("bouncetrack.milter")
 
@@ -69,9 +69,12 @@ class Runtime:
     keyring: KeyRing
     # Each sender's part of the policy, worked out once per configuration load.
     rules: policy.SenderRules = field(init=False, repr=False, compare=False)
+    # A recipient without it is not at the bounce domain (bounce_rcpt.bounce_marker).
+    bounce_marker: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", policy.SenderRules(self.config))
+        object.__setattr__(self, "bounce_marker", bounce_marker(self.config))
 
 
 class Journal(Protocol):
@@ -207,7 +210,7 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
 
     def envfrom_bytes(self, sender: bytes, *params: bytes) -> int:
         self._mail_from(sender.decode("utf-8", "surrogateescape"),
-                        tuple(p.decode("utf-8", "surrogateescape") for p in params))
+                        tuple([p.decode("utf-8", "surrogateescape") for p in params]) if params else ())
         return self._mail_rc
 
     @noreply
@@ -222,15 +225,25 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         self.sender_params = params
 
     def envrcpt_bytes(self, to: bytes, *params: bytes) -> int:
-        return self.envrcpt(to.decode("utf-8", "surrogateescape"), *[p.decode("utf-8", "surrogateescape") for p in params])
+        if params:
+            return self.envrcpt(to.decode("utf-8", "surrogateescape"),
+                                *[p.decode("utf-8", "surrogateescape") for p in params])
+        return self.envrcpt(to.decode("utf-8", "surrogateescape"))
 
     def envrcpt(self, to: str, *params: str) -> int:
         runtime = self.runtime
         try:
-            accepted = accept_bounce_rcpt(runtime.config, runtime.keyring, to, time.time())
-            action = suppression.verdict(
-                runtime.config, self._sender_rule().suppression_domain, to, self.shared.suppression.contains
-            )
+            rule = self._rule
+            if rule is None:
+                rule = self._sender_rule()
+            # The VERP check, for a recipient that may be at the bounce domain (bounce_rcpt.py).
+            accepted = runtime.bounce_marker not in to.lower() or accept_bounce_rcpt(
+                runtime.config, runtime.keyring, to, time.time())
+            # The suppression verdict (suppression.verdict), worked out per sender in its rule.
+            action = rule.suppression_policy
+            if action is not None and not suppression.is_listed(
+                    rule.domain or "", to, self.shared.suppression.contains):
+                action = None
         except Exception:
             log.exception("recipient check failed, tempfailing recipient")
             return self._tempfail(replies.MILTER_FAILURE)
@@ -264,18 +277,25 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         return REJECT
 
     def header_bytes(self, name: str, value: bytes) -> int:
-        if len(name) in _READ_LENGTHS and name.lower() in HEADERS_READ:
-            self.header(name, value.decode("utf-8", "surrogateescape"))
+        if len(name) in _READ_LENGTHS:
+            lname = name.lower()
+            if lname in HEADERS_READ:
+                self._read_header(lname, value.decode("utf-8", "surrogateescape"))
         return self._header_rc
 
     @noreply
     def header(self, name: str, value: str) -> int:
         lname = name.lower()
+        if lname in HEADERS_READ:
+            self._read_header(lname, value)
+        return CONTINUE
+
+    def _read_header(self, lname: str, value: str) -> None:
+        """Keep a field of HEADERS_READ (``lname``: its name lower-cased)."""
         if lname == "return-path":
             self.return_paths.append(value)
-        elif lname == "message-id" and self.message_id is None:
+        elif self.message_id is None:  # the first Message-ID
             self.message_id = value.strip()
-        return CONTINUE
 
     def eom(self) -> int:
         try:
@@ -300,64 +320,77 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
 
     def _eom(self) -> int:
         runtime = self.runtime
-        if self.dropped and not self.recipients:
+        recipients = self.recipients
+        if self.dropped and not recipients:
             # Every recipient was suppressed with policy "drop": nothing is left to
             # send, so the message goes nowhere (Postfix tells the client 250).
             self.shared.count("discarded-suppressed")
             return DISCARD
-        rule = self._sender_rule()
-        envelope = policy.Envelope(  # (sender, sender_params, recipients, return_paths)
-            self.sender if self.sender is not None else "<>", self.sender_params, tuple(self.recipients),
-            tuple(self.return_paths),
-        )
-        token = None
+        rule = self._rule
+        if rule is None:
+            rule = self._sender_rule()
+        token = ""
         token_id = 0
         if rule.kind == policy.TRACK:
+            # What decide() answers for a tracked sender, asked without an Envelope.
+            assert rule.domain is not None  # a TRACK rule has one
             token_id = new_token_id()
             token = mint(runtime.keyring, token_id)
-        decision = policy.decide(runtime.config, envelope, token, rule)
+            decision = policy.track(runtime.config, rule.domain, token, recipients, len(self.return_paths))
+        else:
+            decision = policy.decide(
+                runtime.config,
+                policy.Envelope(self.sender if self.sender is not None else "<>", self.sender_params,
+                                tuple(recipients), tuple(self.return_paths)),
+                None, rule,
+            )
         self.shared.count(decision.why)
+        # The context's own calls, not Milter.Base's wrappers: those only check the
+        # negotiated actions first, which libmilter checks again (a refused action
+        # raises either way, and the message is tempfailed).
+        ctx = self._ctx
         queue_id = self._symval("i")
 
         if decision.kind == policy.REFUSE:
             return self._reject(replies.RETURN_PATH_FOREIGN)
         if decision.kind == policy.TRACK:
-            assert token is not None and decision.new_sender is not None
             # The one INFO line per tracked message (issue 15: queue id and token) is
             # logged by the journal writer once the record is in the store (issue 20).
-            self.shared.record(self._journal_line(envelope, decision, rule, token, token_id, queue_id))
+            self.shared.record(self._journal_line(decision, rule, token, token_id, queue_id))
         else:
-            log.debug("queue_id=%s sender=%s decision=%s why=%s", queue_id, envelope.sender, decision.kind, decision.why)
+            log.debug("queue_id=%s sender=%s decision=%s why=%s", queue_id, self.sender, decision.kind, decision.why)
 
         if decision.new_sender is not None:
-            self.chgfrom(f"<{decision.new_sender}>", decision.sender_params)
+            ctx.chgfrom(f"<{decision.new_sender}>", decision.sender_params)
         for change in decision.recipient_changes:
-            self.delrcpt(change.path)
-            self.addrcpt(change.path, change.new_params)
+            ctx.delrcpt(change.path)
+            ctx.addrcpt(change.path, change.new_params)
         # Delete from the last occurrence so that indices stay valid (1-based).
         for index in range(decision.delete_return_path, 0, -1):
-            self.chgheader("Return-Path", index, "")
+            ctx.chgheader("Return-Path", index, "")
         for path in self.dropped:  # suppression policy "drop" (issue 6)
-            self.delrcpt(path)
+            ctx.delrcpt(path)
         return CONTINUE
 
     def _journal_line(
-        self, envelope: policy.Envelope, decision: policy.Decision, rule: policy.SenderRule, token: str,
-        token_id: int, queue_id: str | None,
+        self, decision: policy.Decision, rule: policy.SenderRule, token: str, token_id: int, queue_id: str | None,
     ) -> bytes:
         """The message's record, straight from what the callbacks collected."""
-        mail = esmtp.parse_params(envelope.sender_params) if envelope.sender_params else {}
+        ret = envid = None
+        if self.sender_params:
+            mail = esmtp.parse_params(self.sender_params)
+            ret, envid = mail.get("RET"), mail.get("ENVID")
         return journal.line(
             token_id, token, queue_id, self.message_id, decision.sender_domain or "", rule.address,
-            decision.new_sender or "", mail.get("RET"), mail.get("ENVID"), time.time(),
-            # The ORCPT the tracked message now carries (policy._track keeps the
+            decision.new_sender or "", ret, envid, time.time(),
+            # The ORCPT the tracked message now carries (policy.track keeps the
             # client's, or adds one naming the address).
-            [(rcpt.address, rcpt.orcpt, rcpt.dsn.get("NOTIFY")) for rcpt in envelope.recipients],
+            [(rcpt.address, rcpt.orcpt, rcpt.dsn.get("NOTIFY") if rcpt.params else None) for rcpt in self.recipients],
         )
 
     def _symval(self, name: str) -> str | None:
         try:
-            value: Any = self.getsymval(name)
+            value: Any = self._ctx.getsymval(name)
         except Exception:
             return None
         return str(value) if value else None

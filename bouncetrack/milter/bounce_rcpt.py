@@ -28,11 +28,19 @@ from ..core.tokens import KeyRing, token_from_address, verify
 ALWAYS_ACCEPTED = ("postmaster",)
 
 
+def bounce_marker(config: Config) -> str:
+    """A text that every recipient at the bounce domain holds once lower-cased: the
+    milter calls :func:`accept_bounce_rcpt` only for a recipient that holds it (issue
+    20: every RCPT asks; the common recipient is told at once). "" (held by every
+    address) when the bounce domain is not ASCII, whose case folding differs."""
+    bounce = config.bounce_domain
+    return bounce.lower() if bounce.isascii() else ""
+
+
 def bounce_domain_rcpt(config: Config, address: str) -> str | None:
     """The lower-cased local part when ``address`` is at the bounce domain, else None."""
-    bounce = config.bounce_domain
-    if bounce.isascii() and bounce not in address.lower():
-        return None  # the common recipient, told at once (issue 20: every RCPT asks)
+    if bounce_marker(config) not in address.lower():
+        return None
     local, at, domain = strip_path(address).rpartition("@")
     if not at or domain.rstrip(".").lower() != config.bounce_domain.lower():
         return None

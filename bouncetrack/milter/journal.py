@@ -65,12 +65,7 @@ STALE_NEW_SECONDS = 60.0  # a *.new file this old and unlocked is a dead milter'
 SCAN_LIMIT = 64 * 1024 * 1024  # holds_token reads at most this much (else: assume held)
 
 
-def _text(value: str) -> str:
-    return encode_basestring_ascii(value)  # "…" with every non-ASCII and control character escaped
-
-
-def _optional(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
+_RS_TEXT, _LF_TEXT = RS.decode("ascii"), LF.decode("ascii")
 
 
 def line(
@@ -82,18 +77,22 @@ def line(
     orcpt, notify)): RS + compact JSON + LF, for one ``write(2)``.
 
     Built from the milter's own values at end of message, without a record object or
-    the JSON encoder's set-up per call (issue 20). Strings are escaped by the JSON
-    module's own ASCII escaper, so a record never holds an RS or an LF: :func:`decode`
-    reads it as ``json.loads`` does."""
+    the JSON encoder's set-up per call (issue 20: one format string, the escaper
+    called directly). Strings are escaped by the JSON module's own ASCII escaper, so
+    a record never holds an RS or an LF: :func:`decode` reads it as ``json.loads`` does."""
     if not math.isfinite(created_at):
         raise ValueError(f"created_at must be a finite time, not {created_at!r}")
-    people = ",".join(f"[{_text(a)},{_optional(o)},{_optional(n)}]" for a, o, n in recipients)
-    text = (
-        f'{{"i":{int(token_id)},"t":{_text(token)},"q":{_optional(queue_id)},"m":{_optional(message_id)},'
-        f'"d":{_text(sender_domain)},"s":{_text(envelope_sender)},"v":{_text(verp_sender)},'
-        f'"r":{_optional(dsn_ret)},"e":{_optional(dsn_envid)},"c":{float(created_at)!r},"p":[{people}]}}'
-    )
-    return RS + text.encode("ascii") + LF
+    text = encode_basestring_ascii  # "…" with every non-ASCII and control character escaped
+    people = ",".join([
+        f'[{text(a)},{"null" if o is None else text(o)},{"null" if n is None else text(n)}]'
+        for a, o, n in recipients
+    ])
+    return (
+        f'{_RS_TEXT}{{"i":{int(token_id)},"t":{text(token)},"q":{"null" if queue_id is None else text(queue_id)},'
+        f'"m":{"null" if message_id is None else text(message_id)},"d":{text(sender_domain)},'
+        f'"s":{text(envelope_sender)},"v":{text(verp_sender)},"r":{"null" if dsn_ret is None else text(dsn_ret)},'
+        f'"e":{"null" if dsn_envid is None else text(dsn_envid)},"c":{float(created_at)!r},"p":[{people}]}}{_LF_TEXT}'
+    ).encode("ascii")
 
 
 def encode(m: MessageRecord) -> bytes:

@@ -8,11 +8,12 @@ Keeping the rules here lets them be tested without libmilter or an MTA.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from ..core import esmtp
 from ..core.config import Config
 from ..core.tokens import verp_address
+from ..suppression import enforced_policy
 
 # Decision kinds.
 TRACK = "track"  # envelope sender -> VERP, DSN overridden, message recorded
@@ -32,12 +33,13 @@ class Recipient:
     def __init__(self, path: str, params: tuple[str, ...] = ()) -> None:
         self.path = path  # e.g. "<a@b>" exactly as received (delrcpt needs it verbatim)
         self.params = params
-        self.address = esmtp.strip_path(path)
+        self.address = address = esmtp.strip_path(path)
         # The parsed parameters ({} for none, the common case).
         self.dsn: dict[str, str | None] = esmtp.parse_params(params) if params else {}
         # The client's ORCPT, else one naming the address (RFC 3461 §4.2): what the
         # message carries once the milter passes ORCPT on.
-        self.orcpt: str = self.dsn.get("ORCPT") or esmtp.orcpt_for(self.address)
+        orcpt = self.dsn.get("ORCPT") if params else None
+        self.orcpt: str = orcpt or esmtp.orcpt_for(address)
 
 
 # Envelope, RecipientChange and Decision are made for every message: NamedTuples, as
@@ -84,6 +86,9 @@ class SenderRule:
     why: str  # the Decision's why when kind is PASS
     domain: str | None  # the sender's domain, lower-cased; None for the null or a malformed sender
     address: str  # the sender without angle brackets ("" for the null sender)
+    # What a listed recipient gets (bouncetrack.suppression.verdict): REJECT or DROP;
+    # None when recipients are not looked up (no suppression_domain, or policy "off").
+    suppression_policy: str | None = None
 
     @property
     def suppression_domain(self) -> str | None:
@@ -104,9 +109,10 @@ def sender_rule(config: Config, sender: str) -> SenderRule:
     if address.domain == config.bounce_domain:
         # Our own bounce or forward traffic: never rewrite (no loops).
         return SenderRule(PASS, "bounce-domain", address.domain, text)
+    suppressed = enforced_policy(config, address.domain)
     if config.policy_for(address.domain).tracking:
-        return SenderRule(TRACK, "tracked", address.domain, text)
-    return SenderRule(UNTRACKED, UNTRACKED, address.domain, text)
+        return SenderRule(TRACK, "tracked", address.domain, text, suppressed)
+    return SenderRule(UNTRACKED, UNTRACKED, address.domain, text, suppressed)
 
 
 class SenderRules:
@@ -144,7 +150,9 @@ def decide(config: Config, envelope: Envelope, token: str | None = None, rule: S
         return Decision(PASS, rule.why, sender_domain=rule.domain)
     assert rule.domain is not None  # TRACK and UNTRACKED have one
     if rule.kind == TRACK:
-        return _track(config, envelope, rule.domain, token)
+        if token is None:
+            raise ValueError("a tracked message needs a VERP token")
+        return track(config, rule.domain, token, envelope.recipients, len(envelope.return_paths))
     return _untracked(config, envelope, rule.domain)
 
 
@@ -152,24 +160,25 @@ def needs_token(config: Config, envelope: Envelope) -> bool:
     return sender_rule(config, envelope.sender).kind == TRACK
 
 
-def _track(config: Config, envelope: Envelope, domain: str, token: str | None) -> Decision:
-    if token is None:
-        raise ValueError("a tracked message needs a VERP token")
-    changes = []
-    for rcpt in envelope.recipients:
-        # Keep the client's ORCPT; add one so every DSN names the recipient as
-        # we were given it (RFC 3461 §4.2), even after remote aliasing.
-        changes.append(
-            RecipientChange(rcpt.path, f"NOTIFY={esmtp.TRACKED_NOTIFY} ORCPT={rcpt.orcpt}")
-        )
+# What every tracked message asks for (the spec: failures and delays, headers only).
+_TRACKED_MAIL = f"RET={esmtp.TRACKED_RET} ENVID="  # + the token
+_TRACKED_RCPT = f"NOTIFY={esmtp.TRACKED_NOTIFY} ORCPT="  # + the recipient's ORCPT
+
+
+def track(config: Config, domain: str, token: str, recipients: Sequence[Recipient], return_paths: int) -> Decision:
+    """The TRACK decision of :func:`decide` for a sender of ``domain`` whose rule is TRACK
+    (the milter calls it directly once it holds that rule): ``return_paths`` is how many
+    Return-Path fields the message has."""
     return Decision(
         TRACK,
         "tracked",
         new_sender=verp_address(config, token),
         # The spec: tracked mail always asks for headers only, ENVID = token.
-        sender_params=f"RET={esmtp.TRACKED_RET} ENVID={token}",
-        recipient_changes=tuple(changes),
-        delete_return_path=len(envelope.return_paths),
+        sender_params=_TRACKED_MAIL + token,
+        # Keep the client's ORCPT; add one so every DSN names the recipient as
+        # we were given it (RFC 3461 §4.2), even after remote aliasing.
+        recipient_changes=tuple([RecipientChange(rcpt.path, _TRACKED_RCPT + rcpt.orcpt) for rcpt in recipients]),
+        delete_return_path=return_paths,
         sender_domain=domain,
     )
 

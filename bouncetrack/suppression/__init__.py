@@ -193,10 +193,24 @@ def verdict(
     """
     if sender_domain is None:
         return None
-    policy = config.policy_for(sender_domain).suppression.policy
-    if policy == OFF:
-        return None
-    address = lookup_form(recipient)
-    if address is None or not listed(sender_domain, address):
+    policy = enforced_policy(config, sender_domain)
+    if policy is None or not is_listed(sender_domain, recipient, listed):
         return None
     return policy
+
+
+def enforced_policy(config: Config, sender_domain: str | None) -> str | None:
+    """What :func:`verdict` answers for a listed recipient of ``sender_domain``: REJECT,
+    DROP, or None when its recipients are not looked up at all (no domain, policy
+    ``off``). The milter works it out once per sender and configuration."""
+    if sender_domain is None:
+        return None
+    policy = config.policy_for(sender_domain).suppression.policy
+    return None if policy == OFF else policy
+
+
+def is_listed(sender_domain: str, recipient: str, listed: Callable[[str, str], bool]) -> bool:
+    """Whether ``recipient`` (a path as received) is on ``sender_domain``'s list, by
+    ``listed(domain, address)``; the lookup behind :func:`verdict`."""
+    address = lookup_form(recipient)
+    return address is not None and listed(sender_domain, address)
