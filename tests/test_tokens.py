@@ -23,6 +23,7 @@ from bouncetrack.core.tokens import (
     hash_api_token,
     load_keyring,
     mint,
+    new_token,
     new_token_id,
     rotate_key,
     token_from_address,
@@ -79,6 +80,37 @@ def test_new_token_id_is_nonzero_63_bit() -> None:
     ids = {new_token_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(0 < i < 2**63 for i in ids)
+
+
+def test_new_token_is_minted_under_the_current_key() -> None:
+    # The milter's token per message (issue 20): minted ahead in batches, per key.
+    a, b = KeyRing(current=bytes(range(32))), KeyRing(current=bytes(32))
+    seen = set()
+    for _ in range(3 * tokens._TOKEN_BATCH):
+        for kr in (a, b):
+            token_id, token = new_token(kr)
+            assert 0 < token_id < 2**63 and mint(kr, token_id) == token
+            assert verify(kr, token, NOW).token_id == token_id
+            seen.add(token_id)
+    assert len(seen) == 6 * tokens._TOKEN_BATCH
+
+
+def test_new_token_differs_in_a_forked_child() -> None:
+    kr = ring()
+    new_token(kr)  # the pool now holds tokens the child must not hand out again
+    held = {t for _, t in tokens._token_pools[kr.current]}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write, new_token(kr)[1].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_token = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child_token) == 24 and child_token not in held
 
 
 def test_case_insensitive() -> None:

@@ -20,7 +20,7 @@ from .. import suppression
 from ..core import esmtp, replies
 from ..core.config import Config
 from ..suppression.index import SuppressionIndex
-from ..core.tokens import KeyRing, mint, new_token_id
+from ..core.tokens import KeyRing, new_token
 from . import journal, policy
 from .bounce_rcpt import accept_bounce_rcpt, bounce_marker
 
@@ -334,8 +334,7 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         if rule.kind == policy.TRACK:
             # What decide() answers for a tracked sender, asked without an Envelope.
             assert rule.domain is not None  # a TRACK rule has one
-            token_id = new_token_id()
-            token = mint(runtime.keyring, token_id)
+            token_id, token = new_token(runtime.keyring)
             decision = policy.track(runtime.config, rule.domain, token, recipients, len(self.return_paths))
         else:
             decision = policy.decide(
