@@ -41,6 +41,7 @@ log = logging.getLogger("bouncetrack.milter")
 MILTER_NAME = "bouncetrack"
 RELOAD = b"R"
 RESTART_DELAY = 1.0
+WRITER_NICE = 10  # the journal writer's niceness increment (run_writer)
 
 
 def load_runtime(config_path: Path) -> "tuple[Config, KeyRing]":
@@ -132,6 +133,11 @@ def run_writer(config_path: Path, control_fd: int | None) -> int:
     from ..store import open_store
     from .journal import JournalWriter
 
+    # Below Postfix and the milter child (issue 20): under load, accepting mail wins the
+    # cores; the writer, a few % of a core at hundreds of messages/s, still gets its share
+    # (batches only grow meanwhile). Before any thread starts: Linux nices a thread (with
+    # --no-supervisor, this thread), and threads inherit it.
+    os.nice(WRITER_NICE)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():  # not with --no-supervisor
         # SIGTERM is taken by a thread with sigwait(), never by a handler: a handler
