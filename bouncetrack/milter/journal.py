@@ -130,12 +130,12 @@ def decode_all(texts: list[bytes]) -> tuple[list[MessageRecord], list[str]]:
 
 
 def _from_json(b: dict[str, Any]) -> MessageRecord:
-    """The record of one parsed JSON object; KeyError/TypeError/ValueError if malformed."""
+    """The record of one parsed JSON object; KeyError/TypeError/ValueError if malformed.
+    Positional arguments, in the records' field order (a fifth cheaper than keywords: the
+    writer decodes every record, issue 20); the round-trip tests hold the order."""
     return MessageRecord(
-        token_id=int(b["i"]), token=str(b["t"]), queue_id=b["q"], message_id=b["m"], sender_domain=str(b["d"]),
-        envelope_sender=str(b["s"]), verp_sender=str(b["v"]), dsn_ret=b["r"], dsn_envid=b["e"],
-        recipients=tuple(RecipientRecord(address=str(a), orcpt=o, notify=n) for a, o, n in b["p"]),
-        created_at=float(b["c"]),
+        int(b["i"]), str(b["t"]), b["q"], b["m"], str(b["d"]), str(b["s"]), str(b["v"]), b["r"], b["e"],
+        tuple([RecipientRecord(str(a), o, n) for a, o, n in b["p"]]), float(b["c"]),
     )
 
 
