@@ -164,3 +164,25 @@ def test_negotiation_asks_for_the_queue_id_at_end_of_message_only(shared: Shared
     assert ctx._symlist[Milter.M_EOM] == {b"i"}
     for stage in (Milter.M_ENVFROM, Milter.M_ENVRCPT, Milter.M_DATA, Milter.M_EOH):
         assert ctx._symlist[stage] == {b"{none}"}
+
+
+def test_decision_counts_are_exact_across_threads(shared: Shared) -> None:
+    # Issue 20: count() takes no lock per message; every decision is still counted once.
+    import threading
+
+    per_thread = 3 * shared._FOLD_AT + 7
+
+    def work(why: str) -> None:
+        for _ in range(per_thread):
+            shared.count(why)
+
+    threads = [threading.Thread(target=work, args=(why,)) for why in ("tracked", "untracked") * 4]
+    for t in threads:
+        t.start()
+    seen = [shared.decision_counts() for _ in range(50)]  # read while they count
+    for t in threads:
+        t.join()
+    assert shared.decision_counts() == {"tracked": 4 * per_thread, "untracked": 4 * per_thread}
+    assert shared.decisions["tracked"] == 4 * per_thread and shared.decisions["nothing"] == 0
+    for earlier, later in zip(seen, seen[1:]):  # counters never go down
+        assert all(later.get(k, 0) >= v for k, v in earlier.items())

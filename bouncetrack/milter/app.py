@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
@@ -98,7 +98,10 @@ class Shared:
         self._journal_factory = journal_factory
         self._journal: Journal | None = None
         self._journal_lock = threading.Lock()
-        self.decisions: Counter[str] = Counter()
+        # Decisions counted (count): appended to _tally without a lock, folded into
+        # _counts under _counter_lock when read (decisions) or when _FOLD_AT are waiting.
+        self._tally: deque[str] = deque()
+        self._counts: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
         # metrics (issue 5): called with the seconds record_message took, when set
         # (bouncetrack.milter.metrics sets it when milter_metrics_listen is on).
@@ -129,14 +132,37 @@ class Shared:
         if observer is not None:  # metrics (issue 5)
             observer(time.perf_counter() - started)
 
+    _FOLD_AT = 1024
+
     def count(self, why: str) -> None:
+        """Count one decision: exact, thread-safe, without taking a lock per message
+        (``deque.append`` is atomic; issue 20). Read the counts with :attr:`decisions`
+        or :meth:`decision_counts`."""
+        tally = self._tally
+        tally.append(why)
+        if len(tally) >= self._FOLD_AT:
+            with self._counter_lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Move the tallied decisions into the counts; the caller holds _counter_lock
+        (an append meanwhile waits for the next fold)."""
+        tally, counts = self._tally, self._counts
+        for _ in range(len(tally)):
+            counts[tally.popleft()] += 1
+
+    @property
+    def decisions(self) -> Counter[str]:
+        """The decision counters, every decision counted so far included."""
         with self._counter_lock:
-            self.decisions[why] += 1
+            self._fold()
+        return self._counts
 
     def decision_counts(self) -> dict[str, int]:
         """A consistent copy of the decision counters (metrics, issue 5)."""
         with self._counter_lock:
-            return dict(self.decisions)
+            self._fold()
+            return dict(self._counts)
 
     def close(self) -> None:
         with self._journal_lock:
