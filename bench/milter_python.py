@@ -132,7 +132,6 @@ def main() -> None:
     from bouncetrack.milter.journal import decode
 
     with tempfile.TemporaryDirectory(prefix="bt-milter-python-") as tmp:
-        suppression = "\n              suppression: {policy: reject}" if a.suppressed else ""
         cfg = Path(tmp) / "bouncetrack.yaml"
         cfg.write_text(textwrap.dedent(f"""\
             bounce_domain: bounce.test
@@ -141,7 +140,8 @@ def main() -> None:
             milter_journal: {tmp}/journal
             domains:
               tracked.test:
-                tracking: true{suppression}
+                tracking: true
+                suppression: {{policy: {"reject" if a.suppressed else "off"}}}
             """))
         config = load_config(cfg)
         keyring = load_keyring(config)
