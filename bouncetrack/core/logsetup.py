@@ -77,11 +77,12 @@ def log_lines(logger: logging.Logger, level: int, lines: Iterable[str]) -> None:
     batch: list[str] = []
     size = 0
     for line in lines:
-        if batch and size + len(line) > LINES_BYTES:
+        room = len(line) + _PREFIX_ROOM
+        if batch and size + room > LINES_BYTES:
             logger.log(level, "\n".join(batch), extra={"lines": batch})
             batch, size = [], 0
         batch.append(line)
-        size += len(line) + _PREFIX_ROOM
+        size += room
     if batch:
         logger.log(level, "\n".join(batch), extra={"lines": batch})
 
