@@ -19,14 +19,17 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, Callable, Iterator, cast
 
 import pytest
 
+from bouncetrack.api.compose import SendRequest, compose
 from bouncetrack.core.events import event_to_json
 from bouncetrack.store import StoreUnavailable, open_store
 from bouncetrack.store.base import REASON_HARD_BOUNCE, REASON_MANUAL, REASON_SOFT_BOUNCES, BounceEvent, MessageRecord, OutboxJob, RecipientRecord, SuppressionCandidate
+from bouncetrack.store.sql import MESSAGE_COLUMNS, SEND_API_MESSAGE
 from bouncetrack.store.views import DownloadQuery, EventQuery, Suppression
 from tests.pg import Cluster, pg_cluster as pg_cluster, unavailable  # noqa: F401  (pg_cluster: fixture, re-exported)
 
@@ -151,10 +154,6 @@ def test_send_api_message_ids_are_looked_up_through_their_partial_index(store: A
     # Issue 20: only the send API's Message-IDs are indexed (every other one cost the journal
     # writer an index page per message); its lookup is served by that index on both engines,
     # any other Message-ID is still found (by a scan).
-    from email.utils import make_msgid
-
-    from bouncetrack.api.compose import SendRequest, compose
-
     sent = compose(SendRequest.model_validate({"envelope": "info@example.com", "recipient": "r@example.net",
                                                "from": "info@example.com", "to": "r@example.net", "text": "x"}))
     assert sent.message_id.startswith("<bt.") and sent.message_id.endswith("@example.com>")
@@ -165,8 +164,6 @@ def test_send_api_message_ids_are_looked_up_through_their_partial_index(store: A
         got = store.message_by_message_id(msg.message_id, "4ABC123")
         assert got is not None and got.token_id == msg.token_id
     assert store.message_by_message_id("<bt.nothing@example.com>") is None
-    from bouncetrack.store.sql import MESSAGE_COLUMNS, SEND_API_MESSAGE
-
     query = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ? AND {SEND_API_MESSAGE} ORDER BY id DESC LIMIT 1"
     with store._read("explaining") as conn:
         if store.d.name == "SQLite":
