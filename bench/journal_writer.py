@@ -8,8 +8,9 @@ from mail acceptance. This measures that cost, not a throughput:
 * each round runs every side once, the order alternating between rounds (the machine is
   noisy: both see the same noise). A side is a fresh interpreter whose ``bouncetrack`` is
   either this checkout (**after**) or ``git archive REV`` of it (**before**);
-* a side makes a fresh SQLite store (PostgreSQL's work happens in its server process, which
-  ``process_time`` does not see: not measured here), fills it with ``--prefill`` messages through
+* a side makes a fresh SQLite store (``--store postgresql``: a database in a private cluster,
+  ``tests/pg.py``, fsync on; its server process's CPU, from ``/proc``, is added to ours; the
+  cluster's background writers are not counted), fills it with ``--prefill`` messages through
   ``Store.record_messages`` (a store in use holds days of messages: index pages are not
   all hot), logs as ``bouncetrack milter`` sets it up at INFO into a file, then feeds
   ``-n`` records to a :class:`JournalWriter`: ``--batch`` records appended to a segment
@@ -48,15 +49,15 @@ from bench._common import ROOT, write_result  # noqa: E402
 
 BEFORE = "b685ddd"  # main before this work on the writer (issue 20, h20w)
 
-# One side of one round; argv: tree, work dir, n, batch, prefill, message-id kind, store URL
-# template ("{name}" replaced per store). Prints one JSON line.
+# One side of one round; argv: tree, work dir, n, batch, prefill, message-id kind, the store
+# URLs (JSON: "full" and "store"). Prints one JSON line.
 SIDE = textwrap.dedent(
     """\
     import json, logging, os, random, sys, time, uuid
     from email.utils import make_msgid
     from pathlib import Path
-    tree, work, n, batch, prefill, kind, url_t = (sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]),
-                                                 int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])
+    tree, work, n, batch, prefill, kind, urls = (sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]),
+                                                int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], json.loads(sys.argv[7]))
     import bouncetrack
     assert bouncetrack.__file__.startswith(tree), (bouncetrack.__file__, tree)
     from bouncetrack.core.logsetup import setup
@@ -76,8 +77,18 @@ SIDE = textwrap.dedent(
             dsn_ret=None, dsn_envid=None, created_at=time.time(),
             recipients=(RecipientRecord(address=f"ok-{i}@remote.test", orcpt=None, notify=None),))
 
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def backend_cpu(store):  # CPU seconds of a PostgreSQL store's server process (0 for SQLite: in ours)
+        pid = getattr(getattr(getattr(store, "_conn", None), "info", None), "backend_pid", None)
+        if not pid:
+            return 0.0
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
     def fresh(name):
-        store = open_store(url_t.format(name=name))
+        store = open_store(urls[name])
         for first in range(0, prefill, 1000):
             store.record_messages([record(i) for i in range(first, min(prefill, first + 1000))])
         return store
@@ -99,25 +110,27 @@ SIDE = textwrap.dedent(
         directory.mkdir()
         writer = journal.JournalWriter(directory, lambda: store)
         logging.getLogger().setLevel(level)
-        cpu = 0.0
+        cpu = -backend_cpu(store)  # the server's: over the whole loop (clock ticks), idle between steps
         for k, chunk in enumerate(chunks):
             (directory / f"{k:020d}-1.seg").write_bytes(b"".join(journal.encode(m) for m in chunk))
             t0 = time.process_time()
             moved = writer.step()
             cpu += time.process_time() - t0
             assert moved == len(chunk), (moved, len(chunk))
+        cpu += backend_cpu(store)
         logging.getLogger().setLevel("INFO")
         store.close()
         return cpu
 
     def store_run(name):
         store = fresh(name)
-        cpu = 0.0
+        cpu = -backend_cpu(store)
         for first in range(0, n, batch):
             part = records[first : first + batch]
             t0 = time.process_time()
             store.record_messages(part)
             cpu += time.process_time() - t0
+        cpu += backend_cpu(store)
         store.close()
         return cpu
 
@@ -138,12 +151,12 @@ SIDE = textwrap.dedent(
 PARTS = ("total", "store", "log", "decode", "no_store_no_log")
 
 
-def run_side(tree: Path, work: Path, a: argparse.Namespace, url_t: str) -> dict[str, float]:
+def run_side(tree: Path, work: Path, a: argparse.Namespace, urls: dict[str, str]) -> dict[str, float]:
     work.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     with open(work / "writer.log", "wb") as log:
         out = subprocess.run([sys.executable, "-c", SIDE, str(tree), str(work), str(a.n), str(a.batch),
-                              str(a.prefill), a.message_ids, url_t],
+                              str(a.prefill), a.message_ids, json.dumps(urls)],
                              env=env, cwd=work, stdout=subprocess.PIPE, stderr=log, check=True, timeout=1800)
     result: dict[str, float] = json.loads(out.stdout)
     lines = sum(1 for line in (work / "writer.log").read_bytes().splitlines() if b" INFO tracked queue_id=" in line)
@@ -158,6 +171,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=60, help="records per writer step (default 60)")
     ap.add_argument("--prefill", type=int, default=100000, help="messages in the store before (default 100000)")
     ap.add_argument("--message-ids", choices=("random", "sequential"), default="random")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="postgresql: a private cluster (tests/pg.py, fsync on), its server process's CPU added")
     ap.add_argument("--rounds", type=int, default=5, help="rounds, each side once per round (default 5)")
     ap.add_argument("--before", default=BEFORE, help=f"the revision to compare with (default {BEFORE})")
     ap.add_argument("--name", default="journal_writer", help="result file name (bench/results/NAME.json)")
@@ -179,13 +194,26 @@ def main() -> None:
                           capture_output=True, text=True, check=True).stdout.strip():
             after_rev += "+uncommitted"
         trees = {"before": before_tree, "after": ROOT}
-        for r in range(a.rounds):
-            order = ("before", "after") if r % 2 == 0 else ("after", "before")
-            for side in order:
-                got = run_side(trees[side], tmp / f"r{r}-{side}", a, f"sqlite:///{tmp}/r{r}-{side}/{{name}}.db")
-                rounds.append({"round": r + 1, "side": side, **got})
-                print(f"round {r + 1} {side:6s} " + "  ".join(f"{p} {got[p]:5.1f}" for p in PARTS)
-                      + " µs CPU/record", flush=True)
+        cluster = None
+        if a.store == "postgresql":
+            from tests.pg import start_cluster, unavailable
+
+            if why := unavailable():
+                raise SystemExit(f"--store postgresql: {why}")
+            cluster = start_cluster(durable=True)
+        try:
+            for r in range(a.rounds):
+                order = ("before", "after") if r % 2 == 0 else ("after", "before")
+                for side in order:
+                    urls = {name: cluster.create_database() if cluster else f"sqlite:///{tmp}/r{r}-{side}/{name}.db"
+                            for name in ("full", "store")}
+                    got = run_side(trees[side], tmp / f"r{r}-{side}", a, urls)
+                    rounds.append({"round": r + 1, "side": side, **got})
+                    print(f"round {r + 1} {side:6s} " + "  ".join(f"{p} {got[p]:5.1f}" for p in PARTS)
+                          + " µs CPU/record", flush=True)
+        finally:
+            if cluster is not None:
+                cluster.stop()
 
     def values(side: str, part: str) -> list[float]:
         return [float(x[part]) for x in rounds if x["side"] == side]  # type: ignore[arg-type]
@@ -198,7 +226,7 @@ def main() -> None:
     print(f"total after / before {ratio:.2f} (median of per-round ratios {statistics.median(per_round):.2f})")
     path = write_result(a.name, {
         "records_per_round": a.n, "batch": a.batch, "prefill": a.prefill, "message_ids": a.message_ids,
-        "store": "sqlite", "rounds": a.rounds, "before_rev": before_rev, "after_rev": after_rev,
+        "store": a.store, "rounds": a.rounds, "before_rev": before_rev, "after_rev": after_rev,
         "comparison": "fresh interpreter per side and round, order alternating; CPU = time.process_time() "
                       "around JournalWriter.step() (total, INFO logged to a file), Store.record_messages alone "
                       "(store), steps into a no-op store at INFO minus at WARNING (log), the latter alone "

@@ -196,6 +196,17 @@ def test_record_messages_is_one_batch_and_skips_known_token_ids(store: Any) -> N
     assert [m.token_id for m in (store.message_by_token_id(t) for t in range(20, 24)) if m] == [20, 21, 22, 23]
 
 
+def test_record_messages_keeps_every_value_of_a_batch_without_recipients(store: Any) -> None:
+    # PostgreSQL takes the batch as binary arrays (issue 20): empty recipient arrays,
+    # NULLs, non-ASCII text and the largest token id come back as they went in.
+    msgs = [replace(make_message(2**63 - 1 - i, n_rcpts=0), message_id=None if i else "<caf\u00e9@x.test>",
+                    queue_id=None, dsn_ret=None, dsn_envid="env-\u2603", created_at=1e9 + i / 3) for i in range(3)]
+    assert store.record_messages(msgs) == 3
+    for m in msgs:
+        got = store.message_by_token_id(m.token_id)
+        assert got is not None and replace(got, id=None) == m
+
+
 def test_record_messages_of_a_large_batch_keeps_stored_records_and_every_recipient(store: Any) -> None:
     # More messages than one statement takes (SQLite: 90 per INSERT), one of them
     # already stored (kept as it was, no recipient added to it).

@@ -53,14 +53,16 @@ _RECORD_MESSAGE = (
 # A batch of the milter journal's records (issue 20) in one statement, skipping token_ids
 # already stored: every column an array, unnested; recipients joined by token_id.
 # "WHERE true": INSERT ... SELECT ... FROM f() ON CONFLICT would parse ON as a join's.
+# %b: the arrays go in binary (psycopg's text array dumper runs a regular expression per
+# element: the writer's side of the statement cost twice as much CPU, ~13 µs a record).
 _RECORD_MESSAGES = (
     f"WITH m AS (INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) "
-    "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::float8[]) WHERE true "
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::text[], %b::float8[]) WHERE true "
     "ON CONFLICT (token_id) DO NOTHING RETURNING id, token_id), "
     "r AS (INSERT INTO recipients (message_pk, address, orcpt, notify, position) "
     "SELECT m.id, x.address, x.orcpt, x.notify, x.position FROM m JOIN "
-    "unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[]) AS x(token_id, address, orcpt, notify, position) "
+    "unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::int[]) AS x(token_id, address, orcpt, notify, position) "
     "ON x.token_id = m.token_id) "
     "SELECT count(*) FROM m"
 )
