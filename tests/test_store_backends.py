@@ -187,7 +187,10 @@ def test_record_messages_is_one_batch_and_skips_known_token_ids(store: Any) -> N
     # after its crash adds nothing twice and leaves the first rows as they were.
     first = store.record_messages([make_message(20 + i, n_rcpts=i) for i in range(4)])
     assert first == 4
-    assert store.record_messages([make_message(21, n_rcpts=9), make_message(30, n_rcpts=2)]) == 1
+    assert store.record_messages([make_message(21, n_rcpts=9), make_message(30, n_rcpts=2),
+                                  make_message(31, domain="other.test")]) == 2
+    # Counted once per new message (PostgreSQL: once per statement, issue 20), a skipped one not.
+    assert dict(store.metric_counts(time.time()).messages) == {"example.com": 5, "other.test": 1}
     assert store.record_messages([]) == 0
     got = store.message_by_token_id(21)
     assert got is not None and len(got.recipients) == 1
