@@ -196,11 +196,13 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self) -> None:
         self._reset()
 
-    def _reset(self) -> None:
+    def _reset(self, sender: str | None = None, sender_params: tuple[str, ...] = ()) -> None:
+        """Start a transaction (MAIL FROM ``sender``, or none yet): a connection may carry
+        several, each starts clean."""
         # One configuration for the whole transaction: a reload applies from the next MAIL FROM.
         self.runtime = self.shared.runtime
-        self.sender: str | None = None
-        self.sender_params: tuple[str, ...] = ()
+        self.sender = sender
+        self.sender_params = sender_params
         self.recipients: list[policy.Recipient] = []
         self.dropped: list[str] = []  # recipient paths to remove at eom (suppression "drop")
         self._rule: policy.SenderRule | None = None
@@ -235,20 +237,14 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
     # unix socket, whatever the policy (@noreply cannot be chosen per call).
 
     def envfrom_bytes(self, sender: bytes, *params: bytes) -> int:
-        self._mail_from(sender.decode("utf-8", "surrogateescape"),
-                        tuple([p.decode("utf-8", "surrogateescape") for p in params]) if params else ())
+        self._reset(sender.decode("utf-8", "surrogateescape"),
+                    tuple([p.decode("utf-8", "surrogateescape") for p in params]) if params else ())
         return self._mail_rc
 
     @noreply
     def envfrom(self, sender: str, *params: str) -> int:
-        self._mail_from(sender, params)
+        self._reset(sender, params)
         return CONTINUE
-
-    def _mail_from(self, sender: str, params: tuple[str, ...]) -> None:
-        # A connection may carry several transactions: start each clean.
-        self._reset()
-        self.sender = sender
-        self.sender_params = params
 
     def envrcpt_bytes(self, to: bytes, *params: bytes) -> int:
         if params:
@@ -390,9 +386,10 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         for change in decision.recipient_changes:
             ctx.delrcpt(change.path)
             ctx.addrcpt(change.path, change.new_params)
-        # Delete from the last occurrence so that indices stay valid (1-based).
-        for index in range(decision.delete_return_path, 0, -1):
-            ctx.chgheader("Return-Path", index, "")
+        if decision.delete_return_path:
+            # Delete from the last occurrence so that indices stay valid (1-based).
+            for index in range(decision.delete_return_path, 0, -1):
+                ctx.chgheader("Return-Path", index, "")
         for path in self.dropped:  # suppression policy "drop" (issue 6)
             ctx.delrcpt(path)
         return CONTINUE

@@ -169,17 +169,19 @@ def track(config: Config, domain: str, token: str, recipients: Sequence[Recipien
     """The TRACK decision of :func:`decide` for a sender of ``domain`` whose rule is TRACK
     (the milter calls it directly once it holds that rule): ``return_paths`` is how many
     Return-Path fields the message has."""
+    # Positional: kind, why, new_sender, sender_params, recipient_changes,
+    # delete_return_path, sender_domain.
     return Decision(
         TRACK,
         "tracked",
-        new_sender=verp_address(config, token),
+        verp_address(config, token),
         # The spec: tracked mail always asks for headers only, ENVID = token.
-        sender_params=_TRACKED_MAIL + token,
+        _TRACKED_MAIL + token,
         # Keep the client's ORCPT; add one so every DSN names the recipient as
         # we were given it (RFC 3461 §4.2), even after remote aliasing.
-        recipient_changes=tuple([RecipientChange(rcpt.path, _TRACKED_RCPT + rcpt.orcpt) for rcpt in recipients]),
-        delete_return_path=return_paths,
-        sender_domain=domain,
+        tuple([RecipientChange(rcpt.path, _TRACKED_RCPT + rcpt.orcpt) for rcpt in recipients]),
+        return_paths,
+        domain,
     )
 
 
