@@ -402,12 +402,14 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
         if self.sender_params:
             mail = esmtp.parse_params(self.sender_params)
             ret, envid = mail.get("RET"), mail.get("ENVID")
+        # The ORCPT the tracked message now carries (policy.track keeps the client's,
+        # or adds one naming the address).
+        people = []
+        for rcpt in self.recipients:
+            people.append((rcpt.address, rcpt.orcpt, rcpt.dsn.get("NOTIFY") if rcpt.params else None))
         return journal.line(
             token_id, token, queue_id, self.message_id, decision.sender_domain or "", rule.address,
-            decision.new_sender or "", ret, envid, time.time(),
-            # The ORCPT the tracked message now carries (policy.track keeps the
-            # client's, or adds one naming the address).
-            [(rcpt.address, rcpt.orcpt, rcpt.dsn.get("NOTIFY") if rcpt.params else None) for rcpt in self.recipients],
+            decision.new_sender or "", ret, envid, time.time(), people,
         )
 
     def _symval(self, name: str) -> str | None:

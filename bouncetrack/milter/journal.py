@@ -83,15 +83,14 @@ def line(
     if not math.isfinite(created_at):
         raise ValueError(f"created_at must be a finite time, not {created_at!r}")
     text = encode_basestring_ascii  # "…" with every non-ASCII and control character escaped
-    people = ",".join([
-        f'[{text(a)},{"null" if o is None else text(o)},{"null" if n is None else text(n)}]'
-        for a, o, n in recipients
-    ])
+    people = []  # a loop, not a comprehension: no function object made per record (3.11)
+    for a, o, n in recipients:
+        people.append(f'[{text(a)},{"null" if o is None else text(o)},{"null" if n is None else text(n)}]')
     return (
         f'{_RS_TEXT}{{"i":{int(token_id)},"t":{text(token)},"q":{"null" if queue_id is None else text(queue_id)},'
         f'"m":{"null" if message_id is None else text(message_id)},"d":{text(sender_domain)},'
         f'"s":{text(envelope_sender)},"v":{text(verp_sender)},"r":{"null" if dsn_ret is None else text(dsn_ret)},'
-        f'"e":{"null" if dsn_envid is None else text(dsn_envid)},"c":{float(created_at)!r},"p":[{people}]}}{_LF_TEXT}'
+        f'"e":{"null" if dsn_envid is None else text(dsn_envid)},"c":{float(created_at)!r},"p":[{",".join(people)}]}}{_LF_TEXT}'
     ).encode("ascii")
 
 

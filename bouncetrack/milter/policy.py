@@ -169,6 +169,11 @@ def track(config: Config, domain: str, token: str, recipients: Sequence[Recipien
     """The TRACK decision of :func:`decide` for a sender of ``domain`` whose rule is TRACK
     (the milter calls it directly once it holds that rule): ``return_paths`` is how many
     Return-Path fields the message has."""
+    changes = []
+    for rcpt in recipients:
+        # Keep the client's ORCPT; add one so every DSN names the recipient as
+        # we were given it (RFC 3461 §4.2), even after remote aliasing.
+        changes.append(RecipientChange(rcpt.path, _TRACKED_RCPT + rcpt.orcpt))
     # Positional: kind, why, new_sender, sender_params, recipient_changes,
     # delete_return_path, sender_domain.
     return Decision(
@@ -177,9 +182,7 @@ def track(config: Config, domain: str, token: str, recipients: Sequence[Recipien
         verp_address(config, token),
         # The spec: tracked mail always asks for headers only, ENVID = token.
         _TRACKED_MAIL + token,
-        # Keep the client's ORCPT; add one so every DSN names the recipient as
-        # we were given it (RFC 3461 §4.2), even after remote aliasing.
-        tuple([RecipientChange(rcpt.path, _TRACKED_RCPT + rcpt.orcpt) for rcpt in recipients]),
+        tuple(changes),
         return_paths,
         domain,
     )
