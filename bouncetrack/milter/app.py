@@ -273,14 +273,15 @@ class TrackingMilter(Milter.Base):  # type: ignore[misc]
             # Only this recipient is refused; the others of the transaction go on.
             self.shared.count("rejected-invalid-verp")
             return self._reject(replies.INVALID_VERP)
-        if action == suppression.REJECT:
-            self.shared.count("rejected-suppressed")
-            return self._reject(replies.SUPPRESSED)
-        if action == suppression.DROP:
-            # Accepted, then removed at eom: the client never learns (policy "drop").
-            self.shared.count("dropped-suppressed")
-            self.dropped.append(to)
-            return CONTINUE
+        if action is not None:  # listed
+            if action == suppression.REJECT:
+                self.shared.count("rejected-suppressed")
+                return self._reject(replies.SUPPRESSED)
+            if action == suppression.DROP:
+                # Accepted, then removed at eom: the client never learns (policy "drop").
+                self.shared.count("dropped-suppressed")
+                self.dropped.append(to)
+                return CONTINUE
         self.recipients.append(policy.Recipient(to, params))
         return CONTINUE
 

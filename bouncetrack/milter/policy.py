@@ -34,12 +34,17 @@ class Recipient:
         self.path = path  # e.g. "<a@b>" exactly as received (delrcpt needs it verbatim)
         self.params = params
         self.address = address = esmtp.strip_path(path)
-        # The parsed parameters ({} for none, the common case).
-        self.dsn: dict[str, str | None] = esmtp.parse_params(params) if params else {}
-        # The client's ORCPT, else one naming the address (RFC 3461 §4.2): what the
-        # message carries once the milter passes ORCPT on.
-        orcpt = self.dsn.get("ORCPT") if params else None
-        self.orcpt: str = orcpt or esmtp.orcpt_for(address)
+        # The parsed parameters ({} for none, the common case), and the client's ORCPT,
+        # else one naming the address (RFC 3461 §4.2): what the message carries once
+        # the milter passes ORCPT on.
+        self.dsn: dict[str, str | None]
+        self.orcpt: str
+        if params:
+            self.dsn = dsn = esmtp.parse_params(params)
+            self.orcpt = dsn.get("ORCPT") or esmtp.orcpt_for(address)
+        else:
+            self.dsn = {}
+            self.orcpt = esmtp.orcpt_for(address)
 
 
 # Envelope, RecipientChange and Decision are made for every message: NamedTuples, as
