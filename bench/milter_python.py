@@ -26,16 +26,23 @@ tracked.test the policy ``reject`` (each RCPT then hashes and bisects, as in pro
 with a list).
 
 Rounds alternate (ours, reference, ours, …) in one process; the result is the median
-µs per message of each side and their ratio. Written to bench/results/milter_python.json.
+µs per message of each side and their ratio. ``--before REV`` (issue 20: default b685ddd,
+main before this work) also measures ``git archive REV``'s ``bouncetrack`` the same way:
+every side pair runs in a fresh interpreter, REV's and this checkout's in turn, the order
+alternating, and each is reported as µs per message and as its ratio to the reference of
+its own interpreter. Written to bench/results/NAME.json (``--name``, default milter_python).
 
-    python bench/milter_python.py [--rounds 21] [--messages 2000] [--suppressed 1000000]
+    python bench/milter_python.py [--rounds 21] [--messages 2000] [--suppressed 1000000] [--before REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -44,15 +51,19 @@ from array import array
 from pathlib import Path
 from typing import Any, Callable
 
+# The bouncetrack measured: this checkout's, or the tree --before hands a side (its bench/ stays ours).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if os.environ.get("MILTER_PYTHON_TREE"):
+    sys.path.insert(0, os.environ["MILTER_PYTHON_TREE"])
 
 import Milter  # noqa: E402
 from Milter.testctx import TestCtx  # noqa: E402
 
-from bench._common import summary, write_result  # noqa: E402
+from bench._common import ROOT, summary, write_result  # noqa: E402
 from bench._ref_milter import make as make_reference  # noqa: E402
 
 REF_MODE = "actions+rcptreply+lean"
+BEFORE = "b685ddd"  # main before this work on the milter's Python (issue 20, h20py)
 SENDER = b"<info@tracked.test>"
 PER_CONNECTION = 50  # messages per SMTP session before the connection is closed and another opened
 
@@ -119,13 +130,8 @@ def run(factory: type, messages: list[tuple[bytes, list[tuple[str, bytes]]]]) ->
     return time.perf_counter() - started
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=21, help="rounds per side (alternating)")
-    ap.add_argument("--messages", type=int, default=2000, help="messages per round")
-    ap.add_argument("--suppressed", type=int, default=0, help="keys in the suppression index (policy reject)")
-    a = ap.parse_args()
-
+def measure(rounds: int, n: int, suppressed: int) -> dict[str, list[float]]:
+    """µs per message of ours and of the reference, ``rounds`` alternating rounds of ``n`` messages."""
     from bouncetrack.core.config_loader import load_config
     from bouncetrack.core.tokens import load_keyring, token_from_address, verify
     from bouncetrack.milter.app import Runtime, Shared, make_factory
@@ -141,18 +147,18 @@ def main() -> None:
             domains:
               tracked.test:
                 tracking: true
-                suppression: {{policy: {"reject" if a.suppressed else "off"}}}
+                suppression: {{policy: {"reject" if suppressed else "off"}}}
             """))
         config = load_config(cfg)
         keyring = load_keyring(config)
         sink = Sink()
         shared = Shared(Runtime(config, keyring), lambda c: sink)
-        if a.suppressed:
+        if suppressed:
             rng = random.Random(20)
-            shared.suppression.publish(array("Q", sorted(rng.getrandbits(64) for _ in range(a.suppressed))), {})
+            shared.suppression.publish(array("Q", sorted(rng.getrandbits(64) for _ in range(suppressed))), {})
         ours = make_factory(shared)
         reference = make_reference(REF_MODE)
-        messages = [(b"<ok-%d@remote.test>" % i, headers(i)) for i in range(a.messages)]
+        messages = [(b"<ok-%d@remote.test>" % i, headers(i)) for i in range(n)]
 
         # Check once that ours tracked the message (the record is whole, the token verifies).
         run(ours, messages[:1])
@@ -162,28 +168,87 @@ def main() -> None:
         assert token is not None and verify(keyring, token, time.time()).token_id == record.token_id
 
         for factory in (ours, reference):  # warm-up
-            run(factory, messages[: a.messages // 4])
+            run(factory, messages[: n // 4])
         times: dict[str, list[float]] = {"ours": [], "reference": []}
-        for r in range(a.rounds):
+        for r in range(rounds):
             order = [("ours", ours), ("reference", reference)]
             if r % 2:
                 order.reverse()
             for name, factory in order:
                 times[name].append(run(factory, messages) / len(messages) * 1e6)
-        ours_us = statistics.median(times["ours"])
-        ref_us = statistics.median(times["reference"])
-        print(f"ours      {ours_us:6.2f} µs/message (median of {a.rounds} rounds of {a.messages})")
-        print(f"reference {ref_us:6.2f} µs/message ({REF_MODE})")
-        print(f"ratio     {ours_us / ref_us:6.2f}   ours - reference {ours_us - ref_us:5.2f} µs/message")
-        path = write_result("milter_python", {
-            "params": {"rounds": a.rounds, "messages": a.messages, "suppressed": a.suppressed,
-                       "reference_mode": REF_MODE, "per_connection": PER_CONNECTION},
-            "us_per_message": {"ours": summary(times["ours"]), "reference": summary(times["reference"])},
-            "ratio_median": ours_us / ref_us,
-            "difference_us_median": ours_us - ref_us,
-            "records_journaled": sink.count,
-        })
-        print(f"wrote {path}")
+        assert sink.count == 1 + n // 4 + rounds * n, sink.count  # every message of ours recorded
+        return times
+
+
+def compare(a: argparse.Namespace) -> dict[str, object]:
+    """--before: REV's bouncetrack against this checkout's, fresh interpreters in turn."""
+    with tempfile.TemporaryDirectory(prefix="bt-milter-python-before-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.before, "bouncetrack"],
+                                 stdout=subprocess.PIPE, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        revs = {"before": a.before, "after": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            check=True).stdout.strip()}
+        if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "bouncetrack"],
+                          capture_output=True, text=True, check=True).stdout.strip():
+            revs["after"] += "+uncommitted"
+        trees = {"before": tmp, "after": str(ROOT)}
+        runs: list[dict[str, object]] = []
+        got: dict[str, dict[str, list[float]]] = {side: {"ours": [], "reference": [], "ratio": []} for side in trees}
+        for r in range(a.before_rounds):
+            for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--side", "--rounds", str(a.rounds), "--messages", str(a.messages),
+                     "--suppressed", str(a.suppressed)],
+                    env={**os.environ, "MILTER_PYTHON_TREE": trees[side]}, stdout=subprocess.PIPE, check=True,
+                    timeout=1800)
+                times = json.loads(out.stdout)
+                ours, ref = statistics.median(times["ours"]), statistics.median(times["reference"])
+                for key, value in (("ours", ours), ("reference", ref), ("ratio", ours / ref)):
+                    got[side][key].append(value)
+                runs.append({"round": r + 1, "side": side, "ours_us": ours, "reference_us": ref, "ratio": ours / ref})
+                print(f"round {r + 1} {side:6s} ours {ours:6.2f} µs/message, reference {ref:6.2f}, "
+                      f"ratio {ours / ref:.2f}", flush=True)
+    out_sides: dict[str, object] = {}
+    for side, rev in revs.items():
+        ours, ref, ratio = (statistics.median(got[side][k]) for k in ("ours", "reference", "ratio"))
+        out_sides[side] = {"rev": rev, "ours_us_median": ours, "reference_us_median": ref, "ratio_median": ratio}
+        print(f"{side:6s} ({rev}): ours {ours:.2f} µs/message, reference {ref:.2f}, ratio {ratio:.2f}")
+    return {"before_after": out_sides, "before_after_runs": runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=21, help="rounds per side (alternating)")
+    ap.add_argument("--messages", type=int, default=2000, help="messages per round")
+    ap.add_argument("--suppressed", type=int, default=0, help="keys in the suppression index (policy reject)")
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help=f"also compare with REV's bouncetrack (e.g. {BEFORE}, main before issue 20's work on it)")
+    ap.add_argument("--before-rounds", type=int, default=6, help="fresh interpreters per side with --before")
+    ap.add_argument("--name", default="milter_python", help="result file name (bench/results/NAME.json)")
+    ap.add_argument("--side", action="store_true", help=argparse.SUPPRESS)  # --before's child: JSON on stdout
+    a = ap.parse_args()
+    if a.side:
+        print(json.dumps(measure(a.rounds, a.messages, a.suppressed)))
+        return
+
+    times = measure(a.rounds, a.messages, a.suppressed)
+    ours_us = statistics.median(times["ours"])
+    ref_us = statistics.median(times["reference"])
+    print(f"ours      {ours_us:6.2f} µs/message (median of {a.rounds} rounds of {a.messages})")
+    print(f"reference {ref_us:6.2f} µs/message ({REF_MODE})")
+    print(f"ratio     {ours_us / ref_us:6.2f}   ours - reference {ours_us - ref_us:5.2f} µs/message", flush=True)
+    result: dict[str, object] = {
+        "params": {"rounds": a.rounds, "messages": a.messages, "suppressed": a.suppressed,
+                   "reference_mode": REF_MODE, "per_connection": PER_CONNECTION},
+        "us_per_message": {"ours": summary(times["ours"]), "reference": summary(times["reference"])},
+        "ratio_median": ours_us / ref_us,
+        "difference_us_median": ours_us - ref_us,
+    }
+    if a.before:
+        result.update(compare(a))
+    path = write_result(a.name, result)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
