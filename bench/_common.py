@@ -17,6 +17,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def checkout_at(rev: str, into: Path) -> tuple[str, str]:
+    """Extract ``rev``'s ``bouncetrack`` package into ``into`` (for the benchmarks that
+    compare an earlier revision with this checkout in fresh interpreters); returns the
+    short names of ``rev`` and of this checkout (``+uncommitted`` when its package has
+    changes git does not hold yet)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "bouncetrack"],
+                             stdout=subprocess.PIPE, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+
+    def short(name: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", name],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    after = short("HEAD")
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "bouncetrack"],
+                      capture_output=True, text=True, check=True).stdout.strip():
+        after += "+uncommitted"
+    return short(rev), after
+
+
 def shared_dir() -> Path:
     return Path(os.environ.get("BOUNCETRACK_SHARED", ROOT.parent / "shared"))
 

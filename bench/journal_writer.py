@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ROOT, write_result  # noqa: E402
+from bench._common import ROOT, checkout_at, write_result  # noqa: E402
 
 BEFORE = "b685ddd"  # main before this work on the writer (issue 20, h20w)
 
@@ -183,16 +183,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         before_tree = tmp / "before"
         before_tree.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.before, "bouncetrack"],
-                                 stdout=subprocess.PIPE, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(before_tree)], input=archive, check=True)
-        before_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.before],
-                                    capture_output=True, text=True, check=True).stdout.strip()
-        after_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
-        if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "bouncetrack"],
-                          capture_output=True, text=True, check=True).stdout.strip():
-            after_rev += "+uncommitted"
+        before_rev, after_rev = checkout_at(a.before, before_tree)
         trees = {"before": before_tree, "after": ROOT}
         cluster = None
         if a.store == "postgresql":

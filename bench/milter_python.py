@@ -59,7 +59,7 @@ if os.environ.get("MILTER_PYTHON_TREE"):
 import Milter  # noqa: E402
 from Milter.testctx import TestCtx  # noqa: E402
 
-from bench._common import ROOT, summary, write_result  # noqa: E402
+from bench._common import ROOT, checkout_at, summary, write_result  # noqa: E402
 from bench._ref_milter import make as make_reference  # noqa: E402
 
 REF_MODE = "actions+rcptreply+lean"
@@ -183,15 +183,8 @@ def measure(rounds: int, n: int, suppressed: int) -> dict[str, list[float]]:
 def compare(a: argparse.Namespace) -> dict[str, object]:
     """--before: REV's bouncetrack against this checkout's, fresh interpreters in turn."""
     with tempfile.TemporaryDirectory(prefix="bt-milter-python-before-") as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.before, "bouncetrack"],
-                                 stdout=subprocess.PIPE, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        revs = {"before": a.before, "after": subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            check=True).stdout.strip()}
-        if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "bouncetrack"],
-                          capture_output=True, text=True, check=True).stdout.strip():
-            revs["after"] += "+uncommitted"
+        _, after_rev = checkout_at(a.before, Path(tmp))
+        revs = {"before": a.before, "after": after_rev}
         trees = {"before": tmp, "after": str(ROOT)}
         runs: list[dict[str, object]] = []
         got: dict[str, dict[str, list[float]]] = {side: {"ours": [], "reference": [], "ratio": []} for side in trees}
