@@ -502,7 +502,7 @@ def milter_vs_reference(d: dict[str, Any]) -> dict[str, float] | None:
     writer = mine.get("journal_writer", 0.0)
     ratios = {"rate": d["with_milter_msg_per_s"]["median"] / ref["median"], "cpu": mine["milter"] / theirs,
               "cpu_with_writer": (mine["milter"] + writer) / theirs}
-    # The same per round (bouncetrack's round against the reference's round right after it),
+    # The same per round (bouncetrack's round against the reference's of the same round),
     # medians: steadier than the ratio of the two sides' medians when the machine's load
     # changes during the run.
     rounds = d.get("rounds") or []
