@@ -93,6 +93,7 @@ QUIET = (
     ("milter_overhead_quiet_pg_again", "PostgreSQL, held, a second run", 0.85),
     ("milter_overhead_quiet_held_third", "SQLite, held, a third run (15 rounds)", 0.95),
     ("milter_overhead_quiet_suppressed_1m_third", "SQLite, held, 1,000,000 suppressed, a third run (15 rounds)", 0.95),
+    ("milter_overhead_quiet_suppressed_0", "SQLite, held, suppression policy on, empty list", 0.95),
 )
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m",
          *(q[0] for q in QUIET), "suppression_lookup",
