@@ -94,6 +94,9 @@ QUIET = (
     ("milter_overhead_quiet_held_third", "SQLite, held, a third run (15 rounds)", 0.95),
     ("milter_overhead_quiet_suppressed_1m_third", "SQLite, held, 1,000,000 suppressed, a third run (15 rounds)", 0.95),
     ("milter_overhead_quiet_suppressed_0", "SQLite, held, suppression policy on, empty list", 0.95),
+    ("milter_overhead_quiet_suppressed_1m_synced", "SQLite, held, 1,000,000 suppressed, the fill synced", 0.95),
+    ("milter_overhead_quiet_suppressed_1m_synced_again", "SQLite, held, 1,000,000 suppressed, the fill synced, a second run", 0.95),
+    ("milter_overhead_quiet_suppressed_1m_synced_third", "SQLite, held, 1,000,000 suppressed, the fill synced, a third run (15 rounds)", 0.95),
 )
 KNOWN = ("milter_overhead", "milter_overhead_deliver", "milter_overhead_pg", "milter_overhead_suppressed_1m",
          *(q[0] for q in QUIET), "suppression_lookup",
@@ -281,7 +284,7 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
     quiet = [(label, results[name], target, r) for name, label, target in QUIET
              if name in results and (r := milter_vs_reference(results[name])) is not None]
     if quiet:
-        fig, ax = plt.subplots(figsize=(16, 5.5))
+        fig, ax = plt.subplots(figsize=(20, 6))
         x = np.arange(len(quiet))
         ratios = [r for _, _, _, r in quiet]
         series = [("rate ÷ reference's", [r["rate"] for r in ratios], "#1f77b4"),
@@ -298,7 +301,9 @@ def plot_all(p: Plots, results: dict[str, dict[str, Any]]) -> dict[str, list[str
                       label="CPU target (≤ 1.25)" if i == 0 else None)
         ax.set_xticks(x)
         ax.set_xticklabels([label.replace(", 1,000,000", ",\n1,000,000").replace(", a second", ",\na second")
-                            .replace(", a third", ",\na third") for label, _, _, _ in quiet], fontsize=8)
+                            .replace(", a third", ",\na third").replace(", the fill", ",\nthe fill")
+                            .replace(", suppression policy on, ", ",\nsuppression on,\n")
+                            for label, _, _, _ in quiet], fontsize=7)
         ax.set_ylabel("bouncetrack ÷ actions+rcptreply+lean pymilter")
         ax.legend(loc="upper left", fontsize=9, ncol=2)
         ax.set_ylim(0, max(v for _, vs, _ in series for v in vs) * 1.4)
