@@ -73,7 +73,8 @@ def test_token_is_lower_case_rfc4648_base32_of_its_15_bytes() -> None:
         body = struct.pack(">BQ", 1, tid)
         raw = body + hmac.new(kr.current, body, hashlib.sha256).digest()[:6]
         assert mint(kr, tid) == base64.b32encode(raw).decode("ascii").lower()
-    assert tokens._b32(bytes(15)) == "a" * 24 and tokens._b32(b"\xff" * 15) == "7" * 24
+    ones = (1 << 30) - 1  # the 120 bits of b"\xff" * 15, in quarters
+    assert tokens._b32_quarters(0, 0, 0, 0) == "a" * 24 and tokens._b32_quarters(ones, ones, ones, ones) == "7" * 24
 
 
 def test_new_token_id_is_nonzero_63_bit() -> None:

@@ -143,17 +143,11 @@ _LOW30 = (1 << 30) - 1
 _pack_body = struct.Struct(">BQ").pack
 
 
-def _b32(raw: bytes) -> str:
-    """``base64.b32encode(raw).decode().lower()`` for the token's 15 bytes (120 bits,
-    no padding), without the base64 module's Python loop."""
-    n = int.from_bytes(raw, "big")
-    return _b32_quarters(n >> 90, (n >> 60) & _LOW30, (n >> 30) & _LOW30, n & _LOW30)
-
-
 def _b32_quarters(a: int, b: int, c: int, d: int) -> str:
-    """Base32 of 120 bits given as four 30-bit integers, most significant first: three
-    pairs of characters each, shifted out of integers that fit one CPython digit
-    (cheaper than shifting one 120-bit integer)."""
+    """``base64.b32encode(raw).decode().lower()`` of the token's 15 bytes (120 bits, no
+    padding) given as four 30-bit integers, most significant first, without the base64
+    module's Python loop: three pairs of characters each, shifted out of integers that
+    fit one CPython digit (cheaper than shifting one 120-bit integer)."""
     p = _B32_PAIRS
     return "".join((p[a >> 20], p[(a >> 10) & 1023], p[a & 1023], p[b >> 20], p[(b >> 10) & 1023], p[b & 1023],
                     p[c >> 20], p[(c >> 10) & 1023], p[c & 1023], p[d >> 20], p[(d >> 10) & 1023], p[d & 1023]))
