@@ -91,16 +91,10 @@ class SenderRule:
     why: str  # the Decision's why when kind is PASS
     domain: str | None  # the sender's domain, lower-cased; None for the null or a malformed sender
     address: str  # the sender without angle brackets ("" for the null sender)
-    # What a listed recipient gets (bouncetrack.suppression.verdict): REJECT or DROP;
-    # None when recipients are not looked up (no suppression_domain, or policy "off").
+    # What a listed recipient gets (bouncetrack.suppression.enforced_policy): REJECT or
+    # DROP; None when recipients are not looked up: a PASS rule (null or malformed
+    # sender, our own bounce domain: bounces are never suppressed) or policy "off".
     suppression_policy: str | None = None
-
-    @property
-    def suppression_domain(self) -> str | None:
-        """The domain whose suppression list applies to its recipients: none for the
-        null or a malformed sender and for our own bounce domain (bounces are never
-        suppressed)."""
-        return None if self.kind == PASS else self.domain
 
 
 def sender_rule(config: Config, sender: str) -> SenderRule:
