@@ -76,3 +76,12 @@ def test_pipe_waits_for_the_journal_writer_and_stores_the_bounce_at_once(
     assert "still in the milter's journal" not in said.getvalue()
     (event,) = events(config)
     assert event["token_status"] == "valid" and event["recipient"] == "unknown-1@remote.test"
+
+
+def test_the_pipe_waits_longer_than_the_writer_pauses() -> None:
+    # The writer pauses longer under load (bigger batches, issue 20): a bounce that comes
+    # right after its message must still find it stored within the pipe's wait.
+    assert journal.pause_after(0) == journal.IDLE_SECONDS
+    assert journal.pause_after(journal.BUSY_RECORDS - 1) == journal.IDLE_SECONDS
+    assert journal.pause_after(journal.BUSY_RECORDS) == journal.BUSY_SECONDS > journal.IDLE_SECONDS
+    assert process.JOURNAL_WAIT_SECONDS >= max(journal.IDLE_SECONDS, journal.BUSY_SECONDS) + 0.5
