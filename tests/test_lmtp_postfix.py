@@ -96,9 +96,10 @@ def test_bounces_arrive_over_lmtp_without_a_process_per_bounce(stack: Stack) -> 
     # Workers replaced mid-traffic (after PER_WORKER messages, at the reload) close their
     # connections between transactions (421 4.3.2): lmtp(8) checks a cached connection with
     # RSET before it reuses one and opens another; only a command sent at the very moment
-    # of the close is deferred. And a bounce faster than the milter's journal writer finds
-    # its record still in the journal: 451 4.3.0, as the pipe's exit 75 (issue 20). Both
-    # are delivered at the retry (reconciled above).
+    # of the close is deferred. A bounce faster than the milter's journal writer has the
+    # pipe store the record from the journal; only one it could not read there would get
+    # 451 4.3.0, as the pipe's exit 75 (issue 20). Both are delivered at the retry
+    # (reconciled above).
     deferred = lmtp_lines(stack, "deferred")
     assert all("421 4.3.2" in line or "451 4.3.0" in line for line in deferred), deferred
     if any("451 4.3.0" in line for line in deferred):

@@ -14,7 +14,7 @@ import pytest
 
 from bouncetrack.core.config import Config
 from bouncetrack.milter import journal
-from bouncetrack.milter.journal import JournalAppender, JournalWriter, holds_token
+from bouncetrack.milter.journal import JournalAppender, JournalWriter, pending_record
 from bouncetrack.store import open_store
 from bouncetrack.store.base import MessageRecord, RecipientRecord
 from bouncetrack.core.tokens import load_keyring, mint, new_token_id, verp_address
@@ -132,26 +132,49 @@ def test_a_dead_milter_segment_is_sealed_and_a_rotated_one_too(config: Config, t
     a.close()
 
 
-def test_pipe_tempfails_while_the_record_is_only_in_the_journal(config: Config) -> None:
+def test_pipe_stores_the_record_it_finds_only_in_the_journal(config: Config) -> None:
     keyring = load_keyring(config)
     token_id = new_token_id()
     token = mint(keyring, token_id)
+    m = replace(message(token_id, token, 1), recipients=(
+        RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),))
     appender = JournalAppender(config.milter_journal)
-    appender.append(journal.encode(replace(message(token_id, token, 1), recipients=(
-        RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),))))
-    assert holds_token(config.milter_journal, token.upper())  # the pipe's token may be upper-cased
-    assert not holds_token(config.milter_journal, "a" * 24)
+    appender.append(journal.encode(message(5, "other")))
+    appender.append(journal.encode(m))
+    assert pending_record(config.milter_journal, token.upper()) == (True, m)  # the pipe's token may be upper-cased
+    assert pending_record(config.milter_journal, "a" * 24) == (False, None)
+    verp = verp_address(config, token)
+    report = mailgen.dsn(verp, "unknown-1@remote.test", original_recipient="unknown-1@remote.test")
+    proc = run_pipe(config, verp, report)
+    assert proc.returncode == 0, proc.stderr  # stored at once: no wait for the writer, no retry
+    (event,) = events(config)
+    assert event["token_status"] == "valid" and event["recipient"] == "unknown-1@remote.test"
+    assert writer(config).step() == 2  # the writer moves both; the one the pipe stored is skipped
+    store = open_store(config.store_url)
+    count = store._conn.execute("SELECT count(*) FROM messages WHERE token_id = ?", (token_id,)).fetchone()[0]
+    store.close()
+    assert count == 1
+    appender.close()
+
+
+def test_pipe_tempfails_while_an_unreadable_record_is_only_in_the_journal(config: Config) -> None:
+    # A record the pipe finds but cannot read (here torn: its JSON cut short, then the
+    # next record appended after it) is left to the writer: the pipe waits for it
+    # (process.JOURNAL_WAIT_SECONDS), then exits 75 and Postfix retries.
+    keyring = load_keyring(config)
+    token_id = new_token_id()
+    token = mint(keyring, token_id)
+    whole = journal.encode(replace(message(token_id, token, 1), recipients=(
+        RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),)))
+    appender = JournalAppender(config.milter_journal)
+    appender.append(whole[: whole.index(b'"d":')] + journal.encode(message(5, "other")))
+    assert pending_record(config.milter_journal, token) == (True, None)
     verp = verp_address(config, token)
     report = mailgen.dsn(verp, "unknown-1@remote.test", original_recipient="unknown-1@remote.test")
     proc = run_pipe(config, verp, report)
     assert proc.returncode == 75, proc.stderr
     assert b"still in the milter's journal" in proc.stderr
     assert events(config) == []
-    assert writer(config).step() == 1
-    proc = run_pipe(config, verp, report)  # Postfix's retry
-    assert proc.returncode == 0, proc.stderr
-    (event,) = events(config)
-    assert event["token_status"] == "valid" and event["recipient"] == "unknown-1@remote.test"
     appender.close()
 
 

@@ -1,7 +1,9 @@
 """A bounce that comes before the milter's journal writer has stored its message (issue 20,
-issue 21): the pipe waits for the writer a moment (``process.JOURNAL_WAIT_SECONDS``) and
-stores the bounce at once; past the wait it exits 75 as before
-(tests/test_milter_journal.py's test_pipe_tempfails_while_the_record_is_only_in_the_journal).
+issue 21), in a record the pipe cannot read from the journal itself (past the scan limit;
+a readable one it stores at once: tests/test_milter_journal.py): the pipe waits for the
+writer a moment (``process.JOURNAL_WAIT_SECONDS``) and stores the bounce at once; past the
+wait it exits 75 (tests/test_milter_journal.py's
+test_pipe_tempfails_while_an_unreadable_record_is_only_in_the_journal).
 
 In-process calls of the pipe's main with the message handed in; a real journal, writer,
 SQLite store and configuration.
@@ -39,7 +41,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     return write_config(tmp_path, "domains:\n  tracked.test: {tracking: true}\n")
 
 
-def test_pipe_waits_for_the_journal_writer_and_stores_the_bounce_at_once(
+def test_pipe_waits_for_the_journal_writer_when_it_cannot_read_the_record(
         config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     # A long wait, so that a loaded machine cannot make the writer below come too late;
     # the pipe stops waiting as soon as the record is in the store.
@@ -50,14 +52,14 @@ def test_pipe_waits_for_the_journal_writer_and_stores_the_bounce_at_once(
     appender.append(journal.encode(replace(message(token_id, token, 1), recipients=(
         RecipientRecord("unknown-1@remote.test", "rfc822;unknown-1@remote.test", None),))))
     asked = threading.Event()
-    real = journal.holds_token
+    real = journal.pending_record
 
-    def holds_token(directory: Path, tok: str) -> bool:
-        found = real(directory, tok)
+    def pending_record(directory: Path, tok: str) -> tuple[bool, None]:
+        found, _ = real(directory, tok)
         asked.set()  # the pipe found it only in the journal: now the writer moves it
-        return found
+        return found, None  # as for a record the pipe cannot read (past the scan limit)
 
-    monkeypatch.setattr(journal, "holds_token", holds_token)
+    monkeypatch.setattr(journal, "pending_record", pending_record)
     moved: list[int] = []
     mover = threading.Thread(target=lambda: moved.append(writer(config).step() if asked.wait(60) else 0))
     mover.start()

@@ -178,11 +178,17 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
             # Issue 20: the milter journals its records and a writer moves them into
             # the store; a bounce may come before its record. Journal first, then the
             # store again: a record moved (and its segment deleted) between our two
-            # looks is found by the second. (Not on the hot path: imported here.)
-            from ..milter.journal import holds_token
+            # looks is found by the second. The journal's record is the milter's own:
+            # stored here, the bounce needs no wait (the writer skips it later). Only a
+            # record that cannot be read here waits for the writer. (Not on the hot path:
+            # imported here.)
+            from ..milter.journal import pending_record
 
-            pending = holds_token(config.milter_journal, token)
+            pending, record = pending_record(config.milter_journal, token)
             message = store.message_by_token_id(token_id)
+            if message is None and record is not None and record.token_id == token_id:
+                store.record_messages([record])
+                message = store.message_by_token_id(token_id)
             if message is None and pending:
                 message = _await_journal_writer(store, token_id, started + config.pipe.deadline_seconds - 1)
             if message is None and pending:
@@ -236,16 +242,15 @@ def process(config_path: str, recipient: str, sender: str, raw: bytes, started: 
     return 0
 
 
-#: How long a bounce whose message is still in the milter's journal waits for the journal
-#: writer to move it before it exits 75: a bounce that comes right after its message
-#: (Postfix's own DSNs over LMTP: tens of milliseconds) is stored at once instead of queued
-#: for a second delivery. The writer catches up within about its pause
-#: (milter.journal.pause_after: IDLE_SECONDS, 0.1 s, or BUSY_SECONDS, 1 s, under load);
-#: the wait covers the longer one (tests/test_pipe_journal_wait.py holds it).
-#: The store is looked at every JOURNAL_POLL_SECONDS: each look is a query and a wake-up
-#: (issue 21: at 0.02 s a waiting bounce cost an LMTP worker about 1.1 ms of CPU in a
-#: capacity run, a seventh of all its CPU at 100 msg/s), and the writer moves records at
-#: its own pace whatever we do meanwhile.
+#: How long a bounce whose message is still in the milter's journal, in a record the pipe
+#: could not read there (torn, or past journal.SCAN_LIMIT: a writer down for long), waits
+#: for the journal writer to move it before it exits 75; a record it reads, it stores
+#: itself. The writer catches up within about its pause (milter.journal.pause_after:
+#: IDLE_SECONDS, 0.1 s, or BUSY_SECONDS, 1 s, under load); the wait covers the longer one
+#: (tests/test_pipe_journal_wait.py holds it). The store is looked at every
+#: JOURNAL_POLL_SECONDS: each look is a query and a wake-up (issue 21: at 0.02 s a waiting
+#: bounce cost an LMTP worker about 1.1 ms of CPU in a capacity run), and the writer moves
+#: records at its own pace whatever we do meanwhile.
 JOURNAL_WAIT_SECONDS = 1.5
 JOURNAL_POLL_SECONDS = 0.05
 

@@ -17,8 +17,9 @@ Guarantees:
 - Moved exactly once: :meth:`Store.record_messages` skips a ``token_id`` already
   stored, so a segment replayed after a writer crash adds nothing twice.
 - Attributable meanwhile: a bounce whose token is valid but not in the store yet is
-  looked up here by the pipe (:func:`holds_token`); found, the pipe exits 75 and
-  Postfix retries once the writer has moved it.
+  looked up here by the pipe (:func:`pending_record`); found, the pipe stores the
+  record itself, or (a record it cannot read) waits for the writer and else exits 75
+  so that Postfix retries.
 
 Format (RFC 7464 JSON text sequences): each record is ``RS`` + JSON + ``LF``. JSON
 written with ``ensure_ascii`` never contains RS or LF, so a record torn by a crash
@@ -66,7 +67,7 @@ BUSY_RECORDS = 50  # (issue 20: ~800 msg/s into SQLite, the writer's CPU per rec
 # store transaction per record costs ~3 x one shared by 30)
 RETRY_SECONDS = 1.0  # after a failed store write
 STALE_NEW_SECONDS = 60.0  # a *.new file this old and unlocked is a dead milter's litter
-SCAN_LIMIT = 64 * 1024 * 1024  # holds_token reads at most this much (else: assume held)
+SCAN_LIMIT = 64 * 1024 * 1024  # pending_record reads at most this much (else: assume held)
 
 
 _RS_TEXT, _LF_TEXT = RS.decode("ascii"), LF.decode("ascii")
@@ -215,12 +216,15 @@ class JournalAppender:
                 self._fd = -1
 
 
-def holds_token(directory: Path, token: str, limit: int = SCAN_LIMIT) -> bool:
-    """Whether a record with ``token`` is in the journal (not yet deleted by the writer).
+def pending_record(directory: Path, token: str, limit: int = SCAN_LIMIT) -> tuple[bool, MessageRecord | None]:
+    """Whether a record with ``token`` is in the journal (not yet deleted by the writer),
+    and that record when it reads whole.
 
-    The pipe asks this for a valid token that the store does not know: the answer
-    is exact for this host's milter. Past ``limit`` bytes of journal (a writer down
-    for long), True: the caller tempfails rather than guess.
+    The pipe asks this for a valid token that the store does not know: the answer is
+    exact for this host's milter, and the record is the milter's own, written before it
+    answered Postfix, so the pipe may store it itself (:meth:`Store.record_messages`
+    skips it when the writer moves it later). Past ``limit`` bytes of journal (a writer
+    down for long): (True, None), the caller waits or tempfails rather than guess.
     """
     needle = b'"t":"' + token.lower().encode("ascii", "replace") + b'"'
     read = 0
@@ -232,17 +236,25 @@ def holds_token(directory: Path, token: str, limit: int = SCAN_LIMIT) -> bool:
             continue  # moved and deleted meanwhile
         read += len(data)
         if read > limit:
-            return True
-        if needle in data:
-            return True
-    return False
+            return True, None
+        at = data.find(needle)
+        if at >= 0:
+            start, end = data.rfind(RS, 0, at) + 1, data.find(LF, at)
+            if start == 0 or end < 0:
+                return True, None  # torn, or cut by the read limit
+            try:
+                return True, decode(data[start:end])
+            except (ValueError, KeyError, TypeError):
+                return True, None  # unreadable: the writer will say so
+    return False, None
 
 
 def pause_after(moved: int) -> float:
     """The writer's pause after a step that moved ``moved`` records and caught up:
     :data:`BUSY_SECONDS` under load, else :data:`IDLE_SECONDS`. A record waits in the
-    journal at most about the pause plus a step (the pipe's wait for it,
-    ``bounce_pipe.process.JOURNAL_WAIT_SECONDS``, covers the longer one)."""
+    journal at most about the pause plus a step (a bounce that comes first has the pipe
+    store its record, :func:`pending_record`; the pipe's wait for the writer,
+    ``bounce_pipe.process.JOURNAL_WAIT_SECONDS``, covers the longer pause)."""
     return BUSY_SECONDS if moved >= BUSY_RECORDS else IDLE_SECONDS
 
 
